@@ -1,0 +1,43 @@
+# Corral: `make run` runs the service on embedded defaults, `make test` runs the whole test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install migrate demo check lint clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("Corral needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: install
+	$(BIN)/python manage.py migrate --noinput
+
+demo: migrate
+	$(BIN)/python manage.py load_demo
+
+run: demo
+	@echo ""
+	@echo "Corral is starting (web, worker, beat). Ctrl-C stops all three."
+	@echo "  Portal admin:  http://$${CORRAL_HOST:-127.0.0.1}:$${CORRAL_PORT:-8000}/admin/"
+	@echo "  API docs:      http://$${CORRAL_HOST:-127.0.0.1}:$${CORRAL_PORT:-8000}/api/v1/docs/"
+	@echo "  API root:      http://$${CORRAL_HOST:-127.0.0.1}:$${CORRAL_PORT:-8000}/api/v1/"
+	@echo "  Health:        http://$${CORRAL_HOST:-127.0.0.1}:$${CORRAL_PORT:-8000}/healthz"
+	@echo "  API key:       $(BIN)/python manage.py create_api_key acme-social --scopes read,write,admin"
+	@echo ""
+	$(BIN)/honcho start -f Procfile
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+check: install
+	$(BIN)/python manage.py makemigrations --check --dry-run
+	$(BIN)/python manage.py check
+
+clean:
+	rm -rf $(VENV) var/

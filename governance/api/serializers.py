@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils import timezone
+from rest_framework import serializers
+
+from governance.models import ApiKey, Scope
+from licensing.api.serializers import TenantCreateMixin, TenantOrganisationField
+from licensing.models import Product
+
+
+class ApiKeySerializer(serializers.ModelSerializer):
+    organisation = serializers.PrimaryKeyRelatedField(read_only=True)
+    is_active = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = ApiKey
+        fields = [
+            "id", "organisation", "name", "prefix", "scopes", "product", "expires_at", "revoked_at", "revoked_by",
+            "last_used_at", "created_by", "created_at", "is_active",
+        ]
+        read_only_fields = fields
+
+
+class ApiKeyCreateSerializer(TenantCreateMixin, serializers.Serializer):
+    organisation = TenantOrganisationField(required=False)
+    name = serializers.CharField(max_length=200)
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=Scope.choices), allow_empty=False, max_length=len(Scope.values)
+    )
+    product = serializers.PrimaryKeyRelatedField(queryset=Product.objects.none(), required=False, allow_null=True)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        view = self.context.get("view")
+        if view is not None and not getattr(view, "swagger_fake_view", False):
+            self.fields["product"].queryset = Product.objects.filter(
+                organisation__in=view.writable_organisation_ids()
+            )
+
+    def validate_expires_at(self, value: Any) -> Any:
+        if value is not None and value <= timezone.now():
+            raise serializers.ValidationError("Must be in the future.")
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        product = attrs.get("product")
+        if product is not None and product.organisation_id != attrs["organisation"].pk:
+            raise serializers.ValidationError({"product": "The product belongs to another organisation."})
+        return attrs
+
+
+class ApiKeyCreatedSerializer(ApiKeySerializer):
+    key = serializers.CharField(read_only=True, help_text="The full key. Shown this once; store it now.")
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "key"]
+        read_only_fields = fields

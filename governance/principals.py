@@ -1,0 +1,76 @@
+"""Who is calling, and what they may do in which organisation: the one answer every API view asks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from governance.models import ApiKey, Scope
+from licensing.models import Membership, Organisation
+
+ROLE_SCOPES: dict[str, frozenset[str]] = {
+    Membership.Role.VIEWER: frozenset({Scope.READ}),
+    Membership.Role.MEMBER: frozenset({Scope.READ, Scope.WRITE, Scope.INGEST}),
+    Membership.Role.ADMIN: frozenset(Scope.values),
+    Membership.Role.OWNER: frozenset(Scope.values),
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    label: str
+    scopes_by_org: dict[int, frozenset[str]]
+    api_key: ApiKey | None = None
+    user: Any = None
+    bound_product_id: int | None = None
+    is_staff: bool = False
+    _group_by_org: dict[int, int] = field(default_factory=dict)
+
+    def organisation_ids(self, scope: str | None = None) -> list[int]:
+        return [org for org, scopes in self.scopes_by_org.items() if scope is None or scope in scopes]
+
+    def group_ids(self) -> list[int]:
+        return sorted(set(self._group_by_org.values()))
+
+    def has_scope(self, scope: str, organisation_id: int | None = None) -> bool:
+        if organisation_id is None:
+            return bool(self.organisation_ids(scope))
+        return scope in self.scopes_by_org.get(organisation_id, frozenset())
+
+
+def principal_for_key(api_key: ApiKey) -> Principal:
+    org = api_key.organisation
+    return Principal(
+        label=f"api-key:{api_key.prefix}",
+        scopes_by_org={org.pk: frozenset(api_key.scopes)},
+        api_key=api_key,
+        bound_product_id=api_key.product_id,
+        _group_by_org={org.pk: org.group_id},
+    )
+
+
+def principal_for_user(user: Any) -> Principal:
+    memberships = Membership.objects.filter(
+        user=user, organisation__status=Organisation.Status.ACTIVE
+    ).select_related("organisation")
+    return Principal(
+        label=f"user:{user.get_username()}",
+        scopes_by_org={m.organisation_id: ROLE_SCOPES[m.role] for m in memberships},
+        user=user,
+        is_staff=bool(user.is_staff),
+        _group_by_org={m.organisation_id: m.organisation.group_id for m in memberships},
+    )
+
+
+def principal_of(request: Any) -> Principal | None:
+    """The caller of a DRF request, computed once per request."""
+    cached = getattr(request, "_corral_principal", None)
+    if cached is not None:
+        return cached
+    principal: Principal | None = None
+    if isinstance(request.auth, ApiKey):
+        principal = principal_for_key(request.auth)
+    elif getattr(request.user, "is_authenticated", False):
+        principal = principal_for_user(request.user)
+    request._corral_principal = principal
+    return principal

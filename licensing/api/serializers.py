@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from licensing.models import (
+    AffiliateGroup,
+    BaseModel,
+    LicenceAcceptance,
+    LicenceVersion,
+    MetaGrant,
+    Organisation,
+    Product,
+    sha256_validator,
+)
+
+
+class BaseModelSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = BaseModel
+        fields = ["id", "repo_id", "multimodal"]
+
+
+class LicenceVersionSerializer(serializers.ModelSerializer):
+    test_month = serializers.SerializerMethodField(help_text="First day of the month the 700M test looks at")
+    base_models = BaseModelSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = LicenceVersion
+        fields = [
+            "id", "slug", "name", "licence_name", "release_date", "release_date_label", "test_month",
+            "date_ambiguous", "date_note", "mau_threshold", "notice_line", "attribution_display",
+            "derived_name_prefix", "outputs_may_improve_other_models", "eu_multimodal_restriction",
+            "licence_url", "licence_sha256", "licence_source", "aup_version", "aup_url", "aup_sha256",
+            "base_models",
+        ]
+
+    def get_test_month(self, obj: LicenceVersion) -> str:
+        return obj.test_month().strftime("%Y-%m")
+
+
+class GroupSerializer(serializers.ModelSerializer):
+    organisations = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
+
+    class Meta:
+        model = AffiliateGroup
+        fields = ["id", "name", "slug", "organisations", "created_at"]
+
+
+class OrganisationSerializer(serializers.ModelSerializer):
+    group = serializers.PrimaryKeyRelatedField(read_only=True)
+    group_name = serializers.CharField(source="group.name", read_only=True)
+
+    class Meta:
+        model = Organisation
+        fields = ["id", "name", "slug", "group", "group_name", "status", "eu_domiciled", "created_at"]
+        read_only_fields = fields
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class TenantOrganisationField(serializers.PrimaryKeyRelatedField):
+    """An organisation the caller may write in; any other id is "does not exist", revealing nothing."""
+
+    def get_queryset(self) -> Any:
+        view = self.context.get("view")
+        if view is None:
+            return Organisation.objects.none()
+        return Organisation.objects.filter(pk__in=view.writable_organisation_ids())
+
+
+class TenantCreateMixin:
+    """Organisation defaults to the caller's only writable one, is required otherwise, and never changes."""
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)  # type: ignore[misc]
+        instance = getattr(self, "instance", None)
+        if instance is not None:
+            if "organisation" in attrs and attrs["organisation"].pk != instance.organisation_id:
+                raise serializers.ValidationError({"organisation": "An object cannot move to another organisation."})
+            attrs.pop("organisation", None)
+            return attrs
+        if "organisation" not in attrs:
+            writable = self.context["view"].writable_organisation_ids()
+            if len(writable) != 1:
+                raise serializers.ValidationError(
+                    {"organisation": "Required: this credential can write in more than one organisation."}
+                )
+            attrs["organisation"] = Organisation.objects.get(pk=writable[0])
+        return attrs
+
+
+class ProductSerializer(TenantCreateMixin, serializers.ModelSerializer):
+    organisation = TenantOrganisationField(required=False)
+    licence_version = serializers.SlugRelatedField(slug_field="slug", queryset=LicenceVersion.objects.all())
+    base_model = serializers.SlugRelatedField(
+        slug_field="repo_id", queryset=BaseModel.objects.all(), required=False, allow_null=True
+    )
+
+    class Meta:
+        model = Product
+        fields = [
+            "id", "organisation", "name", "description", "licence_version", "base_model", "launch_date",
+            "status", "created_at", "updated_at",
+        ]
+        read_only_fields = ["id", "created_at", "updated_at"]
+        # Uniqueness of (organisation, name) is checked by the service with a message naming the field.
+        validators: list[Any] = []
+
+
+class AcceptanceSerializer(TenantCreateMixin, serializers.ModelSerializer):
+    organisation = TenantOrganisationField(required=False)
+    licence_version = serializers.SlugRelatedField(slug_field="slug", queryset=LicenceVersion.objects.all())
+    product = serializers.PrimaryKeyRelatedField(queryset=Product.objects.none(), required=False, allow_null=True)
+    licence_sha256 = serializers.CharField(
+        validators=[sha256_validator], help_text="SHA-256 of the licence text accepted (see /licences/)"
+    )
+
+    class Meta:
+        model = LicenceAcceptance
+        fields = [
+            "id", "organisation", "licence_version", "product", "licence_sha256", "aup_version", "note",
+            "accepted_by", "accepted_at",
+        ]
+        read_only_fields = ["id", "accepted_by", "accepted_at"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        view = self.context.get("view")
+        if view is not None and not getattr(view, "swagger_fake_view", False):
+            self.fields["product"].queryset = Product.objects.filter(
+                organisation__in=view.writable_organisation_ids()
+            )
+
+
+class GrantSerializer(serializers.ModelSerializer):
+    group = serializers.PrimaryKeyRelatedField(queryset=AffiliateGroup.objects.all())
+    licence_versions = serializers.SlugRelatedField(
+        slug_field="slug", many=True, queryset=LicenceVersion.objects.all()
+    )
+    supersedes = serializers.PrimaryKeyRelatedField(queryset=MetaGrant.objects.all(), required=False, allow_null=True)
+
+    class Meta:
+        model = MetaGrant
+        fields = [
+            "id", "group", "licence_versions", "reference", "scope", "granted_on", "valid_from", "valid_until",
+            "supersedes", "revoked", "recorded_by", "recorded_at",
+        ]
+        read_only_fields = ["id", "recorded_by", "recorded_at"]
+
+
+class NameCheckSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    ok = serializers.BooleanField()
+    rule = serializers.CharField()
+    message = serializers.CharField()
+
+
+class ObligationsSerializer(serializers.Serializer):
+    product = serializers.IntegerField()
+    version = serializers.CharField()
+    notice_filename = serializers.CharField()
+    notice_text = serializers.CharField()
+    attribution_display = serializers.CharField(allow_null=True)
+    derived_name_prefix = serializers.CharField(allow_null=True)
+    outputs_may_improve_other_models = serializers.BooleanField()
+    eu_multimodal_restriction = serializers.BooleanField()
+    redistribute_licence_copy = serializers.BooleanField()
+    aup_version = serializers.CharField()
+    aup_url = serializers.URLField()
+    aup_accepted = serializers.BooleanField()
+    licence_accepted = serializers.BooleanField()
+    date_ambiguous = serializers.BooleanField()
+    derived_model_name_check = NameCheckSerializer(allow_null=True)

@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, permissions, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from governance.api.tenancy import TenantViewSet
+from governance.principals import principal_of
+from licensing import selectors, services
+from licensing.api import filters
+from licensing.api.serializers import (
+    AcceptanceSerializer,
+    GrantSerializer,
+    GroupSerializer,
+    LicenceVersionSerializer,
+    ObligationsSerializer,
+    OrganisationSerializer,
+    ProductSerializer,
+)
+from licensing.models import AffiliateGroup, LicenceAcceptance, LicenceVersion, MetaGrant, Organisation, Product
+from licensing.obligations import NOTICE_FILENAME, check_derived_model_name, notice_file_text
+
+
+class LicenceVersionViewSet(viewsets.ReadOnlyModelViewSet):
+    """The licence catalogue: every Llama version with the facts Corral enforces. Same for every tenant."""
+
+    queryset = LicenceVersion.objects.prefetch_related("base_models")
+    serializer_class = LicenceVersionSerializer
+    lookup_field = "slug"
+    lookup_value_regex = r"[^/]+"  # slugs such as llama-3.1 contain dots
+    filterset_class = filters.LicenceVersionFilter
+    ordering_fields = ["release_date", "name"]
+
+
+class GroupViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
+    """The caller's affiliate group(s): the unit the 700M limit applies to."""
+
+    queryset = AffiliateGroup.objects.prefetch_related("organisations")
+    serializer_class = GroupSerializer
+    tenant_field = "organisations"
+    filterset_class = filters.GroupFilter
+
+    def scope_queryset(self, queryset: QuerySet) -> QuerySet:
+        return queryset.distinct()
+
+    def organisation_id_of(self, obj: Any) -> int | None:
+        return None  # read-only: visible to anyone who may read in one of its organisations
+
+
+class OrganisationViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
+    """The caller's own organisation(s)."""
+
+    queryset = Organisation.objects.select_related("group")
+    serializer_class = OrganisationSerializer
+    tenant_field = "pk"
+    filterset_class = filters.OrganisationFilter
+
+
+class ProductViewSet(TenantViewSet, viewsets.ModelViewSet):
+    queryset = Product.objects.select_related("organisation", "licence_version", "base_model")
+    serializer_class = ProductSerializer
+    filterset_class = filters.ProductFilter
+    ordering_fields = ["name", "launch_date", "created_at"]
+
+    def scope_queryset(self, queryset: QuerySet) -> QuerySet:
+        bound = self.principal.bound_product_id
+        return queryset.filter(pk=bound) if bound else queryset
+
+    def perform_create(self, serializer: ProductSerializer) -> None:
+        if self.principal.bound_product_id:
+            raise PermissionDenied("This key is bound to one product and cannot create products.")
+        serializer.instance = services.product_create(actor=self.principal.label, **serializer.validated_data)
+
+    def perform_update(self, serializer: ProductSerializer) -> None:
+        serializer.instance = services.product_update(
+            product=serializer.instance, actor=self.principal.label, **serializer.validated_data
+        )
+
+    def perform_destroy(self, instance: Product) -> None:
+        services.product_delete(product=instance, actor=self.principal.label)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "derived_model_name", OpenApiTypes.STR, description="Also check this derived model name"
+            )
+        ],
+        responses=ObligationsSerializer,
+    )
+    @action(detail=True, methods=["get"])
+    def obligations(self, request: Request, pk: str | None = None) -> Response:
+        """What the product's licence version obliges it to do, and whether its licence and AUP are accepted."""
+        product = self.get_object()
+        obligations = selectors.product_obligations_get(product=product)
+        name = request.query_params.get("derived_model_name")
+        name_check = check_derived_model_name(product.licence_version.terms(), name) if name is not None else None
+        payload = {"product": product.pk, **asdict(obligations), "derived_model_name_check": name_check and asdict(name_check)}
+        return Response(ObligationsSerializer(payload).data)
+
+    @extend_schema(responses={(200, "text/plain"): OpenApiTypes.STR})
+    @action(detail=True, methods=["get"])
+    def notice(self, request: Request, pk: str | None = None) -> HttpResponse:
+        """The "Notice" text file to ship with the product (licence section 1.b.iii)."""
+        product = self.get_object()
+        response = HttpResponse(notice_file_text(product.licence_version.terms()), content_type="text/plain; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{NOTICE_FILENAME}"'
+        return response
+
+
+class AcceptanceViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin):
+    """Licence and AUP acceptances: append-only, so there is no update or delete."""
+
+    queryset = LicenceAcceptance.objects.select_related("organisation", "licence_version", "product")
+    serializer_class = AcceptanceSerializer
+    filterset_class = filters.AcceptanceFilter
+    ordering_fields = ["accepted_at"]
+
+    def perform_create(self, serializer: AcceptanceSerializer) -> None:
+        serializer.instance = services.licence_accept(
+            accepted_by=self.principal.label,
+            user=self.request.user if self.principal.user is not None else None,
+            **serializer.validated_data,
+        )
+
+
+class IsStaffForWrites(permissions.BasePermission):
+    message = "Only Corral staff record Meta grants."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        if request.method in permissions.SAFE_METHODS:
+            return True
+        principal = principal_of(request)
+        return bool(principal and principal.is_staff and principal.api_key is None)
+
+
+class GrantViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin):
+    """Meta grants of the caller's group(s). Recorded by staff; append-only (a correction supersedes)."""
+
+    queryset = MetaGrant.objects.select_related("group").prefetch_related("licence_versions")
+    serializer_class = GrantSerializer
+    tenant_field = "group__organisations"
+    filterset_class = filters.GrantFilter
+    permission_classes = [IsStaffForWrites]
+
+    def get_permissions(self) -> list[Any]:
+        from governance.permissions import HasTenantScope
+
+        if self.request.method in permissions.SAFE_METHODS:
+            return [HasTenantScope(), IsStaffForWrites()]
+        return [IsStaffForWrites()]
+
+    def scope_queryset(self, queryset: QuerySet) -> QuerySet:
+        return queryset.distinct()
+
+    def organisation_id_of(self, obj: Any) -> int | None:
+        return None
+
+    def perform_create(self, serializer: GrantSerializer) -> None:
+        data = dict(serializer.validated_data)
+        serializer.instance = services.grant_record(recorded_by=self.principal.label, **data)

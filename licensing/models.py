@@ -1,0 +1,252 @@
+"""What the Llama licences say, who is bound by them, and what each licensee has accepted or been granted."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+
+from licensing.terms import LicenceTerms, test_month_for
+
+sha256_validator = RegexValidator(r"^[0-9a-f]{64}$", "Must be a SHA-256 as 64 lower-case hexadecimal digits.")
+
+
+class AppendOnlyError(ValidationError):
+    pass
+
+
+class AppendOnlyModel(models.Model):
+    """A record that is never changed or deleted once written: a correction is a new record."""
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if self.pk is not None and not self._state.adding:
+            raise AppendOnlyError(f"{type(self).__name__} records are append-only: record a new one instead.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AppendOnlyError(f"{type(self).__name__} records are append-only and cannot be deleted.")
+
+
+class LicenceVersion(models.Model):
+    """One Llama licence version in the catalogue, with the facts Corral enforces."""
+
+    slug = models.SlugField(max_length=40, unique=True, help_text="Stable identifier, e.g. llama-3.1")
+    name = models.CharField(max_length=80, unique=True)
+    licence_name = models.CharField(max_length=120, help_text="e.g. Llama 3.1 Community License")
+    release_date = models.DateField(help_text="The date the 700M clause is tested on")
+    release_date_label = models.CharField(
+        max_length=80, default="release date", help_text="What the licence header calls the date"
+    )
+    date_ambiguous = models.BooleanField(
+        default=False, help_text="The licence text does not fix which release date its 700M test uses"
+    )
+    date_note = models.TextField(blank=True)
+    mau_threshold = models.BigIntegerField(default=700_000_000, validators=[MinValueValidator(1)])
+    notice_line = models.TextField(help_text="The line a redistributor keeps in a \"Notice\" text file")
+    attribution_display = models.CharField(
+        max_length=80, blank=True, help_text='e.g. "Built with Llama"; blank when none is required'
+    )
+    derived_name_prefix = models.CharField(
+        max_length=40, blank=True, help_text="A distributed derived model's name must begin with this"
+    )
+    outputs_may_improve_other_models = models.BooleanField(
+        help_text="False where the licence forbids using outputs to improve other large language models"
+    )
+    eu_multimodal_restriction = models.BooleanField(
+        default=False, help_text="The AUP withholds multimodal rights from EU-domiciled licensees"
+    )
+    licence_url = models.URLField()
+    licence_sha256 = models.CharField(max_length=64, validators=[sha256_validator])
+    licence_source = models.CharField(
+        max_length=300, blank=True, help_text="Where the hashed text was read: repository@commit:path"
+    )
+    aup_version = models.CharField(max_length=40, help_text="Acceptable Use Policy version, e.g. llama-3.1")
+    aup_url = models.URLField()
+    aup_sha256 = models.CharField(max_length=64, validators=[sha256_validator], blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["release_date", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def test_month(self) -> dt.date:
+        """First day of the calendar month the 700M test looks at: the month before the release date."""
+        return test_month_for(self.release_date)
+
+    def terms(self) -> LicenceTerms:
+        return LicenceTerms(
+            version=self.name,
+            licence_name=self.licence_name,
+            release_date=self.release_date,
+            date_ambiguous=self.date_ambiguous,
+            mau_threshold=self.mau_threshold,
+            notice_line=self.notice_line,
+            attribution_display=self.attribution_display,
+            derived_name_prefix=self.derived_name_prefix,
+            outputs_may_improve_other_models=self.outputs_may_improve_other_models,
+            eu_multimodal_restriction=self.eu_multimodal_restriction,
+            aup_version=self.aup_version,
+            aup_url=self.aup_url,
+            licence_url=self.licence_url,
+        )
+
+
+class BaseModel(models.Model):
+    """A model Meta released under a licence version (the weights a product or deployment starts from)."""
+
+    licence_version = models.ForeignKey(LicenceVersion, on_delete=models.PROTECT, related_name="base_models")
+    repo_id = models.CharField(max_length=200, unique=True, help_text="Hugging Face repo id, e.g. meta-llama/...")
+    multimodal = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["licence_version__release_date", "repo_id"]
+
+    def __str__(self) -> str:
+        return self.repo_id
+
+
+class AffiliateGroup(models.Model):
+    """Organisations under common control. The 700M limit applies to the group as a whole."""
+
+    name = models.CharField(max_length=200, unique=True)
+    slug = models.SlugField(max_length=200, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Organisation(models.Model):
+    """A licensee, and a tenant of Corral. Belongs to exactly one affiliate group."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+
+    name = models.CharField(max_length=200, unique=True)
+    slug = models.SlugField(max_length=200, unique=True)
+    group = models.ForeignKey(AffiliateGroup, on_delete=models.PROTECT, related_name="organisations")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
+    eu_domiciled = models.BooleanField(
+        default=False, help_text="Principal place of business in the European Union (Llama 3.2+ multimodal AUP)"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        OWNER = "owner", "Owner"
+        ADMIN = "admin", "Admin"
+        MEMBER = "member", "Member"
+        VIEWER = "viewer", "Viewer"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "organisation"], name="one_membership_per_org")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.organisation} ({self.role})"
+
+
+class Product(models.Model):
+    """Something an organisation ships that is built on a Llama model."""
+
+    class Status(models.TextChoices):
+        DEVELOPMENT = "development", "In development"
+        LIVE = "live", "Live"
+        RETIRED = "retired", "Retired"
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="products")
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    licence_version = models.ForeignKey(LicenceVersion, on_delete=models.PROTECT, related_name="products")
+    base_model = models.ForeignKey(
+        BaseModel, on_delete=models.PROTECT, null=True, blank=True, related_name="products"
+    )
+    launch_date = models.DateField(null=True, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.DEVELOPMENT)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["organisation__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["organisation", "name"], name="unique_product_name_per_org")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class LicenceAcceptance(AppendOnlyModel):
+    """A licensee accepted a licence version and its Acceptable Use Policy: who, when, and which text."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="acceptances")
+    licence_version = models.ForeignKey(LicenceVersion, on_delete=models.PROTECT, related_name="acceptances")
+    product = models.ForeignKey(
+        Product, on_delete=models.PROTECT, null=True, blank=True, related_name="acceptances"
+    )
+    accepted_by_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    accepted_by = models.CharField(max_length=200, help_text="The person or key that accepted, as recorded")
+    accepted_at = models.DateTimeField(auto_now_add=True)
+    licence_sha256 = models.CharField(max_length=64, validators=[sha256_validator])
+    aup_version = models.CharField(max_length=40)
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-accepted_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.organisation} accepted {self.licence_version} ({self.accepted_at:%Y-%m-%d})"
+
+
+class MetaGrant(AppendOnlyModel):
+    """A licence Meta granted beyond the 700M limit, for an affiliate group and the versions it covers."""
+
+    group = models.ForeignKey(AffiliateGroup, on_delete=models.PROTECT, related_name="grants")
+    licence_versions = models.ManyToManyField(LicenceVersion, related_name="grants")
+    reference = models.CharField(max_length=200, help_text="Meta's reference or the agreement's title")
+    scope = models.TextField(blank=True, help_text="What the grant covers, in its own words")
+    granted_on = models.DateField()
+    valid_from = models.DateField()
+    valid_until = models.DateField(null=True, blank=True)
+    supersedes = models.ForeignKey(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="superseded_by"
+    )
+    revoked = models.BooleanField(default=False, help_text="This record withdraws the grant it supersedes")
+    recorded_by = models.CharField(max_length=200)
+    recorded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-recorded_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(valid_until__isnull=True) | models.Q(valid_until__gte=models.F("valid_from")),
+                name="grant_valid_until_after_valid_from",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reference} ({self.group})"

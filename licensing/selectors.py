@@ -1,0 +1,58 @@
+"""Reads of the licensing app. Each takes the tenant it reads for; none returns every tenant's rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from django.db.models import Q, QuerySet
+
+from licensing.models import AffiliateGroup, LicenceAcceptance, LicenceVersion, MetaGrant, Organisation, Product
+from licensing.obligations import Obligations, product_obligations
+
+
+def product_list(*, organisation: Organisation) -> QuerySet[Product]:
+    return Product.objects.filter(organisation=organisation).select_related("licence_version", "base_model")
+
+
+def group_organisations(*, group: AffiliateGroup) -> QuerySet[Organisation]:
+    return Organisation.objects.filter(group=group)
+
+
+@dataclass(frozen=True)
+class AcceptanceState:
+    licence_accepted: bool
+    aup_accepted: bool
+    last_accepted_at: dt.datetime | None
+
+
+def acceptance_state(*, organisation: Organisation, licence_version: LicenceVersion) -> AcceptanceState:
+    """Whether the organisation accepted the catalogue's current text of this licence and its AUP."""
+    records = LicenceAcceptance.objects.filter(organisation=organisation, licence_version=licence_version)
+    licence = records.filter(licence_sha256=licence_version.licence_sha256).order_by("-accepted_at").first()
+    aup = records.filter(aup_version=licence_version.aup_version).order_by("-accepted_at").first()
+    return AcceptanceState(
+        licence_accepted=licence is not None,
+        aup_accepted=aup is not None,
+        last_accepted_at=licence.accepted_at if licence else None,
+    )
+
+
+def grants_in_force(*, group: AffiliateGroup, on: dt.date, licence_version: LicenceVersion | None = None
+                    ) -> QuerySet[MetaGrant]:
+    """Grants of the group valid on ``on`` that no later record supersedes (a revocation supersedes too)."""
+    grants = (
+        MetaGrant.objects.filter(group=group, revoked=False, valid_from__lte=on)
+        .filter(Q(valid_until__isnull=True) | Q(valid_until__gte=on))
+        .exclude(superseded_by__isnull=False)
+    )
+    if licence_version is not None:
+        grants = grants.filter(licence_versions=licence_version)
+    return grants.distinct()
+
+
+def product_obligations_get(*, product: Product) -> Obligations:
+    state = acceptance_state(organisation=product.organisation, licence_version=product.licence_version)
+    return product_obligations(
+        product.licence_version.terms(), licence_accepted=state.licence_accepted, aup_accepted=state.aup_accepted
+    )

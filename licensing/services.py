@@ -1,0 +1,286 @@
+"""Writes of the licensing app. Every write that matters to counsel lands in the audit log with it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils.text import slugify
+
+from governance.audit import audit_record
+from licensing.models import (
+    AffiliateGroup,
+    BaseModel,
+    LicenceAcceptance,
+    LicenceVersion,
+    MetaGrant,
+    Organisation,
+    Product,
+)
+
+
+def _unique_slug(model: type, name: str) -> str:
+    base = slugify(name)[:180] or "org"
+    slug, n = base, 1
+    while model.objects.filter(slug=slug).exists():
+        n += 1
+        slug = f"{base}-{n}"
+    return slug
+
+
+def group_get_or_create(*, name: str) -> tuple[AffiliateGroup, bool]:
+    group = AffiliateGroup.objects.filter(name=name).first()
+    if group:
+        return group, False
+    return AffiliateGroup.objects.create(name=name, slug=_unique_slug(AffiliateGroup, name)), True
+
+
+def organisation_create(*, name: str, group_name: str, actor: str, eu_domiciled: bool = False) -> Organisation:
+    """Create an organisation in the named affiliate group, creating the group when it does not exist."""
+    name = name.strip()
+    if not name:
+        raise ValidationError({"name": "An organisation needs a name."})
+    if Organisation.objects.filter(name=name).exists():
+        raise ValidationError({"name": f"An organisation named {name!r} already exists."})
+    with transaction.atomic():
+        group, _ = group_get_or_create(name=group_name.strip() or name)
+        organisation = Organisation.objects.create(
+            name=name, slug=_unique_slug(Organisation, name), group=group, eu_domiciled=eu_domiciled
+        )
+        audit_record(
+            action="organisation.created",
+            actor=actor,
+            organisation=organisation,
+            obj=organisation,
+            data={"name": name, "group": group.name},
+        )
+    return organisation
+
+
+def _check_base_model(licence_version: LicenceVersion, base_model: BaseModel | None) -> None:
+    if base_model is not None and base_model.licence_version_id != licence_version.pk:
+        raise ValidationError(
+            {
+                "base_model": (
+                    f"{base_model.repo_id} is released under {base_model.licence_version.name}, "
+                    f"not {licence_version.name}."
+                )
+            }
+        )
+
+
+def _check_unique_name(organisation: Organisation, name: str, exclude_pk: int | None = None) -> None:
+    clash = Product.objects.filter(organisation=organisation, name=name)
+    if exclude_pk is not None:
+        clash = clash.exclude(pk=exclude_pk)
+    if clash.exists():
+        raise ValidationError({"name": f"This organisation already has a product named {name!r}."})
+
+
+def product_create(
+    *,
+    organisation: Organisation,
+    name: str,
+    licence_version: LicenceVersion,
+    actor: str,
+    base_model: BaseModel | None = None,
+    launch_date: dt.date | None = None,
+    status: str = Product.Status.DEVELOPMENT,
+    description: str = "",
+) -> Product:
+    _check_base_model(licence_version, base_model)
+    _check_unique_name(organisation, name)
+    with transaction.atomic():
+        product = Product.objects.create(
+            organisation=organisation,
+            name=name,
+            licence_version=licence_version,
+            base_model=base_model,
+            launch_date=launch_date,
+            status=status,
+            description=description,
+        )
+        audit_record(
+            action="product.created",
+            actor=actor,
+            organisation=organisation,
+            obj=product,
+            data={"name": name, "licence_version": licence_version.slug, "status": status},
+        )
+    return product
+
+
+_PRODUCT_EDITABLE = {"name", "description", "licence_version", "base_model", "launch_date", "status"}
+
+
+def product_update(*, product: Product, actor: str, **changes: object) -> Product:
+    """Change a product's editable fields. Its organisation never changes: products do not move tenants."""
+    unknown = set(changes) - _PRODUCT_EDITABLE
+    if unknown:
+        raise ValidationError({field: "This field cannot be changed." for field in sorted(unknown)})
+    licence_version = changes.get("licence_version", product.licence_version)
+    base_model = changes.get("base_model", product.base_model)
+    if "licence_version" in changes and "base_model" not in changes and base_model is not None:
+        if base_model.licence_version_id != licence_version.pk:  # type: ignore[union-attr]
+            base_model = None  # the old base model belongs to the old version
+            changes["base_model"] = None
+    _check_base_model(licence_version, base_model)  # type: ignore[arg-type]
+    if "name" in changes:
+        _check_unique_name(product.organisation, str(changes["name"]), exclude_pk=product.pk)
+    before = {field: _plain(getattr(product, field)) for field in changes}
+    with transaction.atomic():
+        for field, value in changes.items():
+            setattr(product, field, value)
+        product.save()
+        audit_record(
+            action="product.updated",
+            actor=actor,
+            organisation=product.organisation,
+            obj=product,
+            data={"before": before, "after": {field: _plain(getattr(product, field)) for field in changes}},
+        )
+    return product
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, (LicenceVersion,)):
+        return value.slug
+    if isinstance(value, BaseModel):
+        return value.repo_id
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+def product_delete(*, product: Product, actor: str) -> None:
+    """Delete a product that has no acceptance records; one with a record is retired instead, keeping it."""
+    if product.acceptances.exists():
+        raise ValidationError(
+            {"product": "This product has licence acceptance records, which are kept: set its status to retired."}
+        )
+    with transaction.atomic():
+        audit_record(
+            action="product.deleted",
+            actor=actor,
+            organisation=product.organisation,
+            obj=product,
+            data={"name": product.name},
+        )
+        product.delete()
+
+
+def licence_accept(
+    *,
+    organisation: Organisation,
+    licence_version: LicenceVersion,
+    licence_sha256: str,
+    aup_version: str,
+    accepted_by: str,
+    product: Product | None = None,
+    user: object | None = None,
+    note: str = "",
+) -> LicenceAcceptance:
+    """Record that ``accepted_by`` accepted this version's licence and AUP, as identified by their hash/version.
+
+    The hash must be the catalogue's: accepting a text other than the one Corral knows is refused, so the
+    record always says which words were agreed to.
+    """
+    errors: dict[str, str] = {}
+    if licence_sha256.lower() != licence_version.licence_sha256:
+        errors["licence_sha256"] = (
+            f"Does not match the {licence_version.name} licence text in the catalogue "
+            f"(expected {licence_version.licence_sha256})."
+        )
+    if aup_version != licence_version.aup_version:
+        errors["aup_version"] = (
+            f"{licence_version.name} incorporates Acceptable Use Policy {licence_version.aup_version!r}, "
+            f"not {aup_version!r}."
+        )
+    if product is not None:
+        if product.organisation_id != organisation.pk:
+            errors["product"] = "The product belongs to another organisation."
+        elif product.licence_version_id != licence_version.pk:
+            errors["product"] = f"The product is built on {product.licence_version.name}, not {licence_version.name}."
+    if errors:
+        raise ValidationError(errors)
+    with transaction.atomic():
+        acceptance = LicenceAcceptance.objects.create(
+            organisation=organisation,
+            licence_version=licence_version,
+            product=product,
+            accepted_by_user=user if getattr(user, "pk", None) else None,
+            accepted_by=accepted_by,
+            licence_sha256=licence_sha256.lower(),
+            aup_version=aup_version,
+            note=note,
+        )
+        audit_record(
+            action="licence.accepted",
+            actor=accepted_by,
+            organisation=organisation,
+            obj=acceptance,
+            data={
+                "licence_version": licence_version.slug,
+                "licence_sha256": acceptance.licence_sha256,
+                "aup_version": aup_version,
+                "product": product and product.pk,
+            },
+        )
+    return acceptance
+
+
+def grant_record(
+    *,
+    group: AffiliateGroup,
+    licence_versions: Iterable[LicenceVersion],
+    reference: str,
+    granted_on: dt.date,
+    valid_from: dt.date,
+    recorded_by: str,
+    valid_until: dt.date | None = None,
+    scope: str = "",
+    supersedes: MetaGrant | None = None,
+    revoked: bool = False,
+) -> MetaGrant:
+    """Record a licence Meta granted (or, with ``revoked``, its withdrawal) as a new, unchangeable record."""
+    versions = list(licence_versions)
+    errors: dict[str, str] = {}
+    if not versions:
+        errors["licence_versions"] = "A grant covers at least one licence version."
+    if valid_until is not None and valid_until < valid_from:
+        errors["valid_until"] = "Must not be before valid_from."
+    if supersedes is not None and supersedes.group_id != group.pk:
+        errors["supersedes"] = "The superseded grant belongs to another group."
+    if revoked and supersedes is None:
+        errors["revoked"] = "A revocation must name the grant it withdraws in supersedes."
+    if errors:
+        raise ValidationError(errors)
+    with transaction.atomic():
+        grant = MetaGrant.objects.create(
+            group=group,
+            reference=reference,
+            scope=scope,
+            granted_on=granted_on,
+            valid_from=valid_from,
+            valid_until=valid_until,
+            supersedes=supersedes,
+            revoked=revoked,
+            recorded_by=recorded_by,
+        )
+        grant.licence_versions.set(versions)
+        audit_record(
+            action="grant.revoked" if revoked else "grant.recorded",
+            actor=recorded_by,
+            group=group,
+            obj=grant,
+            data={
+                "reference": reference,
+                "licence_versions": [v.slug for v in versions],
+                "valid_from": valid_from,
+                "valid_until": valid_until,
+                "supersedes": supersedes and supersedes.pk,
+            },
+        )
+    return grant

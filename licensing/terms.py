@@ -1,0 +1,36 @@
+"""Licence terms as plain values, and the date rules of the 700M clause. No ORM here."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+
+def test_month_for(release_date: dt.date) -> dt.date:
+    """First day of the calendar month before ``release_date``.
+
+    The clause counts users "in the preceding calendar month" as of the version's release date.
+    """
+    first_of_release_month = release_date.replace(day=1)
+    return (first_of_release_month - dt.timedelta(days=1)).replace(day=1)
+
+
+@dataclass(frozen=True)
+class LicenceTerms:
+    version: str
+    licence_name: str
+    release_date: dt.date
+    date_ambiguous: bool
+    mau_threshold: int
+    notice_line: str
+    attribution_display: str
+    derived_name_prefix: str
+    outputs_may_improve_other_models: bool
+    eu_multimodal_restriction: bool
+    aup_version: str
+    aup_url: str
+    licence_url: str
+
+    @property
+    def test_month(self) -> dt.date:
+        return test_month_for(self.release_date)

@@ -1,0 +1,336 @@
+"""The licensing REST API, with an owner, a teammate and an outsider for every module."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from governance.models import ApiKey, AuditEvent
+from licensing.models import LicenceAcceptance, MetaGrant, Product
+from tests.factories import GroupFactory, MembershipFactory, OrganisationFactory, ProductFactory, UserFactory, licence
+
+pytestmark = pytest.mark.django_db
+
+
+# --- authentication ---------------------------------------------------------------------------------------
+
+
+def test_it_refuses_requests_without_a_key() -> None:
+    response = APIClient().get("/api/v1/products/")
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_it_refuses_a_malformed_or_unknown_key(owner_org) -> None:
+    for header in ["Bearer nonsense", "Bearer crl_00000000.secret", "Bearer a b", "Bearer"]:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=header)
+        assert client.get("/api/v1/products/").status_code == 401, header
+
+
+def test_it_refuses_a_revoked_key(owner_org, client_for) -> None:
+    client = client_for(owner_org, ["read"])
+    ApiKey.objects.filter(prefix=client.api_key.split(".")[0]).update(revoked_at=timezone.now())
+    response = client.get("/api/v1/products/")
+    assert response.status_code == 401
+    assert "revoked" in response.json()["detail"]
+
+
+def test_it_refuses_an_expired_key(owner_org, client_for) -> None:
+    client = client_for(owner_org, ["read"], expires_at=timezone.now() + dt.timedelta(hours=1))
+    ApiKey.objects.filter(prefix=client.api_key.split(".")[0]).update(
+        expires_at=timezone.now() - dt.timedelta(seconds=1)
+    )
+    response = client.get("/api/v1/products/")
+    assert response.status_code == 401
+    assert "expired" in response.json()["detail"]
+
+
+def test_it_refuses_keys_of_a_suspended_organisation(owner_org, client_for) -> None:
+    client = client_for(owner_org, ["read"])
+    owner_org.status = "suspended"
+    owner_org.save()
+    assert client.get("/api/v1/products/").status_code == 401
+
+
+# --- products: owner, teammate, outsider --------------------------------------------------------------------
+
+
+def test_it_lists_only_the_callers_products(owner_org, outsider_org, product, client_for) -> None:
+    ProductFactory(organisation=outsider_org, name="Outsider Chat")
+    response = client_for(owner_org, ["read"]).get("/api/v1/products/")
+    assert response.status_code == 200
+    assert [p["name"] for p in response.json()["results"]] == ["Owner Chat"]
+
+
+def test_it_lets_a_teammate_key_read_and_change_the_product(owner_org, product, client_for) -> None:
+    teammate = client_for(owner_org, ["read", "write"])
+    assert teammate.get(f"/api/v1/products/{product.pk}/").json()["name"] == "Owner Chat"
+    response = teammate.patch(f"/api/v1/products/{product.pk}/", {"status": "live"}, format="json")
+    assert response.status_code == 200, response.content
+    product.refresh_from_db()
+    assert product.status == "live"
+    assert AuditEvent.objects.filter(action="product.updated", object_id=str(product.pk)).exists()
+
+
+@pytest.mark.parametrize("method", ["get", "put", "patch", "delete"])
+def test_it_answers_404_to_an_outsider_for_every_method(method, outsider_org, product, client_for) -> None:
+    outsider = client_for(outsider_org, ["read", "write", "admin"])
+    url = f"/api/v1/products/{product.pk}/"
+    response = getattr(outsider, method)(url, {"name": "Stolen", "licence_version": "llama-3.1"}, format="json")
+    assert response.status_code == 404
+    product.refresh_from_db()
+    assert product.name == "Owner Chat"
+
+
+def test_it_answers_404_to_an_outsider_on_the_obligations_and_notice(outsider_org, product, client_for) -> None:
+    outsider = client_for(outsider_org, ["read"])
+    assert outsider.get(f"/api/v1/products/{product.pk}/obligations/").status_code == 404
+    assert outsider.get(f"/api/v1/products/{product.pk}/notice/").status_code == 404
+
+
+def test_it_refuses_writes_with_a_read_only_key(owner_org, product, client_for) -> None:
+    reader = client_for(owner_org, ["read"])
+    create = reader.post("/api/v1/products/", {"name": "New", "licence_version": "llama-3.1"}, format="json")
+    assert create.status_code == 403
+    assert "'write' scope" in create.json()["detail"]
+    assert reader.patch(f"/api/v1/products/{product.pk}/", {"name": "X"}, format="json").status_code == 403
+    assert reader.delete(f"/api/v1/products/{product.pk}/").status_code == 403
+    assert Product.objects.filter(organisation=owner_org).count() == 1
+
+
+def test_it_refuses_reads_with_a_key_without_the_read_scope(owner_org, product, client_for) -> None:
+    assert client_for(owner_org, ["ingest"]).get("/api/v1/products/").status_code == 403
+
+
+def test_it_creates_a_product_in_the_callers_organisation(owner_org, client_for) -> None:
+    response = client_for(owner_org, ["read", "write"]).post(
+        "/api/v1/products/",
+        {"name": "Acme Code", "licence_version": "llama-3.3", "base_model": "meta-llama/Llama-3.3-70B-Instruct",
+         "launch_date": "2025-01-10", "status": "live"},
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["organisation"] == owner_org.pk
+    assert body["licence_version"] == "llama-3.3"
+    assert Product.objects.get(pk=body["id"]).organisation == owner_org
+
+
+def test_it_refuses_to_create_a_product_in_another_organisation(owner_org, outsider_org, client_for) -> None:
+    response = client_for(owner_org, ["read", "write"]).post(
+        "/api/v1/products/", {"name": "Sneaky", "licence_version": "llama-3.1", "organisation": outsider_org.pk},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert "organisation" in response.json()
+    assert not Product.objects.filter(name="Sneaky").exists()
+
+
+def test_it_refuses_to_move_a_product_to_another_organisation(owner_org, outsider_org, product, client_for) -> None:
+    response = client_for(owner_org, ["read", "write"]).patch(
+        f"/api/v1/products/{product.pk}/", {"organisation": outsider_org.pk}, format="json"
+    )
+    assert response.status_code == 400
+    product.refresh_from_db()
+    assert product.organisation == owner_org
+
+
+@pytest.mark.parametrize(
+    "payload, field",
+    [
+        ({"licence_version": "llama-3.1"}, "name"),
+        ({"name": "A"}, "licence_version"),
+        ({"name": "A", "licence_version": "llama-9"}, "licence_version"),
+        ({"name": "A", "licence_version": "llama-4", "base_model": "meta-llama/Llama-2-7b-hf"}, "base_model"),
+        ({"name": "A", "licence_version": "llama-3.1", "status": "sold"}, "status"),
+        ({"name": "A", "licence_version": "llama-3.1", "launch_date": "yesterday"}, "launch_date"),
+        ({"name": "Owner Chat", "licence_version": "llama-3.1"}, "name"),
+        ({"name": "x" * 201, "licence_version": "llama-3.1"}, "name"),
+    ],
+)
+def test_it_refuses_bad_product_input_naming_the_field(payload, field, owner_org, product, client_for) -> None:
+    response = client_for(owner_org, ["read", "write"]).post("/api/v1/products/", payload, format="json")
+    assert response.status_code == 400, response.content
+    assert field in response.json()
+
+
+def test_it_answers_400_to_malformed_json(owner_org, client_for) -> None:
+    response = client_for(owner_org, ["read", "write"]).post(
+        "/api/v1/products/", "{not json", content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert "JSON parse error" in response.json()["detail"]
+
+
+def test_it_refuses_to_delete_a_product_with_acceptances_but_deletes_one_without(
+    owner_org, product, client_for
+) -> None:
+    client = client_for(owner_org, ["read", "write"])
+    spare = ProductFactory(organisation=owner_org, name="Spare")
+    assert client.delete(f"/api/v1/products/{spare.pk}/").status_code == 204
+    version = product.licence_version
+    LicenceAcceptance.objects.create(
+        organisation=owner_org, licence_version=version, product=product, accepted_by="t",
+        licence_sha256=version.licence_sha256, aup_version=version.aup_version,
+    )
+    response = client.delete(f"/api/v1/products/{product.pk}/")
+    assert response.status_code == 400
+    assert "retired" in str(response.json())
+    assert Product.objects.filter(pk=product.pk).exists()
+
+
+def test_it_paginates_and_filters_products(owner_org, client_for) -> None:
+    for i in range(7):
+        ProductFactory(organisation=owner_org, name=f"P{i}", licence_version=licence("llama-2" if i % 2 else "llama-3.1"))
+    client = client_for(owner_org, ["read"])
+    page = client.get("/api/v1/products/?page_size=3").json()
+    assert page["count"] == 7 and len(page["results"]) == 3 and page["next"]
+    llama2 = client.get("/api/v1/products/?licence_version=llama-2").json()
+    assert llama2["count"] == 3
+    assert {p["licence_version"] for p in llama2["results"]} == {"llama-2"}
+
+
+def test_a_product_bound_key_sees_only_its_product(owner_org, product, client_for) -> None:
+    other = ProductFactory(organisation=owner_org, name="Other")
+    bound = client_for(owner_org, ["read", "write"], product=product)
+    assert [p["id"] for p in bound.get("/api/v1/products/").json()["results"]] == [product.pk]
+    assert bound.get(f"/api/v1/products/{other.pk}/").status_code == 404
+    assert bound.post("/api/v1/products/", {"name": "N", "licence_version": "llama-3.1"}, format="json").status_code == 403
+
+
+# --- obligations --------------------------------------------------------------------------------------------
+
+
+def test_it_serves_the_obligations_and_notice_file(owner_org, client_for) -> None:
+    product = ProductFactory(organisation=owner_org, name="L3", licence_version=licence("llama-3"))
+    client = client_for(owner_org, ["read"])
+    body = client.get(f"/api/v1/products/{product.pk}/obligations/?derived_model_name=Llama 3 Acme").json()
+    assert body["notice_text"].startswith("Meta Llama 3 is licensed under the Meta Llama 3 Community License")
+    assert body["attribution_display"] == "Built with Meta Llama 3"
+    assert body["outputs_may_improve_other_models"] is False
+    assert body["licence_accepted"] is False and body["aup_accepted"] is False
+    assert body["derived_model_name_check"]["ok"] is True
+    bad = client.get(f"/api/v1/products/{product.pk}/obligations/?derived_model_name=Acme GPT").json()
+    assert bad["derived_model_name_check"]["ok"] is False
+    notice = client.get(f"/api/v1/products/{product.pk}/notice/")
+    assert notice["Content-Disposition"] == 'attachment; filename="NOTICE"'
+    assert notice.content.decode() == body["notice_text"]
+
+
+# --- acceptances ------------------------------------------------------------------------------------------
+
+
+def test_it_records_an_acceptance_and_the_obligations_reflect_it(owner_org, product, client_for) -> None:
+    client = client_for(owner_org, ["read", "write"])
+    version = product.licence_version
+    response = client.post(
+        "/api/v1/acceptances/",
+        {"licence_version": version.slug, "licence_sha256": version.licence_sha256,
+         "aup_version": version.aup_version, "product": product.pk},
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    assert response.json()["accepted_by"].startswith("api-key:crl_")
+    obligations = client.get(f"/api/v1/products/{product.pk}/obligations/").json()
+    assert obligations["licence_accepted"] is True and obligations["aup_accepted"] is True
+    assert AuditEvent.objects.filter(action="licence.accepted").count() == 1
+
+
+def test_it_refuses_an_acceptance_of_another_text(owner_org, product, client_for) -> None:
+    version = product.licence_version
+    response = client_for(owner_org, ["read", "write"]).post(
+        "/api/v1/acceptances/",
+        {"licence_version": version.slug, "licence_sha256": "0" * 64, "aup_version": "llama-2"},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert set(response.json()) == {"licence_sha256", "aup_version"}
+    assert LicenceAcceptance.objects.count() == 0
+
+
+def test_acceptances_are_append_only_over_the_api(owner_org, product, client_for) -> None:
+    client = client_for(owner_org, ["read", "write"])
+    version = product.licence_version
+    created = client.post(
+        "/api/v1/acceptances/",
+        {"licence_version": version.slug, "licence_sha256": version.licence_sha256, "aup_version": version.aup_version},
+        format="json",
+    ).json()
+    assert client.patch(f"/api/v1/acceptances/{created['id']}/", {"note": "x"}, format="json").status_code == 405
+    assert client.delete(f"/api/v1/acceptances/{created['id']}/").status_code == 405
+
+
+def test_acceptances_of_other_tenants_are_invisible(owner_org, outsider_org, product, client_for) -> None:
+    version = product.licence_version
+    acceptance = LicenceAcceptance.objects.create(
+        organisation=owner_org, licence_version=version, accepted_by="t",
+        licence_sha256=version.licence_sha256, aup_version=version.aup_version,
+    )
+    outsider = client_for(outsider_org, ["read", "write"])
+    assert outsider.get("/api/v1/acceptances/").json()["count"] == 0
+    assert outsider.get(f"/api/v1/acceptances/{acceptance.pk}/").status_code == 404
+    response = outsider.post(
+        "/api/v1/acceptances/",
+        {"licence_version": version.slug, "licence_sha256": version.licence_sha256,
+         "aup_version": version.aup_version, "product": product.pk},
+        format="json",
+    )
+    assert response.status_code == 400 and "product" in response.json()
+
+
+# --- groups, organisations, grants, catalogue ---------------------------------------------------------------
+
+
+def test_it_shows_only_the_callers_group_and_organisation(client_for) -> None:
+    group = GroupFactory(name="Acme")
+    mine = OrganisationFactory(name="Acme A", group=group)
+    OrganisationFactory(name="Acme B", group=group)
+    stranger = OrganisationFactory(name="Other Co")
+    client = client_for(mine, ["read"])
+    groups = client.get("/api/v1/groups/").json()["results"]
+    assert [(g["name"], sorted(g["organisations"])) for g in groups] == [("Acme", ["Acme A", "Acme B"])]
+    assert [o["name"] for o in client.get("/api/v1/organisations/").json()["results"]] == ["Acme A"]
+    assert client.get(f"/api/v1/organisations/{stranger.pk}/").status_code == 404
+    assert client.get(f"/api/v1/groups/{stranger.group_id}/").status_code == 404
+
+
+def test_grants_are_read_by_the_group_and_written_only_by_staff(owner_org, outsider_org, client_for) -> None:
+    grant = MetaGrant.objects.create(
+        group=owner_org.group, reference="META-1", granted_on=dt.date(2025, 1, 1), valid_from=dt.date(2025, 1, 1),
+        recorded_by="staff",
+    )
+    grant.licence_versions.set([licence("llama-3.1")])
+    owner = client_for(owner_org, ["read", "write", "admin"])
+    assert [g["reference"] for g in owner.get("/api/v1/grants/").json()["results"]] == ["META-1"]
+    assert client_for(outsider_org, ["read"]).get(f"/api/v1/grants/{grant.pk}/").status_code == 404
+    payload = {"group": owner_org.group_id, "licence_versions": ["llama-4"], "reference": "SELF",
+               "granted_on": "2025-05-01", "valid_from": "2025-05-01"}
+    assert owner.post("/api/v1/grants/", payload, format="json").status_code == 403
+
+    staff = UserFactory(is_staff=True)
+    MembershipFactory(user=staff, organisation=owner_org, role="admin")
+    session = APIClient()
+    session.force_login(staff)
+    response = session.post("/api/v1/grants/", payload, format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["recorded_by"] == f"user:{staff.username}"
+    assert AuditEvent.objects.filter(action="grant.recorded").count() == 1
+
+
+def test_a_viewer_session_reads_but_cannot_write(owner_org, product) -> None:
+    viewer = MembershipFactory(organisation=owner_org, role="viewer").user
+    session = APIClient()
+    session.force_login(viewer)
+    assert session.get("/api/v1/products/").json()["count"] == 1
+    assert session.patch(f"/api/v1/products/{product.pk}/", {"name": "X"}, format="json").status_code == 403
+
+
+def test_the_catalogue_is_readable_by_any_tenant(owner_org, client_for) -> None:
+    body = client_for(owner_org, ["read"]).get("/api/v1/licences/llama-3.2/").json()
+    assert body["release_date"] == "2024-09-25" and body["test_month"] == "2024-08"
+    assert body["eu_multimodal_restriction"] is True
+    assert any(m["multimodal"] for m in body["base_models"])
