@@ -29,8 +29,14 @@ def catalogue_load(licence_version_model: Any, base_model_model: Any) -> int:
     for entry in catalogue_entries():
         defaults = {field: entry[field] for field in _VERSION_FIELDS}
         defaults["release_date"] = dt.date.fromisoformat(entry["release_date"])
-        version, was_created = licence_version_model.objects.get_or_create(slug=entry["slug"], defaults=defaults)
-        created += int(was_created)
+        # Match on the slug or the name: an admin may have renamed the slug, or added the version first.
+        version = (
+            licence_version_model.objects.filter(slug=entry["slug"]).first()
+            or licence_version_model.objects.filter(name=entry["name"]).first()
+        )
+        if version is None:
+            version = licence_version_model.objects.create(slug=entry["slug"], **defaults)
+            created += 1
         for base in entry["base_models"]:
             base_model_model.objects.get_or_create(
                 repo_id=base["repo_id"], defaults={"licence_version": version, "multimodal": base["multimodal"]}

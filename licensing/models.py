@@ -14,6 +14,11 @@ from licensing.terms import LicenceTerms, test_month_for
 sha256_validator = RegexValidator(r"^[0-9a-f]{64}$", "Must be a SHA-256 as 64 lower-case hexadecimal digits.")
 
 
+version_slug_validator = RegexValidator(
+    r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$", "Lower-case letters and digits, separated by single dots or hyphens."
+)
+
+
 class AppendOnlyError(ValidationError):
     pass
 
@@ -36,7 +41,12 @@ class AppendOnlyModel(models.Model):
 class LicenceVersion(models.Model):
     """One Llama licence version in the catalogue, with the facts Corral enforces."""
 
-    slug = models.SlugField(max_length=40, unique=True, help_text="Stable identifier, e.g. llama-3.1")
+    slug = models.CharField(
+        max_length=40,
+        unique=True,
+        validators=[version_slug_validator],
+        help_text="Stable identifier, e.g. llama-3.1 (lower-case letters, digits, dots and hyphens)",
+    )
     name = models.CharField(max_length=80, unique=True)
     licence_name = models.CharField(max_length=120, help_text="e.g. Llama 3.1 Community License")
     release_date = models.DateField(help_text="The date the 700M clause is tested on")

@@ -48,10 +48,11 @@ def check_derived_model_name(terms: LicenceTerms, name: str) -> NameCheck:
             rule="no_naming_rule",
             message=f"{terms.version} sets no naming rule for derived models.",
         )
-    # The licence speaks of including the prefix "at the beginning" of the name: compare case-sensitively on
-    # the words, so "Llama-3-Foo" passes for "Llama 3" but "MyLlama 3" does not.
+    # The licence asks for the prefix "at the beginning" of the name. Separators count as spaces, and the
+    # prefix must end on a word boundary: "Llama3.1-8B" begins with "Llama", "Llama 30B" does not begin with
+    # "Llama 3", and "Llamafied" does not begin with the word "Llama".
     normalised = cleaned.replace("-", " ").replace("_", " ")
-    if normalised.startswith(prefix) and (len(normalised) == len(prefix) or not normalised[len(prefix)].isalnum()):
+    if normalised.startswith(prefix) and _ends_on_boundary(prefix, normalised[len(prefix):]):
         return NameCheck(
             name=cleaned, ok=True, rule="name_prefix", message=f'The name begins with "{prefix}" as required.'
         )
@@ -61,6 +62,17 @@ def check_derived_model_name(terms: LicenceTerms, name: str) -> NameCheck:
         rule="name_prefix",
         message=f'{terms.version} requires a distributed derived model\'s name to begin with "{prefix}".',
     )
+
+
+def _ends_on_boundary(prefix: str, rest: str) -> bool:
+    if not rest:
+        return True
+    last, following = prefix[-1], rest[0]
+    if last.isalpha():
+        return not following.isalpha()
+    if last.isdigit():
+        return not following.isdigit()
+    return True
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from licensing.models import AffiliateGroup, LicenceAcceptance, LicenceVersion, MetaGrant, Organisation, Product
 from licensing.obligations import Obligations, product_obligations
@@ -40,11 +40,18 @@ def acceptance_state(*, organisation: Organisation, licence_version: LicenceVers
 
 def grants_in_force(*, group: AffiliateGroup, on: dt.date, licence_version: LicenceVersion | None = None
                     ) -> QuerySet[MetaGrant]:
-    """Grants of the group valid on ``on`` that no later record supersedes (a revocation supersedes too)."""
+    """Grants of the group valid on ``on``.
+
+    A correction (a later record that supersedes a grant) replaces it for every date; a revocation withdraws
+    it from its own ``valid_from`` on, so the grant still counts for dates before the withdrawal.
+    """
+    corrected = MetaGrant.objects.filter(supersedes=OuterRef("pk"), revoked=False)
+    withdrawn = MetaGrant.objects.filter(supersedes=OuterRef("pk"), revoked=True, valid_from__lte=on)
     grants = (
         MetaGrant.objects.filter(group=group, revoked=False, valid_from__lte=on)
         .filter(Q(valid_until__isnull=True) | Q(valid_until__gte=on))
-        .exclude(superseded_by__isnull=False)
+        .exclude(Exists(corrected))
+        .exclude(Exists(withdrawn))
     )
     if licence_version is not None:
         grants = grants.filter(licence_versions=licence_version)

@@ -39,13 +39,19 @@ def group_get_or_create(*, name: str) -> tuple[AffiliateGroup, bool]:
 
 def organisation_create(*, name: str, group_name: str, actor: str, eu_domiciled: bool = False) -> Organisation:
     """Create an organisation in the named affiliate group, creating the group when it does not exist."""
-    name = name.strip()
+    name, group_name = name.strip(), group_name.strip()
+    name_limit = Organisation._meta.get_field("name").max_length
+    group_limit = AffiliateGroup._meta.get_field("name").max_length
     if not name:
         raise ValidationError({"name": "An organisation needs a name."})
+    if len(name) > name_limit:
+        raise ValidationError({"name": f"At most {name_limit} characters."})
+    if len(group_name) > group_limit:
+        raise ValidationError({"group": f"At most {group_limit} characters."})
     if Organisation.objects.filter(name=name).exists():
         raise ValidationError({"name": f"An organisation named {name!r} already exists."})
     with transaction.atomic():
-        group, _ = group_get_or_create(name=group_name.strip() or name)
+        group, _ = group_get_or_create(name=group_name or name)
         organisation = Organisation.objects.create(
             name=name, slug=_unique_slug(Organisation, name), group=group, eu_domiciled=eu_domiciled
         )
@@ -90,6 +96,9 @@ def product_create(
     status: str = Product.Status.DEVELOPMENT,
     description: str = "",
 ) -> Product:
+    name = name.strip()
+    if not name:
+        raise ValidationError({"name": "A product needs a name."})
     _check_base_model(licence_version, base_model)
     _check_unique_name(organisation, name)
     with transaction.atomic():

@@ -1,0 +1,583 @@
+"""Licensing writes (organisations, products, acceptances, grants), the selectors over them, and their audit trail."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from governance.models import AuditEvent
+from licensing.models import AffiliateGroup, BaseModel, LicenceAcceptance, MetaGrant, Organisation, Product
+from licensing.selectors import acceptance_state, grants_in_force, product_obligations_get
+from licensing.services import (
+    grant_record,
+    licence_accept,
+    organisation_create,
+    product_create,
+    product_delete,
+    product_update,
+)
+from tests.factories import GroupFactory, OrganisationFactory, ProductFactory, licence
+
+pytestmark = pytest.mark.django_db
+
+ACTOR = "alice@example.com"
+
+
+def audit_events(action: str, obj: object) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(action=action, object_id=str(obj.pk)))  # type: ignore[attr-defined]
+
+
+def base_model(repo_id: str) -> BaseModel:
+    return BaseModel.objects.get(repo_id=repo_id)
+
+
+def accept(organisation: Organisation, slug: str = "llama-3.1", product: Product | None = None) -> LicenceAcceptance:
+    version = licence(slug)
+    return licence_accept(
+        organisation=organisation, licence_version=version, licence_sha256=version.licence_sha256,
+        aup_version=version.aup_version, accepted_by=ACTOR, product=product,
+    )
+
+
+def grant(group: AffiliateGroup, **overrides: object) -> MetaGrant:
+    fields: dict[str, object] = {
+        "group": group,
+        "licence_versions": [licence("llama-3.1")],
+        "reference": "META-2024-001",
+        "granted_on": dt.date(2024, 8, 1),
+        "valid_from": dt.date(2024, 8, 1),
+        "valid_until": dt.date(2025, 7, 31),
+        "recorded_by": ACTOR,
+    }
+    fields.update(overrides)
+    return grant_record(**fields)  # type: ignore[arg-type]
+
+
+def error_fields(excinfo: pytest.ExceptionInfo[ValidationError]) -> set[str]:
+    return set(excinfo.value.message_dict)
+
+
+# organisation_create
+
+
+def test_it_creates_an_organisation_and_its_missing_group() -> None:
+    organisation = organisation_create(name="Acme Social", group_name="Acme Holdings", actor=ACTOR, eu_domiciled=True)
+
+    organisation.refresh_from_db()
+    assert organisation.name == "Acme Social"
+    assert organisation.slug == "acme-social"
+    assert organisation.group.name == "Acme Holdings"
+    assert organisation.eu_domiciled is True
+    assert organisation.status == Organisation.Status.ACTIVE
+    assert AffiliateGroup.objects.filter(name="Acme Holdings").count() == 1
+
+
+def test_it_puts_a_new_organisation_in_an_existing_group() -> None:
+    group = GroupFactory(name="Acme Holdings")
+    groups = AffiliateGroup.objects.count()
+
+    organisation = organisation_create(name="Acme Cloud", group_name=" Acme Holdings ", actor=ACTOR)
+
+    assert organisation.group == group
+    assert AffiliateGroup.objects.count() == groups
+
+
+def test_it_names_the_group_after_the_organisation_when_none_is_given() -> None:
+    organisation = organisation_create(name="Solo Ltd", group_name="  ", actor=ACTOR)
+
+    assert organisation.group.name == "Solo Ltd"
+
+
+def test_it_refuses_a_duplicate_organisation_name() -> None:
+    organisation_create(name="Acme", group_name="G", actor=ACTOR)
+
+    with pytest.raises(ValidationError) as excinfo:
+        organisation_create(name=" Acme ", group_name="Other", actor=ACTOR)
+
+    assert error_fields(excinfo) == {"name"}
+    assert Organisation.objects.filter(name="Acme").count() == 1
+    assert not AffiliateGroup.objects.filter(name="Other").exists()
+
+
+@pytest.mark.parametrize("name", ["", "   "])
+def test_it_refuses_a_blank_organisation_name(name: str) -> None:
+    organisations = Organisation.objects.count()
+
+    with pytest.raises(ValidationError) as excinfo:
+        organisation_create(name=name, group_name="G", actor=ACTOR)
+
+    assert error_fields(excinfo) == {"name"}
+    assert Organisation.objects.count() == organisations
+
+
+def test_it_refuses_an_organisation_name_longer_than_its_column() -> None:
+    # Organisation.name is max_length=200: a longer name must be a ValidationError naming the field, not a
+    # database error (PostgreSQL) or a silently stored over-long name (SQLite).
+    with pytest.raises(ValidationError) as excinfo:
+        organisation_create(name="A" * 201, group_name="G", actor=ACTOR)
+
+    assert error_fields(excinfo) == {"name"}
+    assert not Organisation.objects.filter(name="A" * 201).exists()
+
+
+def test_it_gives_organisations_whose_names_slugify_alike_distinct_slugs() -> None:
+    first = organisation_create(name="Acme Ltd", group_name="G", actor=ACTOR)
+    second = organisation_create(name="Acme-Ltd", group_name="G", actor=ACTOR)
+
+    assert (first.slug, second.slug) == ("acme-ltd", "acme-ltd-2")
+
+
+def test_it_audits_organisation_creation() -> None:
+    organisation = organisation_create(name="Acme", group_name="Acme Holdings", actor=ACTOR)
+
+    [event] = audit_events("organisation.created", organisation)
+    assert event.actor == ACTOR
+    assert event.organisation == organisation
+    assert event.group == organisation.group
+    assert event.data == {"name": "Acme", "group": "Acme Holdings"}
+
+
+# product_create / product_update / product_delete
+
+
+def test_it_creates_a_product_on_a_base_model_of_its_version() -> None:
+    organisation = OrganisationFactory()
+
+    product = product_create(
+        organisation=organisation, name="Chat", licence_version=licence("llama-3.1"), actor=ACTOR,
+        base_model=base_model("meta-llama/Llama-3.1-8B-Instruct"), launch_date=dt.date(2024, 9, 2),
+        status=Product.Status.LIVE,
+    )
+
+    product.refresh_from_db()
+    assert (product.organisation, product.name, product.status) == (organisation, "Chat", "live")
+    assert product.base_model.repo_id == "meta-llama/Llama-3.1-8B-Instruct"
+    [event] = audit_events("product.created", product)
+    assert event.organisation == organisation
+    assert event.data == {"name": "Chat", "licence_version": "llama-3.1", "status": "live"}
+
+
+def test_it_refuses_a_base_model_of_another_version() -> None:
+    organisation = OrganisationFactory()
+
+    with pytest.raises(ValidationError) as excinfo:
+        product_create(
+            organisation=organisation, name="Chat", licence_version=licence("llama-3.1"), actor=ACTOR,
+            base_model=base_model("meta-llama/Llama-2-7b-chat-hf"),
+        )
+
+    assert error_fields(excinfo) == {"base_model"}
+    assert "Llama 2" in excinfo.value.message_dict["base_model"][0]
+    assert not organisation.products.exists()
+
+
+def test_it_refuses_a_duplicate_product_name_within_an_organisation_only() -> None:
+    organisation, other = OrganisationFactory(), OrganisationFactory()
+    ProductFactory(organisation=organisation, name="Chat")
+
+    with pytest.raises(ValidationError) as excinfo:
+        product_create(organisation=organisation, name="Chat", licence_version=licence("llama-3.1"), actor=ACTOR)
+    elsewhere = product_create(organisation=other, name="Chat", licence_version=licence("llama-3.1"), actor=ACTOR)
+
+    assert error_fields(excinfo) == {"name"}
+    assert organisation.products.count() == 1
+    assert elsewhere.organisation == other
+
+
+def test_it_updates_a_product_and_audits_before_and_after() -> None:
+    product = ProductFactory(name="Chat", status=Product.Status.DEVELOPMENT)
+
+    product_update(product=product, actor=ACTOR, name="Chat 2", status=Product.Status.LIVE)
+
+    product.refresh_from_db()
+    assert (product.name, product.status) == ("Chat 2", "live")
+    [event] = audit_events("product.updated", product)
+    assert event.data == {
+        "before": {"name": "Chat", "status": "development"},
+        "after": {"name": "Chat 2", "status": "live"},
+    }
+
+
+def test_it_refuses_to_move_a_product_to_another_organisation() -> None:
+    product = ProductFactory()
+    owner, other = product.organisation, OrganisationFactory()
+
+    with pytest.raises(ValidationError) as excinfo:
+        product_update(product=product, actor=ACTOR, organisation=other)
+
+    assert error_fields(excinfo) == {"organisation"}
+    product.refresh_from_db()
+    assert product.organisation == owner
+    assert audit_events("product.updated", product) == []
+
+
+def test_it_refuses_to_rename_a_product_to_a_sibling_name_but_keeps_its_own() -> None:
+    product = ProductFactory(name="Chat")
+    ProductFactory(organisation=product.organisation, name="Translate")
+
+    with pytest.raises(ValidationError) as excinfo:
+        product_update(product=product, actor=ACTOR, name="Translate")
+    product_update(product=product, actor=ACTOR, name="Chat", description="unchanged name")
+
+    assert error_fields(excinfo) == {"name"}
+    product.refresh_from_db()
+    assert (product.name, product.description) == ("Chat", "unchanged name")
+
+
+def test_it_clears_the_old_versions_base_model_when_the_version_changes() -> None:
+    product = ProductFactory(
+        licence_version=licence("llama-3.1"), base_model=base_model("meta-llama/Llama-3.1-8B-Instruct")
+    )
+
+    product_update(product=product, actor=ACTOR, licence_version=licence("llama-3.3"))
+
+    product.refresh_from_db()
+    assert product.licence_version.slug == "llama-3.3"
+    assert product.base_model is None
+    [event] = audit_events("product.updated", product)
+    assert event.data["before"] == {"licence_version": "llama-3.1", "base_model": "meta-llama/Llama-3.1-8B-Instruct"}
+    assert event.data["after"] == {"licence_version": "llama-3.3", "base_model": None}
+
+
+def test_it_moves_a_product_to_a_new_version_and_its_base_model_together() -> None:
+    product = ProductFactory(
+        licence_version=licence("llama-3.1"), base_model=base_model("meta-llama/Llama-3.1-8B-Instruct")
+    )
+
+    product_update(
+        product=product, actor=ACTOR, licence_version=licence("llama-3.3"),
+        base_model=base_model("meta-llama/Llama-3.3-70B-Instruct"),
+    )
+
+    product.refresh_from_db()
+    assert product.base_model.repo_id == "meta-llama/Llama-3.3-70B-Instruct"
+
+
+def test_it_refuses_an_update_that_pairs_a_version_with_another_versions_base_model() -> None:
+    product = ProductFactory(licence_version=licence("llama-3.1"))
+
+    with pytest.raises(ValidationError) as excinfo:
+        product_update(
+            product=product, actor=ACTOR, licence_version=licence("llama-3.3"),
+            base_model=base_model("meta-llama/Llama-3.1-8B-Instruct"),
+        )
+
+    assert error_fields(excinfo) == {"base_model"}
+    product.refresh_from_db()
+    assert product.licence_version.slug == "llama-3.1"
+
+
+def test_it_deletes_a_product_without_acceptances_and_audits_it() -> None:
+    product = ProductFactory(name="Chat")
+    pk = product.pk
+
+    product_delete(product=product, actor=ACTOR)
+
+    assert not Product.objects.filter(pk=pk).exists()
+    [event] = AuditEvent.objects.filter(action="product.deleted", object_id=str(pk))
+    assert event.data == {"name": "Chat"}
+
+
+def test_it_refuses_to_delete_a_product_with_acceptances() -> None:
+    product = ProductFactory()
+    accept(product.organisation, product=product)
+
+    with pytest.raises(ValidationError) as excinfo:
+        product_delete(product=product, actor=ACTOR)
+
+    assert error_fields(excinfo) == {"product"}
+    assert Product.objects.filter(pk=product.pk).exists()
+    assert audit_events("product.deleted", product) == []
+
+
+# licence_accept
+
+
+def test_it_records_an_acceptance_of_the_catalogue_text() -> None:
+    product = ProductFactory()
+    version = licence("llama-3.1")
+
+    acceptance = licence_accept(
+        organisation=product.organisation, licence_version=version, licence_sha256=version.licence_sha256.upper(),
+        aup_version="llama-3.1", accepted_by=ACTOR, product=product, note="signed off",
+    )
+
+    acceptance.refresh_from_db()
+    assert acceptance.organisation == product.organisation
+    assert acceptance.product == product
+    assert acceptance.licence_sha256 == version.licence_sha256
+    assert (acceptance.aup_version, acceptance.accepted_by, acceptance.note) == ("llama-3.1", ACTOR, "signed off")
+    assert acceptance.accepted_at is not None
+    [event] = audit_events("licence.accepted", acceptance)
+    assert event.actor == ACTOR
+    assert event.data == {
+        "licence_version": "llama-3.1", "licence_sha256": version.licence_sha256, "aup_version": "llama-3.1",
+        "product": product.pk,
+    }
+
+
+def test_it_refuses_an_acceptance_of_another_licence_text() -> None:
+    organisation = OrganisationFactory()
+    version = licence("llama-3.1")
+
+    with pytest.raises(ValidationError) as excinfo:
+        licence_accept(
+            organisation=organisation, licence_version=version, licence_sha256=licence("llama-3.3").licence_sha256,
+            aup_version="llama-3.1", accepted_by=ACTOR,
+        )
+
+    assert error_fields(excinfo) == {"licence_sha256"}
+    assert not LicenceAcceptance.objects.filter(organisation=organisation).exists()
+
+
+def test_it_refuses_an_acceptance_of_another_aup() -> None:
+    organisation = OrganisationFactory()
+    version = licence("llama-3.1")
+
+    with pytest.raises(ValidationError) as excinfo:
+        licence_accept(
+            organisation=organisation, licence_version=version, licence_sha256=version.licence_sha256,
+            aup_version="llama-3", accepted_by=ACTOR,
+        )
+
+    assert error_fields(excinfo) == {"aup_version"}
+    assert not LicenceAcceptance.objects.filter(organisation=organisation).exists()
+
+
+def test_it_refuses_an_acceptance_for_another_organisations_product() -> None:
+    organisation = OrganisationFactory()
+    foreign_product = ProductFactory()
+
+    with pytest.raises(ValidationError) as excinfo:
+        accept(organisation, product=foreign_product)
+
+    assert error_fields(excinfo) == {"product"}
+    assert not LicenceAcceptance.objects.exists()
+
+
+def test_it_refuses_an_acceptance_for_a_product_on_another_version() -> None:
+    product = ProductFactory(licence_version=licence("llama-3.3"))
+
+    with pytest.raises(ValidationError) as excinfo:
+        accept(product.organisation, slug="llama-3.1", product=product)
+
+    assert error_fields(excinfo) == {"product"}
+    assert not LicenceAcceptance.objects.exists()
+
+
+def test_it_never_changes_or_deletes_an_acceptance() -> None:
+    acceptance = accept(OrganisationFactory())
+    acceptance.note = "rewritten"
+
+    with pytest.raises(ValidationError):
+        acceptance.save()
+    with pytest.raises(ValidationError):
+        acceptance.delete()
+
+    acceptance.refresh_from_db()
+    assert acceptance.note == ""
+
+
+# grant_record
+
+
+def test_it_records_a_grant_for_its_versions() -> None:
+    group = GroupFactory()
+
+    recorded = grant(group, licence_versions=[licence("llama-3.1"), licence("llama-3.3")], scope="All products")
+
+    recorded.refresh_from_db()
+    assert sorted(recorded.licence_versions.values_list("slug", flat=True)) == ["llama-3.1", "llama-3.3"]
+    assert (recorded.valid_from, recorded.valid_until) == (dt.date(2024, 8, 1), dt.date(2025, 7, 31))
+    [event] = audit_events("grant.recorded", recorded)
+    assert event.group == group
+    assert event.data["licence_versions"] == ["llama-3.1", "llama-3.3"]
+    assert event.data["valid_from"] == "2024-08-01"
+
+
+def test_it_refuses_a_grant_without_versions() -> None:
+    with pytest.raises(ValidationError) as excinfo:
+        grant(GroupFactory(), licence_versions=[])
+
+    assert error_fields(excinfo) == {"licence_versions"}
+    assert not MetaGrant.objects.exists()
+
+
+def test_it_refuses_a_grant_that_ends_before_it_starts() -> None:
+    with pytest.raises(ValidationError) as excinfo:
+        grant(GroupFactory(), valid_from=dt.date(2024, 8, 1), valid_until=dt.date(2024, 7, 31))
+
+    assert error_fields(excinfo) == {"valid_until"}
+    assert not MetaGrant.objects.exists()
+
+
+def test_it_accepts_a_grant_valid_for_a_single_day() -> None:
+    recorded = grant(GroupFactory(), valid_from=dt.date(2024, 8, 1), valid_until=dt.date(2024, 8, 1))
+
+    assert recorded.pk is not None
+
+
+def test_it_refuses_a_revocation_that_names_no_grant() -> None:
+    with pytest.raises(ValidationError) as excinfo:
+        grant(GroupFactory(), revoked=True)
+
+    assert error_fields(excinfo) == {"revoked"}
+    assert not MetaGrant.objects.exists()
+
+
+def test_it_refuses_to_supersede_another_groups_grant() -> None:
+    foreign = grant(GroupFactory())
+
+    with pytest.raises(ValidationError) as excinfo:
+        grant(GroupFactory(), supersedes=foreign)
+
+    assert error_fields(excinfo) == {"supersedes"}
+    assert MetaGrant.objects.count() == 1
+
+
+def test_it_audits_a_revocation_as_such() -> None:
+    group = GroupFactory()
+    original = grant(group)
+
+    revocation = grant(group, supersedes=original, revoked=True, reference="META-2024-001 withdrawn")
+
+    [event] = audit_events("grant.revoked", revocation)
+    assert event.data["supersedes"] == original.pk
+    assert audit_events("grant.recorded", revocation) == []
+
+
+def test_it_never_changes_or_deletes_a_grant() -> None:
+    recorded = grant(GroupFactory())
+    recorded.reference = "rewritten"
+
+    with pytest.raises(ValidationError):
+        recorded.save()
+    with pytest.raises(ValidationError):
+        recorded.delete()
+
+    recorded.refresh_from_db()
+    assert recorded.reference == "META-2024-001"
+
+
+# selectors
+
+
+def test_it_reports_nothing_accepted_before_any_acceptance() -> None:
+    state = acceptance_state(organisation=OrganisationFactory(), licence_version=licence("llama-3.1"))
+
+    assert (state.licence_accepted, state.aup_accepted, state.last_accepted_at) == (False, False, None)
+
+
+def test_it_reports_an_acceptance_of_the_version_for_that_organisation_only() -> None:
+    organisation, other = OrganisationFactory(), OrganisationFactory()
+    acceptance = accept(organisation, "llama-3.1")
+
+    mine = acceptance_state(organisation=organisation, licence_version=licence("llama-3.1"))
+    theirs = acceptance_state(organisation=other, licence_version=licence("llama-3.1"))
+    other_version = acceptance_state(organisation=organisation, licence_version=licence("llama-3.3"))
+
+    assert (mine.licence_accepted, mine.aup_accepted, mine.last_accepted_at) == (True, True, acceptance.accepted_at)
+    assert (theirs.licence_accepted, theirs.aup_accepted) == (False, False)
+    assert (other_version.licence_accepted, other_version.aup_accepted) == (False, False)
+
+
+def test_it_asks_again_once_the_catalogue_pins_a_new_licence_text() -> None:
+    organisation = OrganisationFactory()
+    accept(organisation, "llama-3.1")
+    version = licence("llama-3.1")
+    version.licence_sha256 = "b" * 64  # Meta republished the text; the admin pinned the new one
+    version.save()
+
+    state = acceptance_state(organisation=organisation, licence_version=version)
+
+    assert (state.licence_accepted, state.aup_accepted, state.last_accepted_at) == (False, True, None)
+
+
+@pytest.mark.parametrize(
+    ("on", "in_force"),
+    [
+        (dt.date(2024, 7, 31), False),
+        (dt.date(2024, 8, 1), True),
+        (dt.date(2025, 1, 15), True),
+        (dt.date(2025, 7, 31), True),
+        (dt.date(2025, 8, 1), False),
+    ],
+)
+def test_it_keeps_a_grant_in_force_between_its_first_and_last_day(on: dt.date, in_force: bool) -> None:
+    group = GroupFactory()
+    recorded = grant(group, valid_from=dt.date(2024, 8, 1), valid_until=dt.date(2025, 7, 31))
+
+    assert list(grants_in_force(group=group, on=on)) == ([recorded] if in_force else [])
+
+
+def test_it_keeps_an_open_ended_grant_in_force() -> None:
+    group = GroupFactory()
+    recorded = grant(group, valid_until=None)
+
+    assert list(grants_in_force(group=group, on=dt.date(2030, 1, 1))) == [recorded]
+
+
+def test_it_replaces_a_superseded_grant_with_its_successor() -> None:
+    group = GroupFactory()
+    original = grant(group)
+
+    successor = grant(group, supersedes=original, reference="META-2024-001 amended")
+
+    assert list(grants_in_force(group=group, on=dt.date(2024, 9, 1))) == [successor]
+    assert original not in grants_in_force(group=group, on=dt.date(2024, 9, 1))
+
+
+def test_it_leaves_nothing_in_force_after_a_revocation() -> None:
+    group = GroupFactory()
+    original = grant(group)
+
+    grant(group, supersedes=original, revoked=True, reference="withdrawn", valid_from=dt.date(2024, 9, 1))
+
+    assert list(grants_in_force(group=group, on=dt.date(2024, 10, 1))) == []
+
+
+def test_it_keeps_a_revoked_grant_in_force_before_the_revocation_took_effect() -> None:
+    group = GroupFactory()
+    original = grant(group, valid_from=dt.date(2024, 8, 1))
+
+    grant(group, supersedes=original, revoked=True, reference="withdrawn", valid_from=dt.date(2025, 3, 1))
+
+    assert list(grants_in_force(group=group, on=dt.date(2025, 2, 28))) == [original]
+    assert list(grants_in_force(group=group, on=dt.date(2025, 3, 1))) == []
+
+
+def test_it_filters_grants_by_version_and_group() -> None:
+    group, other_group = GroupFactory(), GroupFactory()
+    covering = grant(group, licence_versions=[licence("llama-3.1"), licence("llama-3.3")])
+    grant(other_group)
+    on = dt.date(2024, 9, 1)
+
+    assert list(grants_in_force(group=group, on=on, licence_version=licence("llama-3.3"))) == [covering]
+    assert list(grants_in_force(group=group, on=on, licence_version=licence("llama-4"))) == []
+    assert list(grants_in_force(group=group, on=on)) == [covering]
+
+
+def test_it_shows_a_products_obligations_with_its_organisations_acceptance() -> None:
+    product = ProductFactory(licence_version=licence("llama-3"))
+
+    before = product_obligations_get(product=product)
+    accept(product.organisation, "llama-3", product=product)
+    after = product_obligations_get(product=product)
+
+    assert before.version == "Llama 3"
+    assert before.attribution_display == "Built with Meta Llama 3"
+    assert before.derived_name_prefix == "Llama 3"
+    assert before.notice_text.startswith("Meta Llama 3 is licensed under the Meta Llama 3 Community License")
+    assert (before.licence_accepted, before.aup_accepted) == (False, False)
+    assert (after.licence_accepted, after.aup_accepted) == (True, True)
+
+
+def test_it_does_not_count_another_organisations_acceptance_for_a_product() -> None:
+    product = ProductFactory(licence_version=licence("llama-3.1"))
+    accept(OrganisationFactory(), "llama-3.1")
+
+    obligations = product_obligations_get(product=product)
+
+    assert (obligations.licence_accepted, obligations.aup_accepted) == (False, False)
