@@ -92,3 +92,70 @@ class Heartbeat(models.Model):
 
     component = models.CharField(max_length=40, unique=True)
     seen_at = models.DateTimeField()
+
+
+class ActivitySource(models.TextChoices):
+    ID_BATCH = "id_batch", "User-id batch"
+    SKETCH = "sketch", "Uploaded sketch"
+    GATEWAY = "gateway", "Gateway traffic"
+
+
+class ActivityPart(models.Model):
+    """One accepted batch or sketch for a product and day, durable from the moment it is acknowledged.
+
+    Parts are append-only; compaction folds them into ``Rollup`` rows and deletes them in one transaction, so
+    storage grows with products x periods, not with requests or users. Only sketches are stored, never ids.
+    """
+
+    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="activity_parts")
+    day = models.DateField()
+    source = models.CharField(max_length=20, choices=ActivitySource.choices)
+    sketch = models.BinaryField()
+    lg_k = models.PositiveSmallIntegerField()
+    items = models.PositiveIntegerField(default=0, help_text="Ids in the batch (0 for an uploaded sketch)")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["product", "day"])]
+
+
+class Rollup(models.Model):
+    """The union of every part of a scope (product, organisation or affiliate group) for a day or a month."""
+
+    class Scope(models.TextChoices):
+        PRODUCT_DAY = "product_day"
+        PRODUCT_MONTH = "product_month"
+        ORGANISATION_DAY = "organisation_day"
+        ORGANISATION_MONTH = "organisation_month"
+        GROUP_DAY = "group_day"
+        GROUP_MONTH = "group_month"
+
+    scope = models.CharField(max_length=20, choices=Scope.choices)
+    scope_id = models.BigIntegerField()
+    period = models.DateField(help_text="The day, or the first day of the month")
+    sketch = models.BinaryField()
+    lg_k = models.PositiveSmallIntegerField()
+    id_batches = models.PositiveIntegerField(default=0)
+    sketch_uploads = models.PositiveIntegerField(default=0)
+    gateway_flushes = models.PositiveIntegerField(default=0)
+    ids_received = models.PositiveBigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "scope_id", "period"], name="one_rollup_per_scope_period")
+        ]
+
+
+class IdempotencyRecord(models.Model):
+    """The first answer to a request sent with an ``Idempotency-Key``, replayed to its retries."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the method, path and body")
+    status_code = models.PositiveSmallIntegerField()
+    response = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organisation", "key"], name="one_answer_per_idempotency_key")]

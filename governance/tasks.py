@@ -15,3 +15,30 @@ def record_heartbeat(component: str = "beat") -> None:
     """Beat schedules this every minute; /healthz and the portal show when it last ran."""
     Heartbeat.objects.update_or_create(component=component, defaults={"seen_at": timezone.now()})
     logger.debug("heartbeat recorded for %s", component)
+
+
+@shared_task(ignore_result=True, acks_late=True)
+def compact_metering(max_seconds: float = 50.0) -> int:
+    """Fold pending activity parts into rollups until none are left or the time is up. Safe to run twice."""
+    import time
+
+    from governance.services import metering_compact_step
+
+    started, folded = time.monotonic(), 0
+    while time.monotonic() - started < max_seconds:
+        step = metering_compact_step()
+        if step == 0:
+            break
+        folded += step
+    if folded:
+        logger.info("metering compaction folded %d parts", folded)
+    return folded
+
+
+@shared_task(ignore_result=True)
+def purge_idempotency_records() -> int:
+    from governance.services import idempotency_purge
+
+    deleted = idempotency_purge()
+    logger.info("purged %d expired idempotency records", deleted)
+    return deleted

@@ -2,7 +2,8 @@ from rest_framework.routers import DefaultRouter
 
 from licensing.api import views
 
-router = DefaultRouter(trailing_slash="/?")
+router = DefaultRouter()
+router.trailing_slash = "/?"  # accept URLs with and without the trailing slash
 router.register("licences", views.LicenceVersionViewSet, basename="licence")
 router.register("groups", views.GroupViewSet, basename="group")
 router.register("organisations", views.OrganisationViewSet, basename="organisation")

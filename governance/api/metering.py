@@ -1,0 +1,252 @@
+"""Metering endpoints: ingest activity for a product; read MAU of a product, an organisation or a group."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.decorators import action
+from rest_framework.exceptions import ParseError, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from governance import selectors
+from governance.api.tenancy import TenantViewSet
+from governance.models import Scope
+from governance.services import IdempotencyConflict, activity_ingest, sketch_ingest
+from governance.services.metering import Answer, request_fingerprint
+from licensing.models import AffiliateGroup, Organisation, Product
+
+MAX_SERIES_DAYS = 400
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+class ActivityInput(serializers.Serializer):
+    day = serializers.DateField(help_text="UTC day, YYYY-MM-DD")
+    user_ids = serializers.JSONField(
+        help_text="Up to 100,000 ids: strings (UTF-8) or 64-bit integers. Send a keyed hash for privacy."
+    )
+
+
+class SketchInput(serializers.Serializer):
+    day = serializers.DateField(help_text="UTC day, YYYY-MM-DD")
+    format = serializers.CharField(default="hll", help_text='"hll": an Apache DataSketches HLL sketch')
+    sketch = serializers.CharField(help_text="Base64 of the serialized sketch (any lgK 4..21, HLL_4/6/8)")
+
+
+class AcceptedOutput(serializers.Serializer):
+    accepted = serializers.IntegerField()
+    day = serializers.DateField()
+    product = serializers.IntegerField()
+
+
+class CountOutput(serializers.Serializer):
+    month = serializers.CharField(required=False)
+    estimate = serializers.IntegerField()
+    lower = serializers.IntegerField()
+    upper = serializers.IntegerField()
+    confidence = serializers.FloatField()
+    method = serializers.CharField()
+    lg_k = serializers.IntegerField()
+    sources = serializers.DictField(child=serializers.IntegerField())
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise ValidationError({"Idempotency-Key": "Must be 1 to 255 printable ASCII characters without spaces."})
+    return key
+
+
+def _read_body(request: Request) -> bytes:
+    # Read the raw body before DRF parses it: the idempotency fingerprint is taken over the exact bytes.
+    try:
+        return request._request.body
+    except RequestDataTooBig as exc:
+        raise _TooLarge() from exc
+
+
+class _TooLarge(ParseError):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The request body is larger than this service accepts (DATA_UPLOAD_MAX_MEMORY_SIZE)."
+    default_code = "request_too_large"
+
+
+def _answer(answer: Answer) -> Response:
+    response = Response(answer.body, status=answer.status_code)
+    if answer.replayed:
+        response["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _parse_month(value: str | None) -> dt.date:
+    if not value:
+        raise ValidationError({"month": "Required, as YYYY-MM."})
+    try:
+        return dt.datetime.strptime(value, "%Y-%m").date()
+    except ValueError as exc:
+        raise ValidationError({"month": f"{value!r} is not a month as YYYY-MM."}) from exc
+
+
+def _parse_day(name: str, value: str | None, *, required: bool = True) -> dt.date | None:
+    if not value:
+        if required:
+            raise ValidationError({name: "Required, as YYYY-MM-DD."})
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise ValidationError({name: f"{value!r} is not a day as YYYY-MM-DD."}) from exc
+
+
+def _parse_window(value: str | None) -> int:
+    if value is None:
+        return 30
+    if not value.isdigit() or not 1 <= int(value) <= 92:
+        raise ValidationError({"days": "Must be a whole number of days from 1 to 92."})
+    return int(value)
+
+
+def _estimate_dict(estimate: Any) -> dict[str, Any]:
+    return {"estimate": estimate.estimate, "lower": estimate.lower, "upper": estimate.upper}
+
+
+class MauActions:
+    """MAU, rolling, DAU and daily-series reads, shared by the product, organisation and group endpoints."""
+
+    get_object: Any
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("month", OpenApiTypes.STR, description="YYYY-MM: the calendar month"),
+            OpenApiParameter("ending", OpenApiTypes.DATE, description="Instead of month: the last day of a "
+                             "rolling window"),
+            OpenApiParameter("days", OpenApiTypes.INT, description="Rolling window length (default 30)"),
+        ],
+        responses=CountOutput,
+    )
+    @action(detail=True, methods=["get"])
+    def mau(self, request: Request, pk: str | None = None) -> Response:
+        """Distinct users in a calendar month (``month``) or a rolling window ending on ``ending``."""
+        scope = self.get_object()
+        ending = _parse_day("ending", request.query_params.get("ending"), required=False)
+        if ending is not None:
+            days = _parse_window(request.query_params.get("days"))
+            return Response(selectors.mau_rolling(scope=scope, ending=ending, days=days).as_dict())
+        month = _parse_month(request.query_params.get("month"))
+        return Response(selectors.mau_month(scope=scope, month=month).as_dict())
+
+    @extend_schema(
+        parameters=[OpenApiParameter("day", OpenApiTypes.DATE, required=True)], responses=CountOutput
+    )
+    @action(detail=True, methods=["get"])
+    def dau(self, request: Request, pk: str | None = None) -> Response:
+        """Distinct users on one UTC day."""
+        scope = self.get_object()
+        day = _parse_day("day", request.query_params.get("day"))
+        return Response(selectors.dau(scope=scope, day=day).as_dict())  # type: ignore[arg-type]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("from", OpenApiTypes.DATE, required=True),
+            OpenApiParameter("to", OpenApiTypes.DATE, required=True),
+            OpenApiParameter("days", OpenApiTypes.INT, description="Rolling window length (default 30)"),
+        ],
+        responses=OpenApiResponse(description="Daily DAU and rolling-window figures"),
+    )
+    @action(detail=True, methods=["get"], url_path="mau/daily")
+    def mau_daily(self, request: Request, pk: str | None = None) -> Response:
+        """For every day from ``from`` to ``to``: DAU and the rolling-window MAU ending that day."""
+        scope = self.get_object()
+        start = _parse_day("from", request.query_params.get("from"))
+        end = _parse_day("to", request.query_params.get("to"))
+        window = _parse_window(request.query_params.get("days"))
+        assert start is not None and end is not None
+        if end < start:
+            raise ValidationError({"to": "Must not be before from."})
+        if (end - start).days + 1 > MAX_SERIES_DAYS:
+            raise ValidationError({"to": f"A series covers at most {MAX_SERIES_DAYS} days."})
+        points = selectors.daily_series(scope=scope, start=start, end=end, window=window)
+        return Response(
+            {
+                "from": start.isoformat(), "to": end.isoformat(), "window_days": window, "confidence": 0.95,
+                "days": [
+                    {"day": p.day.isoformat(), "dau": _estimate_dict(p.dau), "rolling": _estimate_dict(p.rolling)}
+                    for p in points
+                ],
+            }
+        )
+
+
+class ProductMeteringViewSet(MauActions, TenantViewSet):
+    """Activity of one product. Ingestion needs a key with the ``ingest`` scope in the product's organisation."""
+
+    queryset = Product.objects.select_related("organisation")
+    write_scope = Scope.INGEST
+
+    def scope_queryset(self, queryset: QuerySet) -> QuerySet:
+        bound = self.principal.bound_product_id
+        return queryset.filter(pk=bound) if bound else queryset
+
+    @extend_schema(request=ActivityInput, responses={202: AcceptedOutput, 409: OpenApiResponse(description="Idempotency-Key reused with another request")})
+    @action(detail=True, methods=["post"])
+    def activity(self, request: Request, pk: str | None = None) -> Response:
+        """Record a batch of user ids (hashed on arrival, never stored) for a UTC day."""
+        body = _read_body(request)
+        product = self.get_object()
+        key = _idempotency_key(request)
+        form = ActivityInput(data=request.data)
+        form.is_valid(raise_exception=True)
+        try:
+            answer = activity_ingest(
+                product=product, day=form.validated_data["day"], user_ids=form.validated_data["user_ids"],
+                idempotency_key=key, fingerprint=request_fingerprint(request.method, request.path, body),
+            )
+        except IdempotencyConflict as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return _answer(answer)
+
+    @extend_schema(request=SketchInput, responses={202: AcceptedOutput})
+    @action(detail=True, methods=["post"])
+    def sketches(self, request: Request, pk: str | None = None) -> Response:
+        """Record a DataSketches HLL sketch of the product's users on a UTC day, built by the tenant."""
+        body = _read_body(request)
+        product = self.get_object()
+        key = _idempotency_key(request)
+        form = SketchInput(data=request.data)
+        form.is_valid(raise_exception=True)
+        try:
+            answer = sketch_ingest(
+                product=product, day=form.validated_data["day"], encoded_sketch=form.validated_data["sketch"],
+                sketch_format=form.validated_data["format"], idempotency_key=key,
+                fingerprint=request_fingerprint(request.method, request.path, body),
+            )
+        except IdempotencyConflict as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return _answer(answer)
+
+
+class OrganisationMeteringViewSet(MauActions, TenantViewSet):
+    queryset = Organisation.objects.all()
+    tenant_field = "pk"
+
+
+class GroupMeteringViewSet(MauActions, TenantViewSet):
+    """The affiliate group's figures: the union over every product of every organisation in the group."""
+
+    queryset = AffiliateGroup.objects.all()
+    tenant_field = "organisations"
+
+    def scope_queryset(self, queryset: QuerySet) -> QuerySet:
+        return queryset.distinct()
+
+    def organisation_id_of(self, obj: Any) -> int | None:
+        return None
