@@ -26,8 +26,9 @@ CONFIDENCE = 0.95
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_ID_LENGTH = 1024
 _OUT_OF_ORDER_FLAG = 0x10
-_FAMILY_NAMES = {2: "Theta (alpha)", 3: "Theta (quick-select)", 4: "Theta (compact)", 7: "HLL", 16: "CPC",
-                 15: "KLL", 17: "Req", 18: "Count-Min", 9: "Frequent items", 10: "Tuple"}
+_FAMILY_NAMES = {1: "Theta (alpha)", 2: "Theta (quick-select)", 3: "Theta (compact)", 4: "Theta union",
+                 7: "HLL", 8: "quantiles", 9: "Tuple", 10: "frequent items", 15: "KLL", 16: "CPC", 17: "REQ",
+                 18: "Count-Min", 20: "t-digest", 21: "Bloom filter"}
 _TGT_NAMES = {0: "HLL_4", 1: "HLL_6", 2: "HLL_8"}
 
 

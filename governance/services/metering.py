@@ -96,7 +96,9 @@ def _idempotent(
         try:
             with transaction.atomic():
                 # An expired record with this key is replaced: its 24 hours and more are over.
-                IdempotencyRecord.objects.filter(organisation_id=organisation_id, key=key).delete()
+                IdempotencyRecord.objects.filter(
+                    organisation_id=organisation_id, key=key, created_at__lt=fresh_after
+                ).delete()
                 answer = produce()
                 IdempotencyRecord.objects.create(
                     organisation_id=organisation_id, key=key, fingerprint=fingerprint,

@@ -1,0 +1,189 @@
+"""The sketch functions, against exact counts. No database."""
+
+from __future__ import annotations
+
+import base64
+import collections
+import random
+
+import pytest
+from datasketches import cpc_sketch, hll_sketch, tgt_hll_type, update_theta_sketch
+
+from governance import sketches
+
+
+def _hll(ids, lg_k: int = 18, tgt=tgt_hll_type.HLL_4) -> hll_sketch:
+    sketch = hll_sketch(lg_k, tgt)
+    collections.deque(map(sketch.update, ids), maxlen=0)
+    return sketch
+
+
+@pytest.mark.parametrize("n", [10**3, 10**4, 10**5, 10**6])
+def test_it_estimates_within_its_error_bound(n: int) -> None:
+    estimate = sketches.estimate_of(sketches.sketch_from_ids((f"user-{i}" for i in range(n)), 18))
+    # One draw may fall outside a 95% interval; none may fall outside 3 standard deviations (1.5 half-widths).
+    half_width = (estimate.upper - estimate.lower) / 2
+    assert abs(estimate.estimate - n) <= 1.5 * half_width + 0.5
+    assert estimate.relative_half_width <= 0.005  # the +/-0.5% at 95% asked for at 700M holds at any size
+
+
+@pytest.mark.parametrize("n", [10**4, 10**5, 10**6])
+def test_its_95_percent_interval_covers_the_truth_at_least_that_often(n: int) -> None:
+    trials = 40 if n < 10**6 else 12
+    covered = sum(
+        estimate.lower <= n <= estimate.upper
+        for estimate in (
+            sketches.estimate_of(sketches.union([sketches.sketch_from_ids((f"t{t}-{i}" for i in range(n)), 18)], 18))
+            for t in range(trials)
+        )
+    )
+    # Binomial(40, 0.95): 34 or fewer happens with probability under 2%; for 12 trials, 9 or fewer under 2%.
+    assert covered >= (35 if trials == 40 else 10)
+
+
+def test_it_is_exact_at_small_cardinalities() -> None:
+    for n in (1, 7, 100, 1000):
+        estimate = sketches.estimate_of(sketches.sketch_from_ids(range(n), 18))
+        assert (estimate.estimate, estimate.lower, estimate.upper) == (n, n, n)
+
+
+def test_an_empty_sketch_counts_zero() -> None:
+    assert sketches.estimate_of(sketches.empty(18)) == sketches.Estimate(0, 0, 0, 18)
+
+
+def test_the_union_of_overlapping_sketches_counts_each_person_once() -> None:
+    a = sketches.sketch_from_ids(range(0, 600_000), 18)
+    b = sketches.sketch_from_ids(range(400_000, 1_000_000), 18)
+    estimate = sketches.estimate_of(sketches.union([a, b], 18))
+    assert estimate.lower <= 1_000_000 <= estimate.upper
+
+
+def test_it_hashes_ids_as_datasketches_does_so_tenant_sketches_merge() -> None:
+    ids = [f"u{i}" for i in range(50_000)] + list(range(50_000))
+    ours = sketches.sketch_from_ids(ids, 18)
+    theirs = _hll(ids, 21, tgt_hll_type.HLL_8)  # a tenant's pipeline at a finer precision
+    merged = sketches.estimate_of(sketches.union([ours, theirs], 18))
+    assert merged.lower <= 100_000 <= merged.upper
+
+
+def test_integers_and_their_strings_are_different_people() -> None:
+    estimate = sketches.estimate_of(sketches.sketch_from_ids([7, "7"], 18))
+    assert estimate.estimate == 2
+
+
+def test_a_union_follows_the_coarsest_input() -> None:
+    coarse = _hll(range(100_000), 12)
+    fine = _hll(range(50_000, 150_000), 21)
+    merged = sketches.union([fine, coarse], 18)
+    estimate = sketches.estimate_of(merged)
+    assert merged.lg_config_k == 12
+    assert estimate.lower <= 150_000 <= estimate.upper
+    assert estimate.relative_half_width > 0.02  # lgK 12 says so: the interval widens with the coarse input
+
+
+def test_downsampling_unions_lose_nothing() -> None:
+    """datasketches-cpp 5.2.0 drops earlier inputs when a union downsamples; ours must not."""
+    parts = [_hll(range(i * 75_000, (i + 1) * 75_000), 21) for i in range(10)]
+    estimate = sketches.estimate_of(sketches.union(parts, 18))
+    assert estimate.lower <= 750_000 <= estimate.upper
+
+    mixed = [_hll(range(0, 300_000), 21)] + [_hll(range(300_000 + i * 200_000, 500_000 + i * 200_000), 18)
+                                             for i in range(3)]
+    estimate = sketches.estimate_of(sketches.union(mixed, 21))
+    assert estimate.lower <= 900_000 <= estimate.upper
+
+
+def test_random_mixed_precision_unions_match_exact_counts() -> None:
+    rng = random.Random(7)
+    for _ in range(40):
+        truth: set[int] = set()
+        inputs = []
+        for _ in range(rng.randint(2, 6)):
+            low, size = rng.randint(0, 400_000), rng.choice([5, 300, 5_000, 50_000, 200_000])
+            truth.update(range(low, low + size))
+            inputs.append(_hll(range(low, low + size), rng.choice([12, 14, 16, 18, 21]),
+                               rng.choice([tgt_hll_type.HLL_4, tgt_hll_type.HLL_8])))
+        estimate = sketches.estimate_of(sketches.union(inputs, rng.choice([12, 16, 18, 21])))
+        # Allow one extra half-width: 40 trials at ~95% each would otherwise fail by chance.
+        slack = (estimate.upper - estimate.lower) / 2
+        assert estimate.lower - slack <= len(truth) <= estimate.upper + slack
+
+
+def test_many_coupon_mode_sketches_are_not_biased_upwards() -> None:
+    """Unions of small (coupon-mode) sketches carry a biased HIP estimate; estimate_of reads the composite."""
+    parts = [_hll(range(i * 10_000, (i + 1) * 10_000), 18) for i in range(100)]
+    estimate = sketches.estimate_of(sketches.union(parts, 18))
+    assert estimate.lower <= 1_000_000 <= estimate.upper
+
+
+def test_sliding_unions_equal_direct_unions() -> None:
+    days = [_hll(range(d * 1000, d * 1000 + 5000), 14) for d in range(40)]
+    windows = sketches.sliding_unions(days, 7, 14)
+    for i in (0, 3, 6, 7, 13, 14, 20, 39):
+        direct = sketches.union(days[max(0, i - 6): i + 1], 14)
+        assert sketches.estimate_of(windows[i]) == sketches.estimate_of(direct), i
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ("x", "must be a list"),
+        ([], "must not be empty"),
+        (["a", 1.5], "[1] must be a string or an integer, got number with a fraction"),
+        ([True], "[0] must be a string or an integer, got boolean"),
+        ([None], "got null"),
+        ([["a"]], "got array"),
+        ([{"a": 1}], "got object"),
+        (["", "a"], "[0] must be a string of 1 to"),
+        ([2**63], "outside 64 bits"),
+        ([-(2**63) - 1], "outside 64 bits"),
+        (["a"] * 11, "at most 10 ids"),
+    ],
+)
+def test_it_refuses_bad_ids_naming_the_first(raw, message) -> None:
+    with pytest.raises(sketches.InvalidIds, match=message.replace("[", r"\[").replace("]", r"\]")):
+        sketches.validate_user_ids(raw, max_items=10)
+
+
+def test_it_accepts_64_bit_extremes_and_long_strings() -> None:
+    ids = [2**63 - 1, -(2**63), "x" * 1024]
+    assert sketches.validate_user_ids(ids, max_items=10) == ids
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "shorter than any"),
+        (b"\x01\x01\x03\x0c\x00\x00\x00\x00", "Theta"),
+        (b"\x02\x01\x10\x0b\x00\x00\x00\x00", "CPC"),
+        (b"\x02\x01\x63\x0c\x00\x00\x00\x00", "not a DataSketches sketch"),
+        (b"\x02\x02\x07\x0c\x00\x00\x00\x00", "serialization version 2"),
+        (b"\x02\x01\x07\x1c\x00\x00\x00\x00", "lgK 28"),
+    ],
+)
+def test_it_reads_the_header_and_names_what_is_wrong(data, message) -> None:
+    with pytest.raises(sketches.InvalidSketch, match=message):
+        sketches.read_header(data)
+
+
+def test_it_names_real_cpc_and_theta_sketches() -> None:
+    cpc = cpc_sketch(11)
+    theta = update_theta_sketch()
+    for i in range(100):
+        cpc.update(i)
+        theta.update(i)
+    with pytest.raises(sketches.InvalidSketch, match="CPC"):
+        sketches.read_header(bytes(cpc.serialize()))
+    with pytest.raises(sketches.InvalidSketch, match="Theta"):
+        sketches.read_header(bytes(theta.compact().serialize()))
+
+
+def test_it_reads_an_hll_header() -> None:
+    header = sketches.read_header(bytes(_hll(range(10), 12, tgt_hll_type.HLL_6).serialize_compact()))
+    assert (header.lg_k, header.tgt_type) == (12, "HLL_6")
+
+
+def test_it_decodes_only_base64() -> None:
+    assert sketches.decode_sketch(base64.b64encode(b"abc").decode()) == b"abc"
+    with pytest.raises(sketches.InvalidSketch, match="base64"):
+        sketches.decode_sketch("not base64!")
