@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -24,7 +25,6 @@ STORAGE_TYPE = tgt_hll_type.HLL_4
 NUM_STD_DEV = 2
 CONFIDENCE = 0.95
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-MAX_ID_LENGTH = 1024
 _OUT_OF_ORDER_FLAG = 0x10
 _FAMILY_NAMES = {1: "Theta (alpha)", 2: "Theta (quick-select)", 3: "Theta (compact)", 4: "Theta union",
                  7: "HLL", 8: "quantiles", 9: "Tuple", 10: "frequent items", 15: "KLL", 16: "CPC", 17: "REQ",
@@ -41,24 +41,40 @@ class InvalidSketch(ValueError):
 
 
 def validate_user_ids(raw: object, *, max_items: int) -> list[str | int]:
-    """The ids of a batch, each a non-empty string or an integer that fits in 64 bits, or InvalidIds."""
+    """The ids of a batch, each a non-empty string or an integer that fits in 64 bits, or InvalidIds.
+
+    A string's length is bounded only by the request size limit: the hash makes every id the same size.
+    """
     if not isinstance(raw, list):
         raise InvalidIds(f"must be a list of strings or integers, got {type(raw).__name__}")
     if not raw:
         raise InvalidIds("must not be empty")
     if len(raw) > max_items:
         raise InvalidIds(f"at most {max_items} ids per request, got {len(raw)}")
+    # Fast path in C (map/min/max): a 10,000-id batch is checked in a fraction of the time a loop takes.
+    kinds = set(map(type, raw))
+    if kinds == {str}:
+        if "" not in raw:
+            return raw  # type: ignore[return-value]
+    elif kinds == {int}:
+        if min(raw) >= INT64_MIN and max(raw) <= INT64_MAX:  # type: ignore[type-var]
+            return raw  # type: ignore[return-value]
+    _first_bad_id(raw)
+    return raw  # type: ignore[return-value]
+
+
+def _first_bad_id(raw: list[object]) -> None:
+    """Raise InvalidIds naming the first element that is not a valid id (the slow path, for the message)."""
     for index, value in enumerate(raw):
         kind = type(value)
         if kind is str:
-            if not value or len(value) > MAX_ID_LENGTH:
-                raise InvalidIds(f"[{index}] must be a string of 1 to {MAX_ID_LENGTH} characters")
+            if not value:
+                raise InvalidIds(f"[{index}] must not be an empty string")
         elif kind is int:
-            if not INT64_MIN <= value <= INT64_MAX:
+            if not INT64_MIN <= value <= INT64_MAX:  # type: ignore[operator]
                 raise InvalidIds(f"[{index}] is an integer outside 64 bits; send such ids as strings")
         else:  # bool is a subclass of int: `type(...) is int` refuses true/false, as it must
             raise InvalidIds(f"[{index}] must be a string or an integer, got {_json_type(value)}")
-    return raw  # type: ignore[return-value]
 
 
 def _json_type(value: object) -> str:
@@ -68,9 +84,7 @@ def _json_type(value: object) -> str:
 
 def sketch_from_ids(ids: Iterable[str | int], lg_k: int) -> hll_sketch:
     sketch = hll_sketch(lg_k, tgt_hll_type.HLL_8)
-    update = sketch.update
-    for user_id in ids:
-        update(user_id)
+    deque(map(sketch.update, ids), maxlen=0)  # the fastest way to drive update() from Python
     return sketch
 
 
@@ -137,9 +151,13 @@ def union(sketches: Iterable[hll_sketch | bytes], lg_max_k: int) -> hll_sketch:
              for item in sketches]
     items.sort(key=lambda sketch: sketch.lg_config_k)
     merged = hll_union(lg_max_k)
-    for sketch in items:
+    first_lg_k = items[0].lg_config_k if items else lg_max_k
+    for index, sketch in enumerate(items):
         merged.update(sketch)
-        merged.get_estimate()
+        # Reading the estimate refreshes the stale flag; only an input that may have changed the union's
+        # lgK (the first, or one of another lgK) needs it, and it is cheap either way.
+        if index == 0 or sketch.lg_config_k != first_lg_k:
+            merged.get_estimate()
     return merged.get_result(tgt_hll_type.HLL_8)
 
 

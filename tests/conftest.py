@@ -19,6 +19,12 @@ def _celery_eager() -> Any:
     celery_app.conf.update(CELERY_TASK_ALWAYS_EAGER=False)
 
 
+@pytest.fixture(autouse=True)
+def _no_key_cache(settings: Any) -> None:
+    """Tests change key rows directly; tests/governance/test_key_cache.py covers the cache itself."""
+    settings.API_KEY_CACHE_SECONDS = 0
+
+
 @pytest.fixture
 def client_for() -> Callable[..., APIClient]:
     """An API client authenticated with a new key of the given organisation and scopes."""

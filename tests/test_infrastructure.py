@@ -111,6 +111,6 @@ def test_production_settings_pass_the_deploy_checks(tmp_path) -> None:
 
 
 def test_a_malformed_setting_is_refused_with_its_name() -> None:
-    result = _manage("check", env={"DATABASE_CONN_MAX_AGE": "forever", "DATABASE_URL": "postgres://x@127.0.0.1/x"})
+    result = _manage("check", env={"DATABASE_POOL_MAX_SIZE": "many", "DATABASE_URL": "postgres://x@127.0.0.1/x"})
     assert result.returncode != 0
-    assert "DATABASE_CONN_MAX_AGE" in result.stderr
+    assert "DATABASE_POOL_MAX_SIZE" in result.stderr

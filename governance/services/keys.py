@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Iterable
 
 from django.conf import settings
@@ -90,8 +91,35 @@ def api_key_revoke(*, api_key: ApiKey, revoked_by: str) -> ApiKey:
                 obj=api_key,
                 data={"prefix": api_key.prefix},
             )
+    api_key_cache_forget(api_key.prefix)
     api_key.refresh_from_db()
     return api_key
+
+
+# Key rows are cached in this process for API_KEY_CACHE_SECONDS, so a request does not pay a query to
+# authenticate. Every check (hash, revocation, expiry, suspension) still runs on each request against the
+# cached row; a revocation made in another process takes effect here within that many seconds (at once
+# in the process that revoked it).
+_key_cache: dict[str, tuple[ApiKey | None, float]] = {}
+_KEY_CACHE_MAX = 10_000
+
+
+def _key_row(prefix: str) -> ApiKey | None:
+    ttl = settings.API_KEY_CACHE_SECONDS
+    now = time.monotonic()
+    cached = _key_cache.get(prefix)
+    if cached is not None and now - cached[1] < ttl:
+        return cached[0]
+    api_key = ApiKey.objects.select_related("organisation", "organisation__group").filter(prefix=prefix).first()
+    if ttl > 0:
+        if len(_key_cache) >= _KEY_CACHE_MAX:
+            _key_cache.clear()
+        _key_cache[prefix] = (api_key, now)
+    return api_key
+
+
+def api_key_cache_forget(prefix: str) -> None:
+    _key_cache.pop(prefix, None)
 
 
 def api_key_authenticate(presented: str) -> ApiKey:
@@ -99,7 +127,7 @@ def api_key_authenticate(presented: str) -> ApiKey:
     prefix, dot, _secret = presented.partition(".")
     if not dot or not prefix.startswith(KEY_PREFIX_MARK) or len(prefix) > 16:
         raise KeyRejected("Invalid API key.")
-    api_key = ApiKey.objects.select_related("organisation", "organisation__group").filter(prefix=prefix).first()
+    api_key = _key_row(prefix)
     # Hash even when no key has this prefix, so timing does not reveal which prefixes exist.
     presented_hash = _hash_secret(presented)
     stored_hash = api_key.key_hash if api_key else "0" * 64

@@ -324,3 +324,19 @@ def test_a_failed_gateway_flush_keeps_the_users_buffered(monkeypatch) -> None:
     assert meter.pending() == 101
     assert meter.flush() == 1
     assert mau_month(scope=product, month=DAY).estimate.estimate == 101
+
+
+def test_compaction_is_scheduled_past_the_debounce_window(monkeypatch) -> None:
+    """A part committed while the window is open must be visible to the task the window already scheduled."""
+    from governance.services import metering
+    from governance.tasks import compact_metering
+
+    calls: list[dict] = []
+    monkeypatch.setattr(compact_metering, "apply_async", lambda **kwargs: calls.append(kwargs))
+    cache.delete(metering._COMPACTION_DEBOUNCE_KEY)
+    metering.compaction_schedule()
+    metering.compaction_schedule()  # inside the window: covered by the first, delayed task
+    assert calls == [{"countdown": 2 * metering._COMPACTION_DEBOUNCE_SECONDS}]
+    cache.delete(metering._COMPACTION_DEBOUNCE_KEY)  # the window closed
+    metering.compaction_schedule()
+    assert len(calls) == 2

@@ -134,7 +134,7 @@ def test_sliding_unions_equal_direct_unions() -> None:
         ([None], "got null"),
         ([["a"]], "got array"),
         ([{"a": 1}], "got object"),
-        (["", "a"], "[0] must be a string of 1 to"),
+        (["a", ""], "[1] must not be an empty string"),
         ([2**63], "outside 64 bits"),
         ([-(2**63) - 1], "outside 64 bits"),
         (["a"] * 11, "at most 10 ids"),
@@ -146,7 +146,7 @@ def test_it_refuses_bad_ids_naming_the_first(raw, message) -> None:
 
 
 def test_it_accepts_64_bit_extremes_and_long_strings() -> None:
-    ids = [2**63 - 1, -(2**63), "x" * 1024]
+    ids = [2**63 - 1, -(2**63), "x" * 100_000]
     assert sketches.validate_user_ids(ids, max_items=10) == ids
 
 

@@ -1,0 +1,364 @@
+"""MAU metering benchmark: ingest throughput through the real HTTP API, the 700M full-scale case, query latency.
+
+    make bench-mau                      # throughput + query latency (a few minutes)
+    make bench-mau BENCH_ARGS=--full    # also the 700,000,000-user month (about 10-20 minutes)
+
+Needs PostgreSQL and Redis on 127.0.0.1 (the production stack); it creates and uses the database
+``corral_bench``. Starts uvicorn and a Celery worker itself, as production runs them. Prints every figure;
+docs/benchmarks.md records a run. Not a test: CI does not run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import collections
+import datetime as dt
+import http.client
+import json
+import os
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DATABASE = "corral_bench"
+os.environ.setdefault("DATABASE_URL", f"postgres://postgres@127.0.0.1:5432/{DATABASE}")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/10")
+os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/11")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+# Production settings, as the service runs: DEBUG off, the connection pool on. Plain HTTP on loopback.
+os.environ.setdefault("CORRAL_ENV", "production")
+os.environ.setdefault("SECRET_KEY", "bench-" + "k" * 20 + os.urandom(24).hex())
+os.environ.setdefault("ALLOWED_HOSTS", "127.0.0.1,localhost")
+os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
+PORT = 8765
+
+
+def _create_database() -> None:
+    import psycopg
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone()
+        if exists:
+            conn.execute(f'DROP DATABASE "{DATABASE}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{DATABASE}"')
+
+
+def _setup_tenants(products_per_org: int, orgs: int):
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+    import redis
+
+    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+    redis.Redis.from_url(os.environ["CELERY_BROKER_URL"]).flushdb()
+    from governance.services import api_key_create
+    from licensing.models import LicenceVersion
+    from licensing.services import organisation_create, product_create
+
+    version = LicenceVersion.objects.get(slug="llama-3.1")
+    keys, products = [], []
+    for o in range(orgs):
+        organisation = organisation_create(name=f"Bench Affiliate {o}", group_name="Bench Group", actor="bench")
+        _, key = api_key_create(organisation=organisation, name="bench", scopes=["read", "ingest"], created_by="bench")
+        for p in range(products_per_org):
+            product = product_create(organisation=organisation, name=f"Product {o}-{p}", licence_version=version,
+                                     actor="bench")
+            keys.append(key)
+            products.append(product)
+    return keys, products
+
+
+def _start_servers(workers: int, celery: bool) -> list[subprocess.Popen]:
+    env = dict(os.environ)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "config.asgi:application", "--port", str(PORT), "--workers",
+             str(workers), "--no-access-log", "--log-level", "warning"],
+            cwd=ROOT, env=env, start_new_session=True,
+        )
+    ]
+    if celery:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "WARNING", "--concurrency", "1"],
+            cwd=ROOT, env=env, start_new_session=True,
+        ))
+    for _ in range(100):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=2)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return procs
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("uvicorn did not start")
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for proc in procs:
+        proc.wait(timeout=30)
+
+
+def _post(conn: http.client.HTTPConnection, path: str, body: bytes, key: str) -> tuple[int, bytes]:
+    conn.request("POST", path, body=body, headers={"Authorization": f"Bearer {key}",
+                                                   "Content-Type": "application/json"})
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def _get(path: str, key: str) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=120)
+    conn.request("GET", path, headers={"Authorization": f"Bearer {key}"})
+    response = conn.getresponse()
+    body = response.read()
+    if response.status != 200:
+        raise SystemExit(f"GET {path}: {response.status} {body[:300]!r}")
+    return json.loads(body)
+
+
+# --- 1. ingest throughput -----------------------------------------------------------------------------------
+
+
+def raw_update_rate(batches: list[list[str]]) -> float:
+    """DataSketches' own update rate on the same batches, one thread, the fastest Python form."""
+    from datasketches import hll_sketch, tgt_hll_type
+
+    started = time.perf_counter()
+    for batch in batches:
+        sketch = hll_sketch(18, tgt_hll_type.HLL_8)
+        collections.deque(map(sketch.update, batch), maxlen=0)
+    return sum(map(len, batches)) / (time.perf_counter() - started)
+
+
+def api_ingest_rate(keys, products, bodies: list[bytes], clients: int, seconds: float) -> tuple[float, int, list]:
+    deadline = time.monotonic() + seconds
+    counts = [0] * clients
+    errors: list = []
+    latencies: list[float] = []
+
+    def client(index: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=60)
+        n = index
+        while time.monotonic() < deadline:
+            product = products[n % len(products)]
+            body = bodies[n % len(bodies)]
+            started = time.perf_counter()
+            status, text = _post(conn, f"/api/v1/products/{product.pk}/activity", body, keys[n % len(keys)])
+            latencies.append(time.perf_counter() - started)
+            if status != 202:
+                errors.append((status, text[:200]))
+            else:
+                counts[index] += 1
+            n += clients
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    requests = sum(counts)
+    return requests * 10_000 / elapsed, requests, sorted(latencies)
+
+
+# --- 2. the full-scale month --------------------------------------------------------------------------------
+
+
+def _product_day_sketch(args: tuple[int, int, int, int, int]) -> tuple[int, int, bytes]:
+    """A tenant pipeline's daily sketch: users [low, high) of a product, those whose id mod 30 is ``day``."""
+    product_index, day, low, high, lg_k = args
+    from datasketches import hll_sketch, tgt_hll_type
+
+    sketch = hll_sketch(lg_k, tgt_hll_type.HLL_4)
+    start = low + ((day - low) % 30)
+    collections.deque(map(sketch.update, range(start, high, 30)), maxlen=0)
+    return product_index, day, bytes(sketch.serialize_compact())
+
+
+def full_scale(keys, products, distinct: int, id_batch_users: int) -> dict:
+    """20 products of 3 affiliates over 30 days, `distinct` people, neighbours overlapping by 1/8 of a range."""
+    n_products = len(products)
+    share = distinct // n_products
+    overlap = share // 8
+    ranges = []
+    for i in range(n_products):
+        low = max(0, i * share - overlap)
+        high = distinct if i == n_products - 1 else (i + 1) * share + overlap
+        ranges.append((low, min(high, distinct)))
+    month_start = dt.date.today().replace(day=1) - dt.timedelta(days=1)
+    month_start = month_start.replace(day=1)  # last complete month: every day is in the past
+    tasks = [(i, d, low, high, 18) for i, (low, high) in enumerate(ranges) for d in range(30)]
+    started = time.perf_counter()
+    uploaded = 0
+    upload_bytes = 0
+    conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=120)
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        for product_index, day, data in pool.map(_product_day_sketch, tasks, chunksize=4):
+            body = json.dumps({
+                "day": (month_start + dt.timedelta(days=day)).isoformat(), "format": "hll",
+                "sketch": base64.b64encode(data).decode(),
+            }).encode()
+            status, text = _post(conn, f"/api/v1/products/{products[product_index].pk}/sketches", body,
+                                 keys[product_index])
+            if status != 202:
+                raise SystemExit(f"sketch upload failed: {status} {text[:300]!r}")
+            uploaded += 1
+            upload_bytes += len(data)
+    sketch_seconds = time.perf_counter() - started
+    # Part of the month as id batches: users already counted by the sketches plus new ones beyond `distinct`.
+    extra_new = id_batch_users // 2
+    ids = list(range(distinct - id_batch_users // 2, distinct + extra_new))
+    started = time.perf_counter()
+    for offset in range(0, len(ids), 100_000):
+        body = json.dumps({"day": month_start.isoformat(), "user_ids": ids[offset: offset + 100_000]}).encode()
+        status, text = _post(conn, f"/api/v1/products/{products[0].pk}/activity", body, keys[0])
+        if status != 202:
+            raise SystemExit(f"batch failed: {status} {text[:300]!r}")
+    batch_seconds = time.perf_counter() - started
+    truth = distinct + extra_new
+    return {"month": month_start, "truth": truth, "uploaded": uploaded, "upload_bytes": upload_bytes,
+            "sketch_seconds": sketch_seconds, "batch_seconds": batch_seconds, "batch_ids": len(ids)}
+
+
+def _wait_for_compaction(timeout: float = 900) -> float:
+    from governance.models import ActivityPart
+
+    started = time.perf_counter()
+    while ActivityPart.objects.exists():
+        if time.perf_counter() - started > timeout:
+            raise SystemExit("compaction did not finish")
+        time.sleep(0.5)
+    return time.perf_counter() - started
+
+
+def _storage() -> dict[str, int]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_total_relation_size('governance_rollup'), pg_total_relation_size('governance_activitypart')"
+        )
+        rollups, parts = cursor.fetchone()
+        cursor.execute("SELECT scope, count(*), avg(length(sketch)) FROM governance_rollup GROUP BY scope ORDER BY 1")
+        per_scope = cursor.fetchall()
+    return {"rollups": rollups, "parts": parts, "per_scope": per_scope}
+
+
+def _timed(fn, repeat: int) -> tuple[float, float]:
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - started) * 1000)
+    samples.sort()
+    return statistics.median(samples), samples[int(len(samples) * 0.95) - 1] if len(samples) >= 20 else samples[-1]
+
+
+def _peak_rss_mb(procs) -> str:
+    out = []
+    for proc in procs:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            hwm = next(line for line in status.splitlines() if line.startswith("VmHWM"))
+            out.append(f"pid {proc.pid}: {int(hwm.split()[1]) // 1024} MB")
+        except (OSError, StopIteration):
+            pass
+    return ", ".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument("--full", action="store_true", help="also run the 700M-user month")
+    parser.add_argument("--distinct", type=int, default=700_000_000)
+    args = parser.parse_args()
+
+    print(f"machine: {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    _create_database()
+    keys, products = _setup_tenants(products_per_org=7, orgs=3)
+    products, keys = products[:20], keys[:20]
+    from governance.models import Rollup  # noqa: F401 - Django is set up by now
+
+    batches = [[f"user-{b:05d}-{i:07d}" for i in range(10_000)] for b in range(200)]
+    day = (dt.date.today() - dt.timedelta(days=1)).isoformat()
+    bodies = [json.dumps({"day": day, "user_ids": batch}).encode() for batch in batches]
+
+    print("\n== 1. ingest throughput, 10,000-id batches ==")
+    raw = raw_update_rate(batches)
+    print(f"raw DataSketches update rate (one thread): {raw:,.0f} ids/s")
+    procs = _start_servers(args.workers, celery=True)
+    try:
+        api, requests, latencies = api_ingest_rate(keys, products, bodies, args.clients, args.seconds)
+        p50 = latencies[len(latencies) // 2] * 1000
+        p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
+        print(f"API (uvicorn x{args.workers}, PostgreSQL, {args.clients} clients, {args.seconds:.0f} s): "
+              f"{api:,.0f} ids/s, {requests} requests, p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        print(f"ratio API / raw: {api / raw:.2f}")
+        compaction_wait = _wait_for_compaction()
+        print(f"compaction backlog cleared {compaction_wait:.1f} s after the load stopped")
+
+        group = products[0].organisation.group
+        month = dt.date.today().strftime("%Y-%m")
+        median, p95 = _timed(lambda: _get(f"/api/v1/groups/{group.pk}/mau?month={month}", keys[0]), 30)
+        print(f"group-month query after ingest: median {median:.1f} ms, p95 {p95:.1f} ms")
+
+        if args.full:
+            print(f"\n== 2. full scale: 3 affiliates, 20 products, {args.distinct:,} distinct users, 30 days ==")
+            started = time.perf_counter()
+            result = full_scale(keys, products, args.distinct, id_batch_users=2_000_000)
+            compaction = _wait_for_compaction(timeout=3600)
+            wall = time.perf_counter() - started
+            month = result["month"].strftime("%Y-%m")
+            answer = _get(f"/api/v1/groups/{group.pk}/mau?month={month}", keys[0])
+            truth = result["truth"]
+            inside = answer["lower"] <= truth <= answer["upper"]
+            print(f"uploaded {result['uploaded']} product-day sketches ({result['upload_bytes'] / 1e6:.0f} MB) "
+                  f"in {result['sketch_seconds']:.0f} s (building them included), "
+                  f"{result['batch_ids']:,} ids as batches in {result['batch_seconds']:.1f} s")
+            print(f"compaction finished {compaction:.1f} s after the last upload; wall time {wall:.0f} s")
+            print(f"group estimate {answer['estimate']:,} [{answer['lower']:,}, {answer['upper']:,}] "
+                  f"truth {truth:,}: {'inside' if inside else 'OUTSIDE'} the interval "
+                  f"(error {100 * (answer['estimate'] / truth - 1):+.3f}%, half-width "
+                  f"{100 * (answer['upper'] - answer['lower']) / 2 / answer['estimate']:.3f}%)")
+            storage = _storage()
+            print(f"storage: rollups {storage['rollups'] / 1e6:.1f} MB, parts {storage['parts'] / 1e6:.1f} MB")
+            for scope, count, avg in storage["per_scope"]:
+                print(f"  {scope}: {count} rows, {float(avg) / 1024:.0f} KiB each on average")
+            median, p95 = _timed(lambda: _get(f"/api/v1/groups/{group.pk}/mau?month={month}", keys[0]), 30)
+            print(f"group-month query at full scale: median {median:.1f} ms, p95 {p95:.1f} ms")
+            last = (result["month"] + dt.timedelta(days=29)).isoformat()
+            median, p95 = _timed(
+                lambda: _get(f"/api/v1/groups/{group.pk}/mau/daily?from={result['month'].isoformat()}&to={last}",
+                             keys[0]), 5)
+            print(f"30-day daily series (DAU + rolling 30) at full scale: median {median:.0f} ms, max {p95:.0f} ms")
+            median, p95 = _timed(lambda: _get(f"/api/v1/products/{products[0].pk}/mau?month={month}", keys[0]), 30)
+            print(f"product-month query at full scale: median {median:.1f} ms, p95 {p95:.1f} ms")
+        print(f"\npeak memory: server processes {_peak_rss_mb(procs)}; bench process "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB, its children "
+              f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024} MB")
+    finally:
+        _stop(procs)
+
+
+if __name__ == "__main__":
+    main()
