@@ -147,7 +147,8 @@ def raw_update_rate(batches: list[list[str]]) -> float:
     return sum(map(len, batches)) / (time.perf_counter() - started)
 
 
-def api_ingest_rate(keys, products, bodies: list[bytes], clients: int, seconds: float) -> tuple[float, int, list]:
+def api_ingest_rate(keys, products, bodies: list[bytes], clients: int, seconds: float, batch: int
+                    ) -> tuple[float, int, list]:
     deadline = time.monotonic() + seconds
     counts = [0] * clients
     errors: list = []
@@ -176,7 +177,7 @@ def api_ingest_rate(keys, products, bodies: list[bytes], clients: int, seconds: 
         thread.join()
     elapsed = time.perf_counter() - started
     requests = sum(counts)
-    return requests * 10_000 / elapsed, requests, sorted(latencies)
+    return requests * batch / elapsed, requests, sorted(latencies)
 
 
 # --- 2. the full-scale month --------------------------------------------------------------------------------
@@ -249,17 +250,17 @@ def _wait_for_compaction(timeout: float = 900) -> float:
     return time.perf_counter() - started
 
 
-def _storage() -> dict[str, int]:
+def _storage() -> dict[str, object]:
+    """Live sketch bytes per rollup scope (table sizes would also count dead row versions until vacuum)."""
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_total_relation_size('governance_rollup'), pg_total_relation_size('governance_activitypart')"
-        )
-        rollups, parts = cursor.fetchone()
-        cursor.execute("SELECT scope, count(*), avg(length(sketch)) FROM governance_rollup GROUP BY scope ORDER BY 1")
+        cursor.execute("SELECT count(*), coalesce(sum(length(sketch)), 0) FROM governance_activitypart")
+        parts, part_bytes = cursor.fetchone()
+        cursor.execute("SELECT scope, count(*), sum(length(sketch)) FROM governance_rollup GROUP BY scope ORDER BY 1")
         per_scope = cursor.fetchall()
-    return {"rollups": rollups, "parts": parts, "per_scope": per_scope}
+    return {"parts": parts, "part_bytes": part_bytes, "per_scope": per_scope,
+            "rollup_bytes": sum(int(row[2]) for row in per_scope)}
 
 
 def _timed(fn, repeat: int) -> tuple[float, float]:
@@ -291,6 +292,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--full", action="store_true", help="also run the 700M-user month")
     parser.add_argument("--distinct", type=int, default=700_000_000)
+    parser.add_argument("--batch", type=int, default=10_000, help="ids per activity request")
     args = parser.parse_args()
 
     print(f"machine: {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
@@ -299,16 +301,16 @@ def main() -> None:
     products, keys = products[:20], keys[:20]
     from governance.models import Rollup  # noqa: F401 - Django is set up by now
 
-    batches = [[f"user-{b:05d}-{i:07d}" for i in range(10_000)] for b in range(200)]
+    batches = [[f"user-{b:05d}-{i:07d}" for i in range(args.batch)] for b in range(max(20, 2_000_000 // args.batch))]
     day = (dt.date.today() - dt.timedelta(days=1)).isoformat()
     bodies = [json.dumps({"day": day, "user_ids": batch}).encode() for batch in batches]
 
-    print("\n== 1. ingest throughput, 10,000-id batches ==")
+    print(f"\n== 1. ingest throughput, {args.batch:,}-id batches ==")
     raw = raw_update_rate(batches)
     print(f"raw DataSketches update rate (one thread): {raw:,.0f} ids/s")
     procs = _start_servers(args.workers, celery=True)
     try:
-        api, requests, latencies = api_ingest_rate(keys, products, bodies, args.clients, args.seconds)
+        api, requests, latencies = api_ingest_rate(keys, products, bodies, args.clients, args.seconds, args.batch)
         p50 = latencies[len(latencies) // 2] * 1000
         p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
         print(f"API (uvicorn x{args.workers}, PostgreSQL, {args.clients} clients, {args.seconds:.0f} s): "
@@ -341,9 +343,10 @@ def main() -> None:
                   f"(error {100 * (answer['estimate'] / truth - 1):+.3f}%, half-width "
                   f"{100 * (answer['upper'] - answer['lower']) / 2 / answer['estimate']:.3f}%)")
             storage = _storage()
-            print(f"storage: rollups {storage['rollups'] / 1e6:.1f} MB, parts {storage['parts'] / 1e6:.1f} MB")
-            for scope, count, avg in storage["per_scope"]:
-                print(f"  {scope}: {count} rows, {float(avg) / 1024:.0f} KiB each on average")
+            print(f"storage: rollup sketches {storage['rollup_bytes'] / 1e6:.1f} MB; "
+                  f"{storage['parts']} parts left ({storage['part_bytes'] / 1e6:.1f} MB)")
+            for scope, count, total in storage["per_scope"]:
+                print(f"  {scope}: {count} rows, {int(total) / count / 1024:.0f} KiB each")
             median, p95 = _timed(lambda: _get(f"/api/v1/groups/{group.pk}/mau?month={month}", keys[0]), 30)
             print(f"group-month query at full scale: median {median:.1f} ms, p95 {p95:.1f} ms")
             last = (result["month"] + dt.timedelta(days=29)).isoformat()

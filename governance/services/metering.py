@@ -184,16 +184,20 @@ def sketch_ingest(
     except (sketches.InvalidSketch, SketchRejected) as exc:
         raise ValidationError({"sketch": f"The sketch {exc}."}) from exc
 
+    body: dict[str, Any] = {
+        "accepted": 1, "day": day.isoformat(), "product": product.pk, "lg_k": header.lg_k,
+        "stored_lg_k": parsed.lg_k, "estimate": round(parsed.estimate),
+    }
+    if parsed.lg_k < settings.METERING_LG_K:
+        body["precision_note"] = (
+            f"This sketch's lgK {parsed.lg_k} is coarser than Corral's {settings.METERING_LG_K}: every figure "
+            f"that includes this product and day is now computed at lgK {parsed.lg_k}, with a wider interval."
+        )
+
     def produce() -> Answer:
         _part_create(product=product, day=day, source=ActivitySource.SKETCH, data=parsed.data, lg_k=parsed.lg_k,
                      items=0)
-        return Answer(
-            202,
-            {
-                "accepted": 1, "day": day.isoformat(), "product": product.pk, "lg_k": header.lg_k,
-                "stored_lg_k": parsed.lg_k, "estimate": round(parsed.estimate),
-            },
-        )
+        return Answer(202, body)
 
     return _idempotent(
         organisation_id=product.organisation_id, key=idempotency_key, fingerprint=fingerprint, produce=produce

@@ -340,3 +340,62 @@ def test_compaction_is_scheduled_past_the_debounce_window(monkeypatch) -> None:
     cache.delete(metering._COMPACTION_DEBOUNCE_KEY)  # the window closed
     metering.compaction_schedule()
     assert len(calls) == 2
+
+
+@pytest.mark.django_db
+def test_a_group_month_over_100_products_and_31_days_answers_in_under_100_ms() -> None:
+    import time
+
+    from governance import sketches
+    from governance.models import ActivitySource
+    from tests.factories import licence
+
+    group = GroupFactory()
+    organisations = [OrganisationFactory(group=group) for _ in range(3)]
+    version = licence()
+    products = [ProductFactory(organisation=organisations[i % 3], licence_version=version) for i in range(100)]
+    month_start = (TODAY.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
+    days = [month_start + dt.timedelta(days=d) for d in range(31) if (month_start + dt.timedelta(days=d)).month
+            == month_start.month]
+    parts = []
+    for p, product in enumerate(products):
+        for d, day in enumerate(days):
+            base = (p * 31 + d) * 5  # every user also appears on the next product-day: overlaps everywhere
+            data = sketches.serialize(sketches.sketch_from_ids(range(base, base + 10), 18))
+            parts.append(ActivityPart(product=product, day=day, source=ActivitySource.ID_BATCH, sketch=data,
+                                      lg_k=18, items=10))
+    ActivityPart.objects.bulk_create(parts)
+    compact_all()
+    samples = []
+    for _ in range(7):
+        started = time.perf_counter()
+        count = mau_month(scope=group, month=month_start)
+        samples.append(time.perf_counter() - started)
+    assert sorted(samples)[3] < 0.100, samples
+    estimate = count.estimate
+    expected = len({(p * 31 + d) * 5 + i for p in range(100) for d in range(len(days)) for i in range(10)})
+    assert estimate.lower <= expected <= estimate.upper
+
+
+@pytest.mark.django_db
+def test_a_coarse_upload_is_accepted_and_says_it_widens_the_interval() -> None:
+    import base64
+
+    from datasketches import hll_sketch, tgt_hll_type
+
+    from governance.services import sketch_ingest
+
+    product = ProductFactory()
+    coarse = hll_sketch(10, tgt_hll_type.HLL_8)
+    for i in range(50_000):
+        coarse.update(i)
+    answer = sketch_ingest(product=product, day=DAY, encoded_sketch=base64.b64encode(coarse.serialize_compact()).decode())
+    assert answer.status_code == 202 and answer.body["stored_lg_k"] == 10
+    assert "lgK 10" in answer.body["precision_note"]
+    ingest(product, range(50_000))
+    count = mau_month(scope=product, month=DAY).estimate
+    assert count.lg_k == 10 and count.lower <= 50_000 <= count.upper
+    fine = hll_sketch(18, tgt_hll_type.HLL_4)
+    fine.update("x")
+    other = sketch_ingest(product=ProductFactory(), day=DAY, encoded_sketch=base64.b64encode(fine.serialize_compact()).decode())
+    assert "precision_note" not in other.body
