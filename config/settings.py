@@ -348,3 +348,17 @@ CELERY_BEAT_SCHEDULE.update(
         },
     }
 )
+
+# --- Evaluation, alerts and webhooks --------------------------------------------------------------------
+# Webhook signing secrets are derived from this key and a per-endpoint salt, so no secret is stored.
+WEBHOOK_SIGNING_KEY = env_str("WEBHOOK_SIGNING_KEY", SECRET_KEY)
+# Webhook URLs may not reach loopback, link-local or private addresses unless an operator allows it.
+WEBHOOK_ALLOW_PRIVATE_NETWORKS = env_bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", False)
+WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10)
+ALERT_FROM_EMAIL = env_str("ALERT_FROM_EMAIL", DEFAULT_FROM_EMAIL)
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "evaluate-all-groups": {"task": "governance.tasks.evaluate_all_groups", "schedule": timedelta(hours=1)},
+        "deliver-due-webhooks": {"task": "governance.tasks.deliver_due_webhooks", "schedule": timedelta(seconds=30)},
+    }
+)

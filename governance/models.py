@@ -159,3 +159,236 @@ class IdempotencyRecord(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["organisation", "key"], name="one_answer_per_idempotency_key")]
+
+
+# --- evaluation and alerts ----------------------------------------------------------------------------------
+
+
+class ComplianceState(models.TextChoices):
+    BELOW = "below", "Below"
+    APPROACHING = "approaching", "Approaching"
+    UNCERTAIN = "uncertain", "Uncertain"
+    OVER = "over", "Over"
+    GRANTED = "granted", "Granted"
+    UNKNOWN = "unknown", "Unknown"
+
+
+class EvaluationRule(models.TextChoices):
+    LICENCE_ACCURATE = "licence_accurate", "Licence-accurate snapshot (month before the version's release)"
+    LAST_MONTH = "last_month", "Continuous monitoring: last complete calendar month"
+    PROJECTED = "projected", "Continuous monitoring: month to date projected to month end"
+
+
+class GroupPolicy(models.Model):
+    """How a group is evaluated, alerted and gated. Created with defaults the first time a group needs one."""
+
+    class Mode(models.TextChoices):
+        ENFORCE = "enforce", "Enforce: block over or uncertain without a grant"
+        GRACE = "grace", "Grace: block after the grace period"
+        MONITOR = "monitor", "Monitor: never block, only alert"
+
+    group = models.OneToOneField(AffiliateGroup, on_delete=models.CASCADE, related_name="policy")
+    mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.ENFORCE)
+    grace_days = models.PositiveIntegerField(default=30)
+    levels = models.JSONField(default=list, help_text="Fractions of the threshold that raise 'approaching'")
+    hysteresis = models.FloatField(default=0.02, help_text="Fall this fraction below a level to recover")
+    forecast_days = models.PositiveIntegerField(default=90)
+    email_enabled = models.BooleanField(default=True)
+    email_recipients = models.JSONField(default=list, blank=True)
+    webhooks_enabled = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    DEFAULT_LEVELS = [0.5, 0.75, 0.9]
+
+    def __str__(self) -> str:
+        return f"policy of {self.group}"
+
+
+class DeclaredFigure(models.Model):
+    """A group MAU figure an organisation declares for a month it was not metered in, with its evidence."""
+
+    group = models.ForeignKey(AffiliateGroup, on_delete=models.PROTECT, related_name="declared_figures")
+    month = models.DateField(help_text="First day of the month")
+    mau = models.BigIntegerField()
+    evidence = models.TextField(help_text="Where the figure comes from (report, system, reference)")
+    declared_by = models.CharField(max_length=200)
+    declared_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-declared_at", "-id"]
+
+    def save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not self._state.adding:
+            raise ValueError("Declared figures are append-only: declare a new one.")
+        super().save(*args, **kwargs)
+
+
+class ComplianceStatus(models.Model):
+    """The current status of a group for a licence version under one rule, with what produced it."""
+
+    group = models.ForeignKey(AffiliateGroup, on_delete=models.CASCADE, related_name="statuses")
+    licence_version = models.ForeignKey("licensing.LicenceVersion", on_delete=models.CASCADE, related_name="+")
+    rule = models.CharField(max_length=20, choices=EvaluationRule.choices)
+    state = models.CharField(max_length=12, choices=ComplianceState.choices)
+    level = models.FloatField(null=True, blank=True, help_text="Highest alert level reached, as a fraction")
+    month = models.DateField(null=True, blank=True)
+    source = models.CharField(max_length=20, blank=True, help_text="metered, declared or none")
+    estimate = models.BigIntegerField(null=True, blank=True)
+    lower = models.BigIntegerField(null=True, blank=True)
+    upper = models.BigIntegerField(null=True, blank=True)
+    threshold = models.BigIntegerField()
+    explanation = models.TextField()
+    since = models.DateTimeField(help_text="When the group entered this state")
+    evaluated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["group", "licence_version", "rule"], name="one_status_per_rule")
+        ]
+
+
+class StatusChange(models.Model):
+    """History: every change of a status, with the figures that caused it."""
+
+    group = models.ForeignKey(AffiliateGroup, on_delete=models.CASCADE, related_name="status_changes")
+    licence_version = models.ForeignKey("licensing.LicenceVersion", on_delete=models.CASCADE, related_name="+")
+    rule = models.CharField(max_length=20, choices=EvaluationRule.choices)
+    previous_state = models.CharField(max_length=12, blank=True)
+    state = models.CharField(max_length=12, choices=ComplianceState.choices)
+    month = models.DateField(null=True, blank=True)
+    estimate = models.BigIntegerField(null=True, blank=True)
+    lower = models.BigIntegerField(null=True, blank=True)
+    upper = models.BigIntegerField(null=True, blank=True)
+    explanation = models.TextField()
+    changed_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-changed_at", "-id"]
+
+
+class AccessDecision(models.Model):
+    """May this group's keys use this licence version now? Read by the gateway and the provisioner."""
+
+    group = models.ForeignKey(AffiliateGroup, on_delete=models.CASCADE, related_name="access_decisions")
+    licence_version = models.ForeignKey("licensing.LicenceVersion", on_delete=models.CASCADE, related_name="+")
+    allowed = models.BooleanField()
+    reason = models.CharField(max_length=40)
+    detail = models.TextField()
+    decided_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["group", "licence_version"], name="one_decision_per_group_version")
+        ]
+
+
+class GroupForecast(models.Model):
+    group = models.OneToOneField(AffiliateGroup, on_delete=models.CASCADE, related_name="forecast")
+    method = models.TextField()
+    points = models.PositiveIntegerField()
+    daily_growth = models.FloatField(null=True, blank=True)
+    crossing_date = models.DateField(null=True, blank=True)
+    earliest = models.DateField(null=True, blank=True)
+    latest = models.DateField(null=True, blank=True)
+    computed_at = models.DateTimeField()
+
+
+class Alert(models.Model):
+    """One announcement: a level crossed, an escalation, or a recovery, per group, version, level and month."""
+
+    class Kind(models.TextChoices):
+        RAISED = "raised", "Raised"
+        RECOVERED = "recovered", "Recovered"
+        TEST = "test", "Test"
+
+    group = models.ForeignKey(AffiliateGroup, on_delete=models.CASCADE, related_name="alerts")
+    licence_version = models.ForeignKey(
+        "licensing.LicenceVersion", on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    level = models.CharField(max_length=20, help_text='"50%", "75%", "90%", "uncertain", "over" or "forecast"')
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    month = models.DateField()
+    rule = models.CharField(max_length=20, blank=True)
+    figures = models.JSONField(default=dict)
+    message = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.CharField(max_length=200, blank=True)
+    emailed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["group", "licence_version", "level", "month", "kind"],
+                condition=models.Q(kind__in=["raised", "recovered"]),
+                name="one_alert_per_group_version_level_month",
+            )
+        ]
+
+
+class AlertLevelState(models.Model):
+    """Whether a level is currently active for a group and version (for escalation and hysteresis)."""
+
+    group = models.ForeignKey(AffiliateGroup, on_delete=models.CASCADE, related_name="+")
+    licence_version = models.ForeignKey(
+        "licensing.LicenceVersion", on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    level = models.CharField(max_length=20)
+    active = models.BooleanField(default=False)
+    changed_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["group", "licence_version", "level"], name="one_state_per_level")
+        ]
+
+
+class WebhookEndpoint(models.Model):
+    """Where a group's alerts are POSTed. The signing secret is derived, never stored (see webhooks.py)."""
+
+    group = models.ForeignKey(AffiliateGroup, on_delete=models.CASCADE, related_name="webhook_endpoints")
+    url = models.URLField(max_length=500)
+    description = models.CharField(max_length=200, blank=True)
+    slack_format = models.BooleanField(default=False, help_text="Send a Slack-compatible payload")
+    active = models.BooleanField(default=True)
+    secret_salt = models.CharField(max_length=64)
+    secret_prefix = models.CharField(max_length=12, help_text="Visible start of the signing secret")
+    created_by = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+
+class WebhookDelivery(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed (retries exhausted)"
+
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
+    alert = models.ForeignKey(Alert, on_delete=models.SET_NULL, null=True, blank=True, related_name="deliveries")
+    event_id = models.UUIDField(unique=True)
+    event_type = models.CharField(max_length=60)
+    payload = models.JSONField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+
+class DeliveryAttempt(models.Model):
+    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log")
+    attempted_at = models.DateTimeField()
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    latency_ms = models.FloatField()
+    error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["attempted_at", "id"]
