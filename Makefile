@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install migrate demo check lint clean bench-mau
+.PHONY: run test install migrate demo check lint clean bench-mau bench-alerts
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Corral needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -45,3 +45,6 @@ clean:
 # Benchmarks (not tests): need PostgreSQL and Redis on 127.0.0.1. See docs/benchmarks.md.
 bench-mau: install
 	$(BIN)/python bench/mau.py $(BENCH_ARGS)
+
+bench-alerts: install
+	$(BIN)/python bench/alert_latency.py

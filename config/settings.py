@@ -281,6 +281,8 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + ([] if PRODUCTION else ["rest_framework.renderers.BrowsableAPIRenderer"]),
     "EXCEPTION_HANDLER": "config.exceptions.exception_handler",
+    # ?format= is the evidence report's own parameter (json, csv, html), not DRF's renderer override.
+    "URL_FORMAT_OVERRIDE": None,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
@@ -358,7 +360,6 @@ WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10)
 ALERT_FROM_EMAIL = env_str("ALERT_FROM_EMAIL", DEFAULT_FROM_EMAIL)
 CELERY_BEAT_SCHEDULE.update(
     {
-        "evaluate-all-groups": {"task": "governance.tasks.evaluate_all_groups", "schedule": timedelta(hours=1)},
         "deliver-due-webhooks": {"task": "governance.tasks.deliver_due_webhooks", "schedule": timedelta(seconds=30)},
     }
 )

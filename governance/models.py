@@ -239,6 +239,9 @@ class ComplianceStatus(models.Model):
     threshold = models.BigIntegerField()
     explanation = models.TextField()
     since = models.DateTimeField(help_text="When the group entered this state")
+    crossed_on = models.DateField(
+        null=True, blank=True, help_text="First day of the current stretch over or uncertain (grace counts from it)"
+    )
     evaluated_at = models.DateTimeField()
 
     class Meta:

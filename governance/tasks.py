@@ -49,3 +49,60 @@ def purge_idempotency_records() -> int:
     deleted = idempotency_purge()
     logger.info("purged %d expired idempotency records", deleted)
     return deleted
+
+
+@shared_task(ignore_result=True, acks_late=True)
+def evaluate_group(group_id: int) -> None:
+    """Evaluate one affiliate group (statuses, decision, forecast, alerts). Safe to run twice."""
+    from governance.services.evaluation import group_evaluate
+    from licensing.models import AffiliateGroup
+
+    group = AffiliateGroup.objects.filter(pk=group_id).first()
+    if group is None:
+        return
+    result = group_evaluate(group=group)
+    logger.info("evaluated group %s: %d statuses, %d alerts", group_id, len(result.statuses), len(result.alerts))
+
+
+@shared_task(ignore_result=True)
+def evaluate_all_groups() -> int:
+    """Beat (hourly by default, editable in the admin): queue an evaluation of every group."""
+    from licensing.models import AffiliateGroup
+
+    ids = list(AffiliateGroup.objects.values_list("pk", flat=True))
+    for group_id in ids:
+        evaluate_group.delay(group_id)
+    return len(ids)
+
+
+@shared_task(ignore_result=True, acks_late=True)
+def dispatch_alert(alert_id: int) -> None:
+    """Email an alert and queue its webhook deliveries, then try each delivery at once."""
+    from governance.models import Alert
+    from governance.services.evaluation import alert_deliver
+
+    alert = Alert.objects.select_related("group", "licence_version").filter(pk=alert_id).first()
+    if alert is None:
+        return
+    alert_deliver(alert=alert)
+    for delivery_id in alert.deliveries.filter(status="pending").values_list("pk", flat=True):
+        deliver_webhook.delay(delivery_id)
+
+
+@shared_task(ignore_result=True, acks_late=True)
+def deliver_webhook(delivery_id: int) -> None:
+    from governance.models import WebhookDelivery
+    from governance.services.webhooks import webhook_attempt
+
+    try:
+        webhook_attempt(delivery_id=delivery_id)
+    except WebhookDelivery.DoesNotExist:  # deleted with its endpoint meanwhile: nothing to deliver
+        logger.info("webhook delivery %s no longer exists", delivery_id)
+
+
+@shared_task(ignore_result=True)
+def deliver_due_webhooks() -> int:
+    """Beat, every 30 s: retry every delivery whose next attempt is due (the backoff lives in the database)."""
+    from governance.services.webhooks import webhook_deliver_due
+
+    return webhook_deliver_due()

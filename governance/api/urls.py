@@ -1,6 +1,6 @@
 from rest_framework.routers import SimpleRouter
 
-from governance.api import metering, views
+from governance.api import compliance, metering, views
 
 router = SimpleRouter()
 router.trailing_slash = "/?"  # accept URLs with and without the trailing slash
@@ -9,5 +9,9 @@ router.register("keys", views.ApiKeyViewSet, basename="api-key")
 router.register("products", metering.ProductMeteringViewSet, basename="product-metering")
 router.register("organisations", metering.OrganisationMeteringViewSet, basename="organisation-metering")
 router.register("groups", metering.GroupMeteringViewSet, basename="group-metering")
+router.register("groups", compliance.GroupComplianceViewSet, basename="group-compliance")
+router.register("alerts", compliance.AlertViewSet, basename="alert")
+router.register("webhooks", compliance.WebhookEndpointViewSet, basename="webhook")
+router.register("audit", compliance.AuditEventViewSet, basename="audit")
 
 urlpatterns = router.urls

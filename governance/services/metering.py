@@ -122,6 +122,16 @@ def idempotency_purge(*, older_than: dt.timedelta | None = None) -> int:
 def _part_create(*, product: Product, day: dt.date, source: str, data: bytes, lg_k: int, items: int) -> None:
     ActivityPart.objects.create(product=product, day=day, source=source, sketch=data, lg_k=lg_k, items=items)
     transaction.on_commit(compaction_schedule)
+    group_id = product.organisation.group_id
+    transaction.on_commit(lambda: _evaluation_schedule(group_id))
+
+
+def _evaluation_schedule(group_id: int) -> None:
+    # Queries include parts not yet compacted, so the group can be evaluated at once: an alert for a crossing
+    # goes out seconds after the request that caused it, not after compaction or beat.
+    from governance.services.evaluation import evaluation_schedule
+
+    evaluation_schedule(group_id=group_id)
 
 
 def activity_ingest(

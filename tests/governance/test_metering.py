@@ -184,6 +184,7 @@ def no_background_compaction(monkeypatch):
     from governance.services import metering
 
     monkeypatch.setattr(metering, "compaction_schedule", lambda: None)
+    monkeypatch.setattr(metering, "_evaluation_schedule", lambda group_id: None)
 
 
 def _in_thread(work, results, index):

@@ -1,0 +1,392 @@
+"""Compliance endpoints: statuses, history, policy, declared figures, alerts, webhooks, audit, evidence."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, serializers, status
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from governance import evidence
+from governance.api.tenancy import TenantViewSet
+from governance.audit import audit_verify
+from governance.models import (
+    AccessDecision,
+    Alert,
+    AuditEvent,
+    ComplianceStatus,
+    DeclaredFigure,
+    DeliveryAttempt,
+    GroupForecast,
+    GroupPolicy,
+    Scope,
+    StatusChange,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+from governance.services import evaluation as evaluation_services
+from licensing.models import AffiliateGroup
+
+# --- serializers --------------------------------------------------------------------------------------------
+
+
+class ComplianceStatusSerializer(serializers.ModelSerializer):
+    licence_version = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = ComplianceStatus
+        fields = ["licence_version", "rule", "state", "level", "month", "source", "estimate", "lower", "upper",
+                  "threshold", "explanation", "since", "evaluated_at"]
+
+
+class StatusChangeSerializer(serializers.ModelSerializer):
+    licence_version = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = StatusChange
+        fields = ["id", "licence_version", "rule", "previous_state", "state", "month", "estimate", "lower", "upper",
+                  "explanation", "changed_at"]
+
+
+class AccessDecisionSerializer(serializers.ModelSerializer):
+    licence_version = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = AccessDecision
+        fields = ["licence_version", "allowed", "reason", "detail", "decided_at"]
+
+
+class ForecastSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = GroupForecast
+        fields = ["method", "points", "daily_growth", "crossing_date", "earliest", "latest", "computed_at"]
+
+
+class PolicySerializer(serializers.ModelSerializer):
+    levels = serializers.ListField(child=serializers.FloatField(min_value=0.01, max_value=0.999), min_length=1,
+                                   max_length=10)
+    email_recipients = serializers.ListField(child=serializers.EmailField(), max_length=50, required=False)
+    hysteresis = serializers.FloatField(min_value=0.0, max_value=0.2)
+    grace_days = serializers.IntegerField(min_value=0, max_value=365)
+    forecast_days = serializers.IntegerField(min_value=1, max_value=730)
+
+    class Meta:
+        model = GroupPolicy
+        fields = ["mode", "grace_days", "levels", "hysteresis", "forecast_days", "email_enabled", "email_recipients",
+                  "webhooks_enabled", "updated_at"]
+        read_only_fields = ["updated_at"]
+
+    def validate_levels(self, value: list[float]) -> list[float]:
+        if len(set(value)) != len(value):
+            raise serializers.ValidationError("Levels must be distinct.")
+        return sorted(value)
+
+
+class DeclaredFigureSerializer(serializers.ModelSerializer):
+    month = serializers.RegexField(r"^\d{4}-(0[1-9]|1[0-2])$", help_text="YYYY-MM", write_only=True)
+    mau = serializers.IntegerField(min_value=0, max_value=10**12)
+
+    class Meta:
+        model = DeclaredFigure
+        fields = ["id", "month", "mau", "evidence", "declared_by", "declared_at"]
+        read_only_fields = ["id", "declared_by", "declared_at"]
+
+    def to_representation(self, instance: DeclaredFigure) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        data["month"] = instance.month.strftime("%Y-%m")
+        return data
+
+
+class AlertSerializer(serializers.ModelSerializer):
+    licence_version = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = Alert
+        fields = ["id", "group", "licence_version", "level", "kind", "month", "rule", "figures", "message",
+                  "created_at", "acknowledged_at", "acknowledged_by", "emailed_at"]
+        read_only_fields = fields
+
+
+class WebhookEndpointSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WebhookEndpoint
+        fields = ["id", "group", "url", "description", "slack_format", "active", "secret_prefix", "created_by",
+                  "created_at"]
+        read_only_fields = ["id", "secret_prefix", "created_by", "created_at"]
+
+
+class WebhookEndpointCreateSerializer(serializers.Serializer):
+    group = serializers.PrimaryKeyRelatedField(queryset=AffiliateGroup.objects.none(), required=False)
+    url = serializers.URLField(max_length=500)
+    description = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    slack_format = serializers.BooleanField(required=False, default=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        view = self.context.get("view")
+        if view is not None and not getattr(view, "swagger_fake_view", False):
+            self.fields["group"].queryset = AffiliateGroup.objects.filter(
+                organisations__in=view.writable_organisation_ids()).distinct()
+
+
+class WebhookCreatedSerializer(WebhookEndpointSerializer):
+    secret = serializers.CharField(read_only=True, help_text="The signing secret. Shown this once.")
+
+    class Meta(WebhookEndpointSerializer.Meta):
+        fields = [*WebhookEndpointSerializer.Meta.fields, "secret"]
+
+
+class DeliveryAttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DeliveryAttempt
+        fields = ["attempted_at", "status_code", "latency_ms", "error"]
+
+
+class WebhookDeliverySerializer(serializers.ModelSerializer):
+    attempt_log = DeliveryAttemptSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = WebhookDelivery
+        fields = ["id", "event_id", "event_type", "status", "attempts", "next_attempt_at", "last_status_code",
+                  "created_at", "delivered_at", "payload", "attempt_log"]
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AuditEvent
+        fields = ["seq", "at", "actor", "action", "organisation", "group", "object_type", "object_id", "data",
+                  "prev_hash", "hash"]
+
+
+# --- views --------------------------------------------------------------------------------------------------
+
+
+def _month_param(request: Request) -> dt.date:
+    value = request.query_params.get("month")
+    try:
+        return dt.datetime.strptime(value or "", "%Y-%m").date()
+    except ValueError as exc:
+        raise ValidationError({"month": ["Required, as YYYY-MM."]}) from exc
+
+
+class GroupComplianceViewSet(TenantViewSet):
+    """A group's compliance: statuses per version and rule, decisions, forecast, history, policy, evidence."""
+
+    queryset = AffiliateGroup.objects.all()
+    tenant_field = "organisations"
+
+    def scope_queryset(self, queryset: QuerySet) -> QuerySet:
+        return queryset.distinct()
+
+    def organisation_id_of(self, obj: Any) -> int | None:
+        return None
+
+    def required_scope(self, request: Request) -> str | None:
+        if self.action == "policy" and request.method != "GET":
+            return Scope.ADMIN
+        return super().required_scope(request)
+
+    @extend_schema(responses=OpenApiTypes.OBJECT)
+    @action(detail=True, methods=["get"])
+    def compliance(self, request: Request, pk: str | None = None) -> Response:
+        """Current status per licence version and rule, the access decisions and the forecast."""
+        group = self.get_object()
+        statuses = ComplianceStatus.objects.filter(group=group).select_related("licence_version").order_by(
+            "licence_version__release_date", "rule")
+        forecast = GroupForecast.objects.filter(group=group).first()
+        return Response({
+            "group": group.pk,
+            "statuses": ComplianceStatusSerializer(statuses, many=True).data,
+            "decisions": AccessDecisionSerializer(
+                AccessDecision.objects.filter(group=group).select_related("licence_version"), many=True).data,
+            "forecast": ForecastSerializer(forecast).data if forecast else None,
+        })
+
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
+    @action(detail=True, methods=["post"])
+    def evaluate(self, request: Request, pk: str | None = None) -> Response:
+        """Evaluate the group now (otherwise hourly, and seconds after new activity)."""
+        result = evaluation_services.group_evaluate(group=self.get_object())
+        return Response({"statuses": ComplianceStatusSerializer(result.statuses, many=True).data,
+                         "alerts": AlertSerializer(result.alerts, many=True).data})
+
+    @extend_schema(responses=StatusChangeSerializer(many=True))
+    @action(detail=True, methods=["get"], url_path="compliance/history")
+    def history(self, request: Request, pk: str | None = None) -> Response:
+        changes = StatusChange.objects.filter(group=self.get_object()).select_related("licence_version")
+        page = self.paginate_queryset(changes)
+        return self.get_paginated_response(StatusChangeSerializer(page, many=True).data)
+
+    @extend_schema(methods=["GET"], responses=PolicySerializer)
+    @extend_schema(methods=["PUT", "PATCH"], request=PolicySerializer, responses=PolicySerializer)
+    @action(detail=True, methods=["get", "put", "patch"])
+    def policy(self, request: Request, pk: str | None = None) -> Response:
+        """The group's alert and enforcement policy; changing it needs the ``admin`` scope."""
+        policy = evaluation_services.group_policy_get(group=self.get_object())
+        if request.method == "GET":
+            return Response(PolicySerializer(policy).data)
+        form = PolicySerializer(policy, data=request.data, partial=request.method == "PATCH")
+        form.is_valid(raise_exception=True)
+        policy = evaluation_services.group_policy_update(policy=policy, actor=self.principal.label,
+                                                         **form.validated_data)
+        return Response(PolicySerializer(policy).data)
+
+    @extend_schema(methods=["GET"], responses=DeclaredFigureSerializer(many=True))
+    @extend_schema(methods=["POST"], request=DeclaredFigureSerializer, responses={201: DeclaredFigureSerializer})
+    @action(detail=True, methods=["get", "post"])
+    def declarations(self, request: Request, pk: str | None = None) -> Response:
+        """Figures declared for months before metering started, with their evidence (append-only)."""
+        group = self.get_object()
+        if request.method == "GET":
+            return Response(DeclaredFigureSerializer(DeclaredFigure.objects.filter(group=group), many=True).data)
+        form = DeclaredFigureSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        month = dt.datetime.strptime(form.validated_data["month"], "%Y-%m").date()
+        figure = evaluation_services.declared_figure_record(
+            group=group, month=month, mau=form.validated_data["mau"], evidence=form.validated_data["evidence"],
+            declared_by=self.principal.label)
+        return Response(DeclaredFigureSerializer(figure).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("month", OpenApiTypes.STR, required=True, description="YYYY-MM"),
+                    OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv", "html"])],
+        responses={(200, "application/json"): OpenApiTypes.OBJECT, (200, "text/csv"): OpenApiTypes.STR,
+                   (200, "text/html"): OpenApiTypes.STR},
+    )
+    @action(detail=True, methods=["get"], url_path="evidence")
+    def evidence(self, request: Request, pk: str | None = None) -> Any:
+        """The evidence report for a month: JSON (default), CSV, or a printable HTML page."""
+        group = self.get_object()
+        month = _month_param(request)
+        report = evidence.evidence_report(group=group, month=month)
+        kind = request.query_params.get("format", "json")
+        if kind == "csv":
+            response = HttpResponse(evidence.evidence_csv(report), content_type="text/csv; charset=utf-8")
+            response["Content-Disposition"] = f'attachment; filename="corral-evidence-{group.slug}-{month:%Y-%m}.csv"'
+            return response
+        if kind == "html":
+            return HttpResponse(evidence.evidence_html(report), content_type="text/html; charset=utf-8")
+        if kind != "json":
+            raise ValidationError({"format": ["One of json, csv, html."]})
+        return Response(report)
+
+
+class AlertViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
+    queryset = Alert.objects.select_related("licence_version")
+    serializer_class = AlertSerializer
+    tenant_field = "group__organisations"
+    filterset_fields = ["group", "level", "kind", "month"]
+
+    def scope_queryset(self, queryset: QuerySet) -> QuerySet:
+        return queryset.distinct()
+
+    def organisation_id_of(self, obj: Any) -> int | None:
+        return None
+
+    @extend_schema(request=None, responses=AlertSerializer)
+    @action(detail=True, methods=["post"])
+    def acknowledge(self, request: Request, pk: str | None = None) -> Response:
+        alert = evaluation_services.alert_acknowledge(alert=self.get_object(), actor=self.principal.label)
+        return Response(AlertSerializer(alert).data)
+
+
+class WebhookEndpointViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
+    """Webhook endpoints of the caller's group. Managing them needs the ``admin`` scope."""
+
+    queryset = WebhookEndpoint.objects.all()
+    serializer_class = WebhookEndpointSerializer
+    tenant_field = "group__organisations"
+    write_scope = Scope.ADMIN
+
+    def scope_queryset(self, queryset: QuerySet) -> QuerySet:
+        return queryset.distinct()
+
+    def organisation_id_of(self, obj: Any) -> int | None:
+        return None
+
+    def writable_organisation_ids(self) -> list[int]:
+        return self.principal.organisation_ids(Scope.ADMIN)
+
+    @extend_schema(request=WebhookEndpointCreateSerializer, responses={201: WebhookCreatedSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        from governance.services.webhooks import webhook_endpoint_create
+
+        form = WebhookEndpointCreateSerializer(data=request.data, context=self.get_serializer_context())
+        form.is_valid(raise_exception=True)
+        group = form.validated_data.get("group")
+        if group is None:
+            groups = AffiliateGroup.objects.filter(organisations__in=self.writable_organisation_ids()).distinct()
+            if groups.count() != 1:
+                raise ValidationError({"group": ["Required: this credential can administer more than one group."]})
+            group = groups.get()
+        endpoint, secret = webhook_endpoint_create(
+            group=group, url=form.validated_data["url"], created_by=self.principal.label,
+            description=form.validated_data.get("description", ""), slack_format=form.validated_data["slack_format"])
+        endpoint.secret = secret  # type: ignore[attr-defined]
+        return Response(WebhookCreatedSerializer(endpoint).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={204: None})
+    def destroy(self, request: Request, pk: str | None = None) -> Response:
+        from governance.services.webhooks import webhook_endpoint_delete
+
+        webhook_endpoint_delete(endpoint=self.get_object(), actor=self.principal.label)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=None, responses={202: WebhookDeliverySerializer})
+    @action(detail=True, methods=["post"])
+    def test(self, request: Request, pk: str | None = None) -> Response:
+        """Send a test event now; its delivery appears in the endpoint's delivery log."""
+        from governance.services.webhooks import webhook_test_event
+        from governance.tasks import deliver_webhook
+
+        delivery = webhook_test_event(endpoint=self.get_object(), actor=self.principal.label)
+        deliver_webhook.delay(delivery.pk)
+        delivery.refresh_from_db()
+        return Response(WebhookDeliverySerializer(delivery).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={200: WebhookCreatedSerializer})
+    @action(detail=True, methods=["post"], url_path="rotate-secret")
+    def rotate_secret(self, request: Request, pk: str | None = None) -> Response:
+        """Replace the signing secret; the new one is shown once."""
+        from governance.services.webhooks import webhook_endpoint_rotate_secret
+
+        endpoint = self.get_object()
+        secret = webhook_endpoint_rotate_secret(endpoint=endpoint, actor=self.principal.label)
+        endpoint.refresh_from_db()
+        endpoint.secret = secret  # type: ignore[attr-defined]
+        return Response(WebhookCreatedSerializer(endpoint).data)
+
+    @extend_schema(responses=WebhookDeliverySerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def deliveries(self, request: Request, pk: str | None = None) -> Response:
+        deliveries = WebhookDelivery.objects.filter(endpoint=self.get_object()).prefetch_related("attempt_log")
+        page = self.paginate_queryset(deliveries)
+        return self.get_paginated_response(WebhookDeliverySerializer(page, many=True).data)
+
+
+class AuditEventViewSet(TenantViewSet, mixins.ListModelMixin):
+    """The audit log entries of the caller's group, and whether the whole chain verifies."""
+
+    queryset = AuditEvent.objects.all()
+    serializer_class = AuditEventSerializer
+    tenant_field = "group__organisations"
+    filterset_fields = ["action", "organisation"]
+
+    def scope_queryset(self, queryset: QuerySet) -> QuerySet:
+        return queryset.distinct().order_by("-seq")
+
+    @extend_schema(responses=OpenApiTypes.OBJECT)
+    @action(detail=False, methods=["get"])
+    def verify(self, request: Request) -> Response:
+        result = audit_verify()
+        head = AuditEvent.objects.order_by("-seq").only("seq", "hash").first()
+        return Response({"ok": result.ok, "checked": result.checked, "first_bad_seq": result.first_bad_seq,
+                         "reason": result.reason, "head": {"seq": head.seq, "hash": head.hash} if head else None})

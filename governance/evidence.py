@@ -1,0 +1,117 @@
+"""The evidence report for an affiliate group and month: what counsel files to show compliance."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from typing import Any
+
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from governance.audit import audit_verify
+from governance.models import Alert, AuditEvent, ComplianceStatus, GroupForecast
+from governance.selectors import mau_month
+from licensing.models import AffiliateGroup, MetaGrant, Organisation, Product
+
+
+def evidence_report(*, group: AffiliateGroup, month: dt.date) -> dict[str, Any]:
+    month = month.replace(day=1)
+    group_count = mau_month(scope=group, month=month).as_dict()
+    organisations = []
+    for organisation in Organisation.objects.filter(group=group).order_by("name"):
+        products = [
+            {"id": product.pk, "name": product.name, "licence_version": product.licence_version.slug,
+             "status": product.status, "mau": _figures(mau_month(scope=product, month=month).as_dict())}
+            for product in Product.objects.filter(organisation=organisation).select_related("licence_version")
+            .order_by("name")
+        ]
+        organisations.append({"id": organisation.pk, "name": organisation.name, "status": organisation.status,
+                              "mau": _figures(mau_month(scope=organisation, month=month).as_dict()),
+                              "products": products})
+    statuses = [
+        {"licence_version": s.licence_version.slug, "rule": s.rule, "state": s.state,
+         "month": s.month.isoformat() if s.month else None, "source": s.source, "estimate": s.estimate,
+         "lower": s.lower, "upper": s.upper, "threshold": s.threshold, "explanation": s.explanation,
+         "since": s.since.isoformat()}
+        for s in ComplianceStatus.objects.filter(group=group).select_related("licence_version")
+        .order_by("licence_version__release_date", "rule")
+    ]
+    next_month = (month + dt.timedelta(days=32)).replace(day=1)
+    alerts = [
+        {"id": a.pk, "created_at": a.created_at.isoformat(), "licence_version": a.licence_version.slug
+         if a.licence_version else None, "level": a.level, "kind": a.kind, "message": a.message,
+         "acknowledged_at": a.acknowledged_at.isoformat() if a.acknowledged_at else None}
+        for a in Alert.objects.filter(group=group, created_at__date__gte=month, created_at__date__lt=next_month)
+        .select_related("licence_version").order_by("created_at")
+    ]
+    grants = [
+        {"id": g.pk, "reference": g.reference, "licence_versions": [v.slug for v in g.licence_versions.all()],
+         "granted_on": g.granted_on.isoformat(), "valid_from": g.valid_from.isoformat(),
+         "valid_until": g.valid_until.isoformat() if g.valid_until else None, "revoked": g.revoked,
+         "supersedes": g.supersedes_id}
+        for g in MetaGrant.objects.filter(group=group).prefetch_related("licence_versions").order_by("recorded_at")
+    ]
+    forecast = GroupForecast.objects.filter(group=group).first()
+    head = AuditEvent.objects.order_by("-seq").only("seq", "hash").first()
+    chain = audit_verify()
+    return {
+        "group": {"id": group.pk, "name": group.name},
+        "month": month.strftime("%Y-%m"),
+        "generated_at": timezone.now().isoformat(),
+        "mau": group_count,
+        "organisations": organisations,
+        "statuses": statuses,
+        "forecast": {"method": forecast.method, "crossing_date": _iso(forecast.crossing_date),
+                     "earliest": _iso(forecast.earliest), "latest": _iso(forecast.latest),
+                     "computed_at": forecast.computed_at.isoformat()} if forecast else None,
+        "alerts": alerts,
+        "grants": grants,
+        "audit_chain": {"head_seq": head.seq if head else 0, "head_hash": head.hash if head else None,
+                        "verified": chain.ok, "checked": chain.checked, "reason": chain.reason},
+    }
+
+
+def _iso(value: dt.date | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _figures(count: dict[str, Any]) -> dict[str, Any]:
+    return {key: count[key] for key in ("estimate", "lower", "upper", "confidence", "lg_k")}
+
+
+def evidence_csv(report: dict[str, Any]) -> str:
+    """One row per figure: the group, each organisation and each product, then statuses, alerts and grants."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["section", "scope", "name", "licence_version", "month", "estimate", "lower", "upper",
+                     "confidence", "state_or_detail"])
+    mau = report["mau"]
+    writer.writerow(["mau", "group", report["group"]["name"], "", report["month"], mau["estimate"], mau["lower"],
+                     mau["upper"], mau["confidence"], mau["method"]])
+    for org in report["organisations"]:
+        m = org["mau"]
+        writer.writerow(["mau", "organisation", org["name"], "", report["month"], m["estimate"], m["lower"],
+                         m["upper"], m["confidence"], org["status"]])
+        for product in org["products"]:
+            p = product["mau"]
+            writer.writerow(["mau", "product", product["name"], product["licence_version"], report["month"],
+                             p["estimate"], p["lower"], p["upper"], p["confidence"], product["status"]])
+    for s in report["statuses"]:
+        writer.writerow(["status", s["rule"], report["group"]["name"], s["licence_version"], s["month"],
+                         s["estimate"], s["lower"], s["upper"], 0.95, f'{s["state"]}: {s["explanation"]}'])
+    for a in report["alerts"]:
+        writer.writerow(["alert", a["kind"], a["level"], a["licence_version"], a["created_at"], "", "", "", "",
+                         a["message"]])
+    for g in report["grants"]:
+        writer.writerow(["grant", g["reference"], " ".join(g["licence_versions"]), "", g["valid_from"], "", "", "",
+                         "", f'valid until {g["valid_until"] or "open"}; revoked={g["revoked"]}'])
+    chain = report["audit_chain"]
+    writer.writerow(["audit_chain", "head", chain["head_seq"], "", "", "", "", "", "",
+                     f'{chain["head_hash"]} verified={chain["verified"]}'])
+    return out.getvalue()
+
+
+def evidence_html(report: dict[str, Any]) -> str:
+    return render_to_string("governance/evidence.html", {"report": report})

@@ -1,0 +1,459 @@
+"""Evaluate an affiliate group: statuses per licence version and rule, the access decision, the forecast and
+the alerts that follow. The rules themselves are pure functions in governance/evaluation.py; this module only
+feeds them figures from the database and stores what they return.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+from django.db.models import Min
+from django.utils import timezone
+
+from governance import evaluation as rules
+from governance.audit import audit_record
+from governance.models import (
+    AccessDecision,
+    ActivityPart,
+    Alert,
+    AlertLevelState,
+    ComplianceStatus,
+    DeclaredFigure,
+    EvaluationRule,
+    GroupForecast,
+    GroupPolicy,
+    Rollup,
+    StatusChange,
+)
+from governance.selectors import daily_series, mau_month, mau_rolling
+from licensing.models import AffiliateGroup, LicenceVersion, Membership, Organisation, Product
+from licensing.selectors import acceptance_state, grants_in_force
+
+logger = logging.getLogger(__name__)
+
+
+# --- policy -------------------------------------------------------------------------------------------------
+
+
+def group_policy_get(*, group: AffiliateGroup) -> GroupPolicy:
+    """The group's policy, created with the defaults the first time it is needed."""
+    policy = GroupPolicy.objects.filter(group=group).first()
+    if policy is not None:
+        return policy
+    recipients = sorted(
+        set(
+            Membership.objects.filter(
+                organisation__group=group, role__in=[Membership.Role.OWNER, Membership.Role.ADMIN]
+            ).exclude(user__email="").values_list("user__email", flat=True)
+        )
+    )
+    policy, _ = GroupPolicy.objects.get_or_create(
+        group=group, defaults={"levels": list(GroupPolicy.DEFAULT_LEVELS), "email_recipients": recipients}
+    )
+    return policy
+
+
+def group_policy_update(*, policy: GroupPolicy, actor: str, **changes: object) -> GroupPolicy:
+    before = {field: getattr(policy, field) for field in changes}
+    for field, value in changes.items():
+        setattr(policy, field, value)
+    with transaction.atomic():
+        policy.save()
+        audit_record(action="policy.updated", actor=actor, group=policy.group, obj=policy,
+                     data={"before": before, "after": changes})
+    return policy
+
+
+def declared_figure_record(*, group: AffiliateGroup, month: dt.date, mau: int, evidence: str,
+                           declared_by: str) -> DeclaredFigure:
+    with transaction.atomic():
+        figure = DeclaredFigure.objects.create(group=group, month=month.replace(day=1), mau=mau, evidence=evidence,
+                                               declared_by=declared_by)
+        audit_record(action="figure.declared", actor=declared_by, group=group, obj=figure,
+                     data={"month": figure.month, "mau": mau, "evidence": evidence})
+    return figure
+
+
+# --- figures ------------------------------------------------------------------------------------------------
+
+
+def group_versions(*, group: AffiliateGroup) -> list[LicenceVersion]:
+    # One filter() call, so "a product of this group that is not retired" is one join, not two conditions
+    # that could be met by different products (of other tenants).
+    return list(
+        LicenceVersion.objects.filter(
+            products__organisation__group=group,
+            products__status__in=[Product.Status.DEVELOPMENT, Product.Status.LIVE],
+        )
+        .distinct()
+        .order_by("release_date")
+    )
+
+
+def metering_started(*, group: AffiliateGroup) -> dt.date | None:
+    """The first day the group has any metered activity."""
+    first_rollup = Rollup.objects.filter(scope=Rollup.Scope.GROUP_DAY, scope_id=group.pk).aggregate(d=Min("period"))
+    first_part = ActivityPart.objects.filter(product__organisation__group=group).aggregate(d=Min("day"))
+    days = [d for d in (first_rollup["d"], first_part["d"]) if d is not None]
+    return min(days) if days else None
+
+
+def _metered(group: AffiliateGroup, month: dt.date) -> rules.Figure:
+    count = mau_month(scope=group, month=month).estimate
+    return rules.Figure(count.estimate, count.lower, count.upper, month, "metered")
+
+
+def _declared(group: AffiliateGroup, month: dt.date) -> rules.Figure | None:
+    declared = DeclaredFigure.objects.filter(group=group, month=month).order_by("-declared_at", "-id").first()
+    if declared is None:
+        return None
+    return rules.Figure(declared.mau, declared.mau, declared.mau, month, "declared")
+
+
+def month_figure(*, group: AffiliateGroup, month: dt.date, started: dt.date | None) -> rules.Figure | None:
+    metered = _metered(group, month) if started is not None and started <= month else None
+    return rules.choose_figure(metered=metered, declared=_declared(group, month), metering_started=started)
+
+
+# --- evaluation ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GroupEvaluation:
+    group: AffiliateGroup
+    statuses: list[ComplianceStatus]
+    decisions: list[AccessDecision]
+    forecast: GroupForecast | None
+    alerts: list[Alert]
+
+
+def group_evaluate(*, group: AffiliateGroup, today: dt.date | None = None) -> GroupEvaluation:
+    """Evaluate every licence version the group uses, store statuses, decisions and forecast, raise alerts.
+
+    Serialised per group by a lock on its policy row, so two workers evaluating the same group cannot both
+    announce a level. Safe to run twice: unchanged statuses write no history and announced levels no alert.
+    """
+    now = timezone.now()
+    today = today or now.date()
+    started = metering_started(group=group)
+    this_month, last_month = rules.month_start(today), rules.previous_month(today)
+    last_month_figure = month_figure(group=group, month=last_month, started=started)
+    projected_figure = None
+    if started is not None and started <= today:
+        rolling = mau_rolling(scope=group, ending=today, days=30).estimate
+        # A calendar month is a 28-31-day window: the rolling 30 days to today is the month-end projection.
+        projected_figure = rules.Figure(rolling.estimate, rolling.lower, rolling.upper, this_month, "metered")
+    forecast = _forecast(group, today, started)
+    group_policy_get(group=group)
+    statuses, decisions, alerts = [], [], []
+    with transaction.atomic():
+        policy = GroupPolicy.objects.select_for_update().get(group=group)
+        GroupForecast.objects.update_or_create(group=group, defaults={
+            "method": forecast.method, "points": forecast.points, "daily_growth": forecast.daily_growth,
+            "crossing_date": forecast.crossing_date, "earliest": forecast.earliest, "latest": forecast.latest,
+            "computed_at": now,
+        })
+        levels = tuple(policy.levels)
+        for version in group_versions(group=group):
+            threshold = version.mau_threshold
+            granted = grants_in_force(group=group, on=today, licence_version=version).exists()
+            accurate_month = version.test_month()
+            accurate_figure = month_figure(group=group, month=accurate_month, started=started)
+            computed = {
+                EvaluationRule.LICENCE_ACCURATE: rules.classify(
+                    accurate_figure, threshold=threshold, levels=levels, granted=granted,
+                    rule=EvaluationRule.LICENCE_ACCURATE),
+                EvaluationRule.LAST_MONTH: rules.classify(
+                    last_month_figure, threshold=threshold, levels=levels, granted=granted,
+                    rule=EvaluationRule.LAST_MONTH),
+                EvaluationRule.PROJECTED: rules.classify(
+                    projected_figure, threshold=threshold, levels=levels, granted=granted,
+                    rule=EvaluationRule.PROJECTED),
+            }
+            if version.date_ambiguous and accurate_figure is not None:
+                computed[EvaluationRule.LICENCE_ACCURATE] = _ambiguous_note(computed[EvaluationRule.LICENCE_ACCURATE],
+                                                                            version)
+            for rule, status in computed.items():
+                statuses.append(_status_store(group, version, rule, status, now, today,
+                                              month=accurate_month if rule == EvaluationRule.LICENCE_ACCURATE
+                                              else (last_month if rule == EvaluationRule.LAST_MONTH else this_month)))
+            accurate = statuses[-3]
+            decisions.append(_decision_store(group, version, policy, computed[EvaluationRule.LICENCE_ACCURATE],
+                                             accurate, today, now))
+            alerts += _alerts_raise(group, version, policy, projected_figure, computed, forecast, today, this_month)
+        for alert in alerts:
+            transaction.on_commit(lambda alert_id=alert.pk: _alert_dispatch(alert_id))
+    cache.delete(_decision_cache_key(group.pk))
+    return GroupEvaluation(group, statuses, decisions, GroupForecast.objects.filter(group=group).first(), alerts)
+
+
+def _ambiguous_note(status: rules.Status, version: LicenceVersion) -> rules.Status:
+    return rules.Status(status.state, status.level, status.figure, status.threshold, status.rule,
+                        f"{status.explanation} Note: {version.date_note}")
+
+
+def _forecast(group: AffiliateGroup, today: dt.date, started: dt.date | None) -> rules.Forecast:
+    if started is None:
+        return rules.Forecast(rules.FORECAST_METHOD, 0, None, None, None, None, ["no metered activity"])
+    start = max(started, today - dt.timedelta(days=89))
+    points = daily_series(scope=group, start=start, end=today, window=30)
+    series = [(p.day, p.rolling.estimate) for p in points]
+    threshold = max((v.mau_threshold for v in group_versions(group=group)), default=700_000_000)
+    return rules.forecast_crossing(series, threshold=threshold, today=today)
+
+
+_BLOCKING = (rules.OVER, rules.UNCERTAIN)
+
+
+def _status_store(group: AffiliateGroup, version: LicenceVersion, rule: str, status: rules.Status,
+                  now: dt.datetime, today: dt.date, *, month: dt.date) -> ComplianceStatus:
+    """Store one status; history and audit only when the state changes.
+
+    Dates follow the evaluated day (``today``), so a re-evaluation of the past dates its changes right, and
+    ``crossed_on`` keeps the first day of a stretch over or uncertain: going from uncertain to over does not
+    restart a grace period.
+    """
+    figure = status.figure
+    changed_at = now if today == now.date() else dt.datetime.combine(today, dt.time.min, tzinfo=dt.UTC)
+    values = {
+        "state": status.state, "level": status.level, "month": figure.month if figure else month,
+        "source": figure.source if figure else "none", "estimate": figure.estimate if figure else None,
+        "lower": figure.lower if figure else None, "upper": figure.upper if figure else None,
+        "threshold": status.threshold, "explanation": status.explanation, "evaluated_at": now,
+    }
+    current = ComplianceStatus.objects.filter(group=group, licence_version=version, rule=rule).first()
+    previous_state = current.state if current else ""
+    if status.state in _BLOCKING:
+        values["crossed_on"] = current.crossed_on if current and previous_state in _BLOCKING else today
+    else:
+        values["crossed_on"] = None
+    if current is None:
+        current = ComplianceStatus.objects.create(group=group, licence_version=version, rule=rule, since=changed_at,
+                                                  **values)
+    else:
+        if previous_state != status.state:
+            values["since"] = changed_at
+        for field, value in values.items():
+            setattr(current, field, value)
+        current.save()
+    if previous_state != status.state:
+        StatusChange.objects.create(
+            group=group, licence_version=version, rule=rule, previous_state=previous_state, state=status.state,
+            month=values["month"], estimate=values["estimate"], lower=values["lower"], upper=values["upper"],
+            explanation=status.explanation, changed_at=changed_at,
+        )
+        audit_record(action="status.changed", actor="evaluation", group=group, obj=current, data={
+            "licence_version": version.slug, "rule": rule, "from": previous_state, "to": status.state,
+            "month": values["month"], "estimate": values["estimate"], "lower": values["lower"],
+            "upper": values["upper"],
+        })
+    return current
+
+
+def _decision_store(group: AffiliateGroup, version: LicenceVersion, policy: GroupPolicy, status: rules.Status,
+                    stored: ComplianceStatus, today: dt.date, now: dt.datetime) -> AccessDecision:
+    # The threshold part of the decision, for the group; acceptance and suspension are per organisation and
+    # are checked when a caller asks (access_check).
+    decision = rules.decide_access(
+        status=status, mode=policy.mode, grace_days=policy.grace_days, crossed_on=stored.crossed_on, today=today,
+        licence_accepted=True, aup_accepted=True,
+    )
+    row, created = AccessDecision.objects.get_or_create(
+        group=group, licence_version=version,
+        defaults={"allowed": decision.allowed, "reason": decision.reason, "detail": decision.detail, "decided_at": now},
+    )
+    if not created and (row.allowed, row.reason, row.detail) != (decision.allowed, decision.reason, decision.detail):
+        changed = row.allowed != decision.allowed
+        row.allowed, row.reason, row.detail, row.decided_at = decision.allowed, decision.reason, decision.detail, now
+        row.save()
+        if changed:
+            audit_record(action="access.changed", actor="evaluation", group=group, obj=row, data={
+                "licence_version": version.slug, "allowed": decision.allowed, "reason": decision.reason})
+    return row
+
+
+# --- alerts -------------------------------------------------------------------------------------------------
+
+
+def _alerts_raise(group: AffiliateGroup, version: LicenceVersion, policy: GroupPolicy,
+                  figure: rules.Figure | None, statuses: dict[str, rules.Status], forecast: rules.Forecast,
+                  today: dt.date, month: dt.date) -> list[Alert]:
+    """Announce levels newly crossed (the highest of them), and recoveries, once per level and month."""
+    states = {s.level: s for s in AlertLevelState.objects.filter(group=group, licence_version=version)}
+    previously = {name for name, s in states.items() if s.active}
+    threshold = version.mau_threshold
+    if figure is not None:
+        active = rules.active_levels(
+            estimate=figure.estimate, lower=figure.lower, upper=figure.upper, threshold=threshold,
+            levels=tuple(policy.levels), previously_active=previously, hysteresis=policy.hysteresis,
+        )
+    else:
+        active = set()
+    accurate = statuses[EvaluationRule.LICENCE_ACCURATE]
+    if accurate.state in (rules.OVER, rules.UNCERTAIN):
+        active.add(accurate.state)  # the licence-accurate test failing is always an alert
+    if rules.projected_within(forecast, today=today, days=policy.forecast_days):
+        active.add("forecast")
+    if any(s.state == rules.GRANTED for s in statuses.values()):
+        active -= {"over", "uncertain"}  # a grant covers it: nothing to escalate
+    now = timezone.now()
+    for name in active ^ previously:
+        AlertLevelState.objects.update_or_create(group=group, licence_version=version, level=name,
+                                                 defaults={"active": name in active, "changed_at": now})
+    created: list[Alert] = []
+    figures = _figures(figure, statuses, forecast, threshold)
+    raised = active - previously
+    if raised:
+        top = max(raised, key=rules.level_rank)
+        alert = _alert_once(group, version, top, Alert.Kind.RAISED, month, figures,
+                            _message(group, version, top, figure, forecast, statuses, raised=True))
+        if alert:
+            created.append(alert)
+    recovered = previously - active
+    if recovered:
+        top = max(recovered, key=rules.level_rank)
+        alert = _alert_once(group, version, top, Alert.Kind.RECOVERED, month, figures,
+                            _message(group, version, top, figure, forecast, statuses, raised=False))
+        if alert:
+            created.append(alert)
+    return created
+
+
+def _alert_once(group: AffiliateGroup, version: LicenceVersion, level: str, kind: str, month: dt.date,
+                figures: dict, message: str) -> Alert | None:
+    if Alert.objects.filter(group=group, licence_version=version, level=level, month=month, kind=kind).exists():
+        return None
+    alert = Alert.objects.create(group=group, licence_version=version, level=level, kind=kind, month=month,
+                                 rule=EvaluationRule.PROJECTED, figures=figures, message=message)
+    audit_record(action=f"alert.{kind}", actor="evaluation", group=group, obj=alert,
+                 data={"licence_version": version.slug, "level": level, "month": month, "figures": figures})
+    return alert
+
+
+def _figures(figure: rules.Figure | None, statuses: dict[str, rules.Status], forecast: rules.Forecast,
+             threshold: int) -> dict:
+    return {
+        "threshold": threshold,
+        "month": figure.month.isoformat() if figure else None,
+        "estimate": figure.estimate if figure else None,
+        "lower": figure.lower if figure else None,
+        "upper": figure.upper if figure else None,
+        "confidence": 0.95,
+        "statuses": {rule: status.state for rule, status in statuses.items()},
+        "forecast_crossing": forecast.crossing_date.isoformat() if forecast.crossing_date else None,
+        "forecast_interval": [d.isoformat() if d else None for d in (forecast.earliest, forecast.latest)],
+    }
+
+
+def _message(group: AffiliateGroup, version: LicenceVersion, level: str, figure: rules.Figure | None,
+             forecast: rules.Forecast, statuses: dict[str, rules.Status], *, raised: bool) -> str:
+    subject = f"{group.name}, {version.name}"
+    if level == "forecast":
+        what = (f"projected to pass {version.mau_threshold:,} monthly active users on "
+                f"{forecast.crossing_date} (between {forecast.earliest} and {forecast.latest})")
+    elif level in ("over", "uncertain"):
+        accurate = statuses[EvaluationRule.LICENCE_ACCURATE]
+        what = accurate.explanation if accurate.state == level else statuses[EvaluationRule.PROJECTED].explanation
+    else:
+        what = f"at or above {level} of the {version.mau_threshold:,} limit"
+    figures = (f" Month to date projected: {figure.estimate:,} (95% interval {figure.lower:,} to {figure.upper:,})."
+               if figure else "")
+    if raised:
+        return f"{subject}: {what}.{figures}"
+    return f"{subject}: back below the '{level}' level.{figures}"
+
+
+def _alert_dispatch(alert_id: int) -> None:
+    from governance.tasks import dispatch_alert
+
+    try:
+        dispatch_alert.delay(alert_id)
+    except Exception:  # the alert row is durable; beat's evaluation and the delivery sweep pick it up
+        logger.exception("could not queue alert %s for delivery", alert_id)
+
+
+def alert_deliver(*, alert: Alert) -> int:
+    """Email the policy's recipients and queue a webhook delivery per active endpoint. Returns deliveries made."""
+    from django.core.mail import send_mail
+
+    from governance.services.webhooks import webhook_event_for_alert
+
+    policy = group_policy_get(group=alert.group)
+    if policy.email_enabled and policy.email_recipients and alert.emailed_at is None:
+        subject = f"[Corral] {alert.get_kind_display()}: {alert.message[:150]}"
+        send_mail(subject, f"{alert.message}\n\n{settings.SITE_URL}/admin/governance/alert/{alert.pk}/change/",
+                  settings.ALERT_FROM_EMAIL, policy.email_recipients)
+        Alert.objects.filter(pk=alert.pk, emailed_at__isnull=True).update(emailed_at=timezone.now())
+    deliveries = webhook_event_for_alert(alert=alert) if policy.webhooks_enabled else []
+    return len(deliveries)
+
+
+def alert_acknowledge(*, alert: Alert, actor: str) -> Alert:
+    with transaction.atomic():
+        changed = Alert.objects.filter(pk=alert.pk, acknowledged_at__isnull=True).update(
+            acknowledged_at=timezone.now(), acknowledged_by=actor)
+        if changed:
+            audit_record(action="alert.acknowledged", actor=actor, group=alert.group, obj=alert, data={})
+    alert.refresh_from_db()
+    return alert
+
+
+# --- the gate -----------------------------------------------------------------------------------------------
+
+_DECISION_CACHE_SECONDS = 5
+
+
+def _decision_cache_key(group_id: int) -> str:
+    return f"access:group:{group_id}"
+
+
+def access_check(*, organisation: Organisation, licence_version: LicenceVersion) -> rules.Decision:
+    """May keys of ``organisation`` use ``licence_version`` now? What the gateway and provisioner ask.
+
+    Combines the organisation's own state (suspension, acceptances) with the group's stored decision; the
+    group part is cached for at most 5 seconds, so a new decision takes effect within that time.
+    """
+    if organisation.status != Organisation.Status.ACTIVE:
+        return rules.Decision(False, "organisation_suspended", "The organisation is suspended.")
+    state = acceptance_state(organisation=organisation, licence_version=licence_version)
+    if not state.licence_accepted:
+        return rules.Decision(False, "licence_not_accepted",
+                              f"{organisation.name} has not accepted the {licence_version.name} licence.")
+    if not state.aup_accepted:
+        return rules.Decision(False, "aup_not_accepted",
+                              f"{organisation.name} has not accepted the {licence_version.name} Acceptable Use Policy.")
+    key = _decision_cache_key(organisation.group_id)
+    decisions = cache.get(key)
+    if decisions is None:
+        decisions = {d.licence_version_id: (d.allowed, d.reason, d.detail)
+                     for d in AccessDecision.objects.filter(group_id=organisation.group_id)}
+        cache.set(key, decisions, timeout=_DECISION_CACHE_SECONDS)
+    found = decisions.get(licence_version.pk)
+    if found is None:
+        return rules.Decision(True, "unknown", "Allowed; this group and version have not been evaluated yet.")
+    return rules.Decision(*found)
+
+
+# --- scheduling ---------------------------------------------------------------------------------------------
+
+_EVALUATION_WINDOW_SECONDS = 2
+
+
+def evaluation_schedule(*, group_id: int) -> None:
+    """Evaluate a group soon after new activity: at most one task per group per window, delayed past it."""
+    from governance.tasks import evaluate_group
+
+    try:
+        if not cache.add(f"evaluate:group:{group_id}", 1, timeout=_EVALUATION_WINDOW_SECONDS):
+            return
+    except Exception:
+        logger.warning("cache unavailable; scheduling evaluation without debounce")
+    try:
+        evaluate_group.apply_async(args=[group_id], countdown=_EVALUATION_WINDOW_SECONDS + 1)
+    except Exception:
+        logger.exception("could not schedule evaluation of group %s; beat evaluates hourly", group_id)

@@ -1,0 +1,419 @@
+"""The 700M rule, the access decision, the forecast and alert levels, as pure functions (no database).
+
+Every expected value is computed by hand from the licence's words: "greater than 700 million monthly active
+users in the preceding calendar month" (section 2, ../shared/LLAMA-LICENCES.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import pytest
+
+from governance.evaluation import (
+    APPROACHING,
+    BELOW,
+    GRANTED,
+    OVER,
+    UNCERTAIN,
+    UNKNOWN,
+    Figure,
+    Forecast,
+    Status,
+    active_levels,
+    choose_figure,
+    classify,
+    decide_access,
+    forecast_crossing,
+    level_rank,
+    previous_month,
+    projected_within,
+)
+
+THRESHOLD = 700_000_000
+JUNE_2024 = dt.date(2024, 6, 1)
+
+
+def declared(mau: int, month: dt.date = JUNE_2024) -> Figure:
+    return Figure(mau, mau, mau, month, "declared")
+
+
+def metered(estimate: int, lower: int, upper: int, month: dt.date = JUNE_2024) -> Figure:
+    return Figure(estimate, lower, upper, month, "metered")
+
+
+def status_of(figure: Figure | None, *, granted: bool = False, threshold: int = THRESHOLD) -> Status:
+    return classify(figure, threshold=threshold, levels=(0.5, 0.75, 0.9), granted=granted, rule="licence_accurate")
+
+
+# --- classify: the decision table ---------------------------------------------------------------------------
+
+
+def test_it_does_not_count_exactly_700_million_as_over() -> None:
+    status = status_of(declared(700_000_000))
+    assert (status.state, status.level) == (APPROACHING, 0.9)
+
+
+def test_it_counts_700_million_and_one_as_over() -> None:
+    status = status_of(declared(700_000_001))
+    assert (status.state, status.level) == (OVER, 1.0)
+
+
+def test_it_calls_an_interval_straddling_the_threshold_uncertain() -> None:
+    status = status_of(metered(700_000_000, 699_000_000, 701_000_000))
+    assert status.state == UNCERTAIN
+    assert "699,000,000 to 701,000,000" in status.explanation
+
+
+def test_it_calls_an_estimate_below_the_threshold_uncertain_when_its_upper_bound_is_above() -> None:
+    # Never silently "below" or "approaching" while the interval reaches past 700M.
+    assert status_of(metered(699_500_000, 698_000_000, 700_000_001)).state == UNCERTAIN
+
+
+def test_it_calls_an_interval_wholly_above_the_threshold_over() -> None:
+    assert status_of(metered(702_000_000, 700_000_001, 704_000_000)).state == OVER
+
+
+def test_it_calls_an_interval_whose_lower_bound_is_exactly_700_million_uncertain() -> None:
+    assert status_of(metered(702_000_000, 700_000_000, 704_000_000)).state == UNCERTAIN
+
+
+def test_it_does_not_call_an_upper_bound_of_exactly_700_million_uncertain() -> None:
+    status = status_of(metered(695_000_000, 690_000_000, 700_000_000))
+    assert (status.state, status.level) == (APPROACHING, 0.9)
+
+
+@pytest.mark.parametrize(
+    ("mau", "state", "level"),
+    [
+        (350_000_000, APPROACHING, 0.5),  # exactly 50% of 700M
+        (349_999_999, BELOW, None),
+        (525_000_000, APPROACHING, 0.75),  # exactly 75%
+        (524_999_999, APPROACHING, 0.5),
+        (630_000_000, APPROACHING, 0.9),  # exactly 90%
+        (629_999_999, APPROACHING, 0.75),
+        (0, BELOW, None),
+    ],
+)
+def test_it_reaches_each_level_at_exactly_its_fraction_and_not_one_user_before(
+    mau: int, state: str, level: float | None
+) -> None:
+    status = status_of(declared(mau))
+    assert (status.state, status.level) == (state, level)
+
+
+def test_it_compares_the_estimate_not_the_upper_bound_with_the_levels() -> None:
+    # 349,000,000 is below 50% even though its interval reaches 351,000,000.
+    assert status_of(metered(349_000_000, 347_000_000, 351_000_000)).state == BELOW
+
+
+def test_it_takes_the_threshold_from_its_argument() -> None:
+    assert status_of(declared(1_001), threshold=1_000).state == OVER
+    assert status_of(declared(1_000), threshold=1_000).state == APPROACHING
+    assert status_of(declared(700_000_001), threshold=800_000_000).state == APPROACHING
+
+
+def test_it_honours_custom_levels() -> None:
+    status = classify(declared(420_000_000), threshold=THRESHOLD, levels=(0.6, 0.8), rule="last_month")
+    assert (status.state, status.level) == (APPROACHING, 0.6)
+    assert classify(declared(419_999_999), threshold=THRESHOLD, levels=(0.6, 0.8), rule="last_month").state == BELOW
+
+
+@pytest.mark.parametrize(
+    "figure",
+    [declared(900_000_000), metered(700_000_000, 699_000_000, 701_000_000), declared(10), None],
+    ids=["over", "uncertain", "below", "no-figure"],
+)
+def test_it_lets_a_grant_beat_every_figure(figure: Figure | None) -> None:
+    assert status_of(figure, granted=True).state == GRANTED
+
+
+def test_it_calls_a_missing_figure_unknown_never_below() -> None:
+    status = status_of(None)
+    assert status.state == UNKNOWN
+    assert status.figure is None
+
+
+def test_it_records_the_figure_rule_threshold_and_source_with_the_status() -> None:
+    figure = declared(400_000_000)
+    status = classify(figure, threshold=THRESHOLD, rule="licence_accurate")
+    assert (status.figure, status.rule, status.threshold) == (figure, "licence_accurate", THRESHOLD)
+    assert "declared MAU for June 2024" in status.explanation
+
+
+def test_it_tests_the_calendar_month_before_the_release_date() -> None:
+    # Llama 3.1 was released on July 23, 2024; the licence looks at June 2024.
+    assert previous_month(dt.date(2024, 7, 23)) == JUNE_2024
+    assert previous_month(dt.date(2025, 1, 1)) == dt.date(2024, 12, 1)
+
+
+# --- choose_figure ------------------------------------------------------------------------------------------
+
+
+def test_it_uses_the_metered_figure_when_metering_started_on_the_first_day_of_the_month() -> None:
+    chosen = choose_figure(metered=metered(500, 500, 500), declared=declared(900), metering_started=JUNE_2024)
+    assert chosen is not None and (chosen.source, chosen.estimate) == ("metered", 500)
+
+
+def test_it_uses_the_metered_figure_when_metering_started_before_the_month() -> None:
+    chosen = choose_figure(metered=metered(500, 500, 500), declared=None, metering_started=dt.date(2024, 1, 15))
+    assert chosen is not None and chosen.source == "metered"
+
+
+def test_it_uses_the_declared_figure_when_metering_started_after_the_first_day() -> None:
+    chosen = choose_figure(metered=metered(500, 500, 500), declared=declared(900), metering_started=dt.date(2024, 6, 2))
+    assert chosen is not None and (chosen.source, chosen.estimate) == ("declared", 900)
+
+
+def test_it_has_no_figure_when_metering_started_late_and_nothing_was_declared() -> None:
+    assert choose_figure(metered=metered(500, 500, 500), declared=None, metering_started=dt.date(2024, 6, 2)) is None
+    assert choose_figure(metered=None, declared=None, metering_started=None) is None
+
+
+def test_it_uses_the_declared_figure_when_nothing_was_metered() -> None:
+    chosen = choose_figure(metered=None, declared=declared(900), metering_started=None)
+    assert chosen is not None and chosen.source == "declared"
+
+
+# --- decide_access ------------------------------------------------------------------------------------------
+
+CROSSED = dt.date(2024, 8, 1)
+
+
+def decide(state_figure: Figure | None, *, mode: str = "enforce", grace_days: int = 30,
+           crossed_on: dt.date | None = CROSSED, today: dt.date = CROSSED, granted: bool = False,
+           licence_accepted: bool = True, aup_accepted: bool = True, organisation_active: bool = True):
+    return decide_access(
+        status=status_of(state_figure, granted=granted), mode=mode, grace_days=grace_days, crossed_on=crossed_on,
+        today=today, licence_accepted=licence_accepted, aup_accepted=aup_accepted,
+        organisation_active=organisation_active,
+    )
+
+
+OVER_FIGURE = declared(700_000_001)
+UNCERTAIN_FIGURE = metered(700_000_000, 699_000_000, 701_000_000)
+
+
+def test_it_blocks_over_under_enforce() -> None:
+    decision = decide(OVER_FIGURE)
+    assert (decision.allowed, decision.reason) == (False, "over_threshold")
+
+
+def test_it_blocks_uncertain_under_enforce() -> None:
+    decision = decide(UNCERTAIN_FIGURE)
+    assert (decision.allowed, decision.reason) == (False, "uncertain_threshold")
+
+
+@pytest.mark.parametrize("figure", [declared(700_000_000), declared(100), declared(600_000_000)])
+def test_it_allows_below_and_approaching_under_enforce(figure: Figure) -> None:
+    decision = decide(figure)
+    assert (decision.allowed, decision.reason) == (True, "ok")
+
+
+@pytest.mark.parametrize("mode", ["enforce", "grace", "monitor"])
+def test_it_allows_a_granted_group_that_is_over(mode: str) -> None:
+    decision = decide(OVER_FIGURE, granted=True, mode=mode, today=CROSSED + dt.timedelta(days=400))
+    assert (decision.allowed, decision.reason) == (True, "ok")
+
+
+@pytest.mark.parametrize("figure", [OVER_FIGURE, UNCERTAIN_FIGURE], ids=["over", "uncertain"])
+def test_it_allows_over_and_uncertain_during_the_grace_period(figure: Figure) -> None:
+    decision = decide(figure, mode="grace", grace_days=30, today=CROSSED + dt.timedelta(days=29))
+    assert (decision.allowed, decision.reason) == (True, "grace_period")
+    assert "2024-08-31" in decision.detail  # the last allowed day is the 30th; the block starts on Aug 31
+
+
+@pytest.mark.parametrize(("figure", "reason"), [(OVER_FIGURE, "over_threshold"),
+                                                (UNCERTAIN_FIGURE, "uncertain_threshold")], ids=["over", "uncertain"])
+def test_it_blocks_on_the_day_the_grace_period_ends(figure: Figure, reason: str) -> None:
+    decision = decide(figure, mode="grace", grace_days=30, today=CROSSED + dt.timedelta(days=30))
+    assert (decision.allowed, decision.reason) == (False, reason)
+
+
+def test_it_starts_the_grace_period_today_when_the_crossing_date_is_unknown() -> None:
+    decision = decide(OVER_FIGURE, mode="grace", grace_days=30, crossed_on=None, today=CROSSED)
+    assert (decision.allowed, decision.reason) == (True, "grace_period")
+
+
+def test_it_blocks_at_once_under_a_zero_day_grace_period() -> None:
+    decision = decide(OVER_FIGURE, mode="grace", grace_days=0, today=CROSSED)
+    assert (decision.allowed, decision.reason) == (False, "over_threshold")
+
+
+@pytest.mark.parametrize("figure", [OVER_FIGURE, UNCERTAIN_FIGURE], ids=["over", "uncertain"])
+def test_it_never_blocks_for_the_threshold_under_monitor(figure: Figure) -> None:
+    decision = decide(figure, mode="monitor", today=CROSSED + dt.timedelta(days=3650))
+    assert (decision.allowed, decision.reason) == (True, "monitor_only")
+
+
+@pytest.mark.parametrize("mode", ["enforce", "grace", "monitor"])
+def test_it_refuses_a_suspended_organisation_first(mode: str) -> None:
+    decision = decide(declared(10), mode=mode, granted=True, licence_accepted=False, aup_accepted=False,
+                      organisation_active=False)
+    assert (decision.allowed, decision.reason) == (False, "organisation_suspended")
+
+
+@pytest.mark.parametrize("mode", ["enforce", "grace", "monitor"])
+def test_it_refuses_an_unaccepted_licence_before_the_threshold(mode: str) -> None:
+    decision = decide(declared(10), mode=mode, granted=True, licence_accepted=False, aup_accepted=False)
+    assert (decision.allowed, decision.reason) == (False, "licence_not_accepted")
+    assert "licence" in decision.detail.lower()
+
+
+@pytest.mark.parametrize("mode", ["enforce", "grace", "monitor"])
+def test_it_refuses_an_unaccepted_acceptable_use_policy(mode: str) -> None:
+    decision = decide(declared(10), mode=mode, granted=True, aup_accepted=False)
+    assert (decision.allowed, decision.reason) == (False, "aup_not_accepted")
+    assert "Acceptable Use Policy" in decision.detail
+
+
+@pytest.mark.parametrize("mode", ["enforce", "grace", "monitor"])
+def test_it_allows_an_unknown_status_and_says_so(mode: str) -> None:
+    decision = decide(None, mode=mode)
+    assert (decision.allowed, decision.reason) == (True, "unknown")
+
+
+# --- forecast -----------------------------------------------------------------------------------------------
+
+ORIGIN = dt.date(2025, 1, 1)
+
+
+def growing(days: range, start: int = 500_000_000, rate: float = 0.01) -> list[tuple[dt.date, int]]:
+    """Day k (from ORIGIN) has start * (1 + rate)^k users."""
+    return [(ORIGIN + dt.timedelta(days=k), round(start * (1 + rate) ** k)) for k in days]
+
+
+def test_it_forecasts_the_hand_computed_crossing_of_an_exponential_series() -> None:
+    # 500M x 1.01^t = 700M at t = ln(1.4) / ln(1.01) = 33.8 days: the first day over is day 34.
+    assert math.ceil(math.log(1.4) / math.log(1.01)) == 34
+    series = growing(range(30))  # days 0..29, the last at 667M
+    forecast = forecast_crossing(series, threshold=THRESHOLD, today=ORIGIN + dt.timedelta(days=29))
+    assert forecast.crossing_date == ORIGIN + dt.timedelta(days=34)
+    assert forecast.earliest is not None and forecast.latest is not None
+    assert forecast.earliest <= forecast.crossing_date <= forecast.latest
+    assert forecast.daily_growth == pytest.approx(0.01, rel=1e-6)
+    assert forecast.points == 30
+
+
+def test_it_gives_a_forecast_interval_around_a_noisy_series() -> None:
+    noise = [1.02, 0.98, 1.01, 0.99, 1.03, 0.97] * 5  # +/-3% about the same 1%/day trend
+    series = [(day, round(value * factor)) for (day, value), factor in zip(growing(range(30)), noise, strict=True)]
+    forecast = forecast_crossing(series, threshold=THRESHOLD, today=ORIGIN + dt.timedelta(days=29))
+    assert forecast.crossing_date is not None and forecast.earliest is not None and forecast.latest is not None
+    assert forecast.earliest < forecast.latest
+    assert forecast.earliest <= forecast.crossing_date <= forecast.latest
+    assert abs((forecast.crossing_date - (ORIGIN + dt.timedelta(days=34))).days) <= 2
+
+
+def test_it_forecasts_nearly_the_same_date_despite_wild_outliers() -> None:
+    series = growing(range(-40, 30))  # 70 days, day 0 at 500M, so the crossing is still day 34
+    for index, factor in ((5, 5.0), (25, 5.0), (45, 5.0), (15, 0.2), (55, 0.2)):
+        day, value = series[index]
+        series[index] = (day, round(value * factor))
+    forecast = forecast_crossing(series, threshold=THRESHOLD, today=ORIGIN + dt.timedelta(days=29))
+    assert forecast.crossing_date is not None
+    assert abs((forecast.crossing_date - (ORIGIN + dt.timedelta(days=34))).days) <= 1
+
+
+@pytest.mark.parametrize("rate", [0.0, -0.01], ids=["flat", "shrinking"])
+def test_it_forecasts_no_crossing_for_a_series_that_does_not_grow(rate: float) -> None:
+    forecast = forecast_crossing(growing(range(60), rate=rate), threshold=THRESHOLD,
+                                 today=ORIGIN + dt.timedelta(days=59))
+    assert forecast.crossing_date is None
+    assert forecast.latest is None
+
+
+def test_it_forecasts_nothing_from_fewer_than_14_days() -> None:
+    forecast = forecast_crossing(growing(range(13)), threshold=THRESHOLD, today=ORIGIN + dt.timedelta(days=12))
+    assert (forecast.crossing_date, forecast.points) == (None, 13)
+
+
+def test_it_forecasts_from_exactly_14_days() -> None:
+    forecast = forecast_crossing(growing(range(14)), threshold=THRESHOLD, today=ORIGIN + dt.timedelta(days=13))
+    assert forecast.crossing_date == ORIGIN + dt.timedelta(days=34)
+
+
+def test_it_ignores_days_without_users_when_counting_points() -> None:
+    series = growing(range(14))
+    series[3] = (series[3][0], 0)
+    forecast = forecast_crossing(series, threshold=THRESHOLD, today=ORIGIN + dt.timedelta(days=13))
+    assert (forecast.crossing_date, forecast.points) == (None, 13)
+
+
+def test_it_forecasts_today_for_a_series_already_above() -> None:
+    series = growing(range(40))  # day 39 is 740M
+    today = ORIGIN + dt.timedelta(days=39)
+    forecast = forecast_crossing(series, threshold=THRESHOLD, today=today)
+    assert (forecast.crossing_date, forecast.earliest, forecast.latest) == (today, today, today)
+
+
+def test_it_counts_a_forecast_within_the_horizon_inclusive() -> None:
+    today = dt.date(2025, 1, 1)
+    forecast = Forecast("m", 30, 0.01, today + dt.timedelta(days=90), None, None)
+    assert projected_within(forecast, today=today, days=90)
+    assert not projected_within(forecast, today=today, days=89)
+    assert not projected_within(Forecast("m", 30, 0.0, None, None, None), today=today, days=90)
+
+
+# --- active_levels: hysteresis ------------------------------------------------------------------------------
+
+LEVELS = (0.5, 0.75, 0.9)
+
+
+def step(estimate: int, previously: set[str], *, lower: int | None = None, upper: int | None = None) -> set[str]:
+    return active_levels(estimate=estimate, lower=estimate if lower is None else lower,
+                         upper=estimate if upper is None else upper, threshold=1_000, levels=LEVELS,
+                         previously_active=previously, hysteresis=0.02)
+
+
+def test_it_keeps_a_level_active_while_the_count_oscillates_around_it() -> None:
+    active: set[str] = set()
+    history = []
+    for count in (740, 750, 740, 760, 740, 760, 740, 731, 730):
+        active = step(count, active)
+        history.append("75%" in active)
+    assert history == [False, True, True, True, True, True, True, True, True]
+    assert active == {"50%", "75%"}
+
+
+def test_it_drops_a_level_once_the_count_falls_below_the_level_minus_the_hysteresis() -> None:
+    active = step(750, set())
+    assert active == {"50%", "75%"}
+    active = step(729, active)  # below 73%
+    assert active == {"50%"}
+    active = step(749, active)  # must reach 75% again to come back
+    assert active == {"50%"}
+    assert step(750, active) == {"50%", "75%"}
+
+
+def test_it_turns_on_every_level_reached_at_once() -> None:
+    assert step(900, set()) == {"50%", "75%", "90%"}
+    assert step(899, set()) == {"50%", "75%"}
+    assert step(499, set()) == set()
+
+
+def test_it_raises_uncertain_from_the_interval() -> None:
+    assert step(995, set(), lower=990, upper=1_001) == {"50%", "75%", "90%", "uncertain"}
+    assert step(995, set(), lower=990, upper=1_000) == {"50%", "75%", "90%"}
+
+
+def test_it_raises_over_and_not_uncertain_when_the_whole_interval_is_above() -> None:
+    assert step(1_005, set(), lower=1_001, upper=1_010) == {"50%", "75%", "90%", "over"}
+
+
+def test_it_keeps_over_within_the_hysteresis_then_falls_back_to_uncertain() -> None:
+    active = step(1_005, set(), lower=1_001, upper=1_010)
+    active = step(1_000, active, lower=990, upper=1_010)  # lower 990 > 980: still over
+    assert "over" in active and "uncertain" not in active
+    active = step(995, active, lower=980, upper=1_010)  # lower at 98%: over ends, the interval still straddles
+    assert "over" not in active and "uncertain" in active
+    active = step(985, active, lower=970, upper=995)  # upper 995 > 980: uncertain held by hysteresis
+    assert "uncertain" in active
+    active = step(975, active, lower=960, upper=980)
+    assert "uncertain" not in active and "90%" in active
+
+
+def test_it_orders_levels_for_escalation() -> None:
+    names = ["over", "50%", "uncertain", "90%", "forecast", "75%"]
+    assert sorted(names, key=level_rank) == ["50%", "75%", "90%", "forecast", "uncertain", "over"]
