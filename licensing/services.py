@@ -31,10 +31,15 @@ def _unique_slug(model: type, name: str) -> str:
 
 
 def group_get_or_create(*, name: str) -> tuple[AffiliateGroup, bool]:
+    """The named group, created with its default alert and enforcement policy when it does not exist."""
+    from governance.services.evaluation import group_policy_get
+
     group = AffiliateGroup.objects.filter(name=name).first()
     if group:
         return group, False
-    return AffiliateGroup.objects.create(name=name, slug=_unique_slug(AffiliateGroup, name)), True
+    group = AffiliateGroup.objects.create(name=name, slug=_unique_slug(AffiliateGroup, name))
+    group_policy_get(group=group)
+    return group, True
 
 
 def organisation_create(*, name: str, group_name: str, actor: str, eu_domiciled: bool = False) -> Organisation:

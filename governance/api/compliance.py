@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from governance import evidence
-from governance.api.tenancy import TenantViewSet
+from governance.api.tenancy import GroupTenancy, TenantViewSet
 from governance.audit import audit_verify
 from governance.models import (
     AccessDecision,
@@ -177,17 +177,10 @@ def _month_param(request: Request) -> dt.date:
         raise ValidationError({"month": ["Required, as YYYY-MM."]}) from exc
 
 
-class GroupComplianceViewSet(TenantViewSet):
+class GroupComplianceViewSet(GroupTenancy, TenantViewSet):
     """A group's compliance: statuses per version and rule, decisions, forecast, history, policy, evidence."""
 
     queryset = AffiliateGroup.objects.all()
-    tenant_field = "organisations"
-
-    def scope_queryset(self, queryset: QuerySet) -> QuerySet:
-        return queryset.distinct()
-
-    def organisation_id_of(self, obj: Any) -> int | None:
-        return None
 
     def required_scope(self, request: Request) -> str | None:
         if self.action == "policy" and request.method != "GET":
@@ -279,17 +272,11 @@ class GroupComplianceViewSet(TenantViewSet):
         return Response(report)
 
 
-class AlertViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
+class AlertViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
     queryset = Alert.objects.select_related("licence_version")
     serializer_class = AlertSerializer
     tenant_field = "group__organisations"
     filterset_fields = ["group", "level", "kind", "month"]
-
-    def scope_queryset(self, queryset: QuerySet) -> QuerySet:
-        return queryset.distinct()
-
-    def organisation_id_of(self, obj: Any) -> int | None:
-        return None
 
     @extend_schema(request=None, responses=AlertSerializer)
     @action(detail=True, methods=["post"])
@@ -298,19 +285,13 @@ class AlertViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMix
         return Response(AlertSerializer(alert).data)
 
 
-class WebhookEndpointViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
+class WebhookEndpointViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
     """Webhook endpoints of the caller's group. Managing them needs the ``admin`` scope."""
 
     queryset = WebhookEndpoint.objects.all()
     serializer_class = WebhookEndpointSerializer
     tenant_field = "group__organisations"
     write_scope = Scope.ADMIN
-
-    def scope_queryset(self, queryset: QuerySet) -> QuerySet:
-        return queryset.distinct()
-
-    def organisation_id_of(self, obj: Any) -> int | None:
-        return None
 
     def writable_organisation_ids(self) -> list[int]:
         return self.principal.organisation_ids(Scope.ADMIN)

@@ -17,7 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from governance import selectors
-from governance.api.tenancy import TenantViewSet
+from governance.api.tenancy import GroupTenancy, TenantViewSet
 from governance.models import Scope
 from governance.services import IdempotencyConflict, activity_ingest, sketch_ingest
 from governance.services.metering import Answer, request_fingerprint
@@ -208,39 +208,31 @@ class ProductMeteringViewSet(MauActions, TenantViewSet):
         bound = self.principal.bound_product_id
         return queryset.filter(pk=bound) if bound else queryset
 
-    @extend_schema(request=ActivityInput, responses={202: AcceptedOutput, 409: OpenApiResponse(description="Idempotency-Key reused with another request")})
+    @extend_schema(request=ActivityInput, responses={
+        202: AcceptedOutput, 409: OpenApiResponse(description="Idempotency-Key reused with another request")})
     @action(detail=True, methods=["post"])
     def activity(self, request: Request, pk: str | None = None) -> Response:
         """Record a batch of user ids (hashed on arrival, never stored) for a UTC day."""
-        body = _read_body(request)
-        product = self.get_object()
-        key = _idempotency_key(request)
-        form = ActivityInput(data=request.data)
-        form.is_valid(raise_exception=True)
-        try:
-            answer = activity_ingest(
-                product=product, day=form.validated_data["day"], user_ids=form.validated_data["user_ids"],
-                idempotency_key=key, fingerprint=request_fingerprint(request.method, request.path, body),
-            )
-        except IdempotencyConflict as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        return _answer(answer)
+        return self._ingest(request, ActivityInput, lambda product, data, **kw: activity_ingest(
+            product=product, day=data["day"], user_ids=data["user_ids"], **kw))
 
-    @extend_schema(request=SketchInput, responses={202: AcceptedOutput})
+    @extend_schema(request=SketchInput, responses={
+        202: AcceptedOutput, 409: OpenApiResponse(description="Idempotency-Key reused with another request")})
     @action(detail=True, methods=["post"])
     def sketches(self, request: Request, pk: str | None = None) -> Response:
         """Record a DataSketches HLL sketch of the product's users on a UTC day, built by the tenant."""
+        return self._ingest(request, SketchInput, lambda product, data, **kw: sketch_ingest(
+            product=product, day=data["day"], encoded_sketch=data["sketch"], sketch_format=data["format"], **kw))
+
+    def _ingest(self, request: Request, form_class: type[serializers.Serializer], ingest: Any) -> Response:
         body = _read_body(request)
         product = self.get_object()
         key = _idempotency_key(request)
-        form = SketchInput(data=request.data)
+        form = form_class(data=request.data)
         form.is_valid(raise_exception=True)
         try:
-            answer = sketch_ingest(
-                product=product, day=form.validated_data["day"], encoded_sketch=form.validated_data["sketch"],
-                sketch_format=form.validated_data["format"], idempotency_key=key,
-                fingerprint=request_fingerprint(request.method, request.path, body),
-            )
+            answer = ingest(product, form.validated_data, idempotency_key=key,
+                            fingerprint=request_fingerprint(request.method, request.path, body))
         except IdempotencyConflict as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return _answer(answer)
@@ -251,14 +243,7 @@ class OrganisationMeteringViewSet(MauActions, TenantViewSet):
     tenant_field = "pk"
 
 
-class GroupMeteringViewSet(MauActions, TenantViewSet):
+class GroupMeteringViewSet(MauActions, GroupTenancy, TenantViewSet):
     """The affiliate group's figures: the union over every product of every organisation in the group."""
 
     queryset = AffiliateGroup.objects.all()
-    tenant_field = "organisations"
-
-    def scope_queryset(self, queryset: QuerySet) -> QuerySet:
-        return queryset.distinct()
-
-    def organisation_id_of(self, obj: Any) -> int | None:
-        return None

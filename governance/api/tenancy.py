@@ -56,3 +56,19 @@ class TenantViewSet(viewsets.GenericViewSet):
 
     def writable_organisation_ids(self) -> list[int]:
         return self.principal.organisation_ids(self.write_scope)
+
+
+class GroupTenancy:
+    """For objects reached through an affiliate group: visible to callers in any organisation of the group.
+
+    Objects are read-only or written with the view's own scope check, so there is no single organisation to
+    check a scope in (``organisation_id_of`` is None: any organisation of the caller's with the scope will do).
+    """
+
+    tenant_field = "organisations"
+
+    def scope_queryset(self, queryset: QuerySet) -> QuerySet:
+        return queryset.distinct()  # a group reached through several of the caller's organisations
+
+    def organisation_id_of(self, obj: Any) -> int | None:
+        return None

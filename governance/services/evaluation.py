@@ -307,18 +307,12 @@ def _alerts_raise(group: AffiliateGroup, version: LicenceVersion, policy: GroupP
                                                  defaults={"active": name in active, "changed_at": now})
     created: list[Alert] = []
     figures = _figures(figure, statuses, forecast, threshold)
-    raised = active - previously
-    if raised:
-        top = max(raised, key=rules.level_rank)
-        alert = _alert_once(group, version, top, Alert.Kind.RAISED, month, figures,
-                            _message(group, version, top, figure, forecast, statuses, raised=True))
-        if alert:
-            created.append(alert)
-    recovered = previously - active
-    if recovered:
-        top = max(recovered, key=rules.level_rank)
-        alert = _alert_once(group, version, top, Alert.Kind.RECOVERED, month, figures,
-                            _message(group, version, top, figure, forecast, statuses, raised=False))
+    for kind, levels in ((Alert.Kind.RAISED, active - previously), (Alert.Kind.RECOVERED, previously - active)):
+        if not levels:
+            continue
+        top = max(levels, key=rules.level_rank)
+        message = _message(group, version, top, figure, forecast, statuses, raised=kind == Alert.Kind.RAISED)
+        alert = _alert_once(group, version, top, kind, month, figures, message)
         if alert:
             created.append(alert)
     return created

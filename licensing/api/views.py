@@ -13,7 +13,7 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from governance.api.tenancy import TenantViewSet
+from governance.api.tenancy import GroupTenancy, TenantViewSet
 from governance.principals import principal_of
 from licensing import selectors, services
 from licensing.api import filters
@@ -41,19 +41,12 @@ class LicenceVersionViewSet(viewsets.ReadOnlyModelViewSet):
     ordering_fields = ["release_date", "name"]
 
 
-class GroupViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
+class GroupViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
     """The caller's affiliate group(s): the unit the 700M limit applies to."""
 
     queryset = AffiliateGroup.objects.prefetch_related("organisations")
     serializer_class = GroupSerializer
-    tenant_field = "organisations"
     filterset_class = filters.GroupFilter
-
-    def scope_queryset(self, queryset: QuerySet) -> QuerySet:
-        return queryset.distinct()
-
-    def organisation_id_of(self, obj: Any) -> int | None:
-        return None  # read-only: visible to anyone who may read in one of its organisations
 
 
 class OrganisationViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
@@ -142,7 +135,8 @@ class IsStaffForWrites(permissions.BasePermission):
         return bool(principal and principal.is_staff and principal.api_key is None)
 
 
-class GrantViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin):
+class GrantViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                   mixins.CreateModelMixin):
     """Meta grants of the caller's group(s). Recorded by staff; append-only (a correction supersedes)."""
 
     queryset = MetaGrant.objects.select_related("group").prefetch_related("licence_versions")
@@ -157,12 +151,6 @@ class GrantViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMix
         if self.request.method in permissions.SAFE_METHODS:
             return [HasTenantScope(), IsStaffForWrites()]
         return [IsStaffForWrites()]
-
-    def scope_queryset(self, queryset: QuerySet) -> QuerySet:
-        return queryset.distinct()
-
-    def organisation_id_of(self, obj: Any) -> int | None:
-        return None
 
     def perform_create(self, serializer: GrantSerializer) -> None:
         data = dict(serializer.validated_data)

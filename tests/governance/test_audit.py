@@ -118,3 +118,27 @@ def test_it_refuses_to_delete_an_entry() -> None:
         event.delete()
 
     assert AuditEvent.objects.count() == 5
+
+
+def test_it_finds_two_entries_swapped_in_order() -> None:
+    events = record_five()
+    second, third = events[1], events[2]
+    # Swap their places in the sequence (through a free number, as the column is unique).
+    AuditEvent.objects.filter(pk=second.pk).update(seq=1000)
+    AuditEvent.objects.filter(pk=third.pk).update(seq=2)
+    AuditEvent.objects.filter(pk=second.pk).update(seq=3)
+
+    result = audit_verify()
+
+    assert (result.ok, result.first_bad_seq, result.reason) == (False, 2, "link to the previous entry is broken")
+
+
+def test_the_command_reports_a_reordered_chain() -> None:
+    from django.core.management import CommandError, call_command
+
+    events = record_five()
+    AuditEvent.objects.filter(pk=events[3].pk).update(seq=1000)
+    AuditEvent.objects.filter(pk=events[4].pk).update(seq=4)
+    AuditEvent.objects.filter(pk=events[3].pk).update(seq=5)
+    with pytest.raises(CommandError, match="#4"):
+        call_command("audit_verify")

@@ -581,3 +581,12 @@ def test_it_does_not_count_another_organisations_acceptance_for_a_product() -> N
     obligations = product_obligations_get(product=product)
 
     assert (obligations.licence_accepted, obligations.aup_accepted) == (False, False)
+
+
+def test_a_new_group_comes_with_its_default_policy() -> None:
+    from governance.models import GroupPolicy
+
+    organisation = organisation_create(name="Policy Co", group_name="Policy Group", actor="test")
+
+    policy = GroupPolicy.objects.get(group=organisation.group)
+    assert (policy.mode, policy.levels, policy.grace_days, policy.forecast_days) == ("enforce", [0.5, 0.75, 0.9], 30, 90)
