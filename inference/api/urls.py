@@ -1,0 +1,13 @@
+from rest_framework.routers import SimpleRouter
+
+from inference.api import views
+
+router = SimpleRouter()
+router.trailing_slash = "/?"
+router.register("deployments", views.DeploymentViewSet, basename="deployment")
+router.register("pool/nodes", views.StaffNodeViewSet, basename="pool-node")
+router.register("pool/gpus", views.StaffGPUViewSet, basename="pool-gpu")
+router.register("pool/quotas", views.StaffQuotaViewSet, basename="pool-quota")
+router.register("pool/deployments", views.StaffDeploymentViewSet, basename="pool-deployment")
+
+urlpatterns = router.urls

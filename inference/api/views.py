@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, permissions, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from governance.api.tenancy import TenantViewSet
+from governance.principals import principal_of
+from inference import services
+from inference.api.serializers import DeploymentSerializer, GPUSerializer, NodeSerializer, QuotaSerializer, ScaleSerializer
+from inference.models import GPU, Deployment, GpuQuota, Node
+
+
+class DeploymentViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin):
+    """The caller's vLLM deployments: request, list, detail with replicas and health, scale, delete."""
+
+    queryset = Deployment.objects.select_related("product", "base_model", "licence_version").prefetch_related(
+        "replica_set__node", "replica_set__gpu_allocations__gpu")
+    serializer_class = DeploymentSerializer
+    filterset_fields = ["state", "product", "device", "deleted"]
+
+    def perform_create(self, serializer: DeploymentSerializer) -> None:
+        serializer.instance = services.deployment_request(created_by=self.principal.label, **serializer.validated_data)
+
+    @extend_schema(request=ScaleSerializer, responses=DeploymentSerializer)
+    @action(detail=True, methods=["post"])
+    def scale(self, request: Request, pk: str | None = None) -> Response:
+        form = ScaleSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        deployment = services.deployment_scale(deployment=self.get_object(), replicas=form.validated_data["replicas"],
+                                               actor=self.principal.label)
+        return Response(DeploymentSerializer(deployment, context=self.get_serializer_context()).data)
+
+    @extend_schema(request=None, responses={202: DeploymentSerializer})
+    def destroy(self, request: Request, pk: str | None = None) -> Response:
+        deployment = services.deployment_delete(deployment=self.get_object(), actor=self.principal.label)
+        return Response(DeploymentSerializer(deployment, context=self.get_serializer_context()).data,
+                        status=status.HTTP_202_ACCEPTED)
+
+
+class IsStaffSession(permissions.BasePermission):
+    message = "Only Corral staff manage the pool."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        principal = principal_of(request)
+        return bool(principal and principal.is_staff and principal.api_key is None)
+
+
+class StaffNodeViewSet(viewsets.ModelViewSet):
+    """Staff: the pool's nodes."""
+
+    queryset = Node.objects.all()
+    serializer_class = NodeSerializer
+    permission_classes = [IsStaffSession]
+
+
+class StaffGPUViewSet(viewsets.ModelViewSet):
+    queryset = GPU.objects.select_related("allocation__replica")
+    serializer_class = GPUSerializer
+    permission_classes = [IsStaffSession]
+
+
+class StaffQuotaViewSet(viewsets.ModelViewSet):
+    queryset = GpuQuota.objects.all()
+    serializer_class = QuotaSerializer
+    permission_classes = [IsStaffSession]
+
+
+class StaffDeploymentViewSet(viewsets.ReadOnlyModelViewSet):
+    """Staff: every tenant's deployments (unscoped by design, staff sessions only)."""
+
+    queryset = Deployment.objects.select_related("product", "base_model", "licence_version").prefetch_related(
+        "replica_set__node", "replica_set__gpu_allocations__gpu")
+    serializer_class = DeploymentSerializer
+    permission_classes = [IsStaffSession]
+    filterset_fields = ["state", "organisation", "device"]

@@ -1,0 +1,1 @@
+"""Provisioner backends behind one narrow interface (base.Backend): local processes, Kubernetes."""

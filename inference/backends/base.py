@@ -1,0 +1,70 @@
+"""The one interface every provisioner backend implements. The reconciler knows nothing else about them.
+
+A backend starts a replica from a ReplicaSpec, says whether it is still running, and stops it. Health and
+load are read over HTTP from the replica's endpoint by the reconciler itself, the same for every backend.
+Adding a backend (Ray Serve, KServe) is a new module implementing Backend and a line in registry().
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    replica_id: int
+    deployment_id: int
+    organisation_slug: str
+    product_id: int
+    served_model_name: str
+    model_source: str  # a Hugging Face repo id or a local directory
+    dtype: str  # "auto", "float16", "bfloat16", "float32"
+    max_model_len: int
+    tensor_parallel_size: int
+    gpu_memory_utilization: float
+    quantization: str  # "" for none
+    lora_modules: dict[str, str]  # name -> path or repo id
+    extra_args: list[str]  # already checked against the allow-list
+    gpu_indices: list[int]
+    node_name: str
+    node_address: str
+    port: int
+    api_key: str  # vLLM's own key: never logged, never returned by the API
+
+
+@dataclass(frozen=True)
+class ReplicaHandle:
+    endpoint: str  # base URL, e.g. http://127.0.0.1:8101
+    pid: int | None = None
+    pod_name: str = ""
+    log_path: str = ""
+
+
+@dataclass(frozen=True)
+class ReplicaRef:
+    """What the database remembers of a running replica, enough to find it again after a restart."""
+
+    replica_id: int
+    deployment_id: int
+    endpoint: str
+    pid: int | None = None
+    pod_name: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Observation:
+    running: bool
+    detail: str = ""
+    exit_code: int | None = None
+
+
+class Backend(Protocol):
+    name: str
+
+    def start(self, spec: ReplicaSpec) -> ReplicaHandle: ...
+
+    def observe(self, ref: ReplicaRef) -> Observation: ...
+
+    def stop(self, ref: ReplicaRef, *, grace_seconds: float) -> None: ...

@@ -1,0 +1,160 @@
+"""The local backend: each replica is a vLLM server process on this host.
+
+- Started in its own session (process group), with CUDA_VISIBLE_DEVICES naming its GPUs, a port from the
+  pool, vLLM's API key in its environment (not on its command line, where `ps` would show it), and its
+  output in a log file under INFERENCE_LOG_DIR.
+- Stopped with SIGTERM to the whole group, then SIGKILL to the group after a grace period: vLLM's engine-core
+  and worker children would otherwise outlive the main process.
+- Replicas outlive a restart of Corral's processes and are adopted again: the database keeps each replica's
+  pid and the kernel start time of that process, so a pid reused by another program is never mistaken for it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from django.conf import settings
+
+from inference.backends.base import Observation, ReplicaHandle, ReplicaRef, ReplicaSpec
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # a zombie has exited: it only waits to be reaped
+        return None
+    return fields[19]
+
+
+def _reap(pid: int) -> int | None:
+    """Collect our own exited child (so it does not linger as a zombie); its exit code, if it was ours."""
+    try:
+        waited, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if waited == 0:
+        return None
+    return os.waitstatus_to_exitcode(status)
+
+
+def command_line(spec: ReplicaSpec, command: str) -> list[str]:
+    """The vLLM command for a replica. ``command`` is "vllm serve" or a module invocation of the server."""
+    parts = shlex.split(command)
+    args = [*parts, spec.model_source] if parts and parts[-1] == "serve" else [*parts, "--model", spec.model_source]
+    args += [
+        "--host", "127.0.0.1" if spec.node_address in ("127.0.0.1", "localhost") else "0.0.0.0",
+        "--port", str(spec.port),
+        "--served-model-name", spec.served_model_name,
+        "--dtype", spec.dtype,
+        "--max-model-len", str(spec.max_model_len),
+    ]
+    if spec.gpu_indices:
+        args += ["--tensor-parallel-size", str(spec.tensor_parallel_size),
+                 "--gpu-memory-utilization", str(spec.gpu_memory_utilization)]
+    if spec.quantization:
+        args += ["--quantization", spec.quantization]
+    if spec.lora_modules:
+        args += ["--enable-lora", "--max-lora-rank", "64",
+                 "--lora-modules", *[f"{name}={source}" for name, source in sorted(spec.lora_modules.items())]]
+    return args + list(spec.extra_args)
+
+
+class LocalBackend:
+    name = "local"
+
+    def start(self, spec: ReplicaSpec) -> ReplicaHandle:
+        log_dir = Path(settings.INFERENCE_LOG_DIR)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"deployment-{spec.deployment_id}-replica-{spec.replica_id}.log"
+        env = {
+            **os.environ,
+            **settings.INFERENCE_LOCAL_ENV,
+            "VLLM_API_KEY": spec.api_key,
+            "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in spec.gpu_indices),
+        }
+        if not spec.gpu_indices:  # the CPU build
+            env.update({"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": str(settings.INFERENCE_CPU_KVCACHE_SPACE_GIB)})
+        # Corral's own secrets have no business in vLLM's environment.
+        for name in ("SECRET_KEY", "SECRET_KEY_FILE", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL",
+                     "WEBHOOK_SIGNING_KEY", "INFERENCE_KEY_SECRET", "EMAIL_HOST_PASSWORD"):
+            env.pop(name, None)
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                command_line(spec, settings.INFERENCE_LOCAL_COMMAND), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=env, start_new_session=True, close_fds=True,
+            )
+        return ReplicaHandle(endpoint=f"http://{spec.node_address}:{spec.port}", pid=process.pid,
+                             log_path=str(log_path))
+
+    def observe(self, ref: ReplicaRef) -> Observation:
+        if ref.pid is None:
+            return Observation(False, "no process recorded")
+        exit_code = _reap(ref.pid)
+        started = _start_time(ref.pid)
+        expected = ref.extra.get("start_time")
+        if started is None:
+            detail = f"process {ref.pid} exited" + (f" with code {exit_code}" if exit_code is not None else "")
+            return Observation(False, detail, exit_code)
+        if expected and started != expected:
+            return Observation(False, f"process {ref.pid} is no longer the replica (pid reused)")
+        return Observation(True, f"process {ref.pid} running")
+
+    def stop(self, ref: ReplicaRef, *, grace_seconds: float) -> None:
+        if ref.pid is None:
+            return
+        expected = ref.extra.get("start_time")
+        if expected and _start_time(ref.pid) not in (expected, None):
+            return  # the pid now belongs to something else: nothing of ours to stop
+        try:
+            os.killpg(ref.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            _reap(ref.pid)
+            return
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline:
+            _reap(ref.pid)
+            if not _group_alive(ref.pid):
+                return
+            time.sleep(0.2)
+        try:
+            os.killpg(ref.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for _ in range(50):
+            _reap(ref.pid)
+            if not _group_alive(ref.pid):
+                return
+            time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Only zombies left in the group count as gone.
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def process_start_time(pid: int) -> str:
+    return _start_time(pid) or ""

@@ -1,0 +1,246 @@
+"""Writes of the inference pool: request, scale and delete deployments, with every refusal the licence needs."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Q, Sum
+
+from governance.audit import audit_record
+from inference.models import Deployment, GpuQuota
+from licensing.models import BaseModel, Organisation, Product
+
+DTYPES = {"auto", "float16", "bfloat16", "float32"}
+QUANTIZATIONS = {"", "awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors"}
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+_SERVED_NAME = re.compile(r"^[A-Za-z0-9][\w.:-]{0,99}$")
+_LORA_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,63}$")
+
+# Extra vLLM arguments a tenant may pass, with the type of their value (None: a flag without value).
+# Anything touching the host, the network, the API key, trust_remote_code or code loading is not here.
+ALLOWED_ARGS: dict[str, type | None] = {
+    "--max-num-seqs": int,
+    "--max-num-batched-tokens": int,
+    "--seed": int,
+    "--swap-space": int,
+    "--block-size": int,
+    "--enable-prefix-caching": None,
+    "--enable-chunked-prefill": None,
+    "--disable-log-requests": None,
+    "--enforce-eager": None,
+    "--kv-cache-dtype": str,
+    "--max-logprobs": int,
+    "--generation-config": str,
+}
+_KV_CACHE_DTYPES = {"auto", "fp8", "fp8_e4m3", "fp8_e5m2"}
+
+
+def replica_key(replica_id: int, salt: str) -> str:
+    """vLLM's API key of a replica: derived from a Corral secret and the replica's salt, so it is never stored."""
+    digest = hmac.new(settings.INFERENCE_KEY_SECRET.encode(), f"replica:{replica_id}:{salt}".encode(),
+                      hashlib.sha256).digest()
+    return "vllm-" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def validate_extra_args(args: object) -> list[str]:
+    """The arguments as a flat list, or ValidationError naming the first one off the allow-list."""
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise ValidationError({"extra_args": "Must be a list of strings, e.g. [\"--max-num-seqs\", \"64\"]."})
+    result: list[str] = []
+    items = list(args)
+    i = 0
+    while i < len(items):
+        raw = items[i]
+        name, eq, inline = raw.partition("=")
+        if name not in ALLOWED_ARGS:
+            raise ValidationError({"extra_args": f"{name!r} is not allowed; allowed: {', '.join(sorted(ALLOWED_ARGS))}."})
+        kind = ALLOWED_ARGS[name]
+        if kind is None:
+            if eq:
+                raise ValidationError({"extra_args": f"{name} takes no value."})
+            result.append(name)
+            i += 1
+            continue
+        if eq:
+            value = inline
+            i += 1
+        else:
+            if i + 1 >= len(items):
+                raise ValidationError({"extra_args": f"{name} needs a value."})
+            value = items[i + 1]
+            i += 2
+        if kind is int and not (value.isdigit() and 0 < int(value) <= 1_000_000):
+            raise ValidationError({"extra_args": f"{name} needs a positive whole number, not {value!r}."})
+        if name == "--kv-cache-dtype" and value not in _KV_CACHE_DTYPES:
+            raise ValidationError({"extra_args": f"--kv-cache-dtype must be one of {sorted(_KV_CACHE_DTYPES)}."})
+        if name == "--generation-config" and value not in ("auto", "vllm"):
+            raise ValidationError({"extra_args": "--generation-config must be 'auto' or 'vllm'."})
+        result += [name, value]
+    return result
+
+
+def _local_path_allowed(source: str) -> bool:
+    path = Path(source).resolve()
+    return any(path.is_relative_to(Path(root).resolve()) for root in settings.INFERENCE_LOCAL_MODEL_DIRS)
+
+
+def validate_source(field: str, source: str) -> str:
+    """A Hugging Face repo id, or a local directory inside an operator-allowed model directory."""
+    if source.startswith("/") or source.startswith("."):
+        if not _local_path_allowed(source):
+            raise ValidationError({field: f"{source!r} is not inside an allowed model directory "
+                                          f"(INFERENCE_LOCAL_MODEL_DIRS)."})
+        return str(Path(source).resolve())
+    if not _REPO_ID.match(source) or ".." in source:
+        raise ValidationError({field: f"{source!r} is neither a Hugging Face repo id (owner/name) nor an allowed "
+                                      f"local path."})
+    return source
+
+
+def _gpus_in_use(organisation: Organisation, exclude: Deployment | None = None) -> tuple[int, int]:
+    live = Deployment.objects.filter(organisation=organisation, deleted=False).exclude(state="failed")
+    if exclude is not None:
+        live = live.exclude(pk=exclude.pk)
+    gpu = live.filter(device=Deployment.Device.GPU)
+    gpus = sum(d.replicas * d.tensor_parallel_size for d in gpu.only("replicas", "tensor_parallel_size"))
+    cpu_replicas = live.filter(device=Deployment.Device.CPU).aggregate(n=Sum("replicas"))["n"] or 0
+    return gpus, cpu_replicas
+
+
+def _check_quota(organisation: Organisation, device: str, replicas: int, tensor_parallel_size: int,
+                 exclude: Deployment | None = None) -> None:
+    quota = GpuQuota.objects.filter(organisation=organisation).first()
+    gpus, cpu_replicas = _gpus_in_use(organisation, exclude)
+    if device == Deployment.Device.GPU:
+        allowed = quota.max_gpus if quota else 0
+        wanted = replicas * tensor_parallel_size
+        if gpus + wanted > allowed:
+            raise ValidationError({"replicas": f"GPU quota exceeded: {gpus} of {allowed} GPUs in use, this needs "
+                                               f"{wanted} more."})
+    else:
+        allowed = quota.max_cpu_replicas if quota else 0
+        if cpu_replicas + replicas > allowed:
+            raise ValidationError({"replicas": f"CPU replica quota exceeded: {cpu_replicas} of {allowed} in use, "
+                                               f"this needs {replicas} more."})
+
+
+def _check_licence(organisation: Organisation, product: Product, base_model: BaseModel) -> None:
+    from governance.services.evaluation import access_check
+
+    version = product.licence_version
+    if base_model.licence_version_id != version.pk:
+        raise ValidationError({"base_model": f"{base_model.repo_id} is released under "
+                                             f"{base_model.licence_version.name}; the product runs under "
+                                             f"{version.name}."})
+    if base_model.multimodal and version.eu_multimodal_restriction and organisation.eu_domiciled:
+        raise ValidationError({"base_model": f"The {version.name} Acceptable Use Policy does not grant the rights to "
+                                             f"its multimodal models to a company whose principal place of "
+                                             f"business is in the European Union."})
+    decision = access_check(organisation=organisation, licence_version=version)
+    if not decision.allowed:
+        raise ValidationError({"licence": f"{decision.detail} ({decision.reason})"})
+
+
+def deployment_request(
+    *,
+    organisation: Organisation,
+    product: Product,
+    base_model: BaseModel,
+    served_model_name: str,
+    created_by: str,
+    model_source: str = "",
+    device: str = Deployment.Device.GPU,
+    dtype: str = "auto",
+    max_model_len: int = 4096,
+    tensor_parallel_size: int = 1,
+    gpu_memory_utilization: float = 0.9,
+    quantization: str = "",
+    lora_adapters: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
+    replicas: int = 1,
+) -> Deployment:
+    """Record a deployment after every licence and pool check; the reconciler brings it up."""
+    if product.organisation_id != organisation.pk:
+        raise ValidationError({"product": "The product belongs to another organisation."})
+    if not _SERVED_NAME.match(served_model_name):
+        raise ValidationError({"served_model_name": "1-100 letters, digits, '.', '_', ':' or '-'."})
+    if dtype not in DTYPES:
+        raise ValidationError({"dtype": f"One of {sorted(DTYPES)}."})
+    if quantization not in QUANTIZATIONS:
+        raise ValidationError({"quantization": f"One of {sorted(QUANTIZATIONS - {''})}, or empty."})
+    if device == Deployment.Device.CPU and tensor_parallel_size != 1:
+        raise ValidationError({"tensor_parallel_size": "A CPU deployment runs on one node: 1."})
+    lora = lora_adapters or {}
+    for name, source in lora.items():
+        if not _LORA_NAME.match(name):
+            raise ValidationError({"lora_adapters": f"{name!r} is not a valid adapter name."})
+        lora[name] = validate_source("lora_adapters", source)
+    args = validate_extra_args(extra_args or [])
+    source = validate_source("model_source", model_source or base_model.repo_id)
+    _check_licence(organisation, product, base_model)
+    _check_quota(organisation, device, replicas, tensor_parallel_size)
+    if Deployment.objects.filter(organisation=organisation, served_model_name=served_model_name, deleted=False).exists():
+        raise ValidationError({"served_model_name": f"{served_model_name!r} is already deployed by this organisation."})
+    with transaction.atomic():
+        deployment = Deployment.objects.create(
+            organisation=organisation, product=product, licence_version=product.licence_version,
+            base_model=base_model, model_source=source, served_model_name=served_model_name, device=device,
+            dtype=dtype, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization, quantization=quantization, lora_adapters=lora,
+            extra_args=args, replicas=replicas, created_by=created_by,
+        )
+        audit_record(action="deployment.requested", actor=created_by, organisation=organisation, obj=deployment,
+                     data={"served_model_name": served_model_name, "base_model": base_model.repo_id,
+                           "licence_version": product.licence_version.slug, "replicas": replicas, "device": device})
+        transaction.on_commit(reconcile_soon)
+    return deployment
+
+
+def deployment_scale(*, deployment: Deployment, replicas: int, actor: str) -> Deployment:
+    if deployment.deleted:
+        raise ValidationError({"replicas": "The deployment is being deleted."})
+    if replicas > deployment.replicas:
+        _check_licence(deployment.organisation, deployment.product, deployment.base_model)
+        _check_quota(deployment.organisation, deployment.device, replicas, deployment.tensor_parallel_size,
+                     exclude=deployment)
+    with transaction.atomic():
+        before = deployment.replicas
+        Deployment.objects.filter(pk=deployment.pk).update(replicas=replicas)
+        audit_record(action="deployment.scaled", actor=actor, organisation=deployment.organisation, obj=deployment,
+                     data={"from": before, "to": replicas})
+        transaction.on_commit(reconcile_soon)
+    deployment.refresh_from_db()
+    return deployment
+
+
+def deployment_delete(*, deployment: Deployment, actor: str) -> Deployment:
+    """Drain and stop every replica; the record stays (state stopped) for the audit trail."""
+    with transaction.atomic():
+        changed = Deployment.objects.filter(pk=deployment.pk, deleted=False).update(
+            deleted=True, state="draining", state_reason=f"deleted by {actor}")
+        if changed:
+            audit_record(action="deployment.deleted", actor=actor, organisation=deployment.organisation,
+                         obj=deployment, data={"served_model_name": deployment.served_model_name})
+            transaction.on_commit(reconcile_soon)
+    deployment.refresh_from_db()
+    return deployment
+
+
+def reconcile_soon() -> None:
+    from inference.tasks import reconcile_pool
+
+    try:
+        reconcile_pool.delay()
+    except Exception:  # beat reconciles every 10 seconds anyway
+        pass
+
+
+def live_deployments_q() -> Q:
+    return Q(deleted=False) & ~Q(state="failed")

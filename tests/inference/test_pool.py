@@ -1,0 +1,291 @@
+"""The pool: refusals, quotas, scheduling without double allocation, and the reconciler driven step by step
+with the real local backend starting a stand-in for vLLM (tests/inference/fake_vllm.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connections
+from django.utils import timezone
+
+from inference import reconciler
+from inference.models import GPU, Deployment, GpuAllocation, GpuQuota, Node, Replica
+from inference.services import deployment_delete, deployment_request, deployment_scale, validate_extra_args
+from licensing.models import BaseModel
+from licensing.services import licence_accept
+from tests.factories import OrganisationFactory, ProductFactory, licence
+
+FAKE = Path(__file__).with_name("fake_vllm.py")
+
+
+@pytest.fixture
+def pool_settings(settings, tmp_path):
+    settings.INFERENCE_LOCAL_COMMAND = f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE))}"
+    settings.INFERENCE_LOG_DIR = tmp_path / "logs"
+    settings.INFERENCE_LOCAL_MODEL_DIRS = [str(tmp_path)]
+    settings.INFERENCE_PORT_RANGE = (18100 + os.getpid() % 500, 18100 + os.getpid() % 500 + 20)
+    settings.INFERENCE_STOP_GRACE_SECONDS = 3
+    return settings
+
+
+@pytest.fixture
+def tenant(owner_org):
+    version = licence("llama-3.1")
+    licence_accept(organisation=owner_org, licence_version=version, licence_sha256=version.licence_sha256,
+                   aup_version=version.aup_version, accepted_by="test")
+    GpuQuota.objects.create(organisation=owner_org, max_gpus=4, max_cpu_replicas=2)
+    product = ProductFactory(organisation=owner_org, licence_version=version)
+    node = Node.objects.create(name="gpu-1", address="127.0.0.1")
+    for index in range(4):
+        GPU.objects.create(node=node, index=index, model="NVIDIA L4", memory_mib=24_576)
+    return owner_org, product, BaseModel.objects.get(repo_id="meta-llama/Llama-3.1-8B-Instruct")
+
+
+def request(tenant, **kwargs):
+    organisation, product, base = tenant
+    values = {"organisation": organisation, "product": product, "base_model": base, "served_model_name": "chat",
+              "created_by": "test"}
+    values.update(kwargs)
+    return deployment_request(**values)
+
+
+# --- refusals -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_it_refuses_a_model_of_another_licence_version(tenant) -> None:
+    with pytest.raises(Exception, match="released under Llama 2") as info:
+        request(tenant, base_model=BaseModel.objects.get(repo_id="meta-llama/Llama-2-7b-hf"))
+    assert "base_model" in info.value.message_dict
+
+
+@pytest.mark.django_db
+def test_it_refuses_without_licence_acceptance(tenant) -> None:
+    organisation, _, _ = tenant
+    version = licence("llama-3.3")
+    product = ProductFactory(organisation=organisation, licence_version=version)
+    with pytest.raises(Exception, match="licence_not_accepted"):
+        request(tenant, product=product, base_model=BaseModel.objects.get(repo_id="meta-llama/Llama-3.3-70B-Instruct"))
+
+
+@pytest.mark.django_db
+def test_it_refuses_a_3_2_vision_model_to_an_eu_company(tenant) -> None:
+    organisation, _, _ = tenant
+    organisation.eu_domiciled = True
+    organisation.save()
+    version = licence("llama-3.2")
+    licence_accept(organisation=organisation, licence_version=version, licence_sha256=version.licence_sha256,
+                   aup_version=version.aup_version, accepted_by="test")
+    product = ProductFactory(organisation=organisation, licence_version=version)
+    with pytest.raises(Exception, match="European Union"):
+        request(tenant, product=product, base_model=BaseModel.objects.get(repo_id="meta-llama/Llama-3.2-11B-Vision-Instruct"))
+    text_only = request(tenant, product=product, served_model_name="small",
+                        base_model=BaseModel.objects.get(repo_id="meta-llama/Llama-3.2-1B-Instruct"))
+    assert text_only.state == "pending"
+
+
+@pytest.mark.django_db
+def test_it_refuses_beyond_the_quota(tenant) -> None:
+    request(tenant, replicas=2, tensor_parallel_size=2)
+    with pytest.raises(Exception, match="GPU quota exceeded: 4 of 4"):
+        request(tenant, served_model_name="more")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trust-remote-code"], "not allowed"), (["--api-key", "x"], "not allowed"), (["--host=0.0.0.0"], "not allowed"),
+    (["--max-num-seqs"], "needs a value"), (["--max-num-seqs", "lots"], "positive whole number"),
+    (["--enable-prefix-caching=1"], "takes no value"), (["--kv-cache-dtype", "int3"], "kv-cache-dtype"),
+    ("--seed 1", "list of strings"),
+])
+def test_it_refuses_arguments_off_the_allow_list(args, message) -> None:
+    with pytest.raises(Exception, match=message):
+        validate_extra_args(args)
+
+
+def test_it_accepts_allowed_arguments_in_both_spellings() -> None:
+    assert validate_extra_args(["--max-num-seqs=8", "--enable-prefix-caching", "--seed", "7"]) == [
+        "--max-num-seqs", "8", "--enable-prefix-caching", "--seed", "7"]
+
+
+@pytest.mark.django_db
+def test_it_refuses_a_local_model_outside_the_allowed_directories(tenant, pool_settings) -> None:
+    with pytest.raises(Exception, match="allowed model directory"):
+        request(tenant, model_source="/etc")
+    with pytest.raises(Exception, match="neither a Hugging Face repo id"):
+        request(tenant, model_source="meta-llama/..")
+    with pytest.raises(Exception, match="allowed model directory"):
+        request(tenant, model_source="../../etc/passwd")
+
+
+# --- scheduling -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_without_capacity_it_waits_in_scheduling_and_says_why(tenant, pool_settings) -> None:
+    Node.objects.update(active=False)
+    deployment = request(tenant)
+    reconciler.reconcile_once()
+    deployment.refresh_from_db()
+    assert deployment.state == "scheduling"
+    assert "no active GPU node" in deployment.state_reason
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_concurrent_placements_never_give_one_gpu_to_two_replicas(tenant, pool_settings, monkeypatch) -> None:
+    monkeypatch.setattr("inference.services.reconcile_soon", lambda: None)
+    monkeypatch.setattr(reconciler, "_start", lambda *a, **k: None)  # placement only
+    deployment = request(tenant, replicas=4)
+    reconciler.step_replica_rows()
+    errors: list[Exception] = []
+
+    def place() -> None:
+        try:
+            for _ in range(3):
+                reconciler.step_schedule()
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=place) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    allocations = list(GpuAllocation.objects.values_list("gpu_id", "replica_id"))
+    assert len(allocations) == 4 and len({gpu for gpu, _ in allocations}) == 4
+    assert Replica.objects.filter(deployment=deployment, state="starting").count() == 4
+    assert len(set(Replica.objects.values_list("port", flat=True))) == 4
+
+
+# --- the reconciler with the real local backend -----------------------------------------------------------
+
+
+def _until(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reconciler.reconcile_once()
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not reached")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return stat[0] != "Z"
+
+
+@pytest.mark.django_db
+def test_a_deployment_comes_up_is_probed_restarted_scaled_and_stopped(tenant, pool_settings) -> None:
+    deployment = request(tenant, extra_args=["--max-num-seqs", "8"])
+    _until(lambda: Deployment.objects.get(pk=deployment.pk).state == "ready")
+    replica = Replica.objects.get(deployment=deployment)
+    assert replica.metrics["requests_running"] == 2.0 and replica.metrics["kv_cache_usage"] == 0.25
+    assert replica.endpoint.startswith("http://127.0.0.1:")
+    log = Path(replica.log_path).read_text()
+    assert "--max-num-seqs" in log and "VLLM_API_KEY" not in log
+    cmdline = Path(f"/proc/{replica.pid}/cmdline").read_bytes().decode()
+    assert "api-key" not in cmdline  # the key is in the environment, not visible to `ps`
+    # vLLM's key works against the replica and is never in the database
+    from inference.services import replica_key
+
+    key = replica_key(replica.pk, replica.key_salt)
+    assert key not in json.dumps(list(Replica.objects.values()), default=str)
+    import httpx
+
+    assert httpx.get(f"{replica.endpoint}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert httpx.get(f"{replica.endpoint}/v1/models").status_code == 401
+
+    # a crash: the reconciler restarts it after a backoff
+    first_pid = replica.pid
+    os.killpg(first_pid, 9)
+    _until(lambda: Replica.objects.get(pk=replica.pk).state == "scheduling")
+    replica.refresh_from_db()
+    assert replica.restarts == 1 and "restarting in 5 s" in replica.state_reason
+    Replica.objects.filter(pk=replica.pk).update(next_start_at=timezone.now())  # skip the wait
+    _until(lambda: Deployment.objects.get(pk=deployment.pk).state == "ready")
+    replica.refresh_from_db()
+    assert replica.pid != first_pid and not _alive(first_pid)
+
+    # scale to two, then delete: every process stops, GPUs are freed, the record stays
+    deployment_scale(deployment=deployment, replicas=2, actor="test")
+    _until(lambda: Replica.objects.filter(deployment=deployment, state="ready").count() == 2)
+    pids = list(Replica.objects.filter(deployment=deployment).values_list("pid", flat=True))
+    deployment_delete(deployment=deployment, actor="test")
+    _until(lambda: Deployment.objects.get(pk=deployment.pk).state == "stopped")
+    assert not any(_alive(pid) for pid in pids)
+    assert GpuAllocation.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_repeated_crashes_fail_the_deployment_with_the_reason(tenant, pool_settings, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_VLLM_EXIT_AT_ONCE", "1")
+    pool_settings.INFERENCE_MAX_RESTARTS = 2
+    deployment = request(tenant)
+
+    def skip_backoff() -> bool:
+        Replica.objects.filter(state="scheduling").update(next_start_at=timezone.now())
+        return Deployment.objects.get(pk=deployment.pk).state == "failed"
+
+    _until(skip_backoff, timeout=30)
+    deployment.refresh_from_db()
+    assert "crashed 3 times" in deployment.state_reason and "exiting as asked" in deployment.state_reason
+    assert GpuAllocation.objects.count() == 0
+
+
+def test_it_reads_vllm_metrics_with_the_prometheus_parser() -> None:
+    text = (
+        "# TYPE vllm:num_requests_running gauge\n"
+        'vllm:num_requests_running{model_name="a"} 3.0\n'
+        "# TYPE vllm:generation_tokens counter\n"
+        'vllm:generation_tokens_total{model_name="a"} 40.0\n'
+        'vllm:generation_tokens_created{model_name="a"} 1.7e9\n'
+    )
+    assert reconciler.read_metrics(text) == {"requests_running": 3.0, "generation_tokens": 40.0}
+
+
+# --- the API ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_api_requests_lists_and_deletes_within_the_tenant(tenant, client_for, outsider_org, pool_settings,
+                                                              monkeypatch) -> None:
+    monkeypatch.setattr("inference.services.reconcile_soon", lambda: None)
+    organisation, product, _ = tenant
+    client = client_for(organisation, ["read", "write"])
+    created = client.post("/api/v1/deployments/", {
+        "product": product.pk, "base_model": "meta-llama/Llama-3.1-8B-Instruct", "served_model_name": "chat",
+        "extra_args": ["--max-num-seqs", "16"]}, format="json")
+    assert created.status_code == 201, created.content
+    body = created.json()
+    assert body["licence_version"] == "llama-3.1" and body["state"] == "pending"
+    bad = client.post("/api/v1/deployments/", {"product": product.pk, "base_model": "meta-llama/Llama-3.1-8B-Instruct",
+                                                "served_model_name": "x", "extra_args": ["--trust-remote-code"]},
+                      format="json")
+    assert bad.status_code == 400 and "extra_args" in bad.json()
+    outsider = client_for(outsider_org, ["read", "write"])
+    for method in ("get", "delete"):
+        assert getattr(outsider, method)(f"/api/v1/deployments/{body['id']}/").status_code == 404
+    assert outsider.post(f"/api/v1/deployments/{body['id']}/scale/", {"replicas": 2}, format="json").status_code == 404
+    assert outsider.get("/api/v1/deployments/").json()["count"] == 0
+    foreign = outsider.post("/api/v1/deployments/", {"product": product.pk, "base_model":
+                                                     "meta-llama/Llama-3.1-8B-Instruct", "served_model_name": "steal"},
+                            format="json")
+    assert foreign.status_code == 400 and "product" in foreign.json()
+    assert client_for(organisation, ["read"]).delete(f"/api/v1/deployments/{body['id']}/").status_code == 403
+    assert client.get("/api/v1/pool/nodes/").status_code == 403  # staff only
+    deleted = client.delete(f"/api/v1/deployments/{body['id']}/")
+    assert deleted.status_code == 202 and deleted.json()["deleted"] is True
