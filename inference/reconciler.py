@@ -201,8 +201,17 @@ def _log_tail(replica: Replica, lines: int = 5) -> str:
 
 
 def _crashed(replica: Replica, detail: str) -> None:
-    """A replica died: restart it after a backoff, or fail the deployment after too many crashes."""
+    """A replica died: restart it after a backoff, or fail the deployment after too many crashes.
+
+    Whatever is left of it is stopped first: when vLLM's main process dies, its engine and worker children
+    (a gigabyte or more) can live on in the process group.
+    """
     replica.refresh_from_db()
+    if replica.node is not None and (replica.pid or replica.pod_name):
+        try:
+            backend_for(replica.node).stop(_ref(replica), grace_seconds=2)
+        except Exception:
+            logger.exception("could not clean up after replica %s", replica.pk)
     restarts = replica.restarts + 1
     deployment = replica.deployment
     tail = _log_tail(replica)

