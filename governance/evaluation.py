@@ -193,7 +193,9 @@ def forecast_crossing(series: list[tuple[dt.date, int]], *, threshold: int, toda
             return None
         a = median(y - b * x for x, y in zip(xs, ys, strict=True))
         t = (math.log(threshold) - a) / b
-        day = origin + dt.timedelta(days=math.ceil(t))
+        if t - (today - origin).days > max_days:  # beyond the horizon: no date (and no date overflow)
+            return None
+        day = origin + dt.timedelta(days=math.ceil(max(t, 0)))
         if day < today:
             day = today
         return day if (day - today).days <= max_days else None

@@ -29,6 +29,14 @@ class HasTenantScope(permissions.BasePermission):
         scope = view.required_scope(request) if hasattr(view, "required_scope") else "read"
         if scope is None:
             return True
+        if hasattr(view, "organisation_ids_of"):  # objects of a whole affiliate group
+            if request.method not in permissions.SAFE_METHODS and principal.bound_product_id:
+                self.message = "This key is bound to one product and cannot change group-wide objects."
+                return False
+            if not any(principal.has_scope(scope, org) for org in view.organisation_ids_of(obj)):
+                self.message = f"This credential lacks the '{scope}' scope in this object's affiliate group."
+                return False
+            return True
         organisation_id = view.organisation_id_of(obj) if hasattr(view, "organisation_id_of") else None
         if organisation_id is None:
             return principal.has_scope(scope)

@@ -183,8 +183,8 @@ class GroupComplianceViewSet(GroupTenancy, TenantViewSet):
     queryset = AffiliateGroup.objects.all()
 
     def required_scope(self, request: Request) -> str | None:
-        if self.action == "policy" and request.method != "GET":
-            return Scope.ADMIN
+        if self.action in ("policy", "declarations") and request.method not in ("GET", "HEAD", "OPTIONS"):
+            return Scope.ADMIN  # both can unblock the gate: a policy mode, or a declared figure
         return super().required_scope(request)
 
     @extend_schema(responses=OpenApiTypes.OBJECT)

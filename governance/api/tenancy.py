@@ -14,6 +14,7 @@ from rest_framework import viewsets
 from rest_framework.exceptions import NotAuthenticated
 
 from governance.models import Scope
+from licensing.models import AffiliateGroup, Organisation
 from governance.principals import Principal, principal_of
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -61,8 +62,9 @@ class TenantViewSet(viewsets.GenericViewSet):
 class GroupTenancy:
     """For objects reached through an affiliate group: visible to callers in any organisation of the group.
 
-    Objects are read-only or written with the view's own scope check, so there is no single organisation to
-    check a scope in (``organisation_id_of`` is None: any organisation of the caller's with the scope will do).
+    A scope is checked in the organisations of the object's own group (``organisation_ids_of``): a user who is
+    an admin in one group and a viewer in another cannot write in the second. Keys bound to one product act
+    on that product only, so they may read group objects but never change them.
     """
 
     tenant_field = "organisations"
@@ -72,3 +74,7 @@ class GroupTenancy:
 
     def organisation_id_of(self, obj: Any) -> int | None:
         return None
+
+    def organisation_ids_of(self, obj: Any) -> list[int]:
+        group_id = obj.pk if isinstance(obj, AffiliateGroup) else obj.group_id
+        return list(Organisation.objects.filter(group_id=group_id).values_list("pk", flat=True))

@@ -5,6 +5,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status
 from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -13,6 +14,7 @@ from governance.api.filters import ApiKeyFilter
 from governance.api.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeySerializer
 from governance.api.tenancy import TenantViewSet
 from governance.models import ApiKey, Scope
+from licensing.models import Product
 
 
 class ApiKeyViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
@@ -29,8 +31,20 @@ class ApiKeyViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMi
         """Create a key. The response carries the full key once; only its hash is kept."""
         form = ApiKeyCreateSerializer(data=request.data, context=self.get_serializer_context())
         form.is_valid(raise_exception=True)
+        data = dict(form.validated_data)
+        principal = self.principal
+        # A credential cannot mint a stronger one: at most its own scopes, and its own product binding.
+        granted = principal.scopes_by_org.get(data["organisation"].pk, frozenset())
+        beyond = sorted(set(data["scopes"]) - set(granted))
+        if beyond:
+            raise PermissionDenied(f"This credential cannot grant scopes it does not hold: {', '.join(beyond)}.")
+        if principal.bound_product_id:
+            product = data.get("product")
+            if product is not None and product.pk != principal.bound_product_id:
+                raise PermissionDenied("This key is bound to one product and can only create keys for it.")
+            data["product"] = Product.objects.get(pk=principal.bound_product_id)
         try:
-            api_key, full_key = services.api_key_create(created_by=self.principal.label, **form.validated_data)
+            api_key, full_key = services.api_key_create(created_by=principal.label, **data)
         except ValueError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         api_key.key = full_key  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.django_db
 
 
 def test_it_creates_a_key_and_shows_the_secret_only_once(owner_org, client_for) -> None:
-    admin = client_for(owner_org, ["read", "admin"])
+    admin = client_for(owner_org, ["read", "ingest", "admin"])
     response = admin.post("/api/v1/keys/", {"name": "ci", "scopes": ["read", "ingest"]}, format="json")
     assert response.status_code == 201, response.content
     created = response.json()
@@ -108,3 +108,16 @@ def test_it_filters_active_keys(owner_org, client_for) -> None:
     active = admin.get("/api/v1/keys/?active=true").json()["results"]
     assert [k["prefix"] for k in active] == [admin.api_key.split(".")[0]]
     assert [k["id"] for k in admin.get("/api/v1/keys/?active=false").json()["results"]] == [other_key.pk]
+
+
+def test_a_key_cannot_mint_a_stronger_or_unbound_key(owner_org, client_for) -> None:
+    product = ProductFactory(organisation=owner_org)
+    other = ProductFactory(organisation=owner_org)
+    admin = client_for(owner_org, ["read", "admin"])
+    refused = admin.post("/api/v1/keys/", {"name": "x", "scopes": ["read", "write"]}, format="json")
+    assert refused.status_code == 403 and "write" in refused.json()["detail"]
+    bound = client_for(owner_org, ["read", "admin"], product=product)
+    created = bound.post("/api/v1/keys/", {"name": "child", "scopes": ["read"]}, format="json")
+    assert created.status_code == 201 and created.json()["product"] == product.pk
+    assert bound.post("/api/v1/keys/", {"name": "y", "scopes": ["read"], "product": other.pk},
+                      format="json").status_code == 403

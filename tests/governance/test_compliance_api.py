@@ -88,7 +88,10 @@ def test_it_refuses_a_bad_policy_naming_the_field(payload, field, group_setup, c
 def test_declared_figures_are_recorded_and_used_for_the_licence_accurate_month(group_setup, client_for,
                                                                                 owner_org) -> None:
     group, _, _ = group_setup
-    client = client_for(owner_org, ["read", "write"])
+    refused = client_for(owner_org, ["read", "write"]).post(
+        f"/api/v1/groups/{group.pk}/declarations/", {"month": "2024-06", "mau": 0, "evidence": "x"}, format="json")
+    assert refused.status_code == 403  # a declaration can unblock the gate: admin only
+    client = client_for(owner_org, ["read", "write", "admin"])
     created = client.post(f"/api/v1/groups/{group.pk}/declarations/",
                           {"month": "2024-06", "mau": 1500, "evidence": "Board report 2024-07"}, format="json")
     assert created.status_code == 201, created.content
@@ -194,3 +197,28 @@ def test_alert_rows_are_unique_per_level_and_month(group_setup) -> None:
     with pytest.raises(Exception):
         Alert.objects.create(group=group, licence_version=version, level="90%", kind="raised",
                              month=TODAY.replace(day=1), message="m")
+
+
+def test_a_viewer_in_one_group_cannot_write_there_whatever_they_hold_elsewhere(group_setup, owner_org) -> None:
+    from rest_framework.test import APIClient
+
+    from tests.factories import MembershipFactory
+
+    group, _, _ = group_setup
+    other = OrganisationFactory()
+    membership = MembershipFactory(organisation=other, role="admin")
+    MembershipFactory(user=membership.user, organisation=owner_org, role="viewer")
+    session = APIClient()
+    session.force_login(membership.user)
+    assert session.get(f"/api/v1/groups/{group.pk}/policy/").status_code == 200
+    assert session.patch(f"/api/v1/groups/{group.pk}/policy/", {"mode": "monitor"}, format="json").status_code == 403
+    assert session.post(f"/api/v1/groups/{group.pk}/declarations/", {"month": "2024-06", "mau": 0, "evidence": "x"},
+                        format="json").status_code == 403
+    assert GroupPolicy.objects.get(group=group).mode == "enforce"
+
+
+def test_a_product_bound_key_cannot_change_group_objects(group_setup, client_for, owner_org) -> None:
+    group, product, _ = group_setup
+    bound = client_for(owner_org, ["read", "write", "admin"], product=product)
+    assert bound.get(f"/api/v1/groups/{group.pk}/policy/").status_code == 200
+    assert bound.patch(f"/api/v1/groups/{group.pk}/policy/", {"mode": "monitor"}, format="json").status_code == 403
