@@ -62,6 +62,10 @@ def classify(
     if figure is None:
         return Status(UNKNOWN, None, None, threshold, rule, "No metered or declared figure for the month tested.")
     where = f"{figure.source} MAU for {figure.month:%B %Y}"
+    if figure.source == PARTIAL and figure.upper <= threshold:
+        return Status(UNKNOWN, None, figure, threshold, rule,
+                      f"Metering started during {figure.month:%B %Y}: the {figure.upper:,} users it saw cannot show "
+                      f"the month was not over {threshold:,}. Declare the month's figure with its evidence.")
     if figure.lower > threshold:
         return Status(OVER, 1.0, figure, threshold, rule,
                       f"The {where} is greater than {threshold:,} across its whole 95% interval "
@@ -79,6 +83,14 @@ def classify(
                   f"The {where} ({figure.estimate:,}, at most {figure.upper:,}) is below every alert level.")
 
 
+_SEVERITY = {BELOW: 0, APPROACHING: 1, UNKNOWN: 2, UNCERTAIN: 3, OVER: 4, GRANTED: -1}
+
+
+def severity(status: Status) -> tuple[int, float]:
+    """How bad a status is, to keep the worse of two readings (over > uncertain > unknown > approaching)."""
+    return _SEVERITY[status.state], status.level or 0.0
+
+
 def month_start(day: dt.date) -> dt.date:
     return day.replace(day=1)
 
@@ -87,15 +99,28 @@ def previous_month(day: dt.date) -> dt.date:
     return (month_start(day) - dt.timedelta(days=1)).replace(day=1)
 
 
-def choose_figure(*, metered: Figure | None, declared: Figure | None, metering_started: dt.date | None) -> Figure | None:
-    """The figure for a month: metered when metering covered the whole month, else the declared one.
+PARTIAL = "metered (partial month)"
 
-    A month that metering only partly covered would undercount; a declaration is the organisation's own
-    figure with its evidence, labelled "declared" wherever it is shown.
+
+def choose_figure(*, metered: Figure | None, declared: Figure | None, metering_started: dt.date | None) -> Figure | None:
+    """The figure for a month, read conservatively.
+
+    - Metering covered the whole month: the metered figure, unless the organisation declared a higher one
+      (its affiliates' products may not all have been metered yet).
+    - Metering started during the month: the declared figure or the partial metered one, whichever is
+      higher; a partial month alone is labelled as such (it can show the threshold was passed, never that
+      it was not: see ``classify``).
+    - Neither: no figure.
     """
     if metered is not None and metering_started is not None and metering_started <= metered.month:
+        if declared is not None and declared.estimate > metered.estimate:
+            return declared
         return metered
-    return declared
+    partial = None
+    if metered is not None and metered.estimate > 0:
+        partial = Figure(metered.estimate, metered.lower, metered.upper, metered.month, PARTIAL)
+    candidates = [f for f in (declared, partial) if f is not None]
+    return max(candidates, key=lambda f: f.estimate) if candidates else None
 
 
 @dataclass(frozen=True)

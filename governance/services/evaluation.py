@@ -116,7 +116,8 @@ def _declared(group: AffiliateGroup, month: dt.date) -> rules.Figure | None:
 
 
 def month_figure(*, group: AffiliateGroup, month: dt.date, started: dt.date | None) -> rules.Figure | None:
-    metered = _metered(group, month) if started is not None and started <= month else None
+    month_end = (month + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
+    metered = _metered(group, month) if started is not None and started <= month_end else None
     return rules.choose_figure(metered=metered, declared=_declared(group, month), metering_started=started)
 
 
@@ -140,19 +141,20 @@ def group_evaluate(*, group: AffiliateGroup, today: dt.date | None = None) -> Gr
     """
     now = timezone.now()
     today = today or now.date()
-    started = metering_started(group=group)
-    this_month, last_month = rules.month_start(today), rules.previous_month(today)
-    last_month_figure = month_figure(group=group, month=last_month, started=started)
-    projected_figure = None
-    if started is not None and started <= today:
-        rolling = mau_rolling(scope=group, ending=today, days=30).estimate
-        # A calendar month is a 28-31-day window: the rolling 30 days to today is the month-end projection.
-        projected_figure = rules.Figure(rolling.estimate, rolling.lower, rolling.upper, this_month, "metered")
-    forecast = _forecast(group, today, started)
     group_policy_get(group=group)
     statuses, decisions, alerts = [], [], []
     with transaction.atomic():
+        # Figures are read under the group's lock, so an older concurrent evaluation cannot overwrite a newer one.
         policy = GroupPolicy.objects.select_for_update().get(group=group)
+        started = metering_started(group=group)
+        this_month, last_month = rules.month_start(today), rules.previous_month(today)
+        last_month_figure = month_figure(group=group, month=last_month, started=started)
+        projected_figure = None
+        if started is not None and started <= today:
+            rolling = mau_rolling(scope=group, ending=today, days=30).estimate
+            # A calendar month is a 28-31-day window: the rolling 30 days to today is the month-end projection.
+            projected_figure = rules.Figure(rolling.estimate, rolling.lower, rolling.upper, this_month, "metered")
+        forecast = _forecast(group, today, started)
         GroupForecast.objects.update_or_create(group=group, defaults={
             "method": forecast.method, "points": forecast.points, "daily_growth": forecast.daily_growth,
             "crossing_date": forecast.crossing_date, "earliest": forecast.earliest, "latest": forecast.latest,
@@ -164,10 +166,19 @@ def group_evaluate(*, group: AffiliateGroup, today: dt.date | None = None) -> Gr
             granted = grants_in_force(group=group, on=today, licence_version=version).exists()
             accurate_month = version.test_month()
             accurate_figure = month_figure(group=group, month=accurate_month, started=started)
+            accurate = rules.classify(accurate_figure, threshold=threshold, levels=levels, granted=granted,
+                                      rule=EvaluationRule.LICENCE_ACCURATE)
+            if version.date_ambiguous:
+                # The licence text does not fix which release date (and so which month) it tests: evaluate the
+                # month before too and keep the worse result, saying so, rather than guess.
+                earlier = rules.previous_month(accurate_month)
+                other = rules.classify(month_figure(group=group, month=earlier, started=started),
+                                       threshold=threshold, levels=levels, granted=granted,
+                                       rule=EvaluationRule.LICENCE_ACCURATE)
+                if rules.severity(other) > rules.severity(accurate):
+                    accurate, accurate_month = other, earlier
             computed = {
-                EvaluationRule.LICENCE_ACCURATE: rules.classify(
-                    accurate_figure, threshold=threshold, levels=levels, granted=granted,
-                    rule=EvaluationRule.LICENCE_ACCURATE),
+                EvaluationRule.LICENCE_ACCURATE: accurate,
                 EvaluationRule.LAST_MONTH: rules.classify(
                     last_month_figure, threshold=threshold, levels=levels, granted=granted,
                     rule=EvaluationRule.LAST_MONTH),
@@ -175,7 +186,7 @@ def group_evaluate(*, group: AffiliateGroup, today: dt.date | None = None) -> Gr
                     projected_figure, threshold=threshold, levels=levels, granted=granted,
                     rule=EvaluationRule.PROJECTED),
             }
-            if version.date_ambiguous and accurate_figure is not None:
+            if version.date_ambiguous:
                 computed[EvaluationRule.LICENCE_ACCURATE] = _ambiguous_note(computed[EvaluationRule.LICENCE_ACCURATE],
                                                                             version)
             for rule, status in computed.items():
@@ -307,7 +318,10 @@ def _alerts_raise(group: AffiliateGroup, version: LicenceVersion, policy: GroupP
                                                  defaults={"active": name in active, "changed_at": now})
     created: list[Alert] = []
     figures = _figures(figure, statuses, forecast, threshold)
-    for kind, levels in ((Alert.Kind.RAISED, active - previously), (Alert.Kind.RECOVERED, previously - active)):
+    recovered = previously - active
+    if "over" in active:
+        recovered.discard("uncertain")  # uncertain -> over got worse: an escalation, not a recovery
+    for kind, levels in ((Alert.Kind.RAISED, active - previously), (Alert.Kind.RECOVERED, recovered)):
         if not levels:
             continue
         top = max(levels, key=rules.level_rank)

@@ -219,8 +219,9 @@ def test_it_says_unknown_not_below_when_metering_started_after_the_test_month(es
     estate.evaluate(today=dt.date(2024, 7, 10))
 
     accurate = status(estate.group, "llama-3.1", "licence_accurate")
-    assert (accurate.state, accurate.month, accurate.source, accurate.estimate) == (
-        "unknown", JUNE_2024, "none", None)
+    # The partial month is kept as evidence, but a partial count cannot show the month was below.
+    assert (accurate.state, accurate.month, accurate.source) == ("unknown", JUNE_2024, "metered (partial month)")
+    assert "cannot show" in accurate.explanation
 
 
 def test_it_uses_a_declared_figure_for_an_unmetered_test_month_and_labels_it(estate: Estate) -> None:
@@ -249,15 +250,19 @@ def test_it_uses_the_latest_declaration_for_a_month(estate: Estate) -> None:
     assert (accurate.state, accurate.source, accurate.estimate) == ("over", "declared", 1_001)
 
 
-def test_it_prefers_metering_that_covered_the_whole_month_to_a_declaration(estate: Estate) -> None:
+def test_it_keeps_the_higher_of_a_fully_metered_month_and_a_declaration(estate: Estate) -> None:
     ingest(estate.chat, dt.date(2024, 5, 20), users(0, 9))
     ingest(estate.chat, dt.date(2024, 6, 10), users(0, 99))
-    declared_figure_record(group=estate.group, month=JUNE_2024, mau=950, evidence="estimate", declared_by="cfo")
-
+    declared_figure_record(group=estate.group, month=JUNE_2024, mau=50, evidence="estimate", declared_by="cfo")
     estate.evaluate(today=dt.date(2024, 7, 20))
-
     accurate = status(estate.group, "llama-3.1", "licence_accurate")
     assert (accurate.state, accurate.source, accurate.estimate) == ("below", "metered", 100)
+
+    # Affiliates' products may not all have been metered: a higher declaration wins, conservatively.
+    declared_figure_record(group=estate.group, month=JUNE_2024, mau=950, evidence="audit", declared_by="cfo")
+    estate.evaluate(today=dt.date(2024, 7, 21))
+    accurate = status(estate.group, "llama-3.1", "licence_accurate")
+    assert (accurate.source, accurate.estimate) == ("declared", 950)
 
 
 # --- grants -------------------------------------------------------------------------------------------------

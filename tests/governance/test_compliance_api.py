@@ -222,3 +222,29 @@ def test_a_product_bound_key_cannot_change_group_objects(group_setup, client_for
     bound = client_for(owner_org, ["read", "write", "admin"], product=product)
     assert bound.get(f"/api/v1/groups/{group.pk}/policy/").status_code == 200
     assert bound.patch(f"/api/v1/groups/{group.pk}/policy/", {"mode": "monitor"}, format="json").status_code == 403
+
+
+def test_uncertain_then_over_escalates_without_a_false_recovery(group_setup) -> None:
+    from governance.services.evaluation import group_evaluate
+
+    group, product, version = group_setup
+    version.mau_threshold = 100_000
+    version.save()
+    activity_ingest(product=product, day=TODAY, user_ids=list(range(60_000)))
+    activity_ingest(product=product, day=TODAY, user_ids=list(range(60_000, 100_100)))  # straddles 100,000
+    group_evaluate(group=group)
+    activity_ingest(product=product, day=TODAY, user_ids=list(range(100_100, 103_000)))  # now surely over
+    group_evaluate(group=group)
+    alerts = list(Alert.objects.filter(group=group).order_by("id").values_list("kind", "level"))
+    assert alerts == [("raised", "uncertain"), ("raised", "over")]
+
+
+def test_severity_keeps_the_worse_reading_of_an_ambiguous_month() -> None:
+    from governance import evaluation as rules
+
+    month = dt.date(2023, 6, 1)
+    over = rules.classify(rules.Figure(800, 790, 810, month, "declared"), threshold=700, rule="licence_accurate")
+    below = rules.classify(rules.Figure(100, 100, 100, month, "declared"), threshold=700, rule="licence_accurate")
+    unknown = rules.classify(None, threshold=700, rule="licence_accurate")
+    assert max([below, over, unknown], key=rules.severity) is over
+    assert max([below, unknown], key=rules.severity) is unknown

@@ -152,7 +152,7 @@ def test_it_tests_the_calendar_month_before_the_release_date() -> None:
 
 
 def test_it_uses_the_metered_figure_when_metering_started_on_the_first_day_of_the_month() -> None:
-    chosen = choose_figure(metered=metered(500, 500, 500), declared=declared(900), metering_started=JUNE_2024)
+    chosen = choose_figure(metered=metered(500, 500, 500), declared=declared(300), metering_started=JUNE_2024)
     assert chosen is not None and (chosen.source, chosen.estimate) == ("metered", 500)
 
 
@@ -166,8 +166,25 @@ def test_it_uses_the_declared_figure_when_metering_started_after_the_first_day()
     assert chosen is not None and (chosen.source, chosen.estimate) == ("declared", 900)
 
 
-def test_it_has_no_figure_when_metering_started_late_and_nothing_was_declared() -> None:
-    assert choose_figure(metered=metered(500, 500, 500), declared=None, metering_started=dt.date(2024, 6, 2)) is None
+def test_it_keeps_a_higher_partial_month_over_a_lower_declaration() -> None:
+    chosen = choose_figure(metered=metered(950, 940, 960), declared=declared(900), metering_started=dt.date(2024, 6, 2))
+    assert chosen is not None and (chosen.source, chosen.estimate) == ("metered (partial month)", 950)
+
+
+def test_it_keeps_a_higher_declaration_over_a_full_metered_month() -> None:
+    chosen = choose_figure(metered=metered(500, 500, 500), declared=declared(900), metering_started=dt.date(2024, 1, 1))
+    assert chosen is not None and (chosen.source, chosen.estimate) == ("declared", 900)
+
+
+def test_a_partial_month_can_prove_over_but_never_below() -> None:
+    partial = choose_figure(metered=metered(890_000_000, 880_000_000, 900_000_000), declared=None,
+                            metering_started=dt.date(2024, 6, 2))
+    assert classify(partial, threshold=THRESHOLD, rule="licence_accurate").state == "over"
+    small = choose_figure(metered=metered(500, 500, 500), declared=None, metering_started=dt.date(2024, 6, 2))
+    assert classify(small, threshold=THRESHOLD, rule="licence_accurate").state == "unknown"
+
+
+def test_it_has_no_figure_when_nothing_was_metered_or_declared() -> None:
     assert choose_figure(metered=None, declared=None, metering_started=None) is None
 
 
