@@ -6,13 +6,24 @@ import json
 from typing import Any
 
 import orjson
+from django.conf import settings
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
 
+class RequestTooLarge(ParseError):
+    status_code = 413
+    default_code = "request_too_large"
+
+
 class FastJSONParser(JSONParser):
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
-        body = stream.read() if stream is not None else b""
+        # DRF reads the stream itself, so Django's DATA_UPLOAD_MAX_MEMORY_SIZE would not apply: enforce it here,
+        # reading at most one byte past the limit whatever the declared length.
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        body = stream.read(limit + 1) if stream is not None else b""
+        if limit is not None and len(body) > limit:
+            raise RequestTooLarge(f"The request body is larger than {limit} bytes.")
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:

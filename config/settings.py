@@ -361,6 +361,9 @@ ALERT_FROM_EMAIL = env_str("ALERT_FROM_EMAIL", DEFAULT_FROM_EMAIL)
 CELERY_BEAT_SCHEDULE.update(
     {
         "deliver-due-webhooks": {"task": "governance.tasks.deliver_due_webhooks", "schedule": timedelta(seconds=30)},
+        "dispatch-undispatched-alerts": {
+            "task": "governance.tasks.dispatch_undispatched_alerts", "schedule": timedelta(minutes=1)
+        },
     }
 )
 

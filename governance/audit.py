@@ -95,3 +95,19 @@ def audit_verify() -> ChainVerification:
         expected_seq += 1
         checked += 1
     return ChainVerification(True, checked, None, "intact")
+
+
+_VERIFY_CACHE_KEY = "audit:verification"
+
+
+def audit_verify_cached(*, max_age_seconds: int = 300) -> ChainVerification:
+    """The chain's verification, recomputed at most every ``max_age_seconds``: walking the whole chain on
+    every API call or evidence report would let any tenant make the service do unbounded work."""
+    from django.core.cache import cache
+
+    cached = cache.get(_VERIFY_CACHE_KEY)
+    if cached is not None:
+        return ChainVerification(**cached)
+    result = audit_verify()
+    cache.set(_VERIFY_CACHE_KEY, result.__dict__, timeout=max_age_seconds)
+    return result

@@ -10,7 +10,7 @@ from typing import Any
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from governance.audit import audit_verify
+from governance.audit import audit_verify_cached
 from governance.models import Alert, AuditEvent, ComplianceStatus, GroupForecast
 from governance.selectors import mau_month
 from licensing.models import AffiliateGroup, MetaGrant, Organisation, Product
@@ -55,7 +55,7 @@ def evidence_report(*, group: AffiliateGroup, month: dt.date) -> dict[str, Any]:
     ]
     forecast = GroupForecast.objects.filter(group=group).first()
     head = AuditEvent.objects.order_by("-seq").only("seq", "hash").first()
-    chain = audit_verify()
+    chain = audit_verify_cached()
     return {
         "group": {"id": group.pk, "name": group.name},
         "month": month.strftime("%Y-%m"),

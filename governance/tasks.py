@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import logging
 
+import smtplib
+
 from celery import shared_task
 from django.utils import timezone
 
@@ -75,7 +77,8 @@ def evaluate_all_groups() -> int:
     return len(ids)
 
 
-@shared_task(ignore_result=True, acks_late=True)
+@shared_task(ignore_result=True, acks_late=True, autoretry_for=(OSError, smtplib.SMTPException), retry_backoff=10,
+             retry_backoff_max=600, max_retries=8)
 def dispatch_alert(alert_id: int) -> None:
     """Email an alert and queue its webhook deliveries, then try each delivery at once."""
     from governance.models import Alert
@@ -106,3 +109,14 @@ def deliver_due_webhooks() -> int:
     from governance.services.webhooks import webhook_deliver_due
 
     return webhook_deliver_due()
+
+
+@shared_task(ignore_result=True)
+def dispatch_undispatched_alerts() -> int:
+    """Beat, every minute: dispatch alerts whose first dispatch never completed."""
+    from governance.services.evaluation import alerts_undispatched
+
+    ids = alerts_undispatched()
+    for alert_id in ids:
+        dispatch_alert.delay(alert_id)
+    return len(ids)

@@ -114,3 +114,21 @@ def test_a_malformed_setting_is_refused_with_its_name() -> None:
     result = _manage("check", env={"DATABASE_POOL_MAX_SIZE": "many", "DATABASE_URL": "postgres://x@127.0.0.1/x"})
     assert result.returncode != 0
     assert "DATABASE_POOL_MAX_SIZE" in result.stderr
+
+
+@pytest.mark.django_db
+def test_every_json_endpoint_refuses_an_oversized_body(owner_org, client_for, settings) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
+    response = client_for(owner_org, ["read", "write"]).post(
+        "/api/v1/products/", {"name": "P", "licence_version": "llama-3.1", "description": "x" * 20_000}, format="json")
+    assert response.status_code == 413
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("query", ["mau/?ending=2025-01-01&days=%C2%B2", "mau/?ending=0001-01-01",
+                                   "mau/daily/?from=0001-01-01&to=0001-01-05", "mau/?month=9999-12"])
+def test_out_of_range_dates_are_a_400(query, owner_org, client_for) -> None:
+    from tests.factories import ProductFactory
+
+    product = ProductFactory(organisation=owner_org)
+    assert client_for(owner_org, ["read"]).get(f"/api/v1/products/{product.pk}/{query}").status_code == 400

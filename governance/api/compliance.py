@@ -17,7 +17,7 @@ from rest_framework.response import Response
 
 from governance import evidence
 from governance.api.tenancy import GroupTenancy, TenantViewSet
-from governance.audit import audit_verify
+from governance.audit import audit_verify_cached
 from governance.models import (
     AccessDecision,
     Alert,
@@ -91,7 +91,8 @@ class PolicySerializer(serializers.ModelSerializer):
 
 
 class DeclaredFigureSerializer(serializers.ModelSerializer):
-    month = serializers.RegexField(r"^\d{4}-(0[1-9]|1[0-2])$", help_text="YYYY-MM", write_only=True)
+    month = serializers.RegexField(r"^2[0-9]{3}-(0[1-9]|1[0-2])$", help_text="YYYY-MM (2000 onwards)",
+                                   write_only=True)
     mau = serializers.IntegerField(min_value=0, max_value=10**12)
 
     class Meta:
@@ -121,6 +122,16 @@ class WebhookEndpointSerializer(serializers.ModelSerializer):
         fields = ["id", "group", "url", "description", "slack_format", "active", "secret_prefix", "created_by",
                   "created_at"]
         read_only_fields = ["id", "secret_prefix", "created_by", "created_at"]
+
+    def to_representation(self, instance: WebhookEndpoint) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        if not self.context.get("show_full_url", True):
+            # A webhook URL's path can itself be a credential (Slack's are): readers see only its origin.
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(instance.url)
+            data["url"] = f"{parts.scheme}://{parts.netloc}/…"
+        return data
 
 
 class WebhookEndpointCreateSerializer(serializers.Serializer):
@@ -170,11 +181,9 @@ class AuditEventSerializer(serializers.ModelSerializer):
 
 
 def _month_param(request: Request) -> dt.date:
-    value = request.query_params.get("month")
-    try:
-        return dt.datetime.strptime(value or "", "%Y-%m").date()
-    except ValueError as exc:
-        raise ValidationError({"month": ["Required, as YYYY-MM."]}) from exc
+    from governance.api.metering import _parse_month
+
+    return _parse_month(request.query_params.get("month"))
 
 
 class GroupComplianceViewSet(GroupTenancy, TenantViewSet):
@@ -296,6 +305,11 @@ class WebhookEndpointViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin,
     def writable_organisation_ids(self) -> list[int]:
         return self.principal.organisation_ids(Scope.ADMIN)
 
+    def get_serializer_context(self) -> dict[str, Any]:
+        context = super().get_serializer_context()
+        context["show_full_url"] = self.principal.has_scope(Scope.ADMIN) and not self.principal.bound_product_id
+        return context
+
     @extend_schema(request=WebhookEndpointCreateSerializer, responses={201: WebhookCreatedSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         from governance.services.webhooks import webhook_endpoint_create
@@ -367,7 +381,7 @@ class AuditEventViewSet(TenantViewSet, mixins.ListModelMixin):
     @extend_schema(responses=OpenApiTypes.OBJECT)
     @action(detail=False, methods=["get"])
     def verify(self, request: Request) -> Response:
-        result = audit_verify()
+        result = audit_verify_cached()
         head = AuditEvent.objects.order_by("-seq").only("seq", "hash").first()
         return Response({"ok": result.ok, "checked": result.checked, "first_bad_seq": result.first_bad_seq,
                          "reason": result.reason, "head": {"seq": head.seq, "hash": head.hash} if head else None})

@@ -99,11 +99,20 @@ def _answer(answer: Answer) -> Response:
     return response
 
 
+EARLIEST, LATEST = dt.date(2000, 1, 1), dt.date(2999, 12, 31)
+
+
+def _in_range(name: str, day: dt.date) -> dt.date:
+    if not EARLIEST <= day <= LATEST:
+        raise ValidationError({name: [f"Must be between {EARLIEST.isoformat()} and {LATEST.isoformat()}."]})
+    return day
+
+
 def _parse_month(value: str | None) -> dt.date:
     if not value:
         raise ValidationError({"month": ["Required, as YYYY-MM."]})
     try:
-        return dt.datetime.strptime(value, "%Y-%m").date()
+        return _in_range("month", dt.datetime.strptime(value, "%Y-%m").date())
     except ValueError as exc:
         raise ValidationError({"month": [f"{value!r} is not a month as YYYY-MM."]}) from exc
 
@@ -114,15 +123,16 @@ def _parse_day(name: str, value: str | None, *, required: bool = True) -> dt.dat
             raise ValidationError({name: ["Required, as YYYY-MM-DD."]})
         return None
     try:
-        return dt.date.fromisoformat(value)
+        day = dt.date.fromisoformat(value)
     except ValueError as exc:
         raise ValidationError({name: [f"{value!r} is not a day as YYYY-MM-DD."]}) from exc
+    return _in_range(name, day)
 
 
 def _parse_window(value: str | None) -> int:
     if value is None:
         return 30
-    if not value.isdigit() or not 1 <= int(value) <= 92:
+    if not re.fullmatch(r"[0-9]{1,3}", value) or not 1 <= int(value) <= 92:
         raise ValidationError({"days": ["Must be a whole number of days from 1 to 92."]})
     return int(value)
 

@@ -386,19 +386,32 @@ def _alert_dispatch(alert_id: int) -> None:
 
 
 def alert_deliver(*, alert: Alert) -> int:
-    """Email the policy's recipients and queue a webhook delivery per active endpoint. Returns deliveries made."""
+    """Queue a webhook delivery per active endpoint, then email the policy's recipients; mark it dispatched.
+
+    Webhooks first (they only insert rows, and are retried from the database), then email. Safe to run again
+    after a failure: deliveries are unique per alert and endpoint, and email is skipped once sent. A beat
+    sweep re-dispatches alerts left undispatched (a broker or SMTP outage), so none is lost.
+    """
     from django.core.mail import send_mail
 
     from governance.services.webhooks import webhook_event_for_alert
 
     policy = group_policy_get(group=alert.group)
+    deliveries = webhook_event_for_alert(alert=alert) if policy.webhooks_enabled else []
     if policy.email_enabled and policy.email_recipients and alert.emailed_at is None:
         subject = f"[Corral] {alert.get_kind_display()}: {alert.message[:150]}"
         send_mail(subject, f"{alert.message}\n\n{settings.SITE_URL}/admin/governance/alert/{alert.pk}/change/",
                   settings.ALERT_FROM_EMAIL, policy.email_recipients)
         Alert.objects.filter(pk=alert.pk, emailed_at__isnull=True).update(emailed_at=timezone.now())
-    deliveries = webhook_event_for_alert(alert=alert) if policy.webhooks_enabled else []
+    Alert.objects.filter(pk=alert.pk, dispatched_at__isnull=True).update(dispatched_at=timezone.now())
     return len(deliveries)
+
+
+def alerts_undispatched(*, older_than: dt.timedelta = dt.timedelta(seconds=60)) -> list[int]:
+    """Alerts whose dispatch never completed (the broker was down, SMTP failed), for the beat sweep."""
+    cutoff = timezone.now() - older_than
+    return list(Alert.objects.filter(dispatched_at__isnull=True, created_at__lt=cutoff)
+                .exclude(kind=Alert.Kind.TEST).values_list("pk", flat=True)[:100])
 
 
 def alert_acknowledge(*, alert: Alert, actor: str) -> Alert:

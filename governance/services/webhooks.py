@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -139,10 +139,15 @@ def _site_link(path: str) -> str:
     return f"{settings.SITE_URL.rstrip('/')}{path}"
 
 
-def _alert_payload(alert: Alert) -> dict[str, Any]:
+_EVENT_NAMESPACE = uuid.UUID("5f0c3f0e-8d7a-4c1e-9a55-6b1f1d2c0a77")
+
+
+def _alert_payload(alert: Alert, endpoint_id: int) -> dict[str, Any]:
     version = alert.licence_version
     return webhooks.event_payload(
-        event_id=str(uuid.uuid4()),
+        # One event id per alert and endpoint: a retried dispatch cannot create a second delivery (the id is
+        # unique), and a receiver can deduplicate on it.
+        event_id=str(uuid.uuid5(_EVENT_NAMESPACE, f"alert:{alert.pk}:endpoint:{endpoint_id}")),
         event_type=f"alert.{alert.kind}",
         group={"id": alert.group_id, "name": alert.group.name},
         version={"slug": version.slug, "name": version.name} if version is not None else None,
@@ -170,11 +175,14 @@ def webhook_event_for_alert(*, alert: Alert) -> list[WebhookDelivery]:
         .order_by("id")
     )
     deliveries = []
-    with transaction.atomic():
-        for endpoint in endpoints:
-            payload = _alert_payload(alert)
-            deliveries.append(webhook_enqueue(endpoint=endpoint, event_type=payload["type"], payload=payload,
-                                              alert=alert))
+    for endpoint in endpoints:
+        payload = _alert_payload(alert, endpoint.pk)
+        try:
+            with transaction.atomic():
+                deliveries.append(webhook_enqueue(endpoint=endpoint, event_type=payload["type"], payload=payload,
+                                                  alert=alert))
+        except IntegrityError:  # a concurrent dispatch of the same alert created it first
+            continue
     return deliveries
 
 

@@ -248,3 +248,23 @@ def test_severity_keeps_the_worse_reading_of_an_ambiguous_month() -> None:
     unknown = rules.classify(None, threshold=700, rule="licence_accurate")
     assert max([below, over, unknown], key=rules.severity) is over
     assert max([below, unknown], key=rules.severity) is unknown
+
+
+def test_an_alert_whose_dispatch_failed_is_swept_up_and_sent_once(group_setup, settings, mailoutbox) -> None:
+    from governance.services.evaluation import alert_deliver, alerts_undispatched, group_evaluate, group_policy_get
+    from governance.services.webhooks import webhook_endpoint_create
+
+    group, product, _ = group_setup
+    settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = True
+    policy = group_policy_get(group=group)
+    policy.email_recipients = ["counsel@example.com"]
+    policy.save()
+    webhook_endpoint_create(group=group, url="http://127.0.0.1:9/hook", created_by="test")
+    activity_ingest(product=product, day=TODAY, user_ids=list(range(600)))
+    alert = group_evaluate(group=group).alerts[0]  # the broker "failed": nothing dispatched it
+    Alert.objects.filter(pk=alert.pk).update(created_at=timezone.now() - dt.timedelta(minutes=5))
+    assert alerts_undispatched() == [alert.pk]
+    alert_deliver(alert=alert)
+    alert_deliver(alert=Alert.objects.get(pk=alert.pk))  # a retried dispatch changes nothing
+    assert alerts_undispatched() == []
+    assert len(mailoutbox) == 1 and alert.deliveries.count() == 1

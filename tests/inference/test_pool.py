@@ -20,7 +20,7 @@ from inference.models import GPU, Deployment, GpuAllocation, GpuQuota, Node, Rep
 from inference.services import deployment_delete, deployment_request, deployment_scale, validate_extra_args
 from licensing.models import BaseModel
 from licensing.services import licence_accept
-from tests.factories import OrganisationFactory, ProductFactory, licence
+from tests.factories import ProductFactory, licence
 
 FAKE = Path(__file__).with_name("fake_vllm.py")
 

@@ -99,7 +99,7 @@ def test_a_tiny_llama_is_provisioned_served_restarted_and_removed(engine, settin
     settings.INFERENCE_STARTUP_TIMEOUT_SECONDS = 420
     settings.INFERENCE_PORT_RANGE = (18700, 18720)
     version = licence("llama-3.1")
-    base = BaseModel.objects.create(licence_version=version, repo_id="corral/tiny-llama")
+    BaseModel.objects.create(licence_version=version, repo_id="corral/tiny-llama")
     licence_accept(organisation=owner_org, licence_version=version, licence_sha256=version.licence_sha256,
                    aup_version=version.aup_version, accepted_by="test")
     GpuQuota.objects.create(organisation=owner_org, max_cpu_replicas=1)
