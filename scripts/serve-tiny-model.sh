@@ -30,7 +30,7 @@ serve_args=(
     --served-model-name tiny-llama
     --dtype float32
     --max-model-len 256
-    --enforce-eager  # no graph capture: starts faster, and the tiny model gains nothing from it
+    --enforce-eager  # no torch.compile or graph capture: the tiny model gains nothing from them
 )
 # Always bound the KV cache: left alone, vLLM on CPU sizes it as a share of all memory.
 # VLLM_CPU_KVCACHE_SPACE (whole GiB), when set, overrides the flag.

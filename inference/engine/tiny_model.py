@@ -191,9 +191,7 @@ def fill_lora(out: Path) -> None:
     for layer in range(config.num_hidden_layers):
         for module in LORA_TARGET_MODULES:
             prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
-            tensors[f"{prefix}.lora_A.weight"] = (
-                torch.randn(LORA_RANK, config.hidden_size, generator=generator) * 0.05
-            )
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(LORA_RANK, config.hidden_size, generator=generator) * 0.05
             tensors[f"{prefix}.lora_B.weight"] = (
                 torch.randn(out_features[module], LORA_RANK, generator=generator) * 0.05
             )
