@@ -21,8 +21,9 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from governance.audit import audit_record
+from inference import backends
 from inference.backends.base import Backend, ReplicaRef, ReplicaSpec
-from inference.backends.local import LocalBackend, process_start_time
+from inference.backends.local import process_start_time
 from inference.models import GPU, Deployment, DeploymentState, GpuAllocation, Node, Replica, ReplicaState
 from inference.services import replica_key
 
@@ -31,11 +32,7 @@ ACTIVE = [ReplicaState.STARTING, ReplicaState.READY, ReplicaState.UNHEALTHY]
 
 
 def backend_for(node: Node) -> Backend:
-    if node.backend == "kubernetes":
-        from inference.backends.kubernetes import KubernetesBackend
-
-        return KubernetesBackend()
-    return LocalBackend()
+    return backends.backend_for(node.backend)
 
 
 def _ref(replica: Replica) -> ReplicaRef:

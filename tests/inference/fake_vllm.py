@@ -38,7 +38,8 @@ def main() -> None:
 
         def do_GET(self) -> None:  # noqa: N802
             if self.path == "/health":
-                self._send(200, b"")
+                sick = os.environ.get("FAKE_VLLM_SICK_FILE")
+                self._send(503 if sick and os.path.exists(sick) else 200, b"")
             elif self.path == "/metrics":
                 self._send(200, (
                     "# TYPE vllm:num_requests_running gauge\n"

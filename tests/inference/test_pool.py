@@ -289,3 +289,29 @@ def test_the_api_requests_lists_and_deletes_within_the_tenant(tenant, client_for
     assert client.get("/api/v1/pool/nodes/").status_code == 403  # staff only
     deleted = client.delete(f"/api/v1/deployments/{body['id']}/")
     assert deleted.status_code == 202 and deleted.json()["deleted"] is True
+
+
+@pytest.mark.django_db
+def test_an_unhealthy_replica_leaves_the_routing_set_until_it_recovers(tenant, pool_settings, monkeypatch,
+                                                                        tmp_path) -> None:
+    sick = tmp_path / "sick"
+    monkeypatch.setenv("FAKE_VLLM_SICK_FILE", str(sick))
+    pool_settings.INFERENCE_UNHEALTHY_AFTER = 2
+    deployment = request(tenant)
+    _until(lambda: Deployment.objects.get(pk=deployment.pk).state == "ready")
+    sick.touch()
+    _until(lambda: Replica.objects.get(deployment=deployment).state == "unhealthy")
+    replica = Replica.objects.get(deployment=deployment)
+    assert "left the routing set" in replica.state_reason and replica.restarts == 0
+    sick.unlink()
+    _until(lambda: Replica.objects.get(deployment=deployment).state == "ready")
+    deployment_delete(deployment=deployment, actor="test")
+    _until(lambda: Deployment.objects.get(pk=deployment.pk).state == "stopped")
+
+
+def test_the_backend_registry_names_each_backend_and_refuses_others() -> None:
+    from inference.backends import backend_for
+
+    assert backend_for("local").name == "local" and backend_for("kubernetes").name == "kubernetes"
+    with pytest.raises(ValueError, match="Unknown inference backend"):
+        backend_for("ray")
