@@ -232,7 +232,7 @@ class ComplianceStatus(models.Model):
     state = models.CharField(max_length=12, choices=ComplianceState.choices)
     level = models.FloatField(null=True, blank=True, help_text="Highest alert level reached, as a fraction")
     month = models.DateField(null=True, blank=True)
-    source = models.CharField(max_length=20, blank=True, help_text="metered, declared or none")
+    source = models.CharField(max_length=40, blank=True, help_text="metered, metered (partial month), declared or none")
     estimate = models.BigIntegerField(null=True, blank=True)
     lower = models.BigIntegerField(null=True, blank=True)
     upper = models.BigIntegerField(null=True, blank=True)
