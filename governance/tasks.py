@@ -21,24 +21,20 @@ def record_heartbeat(component: str = "beat") -> None:
 
 @shared_task(ignore_result=True, acks_late=True)
 def compact_metering(max_seconds: float = 50.0) -> int:
-    """Fold pending activity parts into rollups. Safe to run twice.
-
-    Keeps going only while it finds full batches (a backlog): in steady state one step a second (the rate
-    ingestion schedules it at) folds everything that arrived, instead of rewriting the same rollups for
-    every few parts.
-    """
-    import time
-
-    from django.conf import settings
-
+    """Fold pending activity parts into rollups until none arrive meanwhile. Safe to run twice."""
+    from governance.debounce import run_until_clean
     from governance.services import metering_compact_step
 
-    started, folded = time.monotonic(), 0
-    while time.monotonic() - started < max_seconds:
-        step = metering_compact_step()
-        folded += step
-        if step < settings.METERING_COMPACT_BATCH:
-            break
+    folded = 0
+
+    def drain() -> None:
+        nonlocal folded
+        while (step := metering_compact_step()) > 0:
+            folded += step
+
+    # Each step rewrites the rollups it touches (128 KiB sketches): under sustained ingestion, one step every
+    # 5 s is enough, as every query also reads the parts not yet folded.
+    run_until_clean("compaction", drain, min_interval=5.0, max_seconds=max_seconds)
     if folded:
         logger.info("metering compaction folded %d parts", folded)
     return folded
@@ -55,15 +51,24 @@ def purge_idempotency_records() -> int:
 
 @shared_task(ignore_result=True, acks_late=True)
 def evaluate_group(group_id: int) -> None:
-    """Evaluate one affiliate group (statuses, decision, forecast, alerts). Safe to run twice."""
+    """Evaluate one affiliate group (statuses, decision, forecast, alerts). Safe to run twice.
+
+    Under sustained ingestion it re-evaluates at most every 5 seconds: new alerts go out within seconds,
+    and an evaluation is not repeated back to back for every batch.
+    """
+    from governance.debounce import run_until_clean
     from governance.services.evaluation import group_evaluate
     from licensing.models import AffiliateGroup
 
     group = AffiliateGroup.objects.filter(pk=group_id).first()
     if group is None:
         return
-    result = group_evaluate(group=group)
-    logger.info("evaluated group %s: %d statuses, %d alerts", group_id, len(result.statuses), len(result.alerts))
+
+    def evaluate() -> None:
+        result = group_evaluate(group=group)
+        logger.info("evaluated group %s: %d statuses, %d alerts", group_id, len(result.statuses), len(result.alerts))
+
+    run_until_clean(f"evaluation:{group_id}", evaluate, min_interval=5.0)
 
 
 @shared_task(ignore_result=True)

@@ -462,19 +462,9 @@ def access_check(*, organisation: Organisation, licence_version: LicenceVersion)
 
 # --- scheduling ---------------------------------------------------------------------------------------------
 
-_EVALUATION_WINDOW_SECONDS = 2
-
-
 def evaluation_schedule(*, group_id: int) -> None:
-    """Evaluate a group soon after new activity: at most one task per group per window, delayed past it."""
+    """Evaluate a group soon after new activity: one task for a burst (see governance/debounce.py)."""
+    from governance.debounce import request_run
     from governance.tasks import evaluate_group
 
-    try:
-        if not cache.add(f"evaluate:group:{group_id}", 1, timeout=_EVALUATION_WINDOW_SECONDS):
-            return
-    except Exception:
-        logger.warning("cache unavailable; scheduling evaluation without debounce")
-    try:
-        evaluate_group.apply_async(args=[group_id], countdown=_EVALUATION_WINDOW_SECONDS + 1)
-    except Exception:
-        logger.exception("could not schedule evaluation of group %s; beat evaluates hourly", group_id)
+    request_run(f"evaluation:{group_id}", lambda: evaluate_group.delay(group_id))

@@ -216,29 +216,14 @@ def sketch_ingest(
 
 # --- compaction ---------------------------------------------------------------------------------------------
 
-_COMPACTION_DEBOUNCE_KEY = "metering:compaction-scheduled"
-_COMPACTION_DEBOUNCE_SECONDS = 1
 
 
 def compaction_schedule() -> None:
-    """Ask a worker to compact soon: at most one task per second reaches the broker.
-
-    The task is delayed past the debounce window, so every part committed while the window was open is
-    already visible when it runs: no part waits for beat's once-a-minute safety net.
-    """
-    from django.core.cache import cache
-
+    """Ask a worker to compact soon (see governance/debounce.py): one task for a burst of batches."""
+    from governance.debounce import request_run
     from governance.tasks import compact_metering
 
-    try:
-        if not cache.add(_COMPACTION_DEBOUNCE_KEY, 1, timeout=_COMPACTION_DEBOUNCE_SECONDS):
-            return
-    except Exception:  # the cache is an optimisation here: without it, schedule every time
-        logger.warning("cache unavailable; scheduling compaction without debounce")
-    try:
-        compact_metering.apply_async(countdown=2 * _COMPACTION_DEBOUNCE_SECONDS)
-    except Exception:  # the part is durable; beat compacts it within a minute if the broker is down
-        logger.exception("could not schedule metering compaction; beat will pick the work up")
+    request_run("compaction", compact_metering.delay)
 
 
 def _month(day: dt.date) -> dt.date:

@@ -327,20 +327,27 @@ def test_a_failed_gateway_flush_keeps_the_users_buffered(monkeypatch) -> None:
     assert mau_month(scope=product, month=DAY).estimate.estimate == 101
 
 
-def test_compaction_is_scheduled_past_the_debounce_window(monkeypatch) -> None:
-    """A part committed while the window is open must be visible to the task the window already scheduled."""
-    from governance.services import metering
-    from governance.tasks import compact_metering
+def test_a_burst_of_batches_queues_one_compaction_and_none_is_left_behind(monkeypatch) -> None:
+    """One task per burst; a change that lands while the task finishes makes it go round again."""
+    from governance import debounce
+    from governance.debounce import request_run, run_until_clean
 
-    calls: list[dict] = []
-    monkeypatch.setattr(compact_metering, "apply_async", lambda **kwargs: calls.append(kwargs))
-    cache.delete(metering._COMPACTION_DEBOUNCE_KEY)
-    metering.compaction_schedule()
-    metering.compaction_schedule()  # inside the window: covered by the first, delayed task
-    assert calls == [{"countdown": 2 * metering._COMPACTION_DEBOUNCE_SECONDS}]
-    cache.delete(metering._COMPACTION_DEBOUNCE_KEY)  # the window closed
-    metering.compaction_schedule()
-    assert len(calls) == 2
+    monkeypatch.setattr(debounce, "_cache_is_shared", lambda: True)  # as with Redis (CI also runs it on Redis)
+    cache.clear()
+    queued: list[int] = []
+    for _ in range(5):
+        request_run("test-work", lambda: queued.append(1))
+    assert queued == [1]
+    runs: list[int] = []
+
+    def work() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            request_run("test-work", lambda: queued.append(1))  # arrives during the first run
+
+    assert run_until_clean("test-work", work) == 2 and queued == [1]
+    request_run("test-work", lambda: queued.append(1))  # after the task finished: a new task
+    assert queued == [1, 1]
 
 
 @pytest.mark.django_db
@@ -400,3 +407,14 @@ def test_a_coarse_upload_is_accepted_and_says_it_widens_the_interval() -> None:
     fine.update("x")
     other = sketch_ingest(product=ProductFactory(), day=DAY, encoded_sketch=base64.b64encode(fine.serialize_compact()).decode())
     assert "precision_note" not in other.body
+
+
+
+def test_without_a_shared_cache_every_change_queues_its_task(settings) -> None:
+    from governance.debounce import request_run
+
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    queued: list[int] = []
+    for _ in range(3):
+        request_run("test-local", lambda: queued.append(1))
+    assert queued == [1, 1, 1]

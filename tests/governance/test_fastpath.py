@@ -1,0 +1,108 @@
+"""The ASGI hot path for activity ingestion keeps the DRF endpoint's contract, through the real ASGI app."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+
+import httpx
+import pytest
+from django.utils import timezone
+
+from config.asgi import application
+from governance.models import ActivityPart
+from governance.selectors import mau_month
+from tests.factories import OrganisationFactory, ProductFactory, make_key
+
+pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+DAY = (timezone.now() - dt.timedelta(days=1)).date()
+
+
+@pytest.fixture(autouse=True)
+def _no_background(monkeypatch):
+    from governance.services import metering
+
+    monkeypatch.setattr(metering, "compaction_schedule", lambda: None)
+    monkeypatch.setattr(metering, "_evaluation_schedule", lambda group_id: None)
+
+
+def post(path: str, body: object, key: str | None = None, **headers: str) -> httpx.Response:
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            sent = {"content-type": "application/json", **headers}
+            if key:
+                sent["authorization"] = f"Bearer {key}"
+            content = body if isinstance(body, bytes) else json.dumps(body).encode()
+            return await client.post(path, content=content, headers=sent)
+
+    return asyncio.run(call())
+
+
+def test_it_accepts_a_batch_durably_and_counts_it() -> None:
+    product = ProductFactory()
+    key = make_key(product.organisation, ["ingest"])
+    response = post(f"/api/v1/products/{product.pk}/activity", {"day": DAY.isoformat(), "user_ids": list(range(700))},
+                    key)
+    assert response.status_code == 202, response.text
+    assert response.json() == {"accepted": 700, "day": DAY.isoformat(), "product": product.pk}
+    assert mau_month(scope=product, month=DAY).estimate.estimate == 700
+
+
+def test_it_keeps_the_idempotency_contract() -> None:
+    product = ProductFactory()
+    key = make_key(product.organisation, ["ingest"])
+    body = {"day": DAY.isoformat(), "user_ids": ["a", "b"]}
+    first = post(f"/api/v1/products/{product.pk}/activity", body, key, **{"idempotency-key": "k-1"})
+    again = post(f"/api/v1/products/{product.pk}/activity", body, key, **{"idempotency-key": "k-1"})
+    assert again.status_code == 202 and again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    conflict = post(f"/api/v1/products/{product.pk}/activity", {**body, "user_ids": ["c"]}, key,
+                    **{"idempotency-key": "k-1"})
+    assert conflict.status_code == 409 and "k-1" in conflict.json()["detail"]
+    bad = post(f"/api/v1/products/{product.pk}/activity", body, key, **{"idempotency-key": "has space"})
+    assert bad.status_code == 400 and "Idempotency-Key" in bad.json()
+    assert ActivityPart.objects.count() == 1
+
+
+def test_it_refuses_like_the_rest_of_the_api() -> None:
+    product = ProductFactory()
+    outsider = OrganisationFactory()
+    body = {"day": DAY.isoformat(), "user_ids": ["a"]}
+    path = f"/api/v1/products/{product.pk}/activity"
+    assert post(path, body).status_code == 401
+    assert post(path, body, "crl_00000000.nope").status_code == 401
+    assert post(path, body, make_key(product.organisation, ["read", "write"])).status_code == 403
+    assert post(path, body, make_key(outsider, ["ingest"])).status_code == 404
+    other = ProductFactory(organisation=product.organisation)
+    assert post(path, body, make_key(product.organisation, ["ingest"], product=other)).status_code == 404
+    key = make_key(product.organisation, ["ingest"])
+    bad = post(path, {"day": DAY.isoformat(), "user_ids": [1.5]}, key)
+    assert bad.status_code == 400 and "user_ids" in bad.json()
+    future = post(path, {"day": (DAY + dt.timedelta(days=5)).isoformat(), "user_ids": ["a"]}, key)
+    assert future.status_code == 400 and "day" in future.json()
+    assert post(path, b"{not json", key).status_code == 400
+    assert post(path, {"user_ids": ["a"]}, key).json() == {"day": ["This field is required."]}
+    assert ActivityPart.objects.count() == 0
+
+
+def test_it_refuses_an_oversized_body_without_reading_it_all(settings) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1_000
+    product = ProductFactory()
+    response = post(f"/api/v1/products/{product.pk}/activity", {"day": DAY.isoformat(), "user_ids": ["x" * 50] * 100},
+                    make_key(product.organisation, ["ingest"]))
+    assert response.status_code == 413
+
+
+def test_every_other_request_goes_to_django() -> None:
+    product = ProductFactory()
+    key = make_key(product.organisation, ["read"])
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return await client.get(f"/api/v1/products/{product.pk}/", headers={"authorization": f"Bearer {key}"})
+
+    response = asyncio.run(call())
+    assert response.status_code == 200 and response.json()["id"] == product.pk
