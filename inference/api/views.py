@@ -78,3 +78,6 @@ class StaffDeploymentViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = DeploymentSerializer
     permission_classes = [IsStaffSession]
     filterset_fields = ["state", "organisation", "device"]
+
+    def writable_organisation_ids(self) -> list[int]:
+        return []  # read-only: staff change deployments in the admin

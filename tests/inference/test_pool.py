@@ -315,3 +315,24 @@ def test_the_backend_registry_names_each_backend_and_refuses_others() -> None:
     assert backend_for("local").name == "local" and backend_for("kubernetes").name == "kubernetes"
     with pytest.raises(ValueError, match="Unknown inference backend"):
         backend_for("ray")
+
+
+@pytest.mark.django_db
+def test_staff_see_and_manage_the_whole_pool_and_keys_never_do(tenant, client_for, outsider_org, monkeypatch) -> None:
+    from rest_framework.test import APIClient
+
+    from tests.factories import UserFactory
+
+    monkeypatch.setattr("inference.services.reconcile_soon", lambda: None)
+    organisation, _, _ = tenant
+    request(tenant)
+    staff = APIClient()
+    staff.force_login(UserFactory(is_staff=True))
+    assert [n["name"] for n in staff.get("/api/v1/pool/nodes/").json()["results"]] == ["gpu-1"]
+    assert staff.get("/api/v1/pool/gpus/").json()["count"] == 4
+    assert staff.get("/api/v1/pool/deployments/").json()["count"] == 1
+    created = staff.post("/api/v1/pool/quotas/", {"organisation": outsider_org.pk, "max_gpus": 2}, format="json")
+    assert created.status_code == 201, created.content
+    admin_key = client_for(organisation, ["read", "write", "admin"])
+    for path in ("/api/v1/pool/nodes/", "/api/v1/pool/gpus/", "/api/v1/pool/quotas/", "/api/v1/pool/deployments/"):
+        assert admin_key.get(path).status_code == 403, path
