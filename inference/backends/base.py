@@ -33,6 +33,26 @@ class ReplicaSpec:
     api_key: str  # vLLM's own key: never logged, never returned by the API
 
 
+def serving_flags(spec: ReplicaSpec, *, host: str, port: int, gpus: bool) -> list[str]:
+    """vLLM's command-line flags for a replica (everything after the model), the same for every backend."""
+    flags = [
+        "--host", host,
+        "--port", str(port),
+        "--served-model-name", spec.served_model_name,
+        "--dtype", spec.dtype,
+        "--max-model-len", str(spec.max_model_len),
+    ]
+    if gpus:
+        flags += ["--tensor-parallel-size", str(spec.tensor_parallel_size),
+                  "--gpu-memory-utilization", str(spec.gpu_memory_utilization)]
+    if spec.quantization:
+        flags += ["--quantization", spec.quantization]
+    if spec.lora_modules:
+        flags += ["--enable-lora", "--max-lora-rank", "64",
+                  "--lora-modules", *[f"{name}={source}" for name, source in sorted(spec.lora_modules.items())]]
+    return flags + list(spec.extra_args)
+
+
 @dataclass(frozen=True)
 class ReplicaHandle:
     endpoint: str  # base URL, e.g. http://127.0.0.1:8101

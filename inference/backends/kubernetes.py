@@ -29,7 +29,7 @@ from kubernetes import config as kube_config
 from kubernetes.client import ApiClient, AppsV1Api, Configuration, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
-from inference.backends.base import Observation, ReplicaHandle, ReplicaRef, ReplicaSpec
+from inference.backends.base import Observation, ReplicaHandle, ReplicaRef, ReplicaSpec, serving_flags
 
 logger = logging.getLogger(__name__)
 
@@ -99,22 +99,7 @@ def replica_labels(spec: ReplicaSpec) -> dict[str, str]:
 
 def vllm_arguments(spec: ReplicaSpec) -> list[str]:
     """The arguments after ``vllm serve``; the same flags as the local backend's, on the pod's port."""
-    args = [
-        spec.model_source,
-        "--host", "0.0.0.0",
-        "--port", str(PORT),
-        "--served-model-name", spec.served_model_name,
-        "--dtype", spec.dtype,
-        "--max-model-len", str(spec.max_model_len),
-        "--tensor-parallel-size", str(spec.tensor_parallel_size),
-        "--gpu-memory-utilization", str(spec.gpu_memory_utilization),
-    ]
-    if spec.quantization:
-        args += ["--quantization", spec.quantization]
-    if spec.lora_modules:
-        args += ["--enable-lora", "--max-lora-rank", "64",
-                 "--lora-modules", *[f"{name}={source}" for name, source in sorted(spec.lora_modules.items())]]
-    return args + list(spec.extra_args)
+    return [spec.model_source, *serving_flags(spec, host="0.0.0.0", port=PORT, gpus=True)]
 
 
 def _check_local_paths(spec: ReplicaSpec, models_claim: str, models_path: str) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from inference.backends.base import Observation, ReplicaHandle, ReplicaRef, ReplicaSpec
+from inference.backends.base import Observation, ReplicaHandle, ReplicaRef, ReplicaSpec, serving_flags
 
 
 def _start_time(pid: int) -> str | None:
@@ -50,22 +50,8 @@ def command_line(spec: ReplicaSpec, command: str) -> list[str]:
     """The vLLM command for a replica. ``command`` is "vllm serve" or a module invocation of the server."""
     parts = shlex.split(command)
     args = [*parts, spec.model_source] if parts and parts[-1] == "serve" else [*parts, "--model", spec.model_source]
-    args += [
-        "--host", "127.0.0.1" if spec.node_address in ("127.0.0.1", "localhost") else "0.0.0.0",
-        "--port", str(spec.port),
-        "--served-model-name", spec.served_model_name,
-        "--dtype", spec.dtype,
-        "--max-model-len", str(spec.max_model_len),
-    ]
-    if spec.gpu_indices:
-        args += ["--tensor-parallel-size", str(spec.tensor_parallel_size),
-                 "--gpu-memory-utilization", str(spec.gpu_memory_utilization)]
-    if spec.quantization:
-        args += ["--quantization", spec.quantization]
-    if spec.lora_modules:
-        args += ["--enable-lora", "--max-lora-rank", "64",
-                 "--lora-modules", *[f"{name}={source}" for name, source in sorted(spec.lora_modules.items())]]
-    return args + list(spec.extra_args)
+    host = "127.0.0.1" if spec.node_address in ("127.0.0.1", "localhost") else "0.0.0.0"
+    return args + serving_flags(spec, host=host, port=spec.port, gpus=bool(spec.gpu_indices))
 
 
 class LocalBackend:
