@@ -280,9 +280,6 @@ def active_levels(*, estimate: int, lower: int, upper: int, threshold: int, leve
     return active
 
 
-LEVEL_ORDER = ["50%", "75%", "90%", "uncertain", "over", "forecast"]
-
-
 def level_rank(name: str) -> float:
     """Order levels for escalation: threshold fractions by value, then uncertain, then over."""
     if name.endswith("%"):

@@ -22,7 +22,6 @@ from django.core.exceptions import ValidationError
 from django.db import close_old_connections, connections
 
 _ACTIVITY = re.compile(r"^/api/v1/products/([0-9]{1,18})/activity/?$")
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 Response = tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]
 
 
@@ -34,7 +33,7 @@ def ingest_activity(product_id: int, headers: dict[bytes, bytes], body: bytes, p
     """Everything the DRF activity endpoint does, as one synchronous call (run in the pool)."""
     from governance.models import Scope
     from governance.services import IdempotencyConflict, KeyRejected, activity_ingest, api_key_authenticate
-    from governance.services.metering import request_fingerprint
+    from governance.services.metering import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_RULE, request_fingerprint
     from licensing.models import Product
 
     close_old_connections()
@@ -58,9 +57,8 @@ def ingest_activity(product_id: int, headers: dict[bytes, bytes], body: bytes, p
         idempotency_key = None
         if key is not None:
             idempotency_key = key.decode("latin-1")
-            if not _IDEMPOTENCY_KEY.match(idempotency_key):
-                return _error(400, {"Idempotency-Key": [
-                    "Must be 1 to 255 printable ASCII characters without spaces."]})
+            if not IDEMPOTENCY_KEY.match(idempotency_key):
+                return _error(400, {"Idempotency-Key": [IDEMPOTENCY_KEY_RULE]})
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:

@@ -11,7 +11,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Q, Sum
+from django.db.models import Sum
 
 from governance.audit import audit_record
 from inference.models import Deployment, GpuQuota
@@ -241,6 +241,3 @@ def reconcile_soon() -> None:
     except Exception:  # beat reconciles every 10 seconds anyway
         pass
 
-
-def live_deployments_q() -> Q:
-    return Q(deleted=False) & ~Q(state="failed")

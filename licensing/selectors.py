@@ -11,14 +11,6 @@ from licensing.models import AffiliateGroup, LicenceAcceptance, LicenceVersion, 
 from licensing.obligations import Obligations, product_obligations
 
 
-def product_list(*, organisation: Organisation) -> QuerySet[Product]:
-    return Product.objects.filter(organisation=organisation).select_related("licence_version", "base_model")
-
-
-def group_organisations(*, group: AffiliateGroup) -> QuerySet[Organisation]:
-    return Organisation.objects.filter(group=group)
-
-
 @dataclass(frozen=True)
 class AcceptanceState:
     licence_accepted: bool

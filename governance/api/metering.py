@@ -6,13 +6,12 @@ import datetime as dt
 import re
 from typing import Any
 
-from django.core.exceptions import RequestDataTooBig
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.decorators import action
-from rest_framework.exceptions import ParseError, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -20,11 +19,10 @@ from governance import selectors
 from governance.api.tenancy import GroupTenancy, TenantViewSet
 from governance.models import Scope
 from governance.services import IdempotencyConflict, activity_ingest, sketch_ingest
-from governance.services.metering import Answer, request_fingerprint
+from governance.services.metering import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_RULE, Answer, request_fingerprint
 from licensing.models import AffiliateGroup, Organisation, Product
 
 MAX_SERIES_DAYS = 400
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
 @extend_schema_field({"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "integer", "format": "int64"}]},
@@ -73,23 +71,15 @@ def _idempotency_key(request: Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not _IDEMPOTENCY_KEY.match(key):
-        raise ValidationError({"Idempotency-Key": ["Must be 1 to 255 printable ASCII characters without spaces."]})
+    if not IDEMPOTENCY_KEY.match(key):
+        raise ValidationError({"Idempotency-Key": [IDEMPOTENCY_KEY_RULE]})
     return key
 
 
 def _read_body(request: Request) -> bytes:
     # Read the raw body before DRF parses it: the idempotency fingerprint is taken over the exact bytes.
-    try:
-        return request._request.body
-    except RequestDataTooBig as exc:
-        raise _TooLarge() from exc
-
-
-class _TooLarge(ParseError):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_detail = "The request body is larger than this service accepts (DATA_UPLOAD_MAX_MEMORY_SIZE)."
-    default_code = "request_too_large"
+    # An oversized body raises RequestDataTooBig, which config/exceptions.py answers with a 413.
+    return request._request.body
 
 
 def _answer(answer: Answer) -> Response:

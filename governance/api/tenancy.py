@@ -72,9 +72,6 @@ class GroupTenancy:
     def scope_queryset(self, queryset: QuerySet) -> QuerySet:
         return queryset.distinct()  # a group reached through several of the caller's organisations
 
-    def organisation_id_of(self, obj: Any) -> int | None:
-        return None
-
     def organisation_ids_of(self, obj: Any) -> list[int]:
         group_id = obj.pk if isinstance(obj, AffiliateGroup) else obj.group_id
         return list(Organisation.objects.filter(group_id=group_id).values_list("pk", flat=True))

@@ -189,13 +189,13 @@ def group_evaluate(*, group: AffiliateGroup, today: dt.date | None = None) -> Gr
             if version.date_ambiguous:
                 computed[EvaluationRule.LICENCE_ACCURATE] = _ambiguous_note(computed[EvaluationRule.LICENCE_ACCURATE],
                                                                             version)
-            for rule, status in computed.items():
-                statuses.append(_status_store(group, version, rule, status, now, today,
-                                              month=accurate_month if rule == EvaluationRule.LICENCE_ACCURATE
-                                              else (last_month if rule == EvaluationRule.LAST_MONTH else this_month)))
-            accurate = statuses[-3]
+            months = {EvaluationRule.LICENCE_ACCURATE: accurate_month, EvaluationRule.LAST_MONTH: last_month,
+                      EvaluationRule.PROJECTED: this_month}
+            stored = {rule: _status_store(group, version, rule, status, now, today, month=months[rule])
+                      for rule, status in computed.items()}
+            statuses += stored.values()
             decisions.append(_decision_store(group, version, policy, computed[EvaluationRule.LICENCE_ACCURATE],
-                                             accurate, today, now))
+                                             stored[EvaluationRule.LICENCE_ACCURATE], today, now))
             alerts += _alerts_raise(group, version, policy, projected_figure, computed, forecast, today, this_month)
         for alert in alerts:
             transaction.on_commit(lambda alert_id=alert.pk: _alert_dispatch(alert_id))

@@ -12,6 +12,7 @@ import atexit
 import datetime as dt
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections import defaultdict
@@ -50,6 +51,10 @@ def day_validate(day: dt.date, *, today: dt.date | None = None) -> dt.date:
 
 
 # --- idempotency --------------------------------------------------------------------------------------------
+
+
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+IDEMPOTENCY_KEY_RULE = "Must be 1 to 255 printable ASCII characters without spaces."
 
 
 class IdempotencyConflict(Exception):
