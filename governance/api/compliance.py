@@ -294,6 +294,12 @@ class AlertViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin, mixins.Re
         return Response(AlertSerializer(alert).data)
 
 
+class WebhookEndpointUpdateSerializer(serializers.Serializer):
+    description = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    slack_format = serializers.BooleanField(required=False)
+    active = serializers.BooleanField(required=False)
+
+
 class WebhookEndpointViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
     """Webhook endpoints of the caller's group. Managing them needs the ``admin`` scope."""
 
@@ -327,6 +333,20 @@ class WebhookEndpointViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin,
             description=form.validated_data.get("description", ""), slack_format=form.validated_data["slack_format"])
         endpoint.secret = secret  # type: ignore[attr-defined]
         return Response(WebhookCreatedSerializer(endpoint).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=WebhookEndpointUpdateSerializer, responses=WebhookEndpointSerializer)
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        """Change the description, the Slack format or the active flag (the URL is fixed)."""
+        from governance.services.webhooks import webhook_endpoint_update
+
+        endpoint = self.get_object()
+        extra = sorted(set(request.data) - set(WebhookEndpointUpdateSerializer().fields))
+        if extra:
+            raise ValidationError({field: ["This field cannot be changed."] for field in extra})
+        form = WebhookEndpointUpdateSerializer(data=request.data, partial=True)
+        form.is_valid(raise_exception=True)
+        endpoint = webhook_endpoint_update(endpoint=endpoint, actor=self.principal.label, **form.validated_data)
+        return Response(WebhookEndpointSerializer(endpoint, context=self.get_serializer_context()).data)
 
     @extend_schema(request=None, responses={204: None})
     def destroy(self, request: Request, pk: str | None = None) -> Response:

@@ -110,6 +110,22 @@ def webhook_endpoint_rotate_secret(*, endpoint: WebhookEndpoint, actor: str) -> 
     return secret
 
 
+def webhook_endpoint_update(*, endpoint: WebhookEndpoint, actor: str, **changes: Any) -> WebhookEndpoint:
+    """Change an endpoint's description, format or active flag. Its URL is fixed: a new URL is a new
+    endpoint (created, checked against SSRF, and given its own secret)."""
+    allowed = {"description", "slack_format", "active"}
+    unknown = sorted(set(changes) - allowed)
+    if unknown:
+        raise ValidationError({field: "This field cannot be changed." for field in unknown})
+    with transaction.atomic():
+        for field, value in changes.items():
+            setattr(endpoint, field, value)
+        endpoint.save(update_fields=list(changes))
+        audit_record(action="webhook_endpoint.updated", actor=actor, group=endpoint.group, obj=endpoint,
+                     data={**_audit_data(endpoint), "changed": changes})
+    return endpoint
+
+
 def webhook_endpoint_delete(*, endpoint: WebhookEndpoint, actor: str) -> None:
     """Delete the endpoint with its deliveries and their attempt log."""
     with transaction.atomic():

@@ -268,3 +268,21 @@ def test_an_alert_whose_dispatch_failed_is_swept_up_and_sent_once(group_setup, s
     alert_deliver(alert=Alert.objects.get(pk=alert.pk))  # a retried dispatch changes nothing
     assert alerts_undispatched() == []
     assert len(mailoutbox) == 1 and alert.deliveries.count() == 1
+
+
+def test_a_webhook_endpoint_can_be_paused_and_renamed_but_not_moved(group_setup, client_for, owner_org, outsider_org,
+                                                                     settings) -> None:
+    settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = True
+    admin = client_for(owner_org, ["read", "admin"])
+    endpoint_id = admin.post("/api/v1/webhooks/", {"url": "http://127.0.0.1:9/hook"}, format="json").json()["id"]
+    changed = admin.patch(f"/api/v1/webhooks/{endpoint_id}/", {"active": False, "description": "paused"},
+                          format="json")
+    assert changed.status_code == 200 and changed.json()["active"] is False
+    assert WebhookEndpoint.objects.get(pk=endpoint_id).description == "paused"
+    moved = admin.patch(f"/api/v1/webhooks/{endpoint_id}/", {"url": "http://127.0.0.1:10/x"}, format="json")
+    assert moved.status_code == 400 and "url" in moved.json()
+    assert client_for(owner_org, ["read", "write"]).patch(f"/api/v1/webhooks/{endpoint_id}/", {"active": True},
+                                                          format="json").status_code == 403
+    assert client_for(outsider_org, ["read", "admin"]).patch(f"/api/v1/webhooks/{endpoint_id}/", {"active": True},
+                                                             format="json").status_code == 404
+    assert AuditEvent.objects.filter(action="webhook_endpoint.updated").count() == 1
