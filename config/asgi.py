@@ -6,6 +6,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_application = get_asgi_application()
 
 from governance.fastpath import IngestFastPath  # noqa: E402 - needs Django set up
+from inference.gateway.app import Gateway  # noqa: E402
 
-# The activity-ingestion hot path is served beside Django (governance/fastpath.py); everything else is Django.
-application = IngestFastPath(django_application)
+# Two hot paths are served beside Django: the OpenAI-compatible gateway under /v1 (inference/gateway/) and
+# activity ingestion (governance/fastpath.py). Everything else is Django.
+application = Gateway(IngestFastPath(django_application))

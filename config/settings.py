@@ -403,3 +403,29 @@ KUBERNETES_MODELS_PATH = env_str("KUBERNETES_MODELS_PATH", "/models")
 CELERY_BEAT_SCHEDULE.update(
     {"reconcile-pool": {"task": "inference.tasks.reconcile_pool", "schedule": timedelta(seconds=10)}}
 )
+
+# --- The inference gateway (inference/gateway/, docs/gateway.md) ----------------------------------------
+# Limits: GatewayLimit rows (per organisation) and ApiKey fields override these defaults.
+GATEWAY_ORG_REQUESTS_PER_MINUTE = env_int("GATEWAY_ORG_REQUESTS_PER_MINUTE", 6_000)
+GATEWAY_ORG_TOKENS_PER_MINUTE = env_int("GATEWAY_ORG_TOKENS_PER_MINUTE", 2_000_000)
+GATEWAY_ORG_MAX_CONCURRENT = env_int("GATEWAY_ORG_MAX_CONCURRENT", 256)
+GATEWAY_KEY_REQUESTS_PER_MINUTE = env_int("GATEWAY_KEY_REQUESTS_PER_MINUTE", 3_000)
+GATEWAY_KEY_TOKENS_PER_MINUTE = env_int("GATEWAY_KEY_TOKENS_PER_MINUTE", 1_000_000)
+GATEWAY_KEY_MAX_CONCURRENT = env_int("GATEWAY_KEY_MAX_CONCURRENT", 64)
+GATEWAY_MAX_TOKENS = env_int("GATEWAY_MAX_TOKENS", 4_096)
+GATEWAY_MAX_N = env_int("GATEWAY_MAX_N", 8)
+GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 1_048_576)
+# Keys, deployments and licence decisions are cached per process this long (a change applies within it).
+GATEWAY_CACHE_SECONDS = float(env_str("GATEWAY_CACHE_SECONDS", "2"))
+# How long the gateway waits for Redis or the database before answering 503 (fail closed).
+GATEWAY_BACKEND_TIMEOUT_SECONDS = float(env_str("GATEWAY_BACKEND_TIMEOUT_SECONDS", "1.5"))
+GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS = float(env_str("GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS", "3"))
+# Longest silence from vLLM (before the first byte, or between two chunks of a stream) before a 504.
+GATEWAY_UPSTREAM_READ_TIMEOUT_SECONDS = float(env_str("GATEWAY_UPSTREAM_READ_TIMEOUT_SECONDS", "120"))
+GATEWAY_UPSTREAM_RETRIES = env_int("GATEWAY_UPSTREAM_RETRIES", 1)
+# Token usage and gateway MAU are buffered in memory and written this often (and at shutdown).
+GATEWAY_USAGE_FLUSH_SECONDS = float(env_str("GATEWAY_USAGE_FLUSH_SECONDS", "2"))
+# A concurrency slot held by a gateway that died is freed after this long.
+GATEWAY_CONCURRENCY_LEASE_SECONDS = env_int("GATEWAY_CONCURRENCY_LEASE_SECONDS", 900)
+GATEWAY_USER_HEADER = "x-corral-user"
+GATEWAY_REDIS_PREFIX = env_str("GATEWAY_REDIS_PREFIX", "corral:gw")

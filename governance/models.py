@@ -34,6 +34,13 @@ class ApiKey(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     created_by = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
+    # The inference gateway's limits for this key; empty takes the organisation's (inference.GatewayLimit).
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    max_concurrent = models.PositiveIntegerField(null=True, blank=True)
+    default_user = models.CharField(
+        max_length=200, blank=True,
+        help_text="Gateway: the user metered for MAU when a request names none (no `user`, no X-Corral-User)")
 
     class Meta:
         ordering = ["-created_at", "-id"]

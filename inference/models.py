@@ -158,3 +158,49 @@ class GpuAllocation(models.Model):
     gpu = models.OneToOneField(GPU, on_delete=models.PROTECT, related_name="allocation")
     replica = models.ForeignKey(Replica, on_delete=models.CASCADE, related_name="gpu_allocations")
     allocated_at = models.DateTimeField(auto_now_add=True)
+
+
+class GatewayLimit(models.Model):
+    """An organisation's gateway limits; an empty field takes the GATEWAY_* setting's default.
+
+    The organisation-wide limits hold across all its keys; the per-key limits hold for each key of the
+    organisation that sets none of its own (ApiKey.*_limit).
+    """
+
+    organisation = models.OneToOneField(Organisation, on_delete=models.CASCADE, related_name="gateway_limit")
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    max_concurrent = models.PositiveIntegerField(null=True, blank=True)
+    key_requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    key_tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    key_max_concurrent = models.PositiveIntegerField(null=True, blank=True)
+    max_tokens = models.PositiveIntegerField(null=True, blank=True, help_text="Cap on a request's max_tokens")
+    max_n = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Cap on a request's n")
+
+    def __str__(self) -> str:
+        return f"Gateway limits of {self.organisation}"
+
+
+class TokenUsage(models.Model):
+    """Gateway use per key, deployment and UTC day, written by the gateway's buffered flush (never per request)."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="token_usage")
+    api_key = models.ForeignKey("governance.ApiKey", on_delete=models.CASCADE, related_name="token_usage")
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="token_usage")
+    day = models.DateField()
+    requests = models.PositiveBigIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cancelled_requests = models.PositiveBigIntegerField(default=0, help_text="The client went away before the end")
+    failed_requests = models.PositiveBigIntegerField(default=0, help_text="Upstream error or timeout")
+    requests_without_user = models.PositiveBigIntegerField(
+        default=0, help_text="Requests that named no user (no `user` field, header or key default): not in MAU")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-day", "api_key_id", "deployment_id"]
+        constraints = [models.UniqueConstraint(fields=["api_key", "deployment", "day"], name="one_usage_row_per_key_day")]
+        indexes = [models.Index(fields=["organisation", "day"])]
+
+    def __str__(self) -> str:
+        return f"{self.api_key_id}/{self.deployment_id}/{self.day}"

@@ -297,4 +297,12 @@ def grant_record(
                 "supersedes": supersedes and supersedes.pk,
             },
         )
+        # A grant changes what the group may use: evaluate it again (and with it the gateway's decision).
+        transaction.on_commit(lambda: _evaluation_schedule(group.pk))
     return grant
+
+
+def _evaluation_schedule(group_id: int) -> None:
+    from governance.services.evaluation import evaluation_schedule  # governance builds on licensing
+
+    evaluation_schedule(group_id=group_id)

@@ -433,11 +433,13 @@ def _decision_cache_key(group_id: int) -> str:
     return f"access:group:{group_id}"
 
 
-def access_check(*, organisation: Organisation, licence_version: LicenceVersion) -> rules.Decision:
+def access_check(*, organisation: Organisation, licence_version: LicenceVersion, fresh: bool = False
+                 ) -> rules.Decision:
     """May keys of ``organisation`` use ``licence_version`` now? What the gateway and provisioner ask.
 
     Combines the organisation's own state (suspension, acceptances) with the group's stored decision; the
-    group part is cached for at most 5 seconds, so a new decision takes effect within that time.
+    group part is cached for at most 5 seconds, so a new decision takes effect within that time. ``fresh``
+    reads it from the database (the gateway caches the whole answer itself).
     """
     if organisation.status != Organisation.Status.ACTIVE:
         return rules.Decision(False, "organisation_suspended", "The organisation is suspended.")
@@ -449,7 +451,7 @@ def access_check(*, organisation: Organisation, licence_version: LicenceVersion)
         return rules.Decision(False, "aup_not_accepted",
                               f"{organisation.name} has not accepted the {licence_version.name} Acceptable Use Policy.")
     key = _decision_cache_key(organisation.group_id)
-    decisions = cache.get(key)
+    decisions = None if fresh else cache.get(key)
     if decisions is None:
         decisions = {d.licence_version_id: (d.allowed, d.reason, d.detail)
                      for d in AccessDecision.objects.filter(group_id=organisation.group_id)}

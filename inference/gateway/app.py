@@ -1,0 +1,548 @@
+"""The OpenAI-compatible, licence-gated gateway: a lean ASGI application in front of Django.
+
+Serves `POST /v1/chat/completions`, `POST /v1/completions` and `GET /v1/models[/{id}]`; every other path under
+/v1 is a 404, so nothing else of vLLM (tokenize, pooling, LoRA loading, sleep, metrics, ...) is reachable.
+Everything outside /v1 goes to ``app`` (Django). On each request, in order:
+
+1. authenticate the Corral key (`inference` scope), from a per-process cache (directory.py);
+2. read the body (at most GATEWAY_MAX_BODY_BYTES) and check it: `model`, caps on `max_tokens` and `n`;
+3. find the deployment among the key's organisation's (and product's, for a product-bound key): another
+   tenant's model is the same 404 as a missing one;
+4. the licence gate: the group's access decision for the deployment's licence version (403 with the reason);
+5. reserve the rate limits of key and organisation (limits.py; 429 with Retry-After);
+6. relay to a healthy replica (routing.py), retrying another one once if the connection cannot be made,
+   streaming chunk by chunk; usage is asked of vLLM on streams and passed on only if the client asked;
+7. settle the limits with the real usage and meter tokens and the user (usage.py), also when the client
+   went away (the upstream request is then cancelled).
+
+Redis or the database not answering within GATEWAY_BACKEND_TIMEOUT_SECONDS is a 503: nothing is served
+unchecked, and nothing unmetered (a failing usage flush stops new requests until it succeeds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from django.conf import settings
+
+from inference.gateway.directory import BackendUnavailable, DeploymentInfo, Directory, KeyInfo
+from inference.gateway.limits import LimiterUnavailable, LocalLimiter, RedisLimiter
+from inference.gateway.routing import LeastOutstanding, Strategy
+from inference.gateway.usage import UsageMeter
+
+logger = logging.getLogger("corral.gateway")
+
+COMPLETION_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "text"}
+_JSON = (b"content-type", b"application/json")
+_ZERO_HASH = "0" * 64
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request was read: nothing to answer."""
+
+
+class GatewayError(Exception):
+    """An answer in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None,
+                 param: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
+        self.retry_after = retry_after
+
+    def body(self) -> bytes:
+        return orjson.dumps({"error": {"message": self.message, "type": self.type, "param": self.param,
+                                       "code": self.code}})
+
+
+def _unavailable(what: str) -> GatewayError:
+    return GatewayError(503, f"The inference gateway cannot check this request right now ({what}); nothing was "
+                             "sent to the model. Retry shortly.", type="service_unavailable",
+                        code="service_unavailable", retry_after=2)
+
+
+def _make_limiter() -> Any:
+    lease = settings.GATEWAY_CONCURRENCY_LEASE_SECONDS
+    if not settings.REDIS_URL:
+        return LocalLimiter(lease_seconds=lease)
+    import redis.asyncio as aioredis
+
+    timeout = settings.GATEWAY_BACKEND_TIMEOUT_SECONDS
+    client = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                     retry_on_timeout=False, max_connections=256)
+    return RedisLimiter(client, lease_seconds=lease, prefix=settings.GATEWAY_REDIS_PREFIX)
+
+
+class _Request:
+    """One completion request's state, for settling and metering whatever way it ends."""
+
+    __slots__ = ("id", "key", "deployment", "reserved", "prompt_tokens", "completion_tokens", "user", "cancelled",
+                 "failed", "chunks")
+
+    def __init__(self, request_id: str, key: KeyInfo, deployment: DeploymentInfo, reserved: int,
+                 user: str | None) -> None:
+        self.id, self.key, self.deployment, self.reserved, self.user = request_id, key, deployment, reserved, user
+        self.prompt_tokens = self.completion_tokens = self.chunks = 0
+        self.cancelled = self.failed = False
+
+    def usage_from(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+
+class Gateway:
+    """ASGI: /v1/* is the gateway, the rest goes to ``app``. Handles the lifespan (start-up, final flush)."""
+
+    def __init__(self, app: Any = None, *, strategy: Strategy | None = None) -> None:
+        self.app = app
+        self.strategy: Strategy = strategy or LeastOutstanding()
+        self.ready = False
+        self._flusher: asyncio.Task[None] | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        if self.ready:
+            return
+        self.ready = True
+        self.directory = Directory()
+        self.limiter = _make_limiter()
+        self.meter = UsageMeter()
+        atexit.register(self.meter.close)
+        self.retries = settings.GATEWAY_UPSTREAM_RETRIES
+        self.max_body = settings.GATEWAY_MAX_BODY_BYTES
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=60),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS,
+                                          sock_read=settings.GATEWAY_UPSTREAM_READ_TIMEOUT_SECONDS),
+            auto_decompress=False, skip_auto_headers=("User-Agent",),
+        )
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def shutdown(self) -> None:
+        if not self.ready:
+            return
+        self.ready = False
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await asyncio.get_running_loop().run_in_executor(self.directory.executor, self.meter.close)
+        await self.session.close()
+        await self.limiter.close()
+        self.directory.close()
+
+    async def _flush_loop(self) -> None:
+        interval = settings.GATEWAY_USAGE_FLUSH_SECONDS
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await loop.run_in_executor(self.directory.executor, self.meter.flush)
+            except Exception:
+                logger.exception("gateway: usage flush failed; %d requests buffered, new requests refused until "
+                                 "it succeeds", self.meter.pending())
+
+    # --- ASGI -----------------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path = scope["path"]
+            if path == "/v1" or path.startswith("/v1/"):
+                if not self.ready:
+                    await self.startup()
+                await self.handle(scope, receive, send)
+                return
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if self.app is None:
+            await _send_error(send, GatewayError(404, "Not found.", code="unknown_url"))
+            return
+        await self.app(scope, receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path, method = scope["path"], scope["method"]
+        try:
+            if path in COMPLETION_PATHS:
+                if method != "POST":
+                    raise GatewayError(405, f"{path} takes POST, not {method}.", code="method_not_allowed")
+                await self.completion(scope, receive, send)
+            elif path == "/v1/models" or path.startswith("/v1/models/"):
+                if method != "GET":
+                    raise GatewayError(405, f"{path} takes GET, not {method}.", code="method_not_allowed")
+                await self.models(scope, send, path[len("/v1/models/"):] if path != "/v1/models" else None)
+            else:
+                raise GatewayError(404, f"Unknown request URL: {method} {path}. This gateway serves "
+                                        "/v1/chat/completions, /v1/completions and /v1/models.", code="unknown_url")
+        except GatewayError as error:
+            await _send_error(send, error)
+        except _ClientGone:
+            return
+
+    # --- the steps ------------------------------------------------------------------------------------------
+
+    async def authenticate(self, scope: dict[str, Any]) -> tuple[KeyInfo, dict[bytes, bytes]]:
+        headers = dict(scope["headers"])
+        auth = headers.get(b"authorization", b"")
+        if auth[:7].lower() != b"bearer ":
+            raise GatewayError(401, "No API key provided: send it as 'Authorization: Bearer <key>'.",
+                               type="invalid_request_error", code="invalid_api_key")
+        presented = auth[7:].strip()
+        prefix, dot, _ = presented.partition(b".")
+        key = None
+        if dot and prefix.startswith(b"crl_") and len(prefix) <= 16:
+            try:
+                key = await self.directory.key(prefix.decode("ascii"))
+            except BackendUnavailable as exc:
+                raise _unavailable("database") from exc
+            except UnicodeDecodeError:
+                key = None
+        # Hash and compare even when no key has this prefix, so timing does not tell which prefixes exist.
+        digest = hashlib.sha256(presented).hexdigest()
+        if key is None or not hmac.compare_digest(digest, key.key_hash if key else _ZERO_HASH):
+            raise GatewayError(401, "Incorrect API key provided.", code="invalid_api_key")
+        if key.revoked:
+            raise GatewayError(401, "This API key has been revoked.", code="invalid_api_key")
+        if key.expires_at is not None and key.expires_at.timestamp() <= time.time():
+            raise GatewayError(401, "This API key has expired.", code="invalid_api_key")
+        if not key.inference:
+            raise GatewayError(403, "This API key lacks the 'inference' scope needed to call models.",
+                               type="permission_error", code="insufficient_scope")
+        if not key.organisation_active:
+            raise GatewayError(403, "The organisation is suspended.", type="permission_error",
+                               code="organisation_suspended")
+        return key, headers
+
+    async def _deployment(self, key: KeyInfo, model: str) -> DeploymentInfo:
+        try:
+            deployments = await self.directory.deployments(key.organisation_id)
+        except BackendUnavailable as exc:
+            raise _unavailable("database") from exc
+        deployment = deployments.get(model)
+        if deployment is None or (key.product_id is not None and deployment.product_id != key.product_id):
+            raise GatewayError(404, f"The model `{model}` does not exist or you do not have access to it.",
+                               param="model", code="model_not_found")
+        return deployment
+
+    async def models(self, scope: dict[str, Any], send: Any, model_id: str | None) -> None:
+        key, _ = await self.authenticate(scope)
+        try:
+            deployments = await self.directory.deployments(key.organisation_id)
+        except BackendUnavailable as exc:
+            raise _unavailable("database") from exc
+        visible = [d for d in deployments.values() if key.product_id is None or d.product_id == key.product_id]
+        cards = {d.served_model_name: {"id": d.served_model_name, "object": "model", "created": d.created,
+                                       "owned_by": "corral"} for d in visible}
+        if model_id is None:
+            await _send_json(send, 200, {"object": "list", "data": sorted(cards.values(), key=lambda c: c["id"])})
+        elif model_id in cards:
+            await _send_json(send, 200, cards[model_id])
+        else:
+            raise GatewayError(404, f"The model `{model_id}` does not exist or you do not have access to it.",
+                               param="model", code="model_not_found")
+
+    async def completion(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        key, headers = await self.authenticate(scope)
+        body = await self._read_body(headers, receive)
+        if not self.meter.healthy:
+            raise _unavailable("usage metering")
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise GatewayError(400, f"The request body is not valid JSON: {exc}.") from None
+        if not isinstance(data, dict):
+            raise GatewayError(400, "The request body must be a JSON object.")
+        model = data.get("model")
+        if not isinstance(model, str) or not model:
+            raise GatewayError(400, "`model` is required: the name of one of your deployments (see /v1/models).",
+                               param="model", code="missing_model" if model is None else "invalid_type")
+        stream = data.get("stream", False)
+        if not isinstance(stream, bool):
+            raise GatewayError(400, "`stream` must be true or false.", param="stream", code="invalid_type")
+        n = _int_field(data, "n", 1)
+        if n > key.max_n:
+            raise GatewayError(422, f"`n` is {n}; this organisation allows at most {key.max_n}.", param="n",
+                               code="n_too_large")
+        token_field = "max_completion_tokens" if "max_completion_tokens" in data else "max_tokens"
+        max_tokens = _int_field(data, token_field, 0)
+        if max_tokens > key.max_tokens:
+            raise GatewayError(422, f"`{token_field}` is {max_tokens}; this organisation allows at most "
+                                    f"{key.max_tokens}.", param=token_field, code="max_tokens_too_large")
+        user = data.get("user")
+        if user is not None and not isinstance(user, str):
+            raise GatewayError(400, "`user` must be a string.", param="user", code="invalid_type")
+        if not user:
+            header_user = headers.get(settings.GATEWAY_USER_HEADER.encode())
+            user = header_user.decode("utf-8", "replace") if header_user else (key.default_user or None)
+
+        deployment = await self._deployment(key, model)
+        try:
+            gate = await self.directory.gate(key.organisation_id, deployment.licence_version_id)
+        except BackendUnavailable as exc:
+            raise _unavailable("database") from exc
+        if not gate.allowed:
+            raise GatewayError(403, gate.detail, type="permission_error", code=gate.reason)
+        if not deployment.upstreams:
+            raise GatewayError(503, f"The model `{model}` has no ready replica right now (deployment state: "
+                                    f"{deployment.state}).", type="service_unavailable", code="model_not_ready",
+                               retry_after=5)
+
+        rewrite = False
+        if not max_tokens:
+            max_tokens = key.max_tokens  # the cap holds also for requests that set none
+            data["max_tokens"] = max_tokens
+            rewrite = True
+        client_usage = client_continuous = False
+        if stream:
+            options = data.get("stream_options") or {}
+            if not isinstance(options, dict):
+                raise GatewayError(400, "`stream_options` must be an object.", param="stream_options",
+                                   code="invalid_type")
+            client_usage = options.get("include_usage") is True
+            client_continuous = client_usage and options.get("continuous_usage_stats") is True
+            data["stream_options"] = {**options, "include_usage": True, "continuous_usage_stats": True}
+            rewrite = True
+        reserve = max_tokens * n + len(body) // 4  # the prompt's tokens, estimated from its size
+        request = _Request(os.urandom(8).hex(), key, deployment, reserve, user)
+        try:
+            refusal = await self.limiter.reserve(request_id=request.id, key_id=key.id, org_id=key.organisation_id,
+                                                 tokens=reserve, key=key.key_limits, org=key.org_limits)
+        except LimiterUnavailable as exc:
+            raise _unavailable("rate limiter") from exc
+        if refusal is not None:
+            raise GatewayError(429, refusal.message, type="tokens" if "tokens" in refusal.limit else "requests",
+                               code="rate_limit_exceeded", retry_after=refusal.retry_after)
+        upstream_body = orjson.dumps(data) if rewrite else body
+        try:
+            await self._relay(scope["path"], upstream_body, request, receive, send, stream=stream,
+                              client_usage=client_usage, client_continuous=client_continuous)
+        finally:
+            await self._finish(request)
+
+    async def _finish(self, request: _Request) -> None:
+        key = request.key
+        self.meter.record(organisation_id=key.organisation_id, key_id=key.id, deployment_id=request.deployment.id,
+                          product_id=request.deployment.product_id, prompt_tokens=request.prompt_tokens,
+                          completion_tokens=request.completion_tokens, user=request.user,
+                          cancelled=request.cancelled, failed=request.failed)
+        try:
+            await self.limiter.settle(request_id=request.id, key_id=key.id, org_id=key.organisation_id,
+                                      reserved=request.reserved,
+                                      used=request.prompt_tokens + request.completion_tokens,
+                                      key=key.key_limits, org=key.org_limits)
+        except LimiterUnavailable:
+            # The slot's lease frees it later; the tokens stay reserved (the conservative side).
+            logger.warning("gateway: could not settle request %s with the rate limiter", request.id)
+
+    async def _read_body(self, headers: dict[bytes, bytes], receive: Any) -> bytes:
+        limit = self.max_body
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise GatewayError(413, f"The request body is larger than this gateway accepts ({limit} bytes).",
+                               code="request_too_large")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise GatewayError(413, f"The request body is larger than this gateway accepts ({limit} bytes).",
+                                   code="request_too_large")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    # --- relay ----------------------------------------------------------------------------------------------
+
+    async def _relay(self, path: str, body: bytes, request: _Request, receive: Any, send: Any, *, stream: bool,
+                     client_usage: bool, client_continuous: bool) -> None:
+        state = {"done": False, "disconnected": False}
+        task = asyncio.current_task()
+        assert task is not None
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not state["done"]:
+                state["disconnected"] = True
+                task.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        started = [False]
+        try:
+            await self._relay_attempts(path, body, request, send, stream, client_usage, client_continuous, state,
+                                       started)
+        except asyncio.CancelledError:
+            if not state["disconnected"]:
+                raise
+            task.uncancel()
+            request.cancelled = True
+        except GatewayError as error:
+            request.failed = True
+            if started[0]:  # headers already went out: end the stream with an error event
+                await send({"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n"})
+            else:
+                state["done"] = True
+                await _send_error(send, error)
+        finally:
+            state["done"] = True
+            watcher.cancel()
+
+    async def _relay_attempts(self, path: str, body: bytes, request: _Request, send: Any, stream: bool,
+                              client_usage: bool, client_continuous: bool, state: dict[str, bool],
+                              started: list[bool]) -> None:
+        tried: set[int] = set()
+        headers = {"Authorization": "", "Content-Type": "application/json"}
+        for _attempt in range(self.retries + 1):
+            upstream = self.strategy.choose(request.deployment.upstreams, frozenset(tried))
+            if upstream is None:
+                break
+            tried.add(upstream.replica_id)
+            headers["Authorization"] = upstream.authorization
+            self.strategy.started(upstream)
+            try:
+                try:
+                    response = await self.session.post(upstream.endpoint + path, data=body, headers=headers)
+                except aiohttp.ClientConnectorError:
+                    logger.warning("gateway: replica %s unreachable, trying another", upstream.replica_id)
+                    continue
+                except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+                    raise _upstream_failure(exc) from None
+                try:
+                    await self._pass_on(response, request, send, stream, client_usage, client_continuous, state,
+                                        started)
+                finally:
+                    response.close()  # not back to the pool mid-stream: vLLM sees the disconnect and aborts
+            finally:
+                self.strategy.finished(upstream)
+            return
+        raise GatewayError(502, f"No replica of `{request.deployment.served_model_name}` could be reached.",
+                           type="upstream_error", code="upstream_unavailable", retry_after=2)
+
+    async def _pass_on(self, response: aiohttp.ClientResponse, request: _Request, send: Any, stream: bool,
+                       client_usage: bool, client_continuous: bool, state: dict[str, bool],
+                       started: list[bool]) -> None:
+        try:
+            if response.status != 200 or not stream:
+                payload = await response.read()
+                if response.status != 200:
+                    raise _upstream_error(response.status, payload)
+                with contextlib.suppress(Exception):
+                    request.usage_from(orjson.loads(payload).get("usage"))
+                state["done"] = True
+                await send({"type": "http.response.start", "status": 200, "headers": [
+                    _JSON, (b"content-length", str(len(payload)).encode()), (b"x-request-id", request.id.encode())]})
+                await send({"type": "http.response.body", "body": payload})
+                return
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no"), (b"x-request-id", request.id.encode())]})
+            started[0] = True
+            async for line in response.content:
+                if not line.startswith(b"data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    state["done"] = True
+                    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True})
+                    continue
+                out = payload
+                if b'"usage"' in payload:
+                    chunk = orjson.loads(payload)
+                    usage = chunk.get("usage")
+                    if usage:
+                        request.usage_from(usage)
+                        if not chunk.get("choices"):  # the final usage-only chunk
+                            if not client_usage:
+                                continue
+                        elif not client_continuous:  # usage only in the final chunk, as OpenAI does
+                            if client_usage:
+                                chunk["usage"] = None
+                            else:
+                                del chunk["usage"]
+                            out = orjson.dumps(chunk)
+                elif b'"error"' in payload:
+                    request.failed = True
+                request.chunks += 1
+                await send({"type": "http.response.body", "body": b"data: " + out + b"\n\n", "more_body": True})
+            state["done"] = True
+            await send({"type": "http.response.body", "body": b""})
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            raise _upstream_failure(exc) from None
+
+
+def _int_field(data: dict[str, Any], name: str, default: int) -> int:
+    value = data.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise GatewayError(400, f"`{name}` must be a positive integer.", param=name, code="invalid_type")
+    return value
+
+
+def _upstream_failure(exc: BaseException) -> GatewayError:
+    if isinstance(exc, asyncio.TimeoutError):
+        return GatewayError(504, "The model did not answer in time.", type="timeout", code="upstream_timeout")
+    return GatewayError(502, "The connection to the model failed.", type="upstream_error", code="upstream_error")
+
+
+def _upstream_error(status: int, payload: bytes) -> GatewayError:
+    """vLLM's own error, in OpenAI's shape: client errors keep their status and message, the rest is a 502."""
+    message, param = "", None
+    with contextlib.suppress(Exception):
+        parsed = orjson.loads(payload)
+        error = parsed.get("error") if isinstance(parsed.get("error"), dict) else parsed
+        message, param = str(error.get("message", "")), error.get("param")
+    if status in (400, 413, 422):
+        return GatewayError(status, message or "The model refused the request.",
+                            param=param, code="upstream_refused")
+    if status == 429 or status == 503:
+        return GatewayError(503, "The model is overloaded; retry shortly.", type="service_unavailable",
+                            code="model_overloaded", retry_after=2)
+    return GatewayError(502, f"The model failed with status {status}.", type="upstream_error", code="upstream_error")
+
+
+async def _send_json(send: Any, status: int, body: Any) -> None:
+    payload = orjson.dumps(body)
+    await send({"type": "http.response.start", "status": status, "headers": [
+        _JSON, (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _send_error(send: Any, error: GatewayError) -> None:
+    payload = error.body()
+    headers = [_JSON, (b"content-length", str(len(payload)).encode())]
+    if error.retry_after is not None:
+        headers.append((b"retry-after", str(error.retry_after).encode()))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,211 @@
+"""What the gateway needs to know on every request, read from the database and cached in this process.
+
+Keys, the deployments a key may name, and licence decisions are looked up with the ORM in a small thread
+pool and kept for GATEWAY_CACHE_SECONDS, so a request normally costs no query at all, and a change (a key
+revoked, a deployment scaled, a group's status turning `over`, a Meta grant) applies within that time in
+every gateway process. Concurrent requests for the same missing entry share one lookup. A lookup that fails
+or takes longer than GATEWAY_BACKEND_TIMEOUT_SECONDS raises ``BackendUnavailable``: the gateway answers 503
+rather than serve from an expired entry (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.db import close_old_connections, connections
+
+from inference.gateway.limits import Limits
+
+T = TypeVar("T")
+
+
+class BackendUnavailable(Exception):
+    """The database (or Redis) did not answer in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    id: int
+    prefix: str
+    key_hash: str
+    organisation_id: int
+    organisation_active: bool
+    group_id: int
+    product_id: int | None
+    inference: bool
+    revoked: bool
+    expires_at: dt.datetime | None
+    default_user: str
+    key_limits: Limits
+    org_limits: Limits
+    max_tokens: int
+    max_n: int
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    replica_id: int
+    endpoint: str
+    authorization: str  # "Bearer <vLLM key>": never leaves the gateway
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentInfo:
+    id: int
+    organisation_id: int
+    product_id: int
+    licence_version_id: int
+    served_model_name: str
+    state: str
+    created: int
+    upstreams: tuple[Upstream, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    allowed: bool
+    reason: str
+    detail: str
+
+
+def _close_connections() -> None:
+    for connection in connections.all(initialized_only=True):
+        connection.close()  # back to the pool
+
+
+def load_key(prefix: str) -> KeyInfo | None:
+    from governance.models import ApiKey, Scope
+    from inference.models import GatewayLimit
+    from licensing.models import Organisation
+
+    close_old_connections()
+    try:
+        key = ApiKey.objects.select_related("organisation").filter(prefix=prefix).first()
+        if key is None:
+            return None
+        org_limit = GatewayLimit.objects.filter(organisation_id=key.organisation_id).first()
+
+        def pick(own: int | None, org_value: int | None, default: int) -> int:
+            return own if own is not None else (org_value if org_value is not None else default)
+
+        ol = org_limit or GatewayLimit()
+        return KeyInfo(
+            id=key.pk, prefix=key.prefix, key_hash=key.key_hash, organisation_id=key.organisation_id,
+            organisation_active=key.organisation.status == Organisation.Status.ACTIVE,
+            group_id=key.organisation.group_id, product_id=key.product_id,
+            inference=Scope.INFERENCE in key.scopes, revoked=key.revoked_at is not None, expires_at=key.expires_at,
+            default_user=key.default_user,
+            key_limits=Limits(
+                pick(key.requests_per_minute, ol.key_requests_per_minute, settings.GATEWAY_KEY_REQUESTS_PER_MINUTE),
+                pick(key.tokens_per_minute, ol.key_tokens_per_minute, settings.GATEWAY_KEY_TOKENS_PER_MINUTE),
+                pick(key.max_concurrent, ol.key_max_concurrent, settings.GATEWAY_KEY_MAX_CONCURRENT)),
+            org_limits=Limits(
+                pick(None, ol.requests_per_minute, settings.GATEWAY_ORG_REQUESTS_PER_MINUTE),
+                pick(None, ol.tokens_per_minute, settings.GATEWAY_ORG_TOKENS_PER_MINUTE),
+                pick(None, ol.max_concurrent, settings.GATEWAY_ORG_MAX_CONCURRENT)),
+            max_tokens=pick(None, ol.max_tokens, settings.GATEWAY_MAX_TOKENS),
+            max_n=pick(None, ol.max_n, settings.GATEWAY_MAX_N),
+        )
+    finally:
+        _close_connections()
+
+
+def _deployment_info(deployment: Any) -> DeploymentInfo:
+    from inference.models import ReplicaState
+    from inference.services import replica_key
+
+    upstreams = tuple(
+        Upstream(r.pk, r.endpoint.rstrip("/"), f"Bearer {replica_key(r.pk, r.key_salt)}")
+        for r in deployment.replica_set.all()
+        if r.state == ReplicaState.READY and r.last_health_ok and r.endpoint
+    )
+    return DeploymentInfo(
+        id=deployment.pk, organisation_id=deployment.organisation_id, product_id=deployment.product_id,
+        licence_version_id=deployment.licence_version_id, served_model_name=deployment.served_model_name,
+        state=deployment.state, created=int(deployment.created_at.timestamp()), upstreams=upstreams)
+
+
+def load_deployments(organisation_id: int) -> dict[str, DeploymentInfo]:
+    """The organisation's live deployments by served model name."""
+    from inference.models import Deployment
+
+    close_old_connections()
+    try:
+        deployments = (Deployment.objects.filter(organisation_id=organisation_id, deleted=False)
+                       .prefetch_related("replica_set"))
+        return {d.served_model_name: _deployment_info(d) for d in deployments}
+    finally:
+        _close_connections()
+
+
+def load_gate(organisation_id: int, licence_version_id: int) -> Gate:
+    from governance.services.evaluation import access_check
+    from licensing.models import LicenceVersion, Organisation
+
+    close_old_connections()
+    try:
+        organisation = Organisation.objects.get(pk=organisation_id)
+        version = LicenceVersion.objects.get(pk=licence_version_id)
+        decision = access_check(organisation=organisation, licence_version=version, fresh=True)
+        return Gate(decision.allowed, decision.reason, decision.detail)
+    finally:
+        _close_connections()
+
+
+class Directory:
+    """TTL cache in front of the loaders above, with one lookup in flight per entry."""
+
+    def __init__(self, *, ttl: float | None = None, timeout: float | None = None, threads: int = 4) -> None:
+        self.ttl = settings.GATEWAY_CACHE_SECONDS if ttl is None else ttl
+        self.timeout = settings.GATEWAY_BACKEND_TIMEOUT_SECONDS if timeout is None else timeout
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gateway-db")
+        self._entries: dict[Any, tuple[Any, float]] = {}
+        self._inflight: dict[Any, asyncio.Future[Any]] = {}
+
+    async def _get(self, cache_key: Any, load: Callable[..., T], *args: Any) -> T:
+        entry = self._entries.get(cache_key)
+        if entry is not None and entry[1] > time.monotonic():
+            return entry[0]
+        future = self._inflight.get(cache_key)
+        if future is None:
+            future = asyncio.ensure_future(self._load(cache_key, load, *args))
+            self._inflight[cache_key] = future
+        return await asyncio.shield(future)
+
+    async def _load(self, cache_key: Any, load: Callable[..., T], *args: Any) -> T:
+        try:
+            loop = asyncio.get_running_loop()
+            value = await asyncio.wait_for(loop.run_in_executor(self.executor, load, *args), self.timeout)
+        except Exception as exc:
+            self._entries.pop(cache_key, None)  # never serve from an entry that could not be refreshed
+            raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self._inflight.pop(cache_key, None)
+        if self.ttl > 0:
+            if len(self._entries) > 50_000:
+                self._entries.clear()
+            self._entries[cache_key] = (value, time.monotonic() + self.ttl)
+        return value
+
+    def key(self, prefix: str) -> Awaitable[KeyInfo | None]:
+        return self._get(("key", prefix), load_key, prefix)
+
+    def deployments(self, organisation_id: int) -> Awaitable[dict[str, DeploymentInfo]]:
+        return self._get(("deployments", organisation_id), load_deployments, organisation_id)
+
+    def gate(self, organisation_id: int, licence_version_id: int) -> Awaitable[Gate]:
+        return self._get(("gate", organisation_id, licence_version_id), load_gate, organisation_id,
+                         licence_version_id)
+
+    def forget(self) -> None:
+        self._entries.clear()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,217 @@
+"""Rate limits of the gateway: requests per minute, tokens per minute and concurrent requests, per key and per
+organisation, checked and reserved in one atomic step.
+
+Requests and tokens are token buckets that refill continuously (a limit of 600 per minute refills 10 a
+second, up to 600). A request first *reserves* one request and its token estimate (``max_tokens`` times ``n``
+plus the prompt's size) in both the key's and the organisation's buckets and takes a concurrency slot in
+both; when it ends it *settles*: the slot is given back and the difference between the reserve and the real
+usage is returned to the token buckets (or taken, when the estimate was low, possibly below zero, which
+then delays the next request). A request larger than a whole minute's tokens is let through when the bucket
+is full, so that no request is refused forever.
+
+``RedisLimiter`` holds the state in Redis, so the limits hold across every gateway process; both steps are
+Lua scripts (one round trip each, atomic on the server). A concurrency slot is a member of a sorted set
+scored by its lease's end, so a slot held by a gateway that died is freed when the lease ends.
+``LocalLimiter`` is the same algorithm in this process's memory, for the embedded single-process setup
+without Redis (production requires Redis: see the deploy check in inference/checks.py).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+# KEYS: for each of key and organisation (in that order): requests bucket, tokens bucket, concurrency set.
+# ARGV: now_ms, request id, lease_ms, tokens to reserve,
+#       then for key and organisation: requests per minute, tokens per minute, max concurrent.
+_RESERVE = """
+local now = tonumber(ARGV[1])
+local rid = ARGV[2]
+local lease = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
+local levels = {}
+for scope = 0, 1 do
+  local rpm = tonumber(ARGV[5 + scope * 3])
+  local tpm = tonumber(ARGV[6 + scope * 3])
+  local conc = tonumber(ARGV[7 + scope * 3])
+  local names = {"requests", "tokens"}
+  local caps = {rpm, tpm}
+  local costs = {1, cost}
+  for i = 1, 2 do
+    local key = KEYS[scope * 3 + i]
+    local state = redis.call("HMGET", key, "v", "t")
+    local cap = caps[i]
+    local level = cap
+    if state[1] then
+      level = math.min(cap, tonumber(state[1]) + (now - tonumber(state[2])) * cap / 60000)
+    end
+    local need = costs[i]
+    if need > cap then need = cap end
+    if level < need then
+      local wait = math.ceil((need - level) * 60000 / cap)
+      return {0, (scope == 0 and "key" or "organisation") .. "_" .. names[i], wait}
+    end
+    levels[scope * 3 + i] = level
+  end
+  local zkey = KEYS[scope * 3 + 3]
+  redis.call("ZREMRANGEBYSCORE", zkey, "-inf", now)
+  if redis.call("ZCARD", zkey) >= conc then
+    return {0, (scope == 0 and "key" or "organisation") .. "_concurrency", 1000}
+  end
+end
+for scope = 0, 1 do
+  local costs = {1, cost}
+  for i = 1, 2 do
+    local key = KEYS[scope * 3 + i]
+    redis.call("HSET", key, "v", levels[scope * 3 + i] - costs[i], "t", now)
+    redis.call("PEXPIRE", key, 120000)
+  end
+  local zkey = KEYS[scope * 3 + 3]
+  redis.call("ZADD", zkey, now + lease, rid)
+  redis.call("PEXPIRE", zkey, lease + 60000)
+end
+return {1, "", 0}
+"""
+
+# KEYS: key tokens bucket, key concurrency set, organisation tokens bucket, organisation concurrency set.
+# ARGV: now_ms, request id, tokens to give back (negative: to take), key tpm, organisation tpm.
+_SETTLE = """
+local now = tonumber(ARGV[1])
+local delta = tonumber(ARGV[3])
+for scope = 0, 1 do
+  local key = KEYS[scope * 2 + 1]
+  local cap = tonumber(ARGV[4 + scope])
+  local state = redis.call("HMGET", key, "v", "t")
+  if state[1] then
+    local level = math.min(cap, tonumber(state[1]) + (now - tonumber(state[2])) * cap / 60000 + delta)
+    redis.call("HSET", key, "v", level, "t", now)
+    redis.call("PEXPIRE", key, 120000)
+  end
+  redis.call("ZREM", KEYS[scope * 2 + 2], ARGV[2])
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    requests_per_minute: int
+    tokens_per_minute: int
+    max_concurrent: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Which limit refused the request, and after how many seconds a retry can pass."""
+
+    limit: str
+    retry_after: int
+
+    @property
+    def message(self) -> str:
+        scope, _, kind = self.limit.partition("_")
+        what = {"requests": "requests per minute", "tokens": "tokens per minute",
+                "concurrency": "concurrent requests"}[kind]
+        owner = "this API key" if scope == "key" else "your organisation"
+        return f"Rate limit reached: {what} of {owner}. Retry after {self.retry_after} s."
+
+
+class LimiterUnavailable(Exception):
+    """The limiter's store cannot be reached: the gateway fails closed."""
+
+
+def _retry_seconds(wait_ms: float) -> int:
+    return max(1, math.ceil(wait_ms / 1000))
+
+
+class RedisLimiter:
+    def __init__(self, client: Any, *, lease_seconds: int, prefix: str = "corral:gw") -> None:
+        self.client = client
+        self.lease_ms = lease_seconds * 1000
+        self.prefix = prefix
+        self._reserve = client.register_script(_RESERVE)
+        self._settle = client.register_script(_SETTLE)
+
+    def _keys(self, key_id: int, org_id: int) -> list[str]:
+        p = self.prefix
+        return [f"{p}:k:{key_id}:rpm", f"{p}:k:{key_id}:tpm", f"{p}:k:{key_id}:conc",
+                f"{p}:o:{org_id}:rpm", f"{p}:o:{org_id}:tpm", f"{p}:o:{org_id}:conc"]
+
+    async def reserve(self, *, request_id: str, key_id: int, org_id: int, tokens: int, key: Limits,
+                      org: Limits) -> Refusal | None:
+        args = [int(time.time() * 1000), request_id, self.lease_ms, tokens,
+                key.requests_per_minute, key.tokens_per_minute, key.max_concurrent,
+                org.requests_per_minute, org.tokens_per_minute, org.max_concurrent]
+        try:
+            ok, limit, wait = await self._reserve(keys=self._keys(key_id, org_id), args=args)
+        except Exception as exc:  # connection refused, timeout, a Redis error: all fail closed
+            raise LimiterUnavailable(str(exc)) from exc
+        if ok:
+            return None
+        return Refusal(limit.decode() if isinstance(limit, bytes) else limit, _retry_seconds(float(wait)))
+
+    async def settle(self, *, request_id: str, key_id: int, org_id: int, reserved: int, used: int, key: Limits,
+                     org: Limits) -> None:
+        keys = self._keys(key_id, org_id)
+        args = [int(time.time() * 1000), request_id, reserved - used, key.tokens_per_minute, org.tokens_per_minute]
+        try:
+            await self._settle(keys=[keys[1], keys[2], keys[4], keys[5]], args=args)
+        except Exception as exc:
+            raise LimiterUnavailable(str(exc)) from exc
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class LocalLimiter:
+    """The same rules in this process's memory (one gateway process, no Redis)."""
+
+    def __init__(self, *, lease_seconds: int) -> None:
+        self.lease = lease_seconds
+        self.buckets: dict[str, tuple[float, float]] = {}
+        self.slots: dict[str, dict[str, float]] = {}
+
+    def _level(self, name: str, cap: int, now: float) -> float:
+        state = self.buckets.get(name)
+        if state is None:
+            return float(cap)
+        return min(cap, state[0] + (now - state[1]) * cap / 60)
+
+    async def reserve(self, *, request_id: str, key_id: int, org_id: int, tokens: int, key: Limits,
+                      org: Limits) -> Refusal | None:
+        now = time.time()
+        plan = []
+        for scope, ident, limits in (("key", key_id, key), ("organisation", org_id, org)):
+            for kind, cap, cost in (("requests", limits.requests_per_minute, 1),
+                                    ("tokens", limits.tokens_per_minute, tokens)):
+                name = f"{scope}:{ident}:{kind}"
+                level = self._level(name, cap, now)
+                need = min(cost, cap)
+                if level < need:
+                    return Refusal(f"{scope}_{kind}", _retry_seconds((need - level) * 60000 / cap))
+                plan.append((name, level - cost))
+            slots = self.slots.setdefault(f"{scope}:{ident}", {})
+            for rid in [rid for rid, until in slots.items() if until <= now]:
+                del slots[rid]
+            if len(slots) >= limits.max_concurrent:
+                return Refusal(f"{scope}_concurrency", 1)
+        for name, level in plan:
+            self.buckets[name] = (level, now)
+        self.slots[f"key:{key_id}"][request_id] = now + self.lease
+        self.slots[f"organisation:{org_id}"][request_id] = now + self.lease
+        return None
+
+    async def settle(self, *, request_id: str, key_id: int, org_id: int, reserved: int, used: int, key: Limits,
+                     org: Limits) -> None:
+        now = time.time()
+        for scope, ident, limits in (("key", key_id, key), ("organisation", org_id, org)):
+            name = f"{scope}:{ident}:tokens"
+            if name in self.buckets:
+                cap = limits.tokens_per_minute
+                self.buckets[name] = (min(cap, self._level(name, cap, now) + reserved - used), now)
+            self.slots.get(f"{scope}:{ident}", {}).pop(request_id, None)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,129 @@
+"""A fast stand-in for vLLM's OpenAI server, for the gateway's tests and benchmark (bench/gateway.py).
+
+An ASGI app answering /v1/chat/completions and /v1/completions the way vLLM does, non-streaming and SSE
+streaming, with `stream_options.include_usage` and vLLM's `continuous_usage_stats`; it checks vLLM's own API
+key. A request steers it with an extra body field (vLLM ignores unknown fields):
+`"fake": {"tokens": 5, "delay": 0.0, "status": 200}` for the number of completion tokens, a pause before
+each chunk, and an error status to answer with. It also answers the paths the gateway must not expose
+(/tokenize, /metrics, ...), so a test can tell that the gateway did not forward them.
+
+Run alone: `python tests/inference/fake_openai.py --port 9000 --key secret`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+PROMPT_TOKENS = 7
+
+
+class FakeOpenAI:
+    def __init__(self, keys: set[str] | None = None) -> None:
+        self.keys = keys if keys is not None else set()
+        self.requests: list[dict[str, Any]] = []  # bodies seen (tests read them)
+        self.cancelled = 0
+        self.paths: list[str] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        path = scope["path"]
+        self.paths.append(path)
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if path in ("/health", "/tokenize", "/metrics", "/pooling", "/score", "/sleep", "/invocations"):
+            await _send(send, 200, b'{"reached": true}')
+            return
+        if path not in ("/v1/chat/completions", "/v1/completions"):
+            await _send(send, 404, b'{"error": {"message": "not found", "type": "NotFoundError", "code": 404}}')
+            return
+        auth = dict(scope["headers"]).get(b"authorization", b"").decode()
+        if self.keys and auth.removeprefix("Bearer ") not in self.keys:
+            await _send(send, 401, b'{"error": "Unauthorized"}')
+            return
+        request = json.loads(body)
+        self.requests.append(request)
+        fake = request.get("fake") or {}
+        status = int(fake.get("status", 200))
+        if status != 200:
+            await _send(send, status, json.dumps({"error": {"message": f"fake failure {status}", "type": "BadRequest",
+                                                            "param": None, "code": status}}).encode())
+            return
+        tokens = min(int(fake.get("tokens", 5)), int(request.get("max_tokens") or 16))
+        delay = float(fake.get("delay", 0))
+        chat = path == "/v1/chat/completions"
+        created = int(time.time())
+        if not request.get("stream"):
+            if delay:
+                await asyncio.sleep(delay)
+            choice = ({"index": 0, "message": {"role": "assistant", "content": "tok " * tokens},
+                       "finish_reason": "length"} if chat else
+                      {"index": 0, "text": "tok " * tokens, "finish_reason": "length"})
+            await _send(send, 200, json.dumps({
+                "id": "cmpl-fake", "object": "chat.completion" if chat else "text_completion", "created": created,
+                "model": request["model"], "choices": [choice],
+                "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": tokens,
+                          "total_tokens": PROMPT_TOKENS + tokens}}).encode())
+            return
+        options = request.get("stream_options") or {}
+        include = options.get("include_usage") is True
+        continuous = include and options.get("continuous_usage_stats") is True
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        gone = asyncio.ensure_future(receive())  # completes with http.disconnect when the client goes away
+        try:
+            for i in range(tokens):
+                if delay:
+                    await asyncio.sleep(delay)
+                if gone.done():
+                    self.cancelled += 1
+                    return
+                choice = ({"index": 0, "delta": {"content": "tok "}, "finish_reason": None} if chat else
+                          {"index": 0, "text": "tok ", "finish_reason": None})
+                chunk: dict[str, Any] = {"id": "cmpl-fake", "object": "chat.completion.chunk" if chat else
+                                         "text_completion", "created": created, "model": request["model"],
+                                         "choices": [choice]}
+                if continuous:
+                    chunk["usage"] = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": i + 1,
+                                      "total_tokens": PROMPT_TOKENS + i + 1}
+                await send({"type": "http.response.body", "body": f"data: {json.dumps(chunk)}\n\n".encode(),
+                            "more_body": True})
+            if include:
+                final = {"id": "cmpl-fake", "object": "chat.completion.chunk" if chat else "text_completion",
+                         "created": created, "model": request["model"], "choices": [],
+                         "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": tokens,
+                                   "total_tokens": PROMPT_TOKENS + tokens}}
+                await send({"type": "http.response.body", "body": f"data: {json.dumps(final)}\n\n".encode(),
+                            "more_body": True})
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        finally:
+            gone.cancel()
+
+
+async def _send(send: Any, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+if __name__ == "__main__":
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--key", action="append", default=[])
+    args = parser.parse_args()
+    uvicorn.run(FakeOpenAI(set(args.key)), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)

@@ -1,0 +1,530 @@
+"""The gateway through the official OpenAI SDK: real uvicorn servers (the gateway and a fake vLLM), the
+real database, and Redis when the run has it (REDIS_URL), else the in-process limiter."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+import uuid
+
+import httpx
+import openai
+import pytest
+from django.utils import timezone
+
+from governance.models import ApiKey
+from governance.selectors import dau
+from governance.services import api_key_revoke
+from governance.services.evaluation import declared_figure_record, group_evaluate
+from inference.gateway.app import Gateway
+from inference.models import GatewayLimit, Replica, TokenUsage
+from inference.services import replica_key
+from licensing.services import grant_record
+from tests.factories import ProductFactory, licence, make_key
+from tests.inference.fake_openai import PROMPT_TOKENS, FakeOpenAI
+from tests.inference.gateway_support import ThreadServer, ready_deployment
+
+pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+MESSAGES = [{"role": "user", "content": "Hello there"}]
+
+
+@pytest.fixture
+def gw_settings(settings):
+    settings.GATEWAY_CACHE_SECONDS = 0.3
+    settings.GATEWAY_USAGE_FLUSH_SECONDS = 3600  # tests flush when they want to look
+    settings.GATEWAY_REDIS_PREFIX = f"corral-test:{uuid.uuid4().hex[:8]}"
+    return settings
+
+
+@pytest.fixture
+def upstream():
+    fake = FakeOpenAI()
+    with ThreadServer(fake) as server:
+        fake.url = server.url
+        yield fake
+
+
+@pytest.fixture
+def gateway(gw_settings):
+    app = Gateway()
+    with ThreadServer(app) as server:
+        server.app = app
+        yield server
+
+
+@pytest.fixture
+def tenant(owner_org, upstream):
+    deployment = ready_deployment(owner_org, upstream.url)
+    upstream.keys.update(replica_key(r.pk, r.key_salt) for r in deployment.replica_set.all())
+    key = make_key(owner_org, ["inference"])
+    return owner_org, deployment, key
+
+
+def sdk(gateway, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0, timeout=20)
+
+
+def flushed_usage(gateway, deployment) -> TokenUsage:
+    gateway.app.meter.flush()
+    return TokenUsage.objects.get(deployment=deployment)
+
+
+def test_chat_completion_is_relayed_metered_and_counted_as_a_user(gateway, tenant, upstream) -> None:
+    org, deployment, key = tenant
+    answer = sdk(gateway, key).chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=5,
+                                                       user="end-user-1")
+    assert answer.choices[0].message.content.strip() == "tok tok tok tok tok"
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (PROMPT_TOKENS, 5)
+    assert upstream.requests[-1]["max_tokens"] == 5 and upstream.requests[-1]["user"] == "end-user-1"
+    usage = flushed_usage(gateway, deployment)
+    assert (usage.requests, usage.prompt_tokens, usage.completion_tokens, usage.requests_without_user) == (
+        1, PROMPT_TOKENS, 5, 0)
+    assert usage.organisation_id == org.pk and usage.day == timezone.now().date()
+    count = dau(scope=deployment.product, day=timezone.now().date())
+    assert count.estimate.estimate == 1 and count.sources["gateway_flushes"] == 1
+    assert ApiKey.objects.get(pk=usage.api_key_id).last_used_at is not None
+
+
+def test_usage_from_many_requests_adds_up_across_flushes(gateway, tenant) -> None:
+    _, deployment, key = tenant
+    client = sdk(gateway, key)
+    for i in range(6):
+        client.completions.create(model="chat-small", prompt="Once", max_tokens=3, user=f"u{i % 3}")
+        if i == 2:
+            gateway.app.meter.flush()
+    usage = flushed_usage(gateway, deployment)
+    assert (usage.requests, usage.prompt_tokens, usage.completion_tokens) == (6, 6 * PROMPT_TOKENS, 18)
+
+
+def test_requests_without_a_user_take_the_header_or_the_key_default_or_are_counted_as_unattributed(
+        gateway, tenant, owner_org) -> None:
+    _, deployment, key = tenant
+    sdk(gateway, key).chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=2,
+                                              extra_headers={"X-Corral-User": "from-header"})
+    default_key = make_key(owner_org, ["inference"])
+    ApiKey.objects.filter(prefix=default_key.split(".")[0]).update(default_user="service-account")
+    sdk(gateway, default_key).chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=2)
+    sdk(gateway, key).chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=2)
+    gateway.app.meter.flush()
+    rows = TokenUsage.objects.filter(deployment=deployment)
+    assert sum(r.requests for r in rows) == 3 and sum(r.requests_without_user for r in rows) == 1
+    assert dau(scope=deployment.product, day=timezone.now().date()).estimate.estimate == 2
+
+
+def test_streaming_passes_chunks_and_hides_usage_unless_asked(gateway, tenant, upstream) -> None:
+    _, deployment, key = tenant
+    client = sdk(gateway, key)
+    chunks = list(client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=4, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "tok " * 4
+    assert all(c.usage is None for c in chunks)
+    sent = upstream.requests[-1]["stream_options"]
+    assert sent == {"include_usage": True, "continuous_usage_stats": True}  # vLLM is always asked
+
+    chunks = list(client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=4, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert [c.usage is not None for c in chunks] == [False] * 4 + [True]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 4
+    usage = flushed_usage(gateway, deployment)
+    assert (usage.requests, usage.completion_tokens, usage.prompt_tokens) == (2, 8, 2 * PROMPT_TOKENS)
+
+
+def test_streaming_completions_relay_the_first_chunk_before_the_last_is_made(gateway, tenant) -> None:
+    _, _, key = tenant
+    started = time.monotonic()
+    stream = sdk(gateway, key).completions.create(model="chat-small", prompt="x", max_tokens=5, stream=True,
+                                                  extra_body={"fake": {"tokens": 5, "delay": 0.3}})
+    first = next(iter(stream))
+    first_at = time.monotonic() - started
+    rest = list(stream)
+    assert first.choices[0].text == "tok " and len(rest) == 4
+    assert first_at < 0.9, f"the first chunk took {first_at:.2f} s: the relay buffered the stream"
+
+
+def test_a_disconnecting_streaming_client_cancels_upstream_and_is_still_billed(gateway, tenant, upstream) -> None:
+    _, deployment, key = tenant
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                      json={"model": "chat-small", "messages": MESSAGES, "max_tokens": 1000, "stream": True,
+                            "fake": {"tokens": 1000, "delay": 0.02}}, timeout=10) as response:
+        lines = response.iter_lines()
+        seen = [next(lines) for _ in range(10)]
+    assert sum(1 for line in seen if line.startswith("data:")) >= 5
+    deadline = time.monotonic() + 5
+    while upstream.cancelled == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert upstream.cancelled == 1  # vLLM stopped generating
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        gateway.app.meter.flush()
+        usage = TokenUsage.objects.filter(deployment=deployment).first()
+        if usage is not None:
+            break
+        time.sleep(0.05)
+    assert usage.cancelled_requests == 1 and usage.prompt_tokens == PROMPT_TOKENS
+    assert 5 <= usage.completion_tokens < 1000
+
+
+def test_models_lists_only_the_callers_models(gateway, tenant, outsider_org, upstream, owner_org) -> None:
+    _, deployment, key = tenant
+    ready_deployment(outsider_org, upstream.url, name="their-model")
+    other_product = ProductFactory(organisation=owner_org, licence_version=licence("llama-3.1"))
+    ready_deployment(owner_org, upstream.url, name="other-product-model", product=other_product, accept=False)
+    listed = sdk(gateway, key).models.list()
+    assert sorted(m.id for m in listed.data) == ["chat-small", "other-product-model"]
+    bound = make_key(owner_org, ["inference"], product=deployment.product)
+    assert [m.id for m in sdk(gateway, bound).models.list().data] == ["chat-small"]
+    assert sdk(gateway, key).models.retrieve("chat-small").id == "chat-small"
+    with pytest.raises(openai.NotFoundError):
+        sdk(gateway, key).models.retrieve("their-model")
+    with pytest.raises(openai.NotFoundError) as bound_error:
+        sdk(gateway, bound).chat.completions.create(model="other-product-model", messages=MESSAGES)
+    assert bound_error.value.code == "model_not_found"
+
+
+def test_another_tenants_model_is_indistinguishable_from_a_missing_one(gateway, tenant, outsider_org,
+                                                                       upstream) -> None:
+    _, _, key = tenant
+    ready_deployment(outsider_org, upstream.url, name="their-model")
+    bodies = []
+    for model in ("their-model", "no-such-model"):
+        response = httpx.post(f"{gateway.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                              json={"model": model, "messages": MESSAGES})
+        assert response.status_code == 404
+        bodies.append(response.text.replace(model, "M"))
+    assert bodies[0] == bodies[1]
+    assert len(upstream.requests) == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/tokenize", "/v1/pooling", "/v1/score", "/v1/load_lora_adapter",
+                                  "/v1/collective_rpc", "/v1/sleep", "/v1/pause", "/v1/metrics", "/v1/embeddings",
+                                  "/v1/invocations", "/v1/audio/transcriptions", "/v1/responses", "/v1"])
+def test_nothing_else_of_vllm_is_reachable(gateway, tenant, upstream, path) -> None:
+    _, _, key = tenant
+    response = httpx.post(f"{gateway.url}{path}", headers={"Authorization": f"Bearer {key}"}, json={})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "unknown_url"
+    assert upstream.paths == []
+
+
+def test_bad_credentials_are_401_and_a_key_without_the_inference_scope_is_403(gateway, tenant, owner_org) -> None:
+    _, _, key = tenant
+    for bad in ("sk-not-ours", key[:-2] + "xx", "crl_00000000.nothing"):
+        with pytest.raises(openai.AuthenticationError) as error:
+            sdk(gateway, bad).chat.completions.create(model="chat-small", messages=MESSAGES)
+        assert error.value.code == "invalid_api_key"
+    assert httpx.get(f"{gateway.url}/v1/models").status_code == 401
+    read_only = make_key(owner_org, ["read", "ingest"])
+    with pytest.raises(openai.PermissionDeniedError) as error:
+        sdk(gateway, read_only).chat.completions.create(model="chat-small", messages=MESSAGES)
+    assert error.value.code == "insufficient_scope"
+
+
+def test_a_revoked_key_stops_working_within_the_cache_time(gateway, tenant) -> None:
+    _, _, key = tenant
+    client = sdk(gateway, key)
+    client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+    api_key_revoke(api_key=ApiKey.objects.get(prefix=key.split(".")[0]), revoked_by="test")
+    time.sleep(0.4)
+    with pytest.raises(openai.AuthenticationError, match="revoked"):
+        client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+
+
+@pytest.mark.parametrize(("body", "status", "code"), [
+    ({"model": "chat-small", "messages": MESSAGES, "max_tokens": 100_000}, 422, "max_tokens_too_large"),
+    ({"model": "chat-small", "messages": MESSAGES, "max_completion_tokens": 100_000}, 422, "max_tokens_too_large"),
+    ({"model": "chat-small", "messages": MESSAGES, "n": 50}, 422, "n_too_large"),
+    ({"model": "chat-small", "messages": MESSAGES, "max_tokens": "5"}, 400, "invalid_type"),
+    ({"model": "chat-small", "messages": MESSAGES, "n": 0}, 400, "invalid_type"),
+    ({"model": "chat-small", "messages": MESSAGES, "stream": "yes"}, 400, "invalid_type"),
+    ({"model": "chat-small", "messages": MESSAGES, "user": 7}, 400, "invalid_type"),
+    ({"messages": MESSAGES}, 400, "missing_model"),
+    ([1, 2], 400, None),
+])
+def test_invalid_requests_are_refused_in_openais_shape(gateway, tenant, upstream, body, status, code) -> None:
+    _, _, key = tenant
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                          json=body)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == code and error["message"]
+    assert upstream.requests == []
+
+
+def test_malformed_json_and_oversized_bodies_are_refused(gateway, tenant, gw_settings) -> None:
+    _, _, key = tenant
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", headers=headers, content=b'{"model": ')
+    assert response.status_code == 400 and "not valid JSON" in response.json()["error"]["message"]
+    huge = b'{"model": "chat-small", "prompt": "' + b"a" * 1_100_000 + b'"}'
+    assert httpx.post(f"{gateway.url}/v1/completions", headers=headers, content=huge).status_code == 413
+
+    def chunked():
+        yield b'{"model": "chat-small", "prompt": "'
+        for _ in range(20):
+            yield b"a" * 100_000
+        yield b'"}'
+
+    response = httpx.post(f"{gateway.url}/v1/completions", headers=headers, content=chunked())
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+    with pytest.raises(openai.APIStatusError) as error:
+        sdk(gateway, key).completions.create(model="chat-small", prompt="a" * 1_100_000)
+    assert error.value.status_code == 413
+
+
+def test_the_licence_gate_blocks_with_the_reason(gateway, owner_org, upstream) -> None:
+    ready_deployment(owner_org, upstream.url, accept=False)
+    key = make_key(owner_org, ["inference"])
+    with pytest.raises(openai.PermissionDeniedError) as error:
+        sdk(gateway, key).chat.completions.create(model="chat-small", messages=MESSAGES)
+    assert error.value.code == "licence_not_accepted" and "Llama 3.1" in error.value.message
+    assert upstream.requests == []
+
+
+def test_a_suspended_organisation_is_blocked(gateway, tenant) -> None:
+    org, _, key = tenant
+    type(org).objects.filter(pk=org.pk).update(status="suspended")
+    with pytest.raises(openai.PermissionDeniedError) as error:
+        sdk(gateway, key).chat.completions.create(model="chat-small", messages=MESSAGES)
+    assert error.value.code == "organisation_suspended"
+
+
+def test_a_group_over_the_threshold_is_blocked_within_5_seconds_and_served_again_after_a_grant(
+        gateway, tenant, gw_settings) -> None:
+    gateway.app.directory.ttl = 2.0  # the production default
+    org, deployment, key = tenant
+    client = sdk(gateway, key)
+    client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+    version = deployment.licence_version
+    declared_figure_record(group=org.group, month=version.test_month(), mau=800_000_000, evidence="filing",
+                           declared_by="test")
+    group_evaluate(group=org.group)
+    changed = time.monotonic()
+    while True:
+        try:
+            client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+        except openai.PermissionDeniedError as error:
+            blocked = error
+            break
+        assert time.monotonic() - changed < 5, "the decision did not take effect within 5 seconds"
+        time.sleep(0.1)
+    assert blocked.code == "over_threshold" and "700,000,000" in blocked.message
+    grant_record(group=org.group, licence_versions=[version], reference="META-1", granted_on=dt.date.today(),
+                 valid_from=dt.date.today() - dt.timedelta(days=1), recorded_by="test")  # evaluates on commit
+    changed = time.monotonic()
+    while True:
+        try:
+            client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+            break
+        except openai.PermissionDeniedError:
+            assert time.monotonic() - changed < 5
+            time.sleep(0.1)
+
+
+def test_limits_on_requests_per_minute_answer_429_with_retry_after(gateway, tenant) -> None:
+    org, _, key = tenant
+    ApiKey.objects.filter(prefix=key.split(".")[0]).update(requests_per_minute=3)
+    client = sdk(gateway, key)
+    for _ in range(3):
+        client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+    with pytest.raises(openai.RateLimitError) as error:
+        client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+    assert error.value.code == "rate_limit_exceeded" and "this API key" in error.value.message
+    assert 1 <= int(error.value.response.headers["retry-after"]) <= 20
+    # Another key of the organisation is not limited by this key's limit, but by the organisation's (a lowered
+    # limit starts from a full bucket of the new size).
+    GatewayLimit.objects.create(organisation=org, requests_per_minute=4)
+    other = sdk(gateway, make_key(org, ["inference"]))
+    time.sleep(0.4)  # the cached limits
+    for _ in range(4):
+        other.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+    with pytest.raises(openai.RateLimitError, match="your organisation"):
+        other.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+
+
+def test_tokens_per_minute_are_reserved_before_and_settled_after(gateway, tenant) -> None:
+    _, _, key = tenant
+    ApiKey.objects.filter(prefix=key.split(".")[0]).update(tokens_per_minute=200)
+    client = sdk(gateway, key)
+    # Each request reserves max_tokens + the body's size / 4 but uses PROMPT_TOKENS + 2: settling gives the
+    # difference back, so many more than 200 / 100 requests pass.
+    for _ in range(8):
+        client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=100,
+                                       extra_body={"fake": {"tokens": 2}})
+    with pytest.raises(openai.RateLimitError) as error:
+        for _ in range(30):
+            client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=100,
+                                           extra_body={"fake": {"tokens": 100}})
+    assert error.value.body["type"] == "tokens"
+
+
+def test_concurrent_requests_are_limited(gateway, tenant) -> None:
+    _, _, key = tenant
+    ApiKey.objects.filter(prefix=key.split(".")[0]).update(max_concurrent=2)
+
+    async def main() -> list[int]:
+        async with httpx.AsyncClient(timeout=10) as client:
+            async def one() -> int:
+                response = await client.post(f"{gateway.url}/v1/chat/completions",
+                                             headers={"Authorization": f"Bearer {key}"},
+                                             json={"model": "chat-small", "messages": MESSAGES, "max_tokens": 1,
+                                                   "fake": {"delay": 0.5}})
+                return response.status_code
+            return await asyncio.gather(*(one() for _ in range(5)))
+
+    statuses = asyncio.run(main())
+    assert sorted(statuses) == [200, 200, 429, 429, 429]
+    # Slots are given back: the next request passes.
+    sdk(gateway, key).chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+
+
+def test_upstream_errors_and_timeouts_are_openai_errors(gateway, tenant, gw_settings) -> None:
+    _, deployment, key = tenant
+    client = sdk(gateway, key)
+    with pytest.raises(openai.BadRequestError, match="fake failure 400"):
+        client.chat.completions.create(model="chat-small", messages=MESSAGES, extra_body={"fake": {"status": 400}})
+    with pytest.raises(openai.InternalServerError) as error:
+        client.chat.completions.create(model="chat-small", messages=MESSAGES, extra_body={"fake": {"status": 500}})
+    assert error.value.status_code == 502 and "fake failure" not in error.value.message
+    gateway.app.session._timeout = gateway.app.session._timeout.__class__(total=None, sock_read=0.3)
+    with pytest.raises(openai.APIStatusError) as error:
+        client.chat.completions.create(model="chat-small", messages=MESSAGES, extra_body={"fake": {"delay": 1}})
+    assert error.value.status_code == 504 and error.value.code == "upstream_timeout"
+    usage = flushed_usage(gateway, deployment)
+    assert usage.failed_requests == 3
+
+
+def test_a_dead_replica_is_skipped_and_no_ready_replica_is_503(gateway, tenant, upstream) -> None:
+    _, deployment, key = tenant
+    dead = Replica.objects.create(deployment=deployment, ordinal=1, state="ready", endpoint="http://127.0.0.1:9",
+                                  key_salt="x", last_health_ok=True)
+    gateway.app.directory.forget()
+    client = sdk(gateway, key)
+    for _ in range(4):  # half of them are sent to the dead replica first and retried on the live one
+        client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+    Replica.objects.exclude(pk=dead.pk).update(last_health_ok=False)  # the live one fails its health check
+    gateway.app.directory.forget()
+    with pytest.raises(openai.InternalServerError) as error:
+        client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+    assert error.value.status_code == 502 and error.value.code == "upstream_unavailable"
+    Replica.objects.filter(pk=dead.pk).update(state="unhealthy")
+    gateway.app.directory.forget()
+    with pytest.raises(openai.InternalServerError) as error:
+        client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+    assert error.value.status_code == 503 and error.value.code == "model_not_ready"
+    assert error.value.response.headers["retry-after"] == "5"
+
+
+def test_least_outstanding_spreads_load_over_replicas(gateway, owner_org) -> None:
+    fakes = [FakeOpenAI(), FakeOpenAI()]
+    with ThreadServer(fakes[0]) as one, ThreadServer(fakes[1]) as two:
+        deployment = ready_deployment(owner_org, one.url, replicas=2)
+        second = deployment.replica_set.get(ordinal=1)
+        Replica.objects.filter(pk=second.pk).update(endpoint=two.url)
+        key = make_key(owner_org, ["inference"])
+
+        async def main() -> None:
+            async with httpx.AsyncClient(timeout=10) as client:
+                await asyncio.gather(*(client.post(
+                    f"{gateway.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                    json={"model": "chat-small", "messages": MESSAGES, "max_tokens": 1, "fake": {"delay": 0.2}})
+                    for _ in range(10)))
+
+        asyncio.run(main())
+    assert [len(f.requests) for f in fakes] == [5, 5]
+
+
+def test_redis_unreachable_fails_closed_within_2_seconds(settings, tenant, gw_settings) -> None:
+    import socket
+
+    blackhole = socket.socket()  # accepts connections, never answers: the slow way to be down
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(16)
+    _, _, key = tenant
+    try:
+        for url in ("redis://127.0.0.1:1/0", f"redis://127.0.0.1:{blackhole.getsockname()[1]}/0"):
+            settings.REDIS_URL = url
+            with ThreadServer(Gateway()) as server:
+                started = time.monotonic()
+                response = httpx.post(f"{server.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                                      json={"model": "chat-small", "messages": MESSAGES}, timeout=10)
+                elapsed = time.monotonic() - started
+            assert response.status_code == 503 and response.json()["error"]["code"] == "service_unavailable"
+            assert response.headers["retry-after"] == "2"
+            assert elapsed < 2, f"{url}: {elapsed:.2f} s"
+    finally:
+        blackhole.close()
+
+
+def test_database_not_answering_fails_closed_within_2_seconds(gateway, tenant, monkeypatch) -> None:
+    _, _, key = tenant
+
+    def hang(*args):
+        time.sleep(5)
+
+    monkeypatch.setattr("inference.gateway.directory.load_key", hang)
+    gateway.app.directory.forget()
+    started = time.monotonic()
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                          json={"model": "chat-small", "messages": MESSAGES}, timeout=10)
+    assert response.status_code == 503 and time.monotonic() - started < 2
+
+
+def test_a_failing_usage_store_stops_new_requests_until_it_recovers(tenant, monkeypatch, gw_settings) -> None:
+    gw_settings.GATEWAY_USAGE_FLUSH_SECONDS = 0.2
+    with ThreadServer(Gateway()) as server:
+        server.app = server.server.config.app
+        _failing_store(server, tenant, monkeypatch)
+
+
+def _failing_store(gateway, tenant, monkeypatch) -> None:
+    _, deployment, key = tenant
+    client = sdk(gateway, key)
+    client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+    monkeypatch.setattr("inference.gateway.usage.UsageMeter.flush", _broken_flush)
+    time.sleep(0.5)
+    with pytest.raises(openai.InternalServerError) as error:
+        client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+    assert error.value.status_code == 503 and "usage metering" in error.value.message
+    monkeypatch.undo()
+    deadline = time.monotonic() + 5
+    while not gateway.app.meter.healthy and time.monotonic() < deadline:
+        time.sleep(0.1)
+    client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+    assert flushed_usage(gateway, deployment).requests == 2
+
+
+def _broken_flush(self):
+    self.healthy = False
+    raise RuntimeError("database gone")
+
+
+def test_usage_is_written_at_a_clean_shutdown(tenant, gw_settings) -> None:
+    gw_settings.GATEWAY_USAGE_FLUSH_SECONDS = 3600
+    _, deployment, key = tenant
+    with ThreadServer(Gateway()) as server:
+        sdk(server, key).chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=3, user="u")
+        assert not TokenUsage.objects.exists()
+    assert TokenUsage.objects.get(deployment=deployment).completion_tokens == 3
+    assert dau(scope=deployment.product, day=timezone.now().date()).sources["gateway_flushes"] == 1
+
+
+def test_no_key_or_secret_in_any_log_line(gateway, tenant, caplog, upstream) -> None:
+    org, deployment, key = tenant
+    caplog.set_level(logging.DEBUG)
+    client = sdk(gateway, key)
+    client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+    list(client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1, stream=True))
+    Replica.objects.create(deployment=deployment, ordinal=1, state="ready", endpoint="http://127.0.0.1:9",
+                           key_salt="y", last_health_ok=True)
+    gateway.app.directory.forget()
+    for _ in range(3):
+        client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+    with pytest.raises(openai.AuthenticationError):
+        sdk(gateway, key + "x").chat.completions.create(model="chat-small", messages=MESSAGES)
+    secrets_ = [key, key.split(".")[1], *upstream.keys, *(replica_key(r.pk, r.key_salt) for r in
+                                                         Replica.objects.filter(deployment=deployment))]
+    logged = "\n".join(r.getMessage() + str(r.args) + str(r.exc_text) for r in caplog.records)
+    assert "unreachable" in logged  # the dead replica was logged, by id
+    for secret in secrets_:
+        assert secret not in logged
