@@ -210,8 +210,21 @@ def _ensure_database() -> None:
             return
         _psql("postgres", f'DROP DATABASE "{DATABASE}" WITH (FORCE)')
     _psql("postgres", f'CREATE DATABASE "{DATABASE}"')
-    files = [arg for path in migrations for arg in ("-f", str(path))]
-    subprocess.run([*PSQL, "-d", DATABASE, *files], check=True, stdout=subprocess.DEVNULL)
+    # Prisma sends each file as one query, which PostgreSQL runs as one transaction (several of LiteLLM's start
+    # with SET LOCAL); the files that CREATE INDEX CONCURRENTLY are a single statement, run outside one.
+    script = "".join(
+        f"\\i '{path}'\n" if "CONCURRENTLY" in path.read_text() else f"BEGIN;\n\\i '{path}'\nCOMMIT;\n"
+        for path in migrations
+    )
+    applied = subprocess.run(
+        [*PSQL, "-d", DATABASE, "-f", "-"],
+        input=script,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PGOPTIONS": "-c client_min_messages=warning"},
+    )
+    if applied.returncode != 0:
+        raise RuntimeError(f"applying LiteLLM's migrations to {DATABASE} failed:\n{applied.stderr[-3000:]}")
     _psql(DATABASE, f"CREATE TABLE {SCHEMA_MARKER} (name text NOT NULL); INSERT INTO {SCHEMA_MARKER} VALUES ('{head}')")
 
 

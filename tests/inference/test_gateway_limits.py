@@ -210,3 +210,16 @@ def _wait_for(url: str, timeout: float = 30) -> None:
             pass
         time.sleep(0.2)
     raise AssertionError(f"{url} did not come up")
+
+
+def test_redis_restarted_without_the_scripts_is_recovered_from() -> None:
+    async def main():
+        limiter = make("redis")
+        limits = Limits(10, 1_000_000, 100)
+        assert await reserve(limiter, "a", key=limits) is None
+        await limiter.client.script_flush()  # as after a restart of Redis
+        assert await reserve(limiter, "b", key=limits) is None
+        await limiter.settle(request_id="b", key_id=1, org_id=1, reserved=1, used=1, key=limits, org=BIG)
+        await limiter.close()
+
+    asyncio.run(main())
