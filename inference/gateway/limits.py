@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 # KEYS: for each of key and organisation (in that order): requests bucket, tokens bucket, concurrency set.
 # ARGV: now_ms, request id, lease_ms, tokens to reserve,
 #       then for key and organisation: requests per minute, tokens per minute, max concurrent.
@@ -165,7 +167,7 @@ class RedisLimiter:
     async def _send(self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]]) -> None:
         try:
             results = await self._execute(batch)
-            if any(isinstance(r, Exception) and "NOSCRIPT" in str(r) for r in results):
+            if any(isinstance(r, NoScriptError) for r in results):
                 # Redis restarted without our scripts: load them and send the batch again (once).
                 for name, body in self._scripts.items():
                     await self.client.script_load(body)
