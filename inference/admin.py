@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from inference.models import GPU, Deployment, GpuAllocation, GpuQuota, Node, Replica
+from inference.models import GPU, Deployment, GatewayLimit, GpuAllocation, GpuQuota, Node, Replica, TokenUsage
 
 
 class GPUInline(admin.TabularInline):
@@ -58,3 +58,25 @@ class ReplicaAdmin(admin.ModelAdmin):
 @admin.register(GpuAllocation)
 class GpuAllocationAdmin(admin.ModelAdmin):
     list_display = ["gpu", "replica", "allocated_at"]
+
+
+@admin.register(GatewayLimit)
+class GatewayLimitAdmin(admin.ModelAdmin):
+    list_display = ["organisation", "requests_per_minute", "tokens_per_minute", "max_concurrent", "max_tokens", "max_n"]
+    search_fields = ["organisation__name"]
+
+
+@admin.register(TokenUsage)
+class TokenUsageAdmin(admin.ModelAdmin):
+    """Read-only: the gateway writes these rows."""
+
+    list_display = ["day", "organisation", "api_key", "deployment", "requests", "prompt_tokens", "completion_tokens",
+                    "requests_without_user"]
+    list_filter = ["day", "organisation"]
+    list_select_related = ["organisation", "api_key", "deployment"]
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False

@@ -18,7 +18,8 @@ class ApiKeySerializer(serializers.ModelSerializer):
         model = ApiKey
         fields = [
             "id", "organisation", "name", "prefix", "scopes", "product", "expires_at", "revoked_at", "revoked_by",
-            "last_used_at", "created_by", "created_at", "is_active",
+            "last_used_at", "created_by", "created_at", "is_active", "requests_per_minute", "tokens_per_minute",
+            "max_concurrent", "default_user",
         ]
         read_only_fields = fields
 
@@ -31,6 +32,13 @@ class ApiKeyCreateSerializer(TenantCreateMixin, serializers.Serializer):
     )
     product = serializers.PrimaryKeyRelatedField(queryset=Product.objects.none(), required=False, allow_null=True)
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
+    # Gateway limits of this key (empty: the organisation's per-key defaults); the organisation's own limits
+    # still cap all its keys together.
+    requests_per_minute = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=10**9)
+    tokens_per_minute = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2 * 10**9)
+    max_concurrent = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=100_000)
+    default_user = serializers.CharField(required=False, allow_blank=True, max_length=200, help_text=(
+        "Gateway: the user metered for MAU when a request names none (no `user` field, no X-Corral-User header)"))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -47,6 +47,10 @@ def api_key_create(
     created_by: str,
     product: Product | None = None,
     expires_at: dt.datetime | None = None,
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
+    max_concurrent: int | None = None,
+    default_user: str = "",
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its full secret, which is never stored and cannot be shown again."""
     scope_list = validate_scopes(scopes)
@@ -66,6 +70,10 @@ def api_key_create(
             product=product,
             expires_at=expires_at,
             created_by=created_by,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            max_concurrent=max_concurrent,
+            default_user=default_user,
         )
         audit_record(
             action="api_key.created",

@@ -4,7 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from inference.models import GPU, Deployment, GpuQuota, Node, Replica
+from inference.models import GPU, Deployment, GatewayLimit, GpuQuota, Node, Replica, TokenUsage
 from licensing.api.serializers import TenantCreateMixin, TenantOrganisationField
 from licensing.models import BaseModel, Product
 
@@ -83,3 +83,32 @@ class QuotaSerializer(serializers.ModelSerializer):
     class Meta:
         model = GpuQuota
         fields = ["id", "organisation", "max_gpus", "max_cpu_replicas"]
+
+
+class TokenUsageSerializer(serializers.ModelSerializer):
+    api_key_prefix = serializers.CharField(source="api_key.prefix", read_only=True)
+    model = serializers.CharField(source="deployment.served_model_name", read_only=True)
+    product = serializers.IntegerField(source="deployment.product_id", read_only=True)
+
+    class Meta:
+        model = TokenUsage
+        fields = ["organisation", "api_key", "api_key_prefix", "deployment", "model", "product", "day", "requests",
+                  "prompt_tokens", "completion_tokens", "cancelled_requests", "failed_requests",
+                  "requests_without_user", "updated_at"]
+        read_only_fields = fields
+
+
+class UsageTotalsSerializer(serializers.Serializer):
+    requests = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    cancelled_requests = serializers.IntegerField()
+    failed_requests = serializers.IntegerField()
+    requests_without_user = serializers.IntegerField()
+
+
+class GatewayLimitSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = GatewayLimit
+        fields = ["id", "organisation", "requests_per_minute", "tokens_per_minute", "max_concurrent",
+                  "key_requests_per_minute", "key_tokens_per_minute", "key_max_concurrent", "max_tokens", "max_n"]

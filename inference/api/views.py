@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import django_filters
+from django.db.models import Sum
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
@@ -11,8 +13,55 @@ from rest_framework.response import Response
 from governance.api.tenancy import TenantViewSet
 from governance.principals import principal_of
 from inference import services
-from inference.api.serializers import DeploymentSerializer, GPUSerializer, NodeSerializer, QuotaSerializer, ScaleSerializer
-from inference.models import GPU, Deployment, GpuQuota, Node
+from inference.api.serializers import (
+    DeploymentSerializer,
+    GatewayLimitSerializer,
+    GPUSerializer,
+    NodeSerializer,
+    QuotaSerializer,
+    ScaleSerializer,
+    TokenUsageSerializer,
+    UsageTotalsSerializer,
+)
+from inference.models import GPU, Deployment, GatewayLimit, GpuQuota, Node, TokenUsage
+
+
+class UsageFilter(django_filters.FilterSet):
+    day_from = django_filters.DateFilter(field_name="day", lookup_expr="gte")
+    day_to = django_filters.DateFilter(field_name="day", lookup_expr="lte")
+    model = django_filters.CharFilter(field_name="deployment__served_model_name")
+    product = django_filters.NumberFilter(field_name="deployment__product")
+
+    class Meta:
+        model = TokenUsage
+        fields = ["day_from", "day_to", "api_key", "deployment", "model", "product", "organisation"]
+
+
+_TOTALS = ("requests", "prompt_tokens", "completion_tokens", "cancelled_requests", "failed_requests",
+           "requests_without_user")
+
+
+class UsageViewSet(TenantViewSet, mixins.ListModelMixin):
+    """Gateway use of the caller's keys: requests and tokens per key, deployment and UTC day.
+
+    Written by the gateway every few seconds (GATEWAY_USAGE_FLUSH_SECONDS), so the last seconds may not be in
+    yet. Filter with day_from/day_to, api_key, deployment, model, product; `totals` sums the same filter.
+    """
+
+    queryset = TokenUsage.objects.select_related("api_key", "deployment")
+    serializer_class = TokenUsageSerializer
+    filterset_class = UsageFilter
+
+    def scope_queryset(self, queryset: Any) -> Any:
+        bound = self.principal.bound_product_id
+        return queryset.filter(deployment__product_id=bound) if bound else queryset
+
+    @extend_schema(responses=UsageTotalsSerializer)
+    @action(detail=False, methods=["get"])
+    def totals(self, request: Request) -> Response:
+        queryset = self.filter_queryset(self.get_queryset())
+        sums = queryset.aggregate(**{name: Sum(name) for name in _TOTALS})
+        return Response({name: sums[name] or 0 for name in _TOTALS})
 
 
 class DeploymentViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin):
@@ -67,6 +116,14 @@ class StaffGPUViewSet(viewsets.ModelViewSet):
 class StaffQuotaViewSet(viewsets.ModelViewSet):
     queryset = GpuQuota.objects.all()
     serializer_class = QuotaSerializer
+    permission_classes = [IsStaffSession]
+
+
+class StaffGatewayLimitViewSet(viewsets.ModelViewSet):
+    """Staff: an organisation's gateway limits (empty fields take the GATEWAY_* defaults)."""
+
+    queryset = GatewayLimit.objects.all()
+    serializer_class = GatewayLimitSerializer
     permission_classes = [IsStaffSession]
 
 

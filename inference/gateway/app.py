@@ -149,7 +149,7 @@ class Gateway:
         while True:
             await asyncio.sleep(interval)
             try:
-                await loop.run_in_executor(self.directory.executor, self.meter.flush)
+                await loop.run_in_executor(self.directory.executor, self.meter.flush_in_thread)
             except Exception:
                 logger.exception("gateway: usage flush failed; %d requests buffered, new requests refused until "
                                  "it succeeds", self.meter.pending())

@@ -73,7 +73,6 @@ class UsageMeter:
 
         with self._lock:
             buffered, self._counters = self._counters, {}
-        close_old_connections()
         try:
             if buffered:
                 table = TokenUsage._meta.db_table
@@ -99,6 +98,12 @@ class UsageMeter:
         except Exception:
             self.healthy = False
             raise
+
+    def flush_in_thread(self) -> int:
+        """``flush`` from a worker thread of the gateway: the thread's connections go back to the pool after."""
+        close_old_connections()
+        try:
+            return self.flush()
         finally:
             for connection in connections.all(initialized_only=True):
                 connection.close()
@@ -112,6 +117,6 @@ class UsageMeter:
 
     def close(self) -> None:
         try:
-            self.flush()
+            self.flush_in_thread()
         except Exception:
             logger.exception("gateway: could not write usage at shutdown; %d requests not recorded", self.pending())

@@ -30,7 +30,7 @@ BIG = Limits(1_000_000, 1_000_000_000, 1_000)
 
 
 def redis_url() -> str:
-    url = settings.REDIS_URL or "redis://127.0.0.1:6379/15"
+    url = settings.REDIS_URL or "redis://127.0.0.1:6379/9"
     try:
         redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
     except redis.RedisError:
