@@ -35,7 +35,9 @@ PYTHON="${PYTHON:-python3}"
 # have at all. LiteLLM's proxy extra leaves out prisma, which a database needs (its `extra_proxy` extra
 # names it, with cloud clients the proxy doesn't need). The rest are what these resolved to when this was
 # written, for the packages on the request path; uvicorn[standard] adds httptools, as Corral's uvicorn
-# has, so both servers parse HTTP alike.
+# has, so both servers parse HTTP alike. OpenTelemetry's SDK, at the pins of LiteLLM's `proxy-runtime`
+# extra, is there because the proxy imports it on every request to route trace spans: without it that
+# import fails, isn't cached, and is retried by each request (~2% of the proxy's CPU).
 LITELLM_VERSION="1.108.5"
 PYTHON_PINS=(
     "litellm[proxy]==$LITELLM_VERSION"
@@ -56,6 +58,8 @@ PYTHON_PINS=(
     openai==3.57.0
     psycopg==3.3.9
     psycopg-binary==3.3.9
+    opentelemetry-api==1.45.1
+    opentelemetry-sdk==1.45.1
 )
 # prisma==0.15.0 drives Prisma CLI 5.17.0, engine commit 393aa359; the wasm engine is that commit's
 # build, and adapter-pg is the driver adapter released with it.

@@ -491,7 +491,10 @@ def _failing_store(gateway, tenant, monkeypatch) -> None:
     while not gateway.app.meter.healthy and time.monotonic() < deadline:
         time.sleep(0.1)
     client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
-    assert flushed_usage(gateway, deployment).requests == 2
+    deadline = time.monotonic() + 5  # the gateway's own flush (every 0.2 s here) writes it
+    while TokenUsage.objects.get(deployment=deployment).requests != 2:
+        assert time.monotonic() < deadline, "the usage was not written after the store recovered"
+        time.sleep(0.1)
 
 
 def _broken_flush(self):
