@@ -317,9 +317,12 @@ class Gateway:
 
         rewrite = False
         if not max_tokens:
-            max_tokens = key.max_tokens  # the cap holds also for requests that set none
-            data["max_tokens"] = max_tokens
-            rewrite = True
+            if deployment.max_model_len > key.max_tokens:
+                max_tokens = key.max_tokens  # the cap holds also for requests that set none
+                data["max_tokens"] = max_tokens
+                rewrite = True
+            else:
+                max_tokens = deployment.max_model_len  # vLLM's own bound is within the cap: leave it to vLLM
         client_usage = client_continuous = False
         if stream:
             options = data.get("stream_options") or {}

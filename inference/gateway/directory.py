@@ -65,6 +65,7 @@ class DeploymentInfo:
     served_model_name: str
     state: str
     created: int
+    max_model_len: int
     upstreams: tuple[Upstream, ...]
 
 
@@ -129,7 +130,8 @@ def _deployment_info(deployment: Any) -> DeploymentInfo:
     return DeploymentInfo(
         id=deployment.pk, organisation_id=deployment.organisation_id, product_id=deployment.product_id,
         licence_version_id=deployment.licence_version_id, served_model_name=deployment.served_model_name,
-        state=deployment.state, created=int(deployment.created_at.timestamp()), upstreams=upstreams)
+        state=deployment.state, created=int(deployment.created_at.timestamp()),
+        max_model_len=deployment.max_model_len, upstreams=upstreams)
 
 
 def load_deployments(organisation_id: int) -> dict[str, DeploymentInfo]:

