@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install migrate demo check lint clean bench-mau bench-alerts engine
+.PHONY: run test install migrate demo check lint clean bench-mau bench-alerts bench-gateway engine
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Corral needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -53,3 +53,9 @@ bench-mau: install
 
 bench-alerts: install
 	$(BIN)/python bench/alert_latency.py
+
+# Also needs wrk (apt-get install wrk); LiteLLM's proxy is installed in .venv-litellm for the comparison.
+bench-gateway: install
+	@command -v wrk >/dev/null || (echo "bench-gateway needs wrk: apt-get install wrk" && exit 1)
+	scripts/install-litellm.sh
+	$(BIN)/python bench/gateway.py $(BENCH_ARGS)

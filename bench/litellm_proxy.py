@@ -37,7 +37,7 @@ DATABASE_URL = f"postgresql://postgres@127.0.0.1:5432/{DATABASE}"
 MASTER_KEY = "sk-corral-bench-master-key"
 UPSTREAM_API_KEY = "sk-dummy-upstream-key"  # the upstream is a local fake or vLLM: nothing checks it
 SCHEMA_MARKER = "corral_bench_migrated_to"
-STARTUP_TIMEOUT_S = 240.0  # LiteLLM takes 20-40 s to start on this 2-core machine
+STARTUP_TIMEOUT_S = 240.0  # it took 45-60 s here, 30 s of that importing, with other work on the machine
 
 # Everything that would reach outside the machine (telemetry, LiteLLM's remote price and header maps, Prisma's
 # update check) is switched off; the wasm query-engine stand-in and stub schema engine replace Prisma's native

@@ -2,6 +2,7 @@ import subprocess
 from pathlib import Path
 
 from django.conf import settings
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from inference.models import GpuQuota, Node
@@ -18,6 +19,9 @@ class Command(BaseCommand):
         python = settings.BASE_DIR / ".venv-vllm" / "bin" / "python"
         if not python.exists():
             raise CommandError("The CPU engine is not installed: run `make engine` first.")
+        # Works on a fresh machine before the first `make run`: the schema, the catalogue and the demo tenant.
+        call_command("migrate", verbosity=0)
+        call_command("load_demo", stdout=self.stdout)
         model_dir = Path(settings.VAR_DIR) / "models" / "tiny-llama"
         subprocess.run([str(python), str(settings.BASE_DIR / "inference" / "engine" / "tiny_model.py"),
                         str(model_dir)], check=True)
