@@ -32,8 +32,10 @@ PYTHON="${PYTHON:-python3}"
 # Pinned exactly. 1.108.5 is the newest LiteLLM whose own exact pins for the proxy extra
 # (litellm-proxy-extras==0.4.110, litellm-enterprise==0.1.79.post1) the package index here serves;
 # 1.108.6 and later pin releases it doesn't have, and 1.110 needs a `litellm-proxy` package it doesn't
-# have at all. LiteLLM's proxy extra leaves out prisma, which a database needs (its `extra_proxy` extra
-# names it, with cloud clients the proxy doesn't need). The rest are what these resolved to when this was
+# have at all. LiteLLM's proxy extra leaves out prisma, which a database needs; 0.11.0 is the release
+# LiteLLM's own requirements.txt (its Docker image) pins, and the one its code is written against (it
+# reaches into the client's private `_Prisma__engine`, which later releases renamed). The rest are what
+# these resolved to when this was
 # written, for the packages on the request path; uvicorn[standard] adds httptools, as Corral's uvicorn
 # has, so both servers parse HTTP alike. OpenTelemetry's SDK, at the pins of LiteLLM's `proxy-runtime`
 # extra, is there because the proxy imports it on every request to route trace spans: without it that
@@ -43,7 +45,7 @@ PYTHON_PINS=(
     "litellm[proxy]==$LITELLM_VERSION"
     litellm-proxy-extras==0.4.110
     litellm-enterprise==0.1.79.post1
-    prisma==0.15.0
+    prisma==0.11.0
     "uvicorn[standard]==0.54.0"
     httptools==0.9.0
     uvloop==0.23.0
@@ -61,12 +63,16 @@ PYTHON_PINS=(
     opentelemetry-api==1.45.1
     opentelemetry-sdk==1.45.1
 )
-# prisma==0.15.0 drives Prisma CLI 5.17.0, engine commit 393aa359; the wasm engine is that commit's
-# build, and adapter-pg is the driver adapter released with it.
-PRISMA_ENGINE_COMMIT="393aa359c9ad4a4bb28630fb5613f9c281cde053"
+# prisma==0.11.0 drives Prisma CLI 5.4.2, whose engines are commit ac9d7041. Prisma published no wasm
+# build of the query engine that early, so the stand-in runs 5.17.0's (commit 393aa359) with the driver
+# adapter released beside it. What LiteLLM sends through the client (startup, key creation, key lookups,
+# spend writes) was checked to work against it; the stand-in answers --version with the commit the client
+# checks for.
+PRISMA_CLI_ENGINE_COMMIT="ac9d7041ed77bcc8a8dbd2ab6616b39013829574"
+WASM_ENGINE_COMMIT="393aa359c9ad4a4bb28630fb5613f9c281cde053"
 NPM_PINS=(
-    prisma@5.17.0
-    "@prisma/query-engine-wasm@5.17.0-31.$PRISMA_ENGINE_COMMIT"
+    prisma@5.4.2
+    "@prisma/query-engine-wasm@5.17.0-31.$WASM_ENGINE_COMMIT"
     @prisma/adapter-pg@5.17.0
     @prisma/driver-adapter-utils@5.17.0
     pg@8.23.1
@@ -96,10 +102,15 @@ node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)
 test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
 PY="$VENV/bin/python"
 rm -f "$STAMP"
+site_packages="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+# `prisma generate` writes the client into the prisma package itself, and one release's generated modules
+# break another's import: start that package afresh.
+"$PY" -m pip uninstall --quiet --yes prisma >/dev/null 2>&1 || true
+rm -rf "$site_packages/prisma"
 "$PY" -m pip install --quiet "${PYTHON_PINS[@]}"
 
 # LiteLLM 1.82.7 and 1.82.8 were published with a credential stealer started from a .pth file.
-if compgen -G "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/litellm*.pth" >/dev/null; then
+if compgen -G "$site_packages/litellm*.pth" >/dev/null; then
     echo "a litellm*.pth file is in the venv: refusing to go on (see LiteLLM's March 2026 security notice)" >&2
     exit 1
 fi
@@ -121,7 +132,7 @@ cat >"$ENGINES/schema-engine" <<SH
 #!/bin/sh
 # Stub: Prisma's CLI insists on a schema engine being present, even for \`generate\`. Migrations are
 # applied with psql by bench/litellm_proxy.py instead.
-case "\$1" in --version|-V) echo "schema-engine-cli $PRISMA_ENGINE_COMMIT"; exit 0;; esac
+case "\$1" in --version|-V) echo "schema-engine-cli $PRISMA_CLI_ENGINE_COMMIT"; exit 0;; esac
 echo "schema-engine: stub, the native schema engine is not installed (see scripts/install-litellm.sh)" >&2
 exit 1
 SH
@@ -131,8 +142,7 @@ cat >"$ENGINES/query-engine" <<'JS'
 // Stand-in for Prisma's native `query-engine` binary, which only Prisma's CDN serves. Prisma Client
 // Python (which LiteLLM uses) spawns it as `query-engine -p PORT ...` and speaks HTTP to it with
 // Prisma's GraphQL protocol. This serves the same HTTP API on top of @prisma/query-engine-wasm (the
-// same engine commit, compiled to WebAssembly, from npm) and node-postgres through
-// @prisma/adapter-pg. The wasm engine only speaks Prisma's JSON protocol, so requests are translated
+// query engine compiled to WebAssembly, from npm) and node-postgres through @prisma/adapter-pg. The wasm engine only speaks Prisma's JSON protocol, so requests are translated
 // from the small GraphQL subset that prisma-client-py's query builder emits, and tagged JSON-protocol
 // output values ({"$type": "DateTime", "value": ...}) are flattened back to what the GraphQL protocol
 // returned.
@@ -140,12 +150,12 @@ cat >"$ENGINES/query-engine" <<'JS'
 
 const fs = require('node:fs');
 const http = require('node:http');
-const path = require('node:path');
 
-const ENGINE_COMMIT = '393aa359c9ad4a4bb28630fb5613f9c281cde053';
+// The commit prisma-client-py checks `--version` against (filled in by scripts/install-litellm.sh).
+const CLIENT_ENGINE_COMMIT = '@CLIENT_ENGINE_COMMIT@';
 
 if (process.argv.includes('--version') || process.argv.includes('-V')) {
-  process.stdout.write(`query-engine ${ENGINE_COMMIT}\n`);
+  process.stdout.write(`query-engine ${CLIENT_ENGINE_COMMIT}\n`);
   process.exit(0);
 }
 
@@ -359,10 +369,35 @@ function untag(value) {
   return value;
 }
 
-function graphqlShaped(result) {
+// Raw query results come back as {columns, types, rows}; prisma-client-py 0.11 reads the shape the engine
+// gave before Prisma 5.9, one object per row of {column: {prisma__type, prisma__value}}.
+function typedValue(type, value) {
+  if (value === null || value === undefined) return { prisma__type: 'null', prisma__value: null };
+  if (type.endsWith('-array') && Array.isArray(value)) {
+    const element = type.slice(0, -'-array'.length);
+    return { prisma__type: 'array', prisma__value: value.map((item) => typedValue(element, item)) };
+  }
+  return { prisma__type: type, prisma__value: value };
+}
+
+function rawRows(raw) {
+  if (!raw || !Array.isArray(raw.columns) || !Array.isArray(raw.rows)) return raw;
+  return raw.rows.map((row) => {
+    const object = {};
+    raw.columns.forEach((column, index) => {
+      object[column] = typedValue(raw.types[index], row[index]);
+    });
+    return object;
+  });
+}
+
+function graphqlShaped(result, request) {
   if (result && result.data && typeof result.data === 'object') {
     const keys = Object.keys(result.data);
-    if (keys.length === 1) return { data: { result: untag(result.data[keys[0]]) } };
+    if (keys.length === 1) {
+      const value = result.data[keys[0]];
+      return { data: { result: request.action === 'queryRaw' ? rawRows(value) : untag(value) } };
+    }
   }
   return result;
 }
@@ -376,12 +411,12 @@ function translateRequest(body) {
   return graphqlToJson(body.query);
 }
 
-function translateResponse(text) {
+function translateResponse(text, request) {
   const result = JSON.parse(text);
   if (Array.isArray(result.batchResult)) {
-    return { ...result, batchResult: result.batchResult.map(graphqlShaped) };
+    return { ...result, batchResult: result.batchResult.map((item, index) => graphqlShaped(item, request.batch[index])) };
   }
-  return graphqlShaped(result);
+  return graphqlShaped(result, request);
 }
 
 // ---------------------------------------------------------------- engine
@@ -419,6 +454,46 @@ function poolConfig(url) {
   return { config, schema };
 }
 
+// node-postgres hands over, and @prisma/adapter-pg 5.17 refuses, some catalog types that the native engine
+// reads as text (LiteLLM's startup queries pg_views for `name` columns, and aggregates them into name[]).
+const TEXT = 25;
+const TEXT_ARRAY = 1009;
+const READ_AS_TEXT = new Set([18, 19, 24, 28, 705, 2205, 2206, 2278]); // "char" name regproc xid unknown regclass regtype void
+const READ_AS_TEXT_ARRAY = new Set([1003, 2210, 2211]); // name[] regclass[] regtype[]
+
+function retypeCatalogColumns(result) {
+  if (Array.isArray(result)) return result.map(retypeCatalogColumns);
+  if (!result || !Array.isArray(result.fields)) return result;
+  const parseTextArray = require('pg').types.getTypeParser(TEXT_ARRAY, 'text');
+  result.fields.forEach((field, index) => {
+    if (READ_AS_TEXT.has(field.dataTypeID)) {
+      field.dataTypeID = TEXT;
+    } else if (READ_AS_TEXT_ARRAY.has(field.dataTypeID)) {
+      field.dataTypeID = TEXT_ARRAY;
+      for (const row of result.rows || []) {
+        if (Array.isArray(row) && typeof row[index] === 'string') row[index] = parseTextArray(row[index]);
+      }
+    }
+  });
+  return result;
+}
+
+// Every pooled connection, so queries inside transactions are covered too.
+function retypeOnConnect(pool) {
+  pool.on('connect', (client) => {
+    const query = client.query.bind(client);
+    client.query = (...args) => {
+      const last = args[args.length - 1];
+      if (typeof last === 'function') {
+        args[args.length - 1] = (error, result) => last(error, error ? result : retypeCatalogColumns(result));
+        return query(...args);
+      }
+      const pending = query(...args);
+      return pending && typeof pending.then === 'function' ? pending.then(retypeCatalogColumns) : pending;
+    };
+  });
+}
+
 async function loadEngine() {
   const bg = await import('@prisma/query-engine-wasm/postgresql/query_engine_bg.js');
   const wasmPath = require.resolve('@prisma/query-engine-wasm/postgresql/query_engine_bg.wasm');
@@ -438,6 +513,7 @@ async function main() {
   const { bindAdapter } = require('@prisma/driver-adapter-utils');
   const { config, schema } = poolConfig(databaseUrl(datamodel));
   const pool = new Pool(config);
+  retypeOnConnect(pool);
   const adapter = bindAdapter(new PrismaPg(pool, schema ? { schema } : undefined));
   const QueryEngine = await loadEngine();
   const engine = new QueryEngine(
@@ -468,7 +544,7 @@ async function main() {
           const request = translateRequest(JSON.parse(body));
           const txId = req.headers['x-transaction-id'] || undefined;
           const text = await engine.query(JSON.stringify(request), '{}', txId);
-          return reply(res, 200, JSON.stringify(translateResponse(text)));
+          return reply(res, 200, JSON.stringify(translateResponse(text, request)));
         }
         const tx = /^\/transaction\/(?:start|([^/]+)\/(commit|rollback))$/.exec(url.pathname);
         if (req.method === 'POST' && tx) {
@@ -520,6 +596,7 @@ if (require.main === module) {
   module.exports = { graphqlToJson, schemaFields, translateResponse, useModels: (models) => (MODELS = models) };
 }
 JS
+sed -i "s/@CLIENT_ENGINE_COMMIT@/$PRISMA_CLI_ENGINE_COMMIT/" "$ENGINES/query-engine"
 chmod +x "$ENGINES/schema-engine" "$ENGINES/query-engine"
 
 # What bench/litellm_proxy.py sets when it runs the proxy, too.
@@ -530,7 +607,6 @@ export PRISMA_HIDE_UPDATE_MESSAGE=1 CHECKPOINT_DISABLE=1 PRISMA_USE_NODEJS_BIN=f
 
 # Generate Prisma Client Python from LiteLLM's schema (LiteLLM's Docker image does this at build time).
 # The generator runs as `prisma-client-py`, so the venv's bin must come first on PATH.
-site_packages="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 (cd "$site_packages/litellm/proxy" && PATH="$VENV/bin:$PATH" "$PY" -m prisma generate --schema schema.prisma >/dev/null)
 
 # Fail here, not at the first proxy start, if the install is unusable.

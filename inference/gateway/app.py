@@ -26,6 +26,7 @@ import atexit
 import contextlib
 import hashlib
 import hmac
+import itertools
 import logging
 import os
 import time
@@ -78,9 +79,10 @@ def _make_limiter() -> Any:
     import redis.asyncio as aioredis
 
     timeout = settings.GATEWAY_BACKEND_TIMEOUT_SECONDS
-    client = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                     retry_on_timeout=False, max_connections=256)
-    return RedisLimiter(client, lease_seconds=lease, prefix=settings.GATEWAY_REDIS_PREFIX)
+    # No per-read socket timeout: the limiter puts one deadline on each round trip (limits.py).
+    client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=timeout, retry_on_timeout=False,
+                                     max_connections=256)
+    return RedisLimiter(client, lease_seconds=lease, prefix=settings.GATEWAY_REDIS_PREFIX, timeout=timeout)
 
 
 class _Request:
@@ -109,6 +111,9 @@ class Gateway:
         self.strategy: Strategy = strategy or LeastOutstanding()
         self.ready = False
         self._flusher: asyncio.Task[None] | None = None
+        # Request ids: unique across processes and restarts (they name concurrency slots in Redis).
+        self._id_prefix = os.urandom(6).hex() + "-"
+        self._ids = itertools.count(1)
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
@@ -220,7 +225,8 @@ class Gateway:
         key = None
         if dot and prefix.startswith(b"crl_") and len(prefix) <= 16:
             try:
-                key = await self.directory.key(prefix.decode("ascii"))
+                name = prefix.decode("ascii")
+                key = self.directory.fresh(("key", name)) or await self.directory.key(name)
             except BackendUnavailable as exc:
                 raise _unavailable("database") from exc
             except UnicodeDecodeError:
@@ -243,7 +249,8 @@ class Gateway:
 
     async def _deployment(self, key: KeyInfo, model: str) -> DeploymentInfo:
         try:
-            deployments = await self.directory.deployments(key.organisation_id)
+            deployments = (self.directory.fresh(("deployments", key.organisation_id))
+                           or await self.directory.deployments(key.organisation_id))
         except BackendUnavailable as exc:
             raise _unavailable("database") from exc
         deployment = deployments.get(model)
@@ -305,7 +312,8 @@ class Gateway:
 
         deployment = await self._deployment(key, model)
         try:
-            gate = await self.directory.gate(key.organisation_id, deployment.licence_version_id)
+            gate = (self.directory.fresh(("gate", key.organisation_id, deployment.licence_version_id))
+                    or await self.directory.gate(key.organisation_id, deployment.licence_version_id))
         except BackendUnavailable as exc:
             raise _unavailable("database") from exc
         if not gate.allowed:
@@ -334,7 +342,7 @@ class Gateway:
             data["stream_options"] = {**options, "include_usage": True, "continuous_usage_stats": True}
             rewrite = True
         reserve = max_tokens * n + len(body) // 4  # the prompt's tokens, estimated from its size
-        request = _Request(os.urandom(8).hex(), key, deployment, reserve, user)
+        request = _Request(f"{self._id_prefix}{next(self._ids)}", key, deployment, reserve, user)
         try:
             refusal = await self.limiter.reserve(request_id=request.id, key_id=key.id, org_id=key.organisation_id,
                                                  tokens=reserve, key=key.key_limits, org=key.org_limits)

@@ -122,6 +122,10 @@ class Refusal:
         return f"Rate limit reached: {what} of {owner}. Retry after {self.retry_after} s."
 
 
+# How long a settlement may wait to ride along with a reservation before it is sent on its own.
+SETTLE_DELAY = 0.025
+
+
 class LimiterUnavailable(Exception):
     """The limiter's store cannot be reached: the gateway fails closed."""
 
@@ -135,8 +139,10 @@ class RedisLimiter:
     pipeline: one round trip and one write for the batch instead of one each, which is most of what the
     limits cost per request. Each call is still its own atomic script."""
 
-    def __init__(self, client: Any, *, lease_seconds: int, prefix: str = "corral:gw") -> None:
+    def __init__(self, client: Any, *, lease_seconds: int, prefix: str = "corral:gw", timeout: float = 1.5) -> None:
         self.client = client
+        self.timeout = timeout
+        self._send_soon = self._send_later = False
         self.lease_ms = lease_seconds * 1000
         self.prefix = prefix
         self._sha = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in
@@ -150,28 +156,41 @@ class RedisLimiter:
         return [f"{p}:k:{key_id}:rpm", f"{p}:k:{key_id}:tpm", f"{p}:k:{key_id}:conc",
                 f"{p}:o:{org_id}:rpm", f"{p}:o:{org_id}:tpm", f"{p}:o:{org_id}:conc"]
 
-    def _call(self, script: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+    def _call(self, script: str, keys: list[str], args: list[Any], *, urgent: bool = True) -> asyncio.Future[Any]:
+        """Queue a script call. Urgent calls (reservations: a request waits) go out at the end of this turn of
+        the loop; the others (settlements) ride along with the next batch, or go out after SETTLE_DELAY."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._send_pending)
         self._pending.append((script, keys, args, future))
+        if urgent and not self._send_soon:
+            self._send_soon = True
+            loop.call_soon(self._send_pending)
+        elif not urgent and not self._send_later:
+            self._send_later = True
+            loop.call_later(SETTLE_DELAY, self._send_pending)
         return future
 
     def _send_pending(self) -> None:
+        self._send_soon = self._send_later = False  # a timer still set only sends what came since
+        if not self._pending:
+            return
         batch, self._pending = self._pending, []
+        # Settlements first, so a reservation in the same batch sees the slots and tokens given back.
+        batch.sort(key=lambda call: call[0] != "settle")
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _send(self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]]) -> None:
         try:
-            results = await self._execute(batch)
-            if any(isinstance(r, NoScriptError) for r in results):
-                # Redis restarted without our scripts: load them and send the batch again (once).
-                for name, body in self._scripts.items():
-                    await self.client.script_load(body)
+            # One deadline for the whole round trip (cheaper than redis-py's per-read socket timeout).
+            async with asyncio.timeout(self.timeout):
                 results = await self._execute(batch)
+                if any(isinstance(r, NoScriptError) for r in results):
+                    # Redis restarted without our scripts: load them and send the batch again (once).
+                    for body in self._scripts.values():
+                        await self.client.script_load(body)
+                    results = await self._execute(batch)
         except Exception as exc:  # connection refused, timeout: every caller fails closed
             for *_, future in batch:
                 if not future.done():
@@ -205,7 +224,7 @@ class RedisLimiter:
                      org: Limits) -> None:
         keys = self._keys(key_id, org_id)
         args = [int(time.time() * 1000), request_id, reserved - used, key.tokens_per_minute, org.tokens_per_minute]
-        await self._call("settle", [keys[1], keys[2], keys[4], keys[5]], args)
+        await self._call("settle", [keys[1], keys[2], keys[4], keys[5]], args, urgent=False)
 
     async def close(self) -> None:
         if self._tasks:
