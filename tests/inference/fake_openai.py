@@ -3,8 +3,8 @@
 An ASGI app answering /v1/chat/completions and /v1/completions the way vLLM does, non-streaming and SSE
 streaming, with `stream_options.include_usage` and vLLM's `continuous_usage_stats`; it checks vLLM's own API
 key. A request steers it with an extra body field (vLLM ignores unknown fields):
-`"fake": {"tokens": 5, "delay": 0.0, "status": 200}` for the number of completion tokens, a pause before
-each chunk, and an error status to answer with. It also answers the paths the gateway must not expose
+`"fake": {"tokens": 5, "delay": 0.0, "status": 200, "stall_after": null}` for the number of completion
+tokens, a pause before each chunk, an error status to answer with, and a chunk after which a stream stalls. It also answers the paths the gateway must not expose
 (/tokenize, /metrics, ...), so a test can tell that the gateway did not forward them.
 
 Run alone: `python tests/inference/fake_openai.py --port 9000 --key secret`.
@@ -86,6 +86,8 @@ class FakeOpenAI:
             for i in range(tokens):
                 if delay:
                     await asyncio.sleep(delay)
+                if i == fake.get("stall_after"):
+                    await asyncio.sleep(5)  # vLLM stuck mid-stream
                 if gone.done():
                     self.cancelled += 1
                     return

@@ -544,3 +544,62 @@ def test_a_request_without_max_tokens_gets_the_cap_unless_the_model_context_is_s
     time.sleep(0.4)
     sdk(gateway, key).chat.completions.create(model="chat-small", messages=MESSAGES)
     assert "max_tokens" not in upstream.requests[-1]  # vLLM bounds it by the context of 64
+
+
+def test_the_sdk_sees_caps_as_422_and_a_stream_that_stalls_as_an_error_event(gateway, tenant) -> None:
+    _, deployment, key = tenant
+    client = sdk(gateway, key)
+    with pytest.raises(openai.UnprocessableEntityError) as error:
+        client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=10**6)
+    assert error.value.code == "max_tokens_too_large" and error.value.param == "max_tokens"
+    gateway.app.session._timeout = gateway.app.session._timeout.__class__(total=None, sock_read=0.5)
+    stream = client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=10, stream=True,
+                                            extra_body={"fake": {"tokens": 10, "stall_after": 3}})
+    received = []
+    with pytest.raises(openai.APIError, match="did not answer in time"):
+        for chunk in stream:
+            received.append(chunk)
+    assert len(received) == 3
+    usage = flushed_usage(gateway, deployment)
+    assert usage.failed_requests == 1 and usage.completion_tokens == 3  # billed for what was generated
+
+
+def test_redis_stopped_mid_service_fails_closed_within_2_seconds_and_recovers(tenant, gw_settings, tmp_path) -> None:
+    import shutil
+    import socket
+    import subprocess
+
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--dir", str(tmp_path)]
+    redis_process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    gw_settings.REDIS_URL = f"redis://127.0.0.1:{port}/0"
+    _, _, key = tenant
+    try:
+        time.sleep(0.3)
+        with ThreadServer(Gateway()) as gateway:
+            client = sdk(gateway, key)
+            client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+            redis_process.terminate()
+            redis_process.wait(5)
+            started = time.monotonic()
+            with pytest.raises(openai.InternalServerError) as error:
+                client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+            assert error.value.status_code == 503 and time.monotonic() - started < 2
+            redis_process = subprocess.Popen(command, stdout=subprocess.DEVNULL)  # back, empty
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=1)
+                    break
+                except openai.InternalServerError:
+                    assert time.monotonic() < deadline, "the gateway did not recover after Redis came back"
+                    time.sleep(0.2)
+    finally:
+        redis_process.kill()
+        redis_process.wait(5)
