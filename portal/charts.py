@@ -67,13 +67,13 @@ class _Frame:
         parts.append(f'<line class="axis" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{self.y(0):.1f}" y2="{self.y(0):.1f}"/>')
         return parts
 
-    def hline(self, value: float, css: str, label: str) -> list[str]:
+    def hline(self, value: float, css: str, label: str, *, label_left: bool = False) -> list[str]:
         if value > self.ymax * 1.02:
             return []
         y = self.y(value)
+        x, anchor = (LEFT + 4, "start") if label_left else (WIDTH - RIGHT - 4, "end")
         return [f'<line class="{css}" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>',
-                f'<text class="{css}-label" x="{WIDTH - RIGHT - 4}" y="{y - 4:.1f}" text-anchor="end">'
-                f'{escape(label)}</text>']
+                f'<text class="{css}-label" x="{x}" y="{y - 4:.1f}" text-anchor="{anchor}">{escape(label)}</text>']
 
     def band(self, points: list[Point], css: str) -> list[str]:
         if not points:
@@ -138,7 +138,7 @@ def monthly_mau_chart(*, months: list[Point], threshold: int, levels: list[float
     every = max(1, len(_month_ticks(start, end)) // 8)
     parts = frame.axes(_month_ticks(start, end, every))
     for level in sorted(levels):
-        parts += frame.hline(level * threshold, "level", f"{level:.0%}")
+        parts += frame.hline(level * threshold, "level", f"{level:.0%}", label_left=True)
     parts += frame.hline(threshold, "threshold", f"{compact(threshold)} limit")
     if draw_forecast:
         last = months[-1]

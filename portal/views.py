@@ -65,7 +65,8 @@ def overview(request: HttpRequest) -> HttpResponse:
     access = access_of(request)
     rows = portal_selectors.overview_rows(groups=access.groups())
     pool = portal_selectors.pool_usage() if access.is_staff else None
-    return render(request, "portal/overview.html", {"rows": rows, "pool": pool, "today": timezone.now().date()})
+    last_month = portal_selectors.rules.previous_month(timezone.now().date())
+    return render(request, "portal/overview.html", {"rows": rows, "pool": pool, "last_month": last_month})
 
 
 @login_required

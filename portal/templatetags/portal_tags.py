@@ -51,3 +51,9 @@ def percent(value: Any, of: Any) -> str:
 @register.inclusion_tag("portal/_state.html")
 def state_badge(state: str | None, label: str | None = None) -> dict[str, Any]:
     return {"state": state or "unknown", "label": label or (state or "not evaluated")}
+
+
+@register.filter
+def ready_count(replicas: Any) -> int:
+    """How many of a deployment's (prefetched) replicas are ready."""
+    return sum(1 for replica in replicas if replica.state == "ready")
