@@ -10,7 +10,7 @@ import pytest
 from django.test import Client
 
 from licensing.models import Membership, Organisation
-from tests.factories import MembershipFactory, OrganisationFactory, ProductFactory, UserFactory
+from tests.factories import GroupFactory, MembershipFactory, OrganisationFactory, ProductFactory, UserFactory
 
 PASSWORD = "correct horse battery staple"
 
@@ -25,9 +25,9 @@ class Tenancy:
 
 @pytest.fixture
 def tenancy(db: Any) -> Tenancy:
-    organisation = OrganisationFactory(name="Acme Social")
+    organisation = OrganisationFactory(name="Acme Social", group=GroupFactory(name="Acme Holdings"))
     sibling = OrganisationFactory(name="Acme Cloud", group=organisation.group)
-    outsider_org = OrganisationFactory(name="Globex")
+    outsider_org = OrganisationFactory(name="Globex", group=GroupFactory(name="Globex Holdings"))
     users = {}
     for role in Membership.Role.values:
         users[role] = MembershipFactory(organisation=organisation, role=role, user__username=role).user
