@@ -23,6 +23,12 @@ class Tenancy:
     users: dict[str, Any]
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    """Six people per test: the production hasher's deliberate slowness would cost seconds each time."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def tenancy(db: Any) -> Tenancy:
     organisation = OrganisationFactory(name="Acme Social", group=GroupFactory(name="Acme Holdings"))
