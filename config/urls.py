@@ -10,4 +10,6 @@ urlpatterns = [
     path("api/v1/", include("config.api_urls")),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    # The web portal, at the root (last, so it never shadows the routes above).
+    path("", include("portal.urls")),
 ]

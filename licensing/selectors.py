@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, F, Max, OuterRef, Q, QuerySet
 
 from licensing.models import AffiliateGroup, LicenceAcceptance, LicenceVersion, MetaGrant, Organisation, Product
 from licensing.obligations import Obligations, product_obligations
@@ -55,3 +55,23 @@ def product_obligations_get(*, product: Product) -> Obligations:
     return product_obligations(
         product.licence_version.terms(), licence_accepted=state.licence_accepted, aup_accepted=state.aup_accepted
     )
+
+
+def acceptance_states(*, organisation_ids: list[int]) -> dict[tuple[int, int], AcceptanceState]:
+    """``acceptance_state`` for every (organisation, licence version) the organisations accepted anything
+    of, in two queries: for pages that list many products. A pair missing from the answer accepted nothing."""
+    accepted = LicenceAcceptance.objects.filter(organisation_id__in=organisation_ids)
+    licences = {
+        (row["organisation_id"], row["licence_version_id"]): row["last"]
+        for row in accepted.filter(licence_sha256=F("licence_version__licence_sha256"))
+        .values("organisation_id", "licence_version_id").annotate(last=Max("accepted_at"))
+    }
+    aups = set(
+        accepted.filter(aup_version=F("licence_version__aup_version")).values_list(
+            "organisation_id", "licence_version_id").distinct()
+    )
+    return {
+        pair: AcceptanceState(licence_accepted=pair in licences, aup_accepted=pair in aups,
+                              last_accepted_at=licences.get(pair))
+        for pair in set(licences) | aups
+    }

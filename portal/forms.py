@@ -1,0 +1,214 @@
+"""The portal's forms. They check the shape of the input; the rules belong to the services, whose
+``ValidationError`` is put back next to the field it names (``add_service_errors``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+
+from governance.models import GroupPolicy, Scope
+from inference.models import Deployment
+from inference.services import DTYPES, QUANTIZATIONS
+from licensing.models import BaseModel, LicenceVersion, Organisation, Product
+
+
+def add_service_errors(form: forms.Form, exc: ValidationError | ValueError) -> None:
+    """Attach a service's refusal to the fields it names; anything else becomes a form-wide error."""
+    if isinstance(exc, ValidationError) and hasattr(exc, "error_dict"):
+        for field, messages in exc.message_dict.items():
+            target = field if field in form.fields else None
+            for message in messages:
+                form.add_error(target, message if target else f"{field.replace('_', ' ')}: {message}")
+        return
+    messages = exc.messages if isinstance(exc, ValidationError) else [str(exc)]
+    for message in messages:
+        form.add_error(None, message)
+
+
+class OrganisationChoiceMixin:
+    """An ``organisation`` field limited to the organisations given, hidden when there is only one."""
+
+    fields: dict[str, Any]
+
+    def limit_organisations(self, organisations: QuerySet[Organisation]) -> None:
+        field = self.fields["organisation"]
+        field.queryset = organisations
+        if organisations.count() == 1:
+            field.initial = organisations.first()
+            field.widget = forms.HiddenInput()
+
+
+class ProductForm(OrganisationChoiceMixin, forms.Form):
+    organisation = forms.ModelChoiceField(queryset=Organisation.objects.none(), empty_label=None)
+    name = forms.CharField(max_length=200)
+    licence_version = forms.ModelChoiceField(queryset=LicenceVersion.objects.all(), label="Llama licence version",
+                                             help_text="The licence the product is built under.")
+    base_model = forms.ModelChoiceField(queryset=BaseModel.objects.select_related("licence_version"), required=False,
+                                        help_text="Must be released under the licence version chosen.")
+    status = forms.ChoiceField(choices=Product.Status.choices, initial=Product.Status.DEVELOPMENT)
+    launch_date = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
+
+    def __init__(self, *args: Any, organisations: QuerySet[Organisation] | None = None, editing: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if editing:
+            del self.fields["organisation"]
+        else:
+            self.limit_organisations(organisations if organisations is not None else Organisation.objects.none())
+
+
+class AcceptanceForm(forms.Form):
+    """Accepting a version's licence and AUP. The hash and AUP version are those the page showed: if the
+    catalogue changed since, the service refuses rather than record words the person did not see."""
+
+    licence_sha256 = forms.CharField(widget=forms.HiddenInput(), max_length=64)
+    aup_version = forms.CharField(widget=forms.HiddenInput(), max_length=40)
+    confirm = forms.BooleanField(
+        label="I have read and accept the licence and its Acceptable Use Policy on behalf of the organisation.",
+        error_messages={"required": "Tick the box to confirm you accept the licence and the policy."},
+    )
+    note = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}),
+                           help_text="Optional: e.g. the approval reference from counsel.")
+
+
+class ApiKeyForm(OrganisationChoiceMixin, forms.Form):
+    organisation = forms.ModelChoiceField(queryset=Organisation.objects.none(), empty_label=None)
+    name = forms.CharField(max_length=200, help_text="What the key is for, e.g. the service that uses it.")
+    scopes = forms.MultipleChoiceField(choices=Scope.choices, widget=forms.CheckboxSelectMultiple,
+                                       help_text="A key can hold only scopes your role holds.")
+    product = forms.ModelChoiceField(queryset=Product.objects.none(), required=False,
+                                     empty_label="Any product of the organisation",
+                                     help_text="Bind the key to one product.")
+    expires_on = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}),
+                                 help_text="Optional: the key stops working at the start of this day (UTC).")
+
+    def __init__(self, *args: Any, organisations: QuerySet[Organisation], scopes: frozenset[str],
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limit_organisations(organisations)
+        self.fields["scopes"].choices = [(value, label) for value, label in Scope.choices if value in scopes]
+        self.fields["product"].queryset = Product.objects.filter(organisation__in=organisations).select_related(
+            "organisation")
+
+    def clean_expires_on(self) -> dt.datetime | None:
+        day = self.cleaned_data.get("expires_on")
+        if day is None:
+            return None
+        if day <= dt.date.today():
+            raise ValidationError("Choose a day after today.")
+        return dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        product, organisation = data.get("product"), data.get("organisation")
+        if product is not None and organisation is not None and product.organisation_id != organisation.pk:
+            self.add_error("product", "This product belongs to another organisation.")
+        return data
+
+
+def _percent_list(value: str) -> list[float]:
+    try:
+        return [float(part.strip().rstrip("%")) / 100 for part in value.replace(";", ",").split(",") if part.strip()]
+    except ValueError as exc:
+        raise ValidationError("Percentages separated by commas, e.g. 50, 75, 90.") from exc
+
+
+class PolicyForm(forms.Form):
+    """The group's alert and enforcement policy. The API's PolicySerializer checks it (see views)."""
+
+    mode = forms.ChoiceField(choices=GroupPolicy.Mode.choices)
+    grace_days = forms.IntegerField(min_value=0, max_value=365, help_text="Grace mode: days before blocking.")
+    levels = forms.CharField(label="Alert levels (% of the threshold)", max_length=200,
+                             help_text="Comma-separated, e.g. 50, 75, 90.")
+    hysteresis = forms.FloatField(label="Hysteresis (%)", min_value=0, max_value=20,
+                                  help_text="How far below a level the figure must fall to recover.")
+    forecast_days = forms.IntegerField(min_value=1, max_value=730,
+                                       help_text="Alert when the forecast crossing is this close.")
+    email_enabled = forms.BooleanField(required=False, label="Send alerts by email")
+    email_recipients = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}),
+                                       help_text="One address per line.")
+    webhooks_enabled = forms.BooleanField(required=False, label="Send alerts to webhooks")
+
+    @classmethod
+    def initial_for(cls, policy: GroupPolicy) -> dict[str, Any]:
+        return {
+            "mode": policy.mode, "grace_days": policy.grace_days,
+            "levels": ", ".join(f"{level * 100:g}" for level in policy.levels),
+            "hysteresis": round(policy.hysteresis * 100, 4), "forecast_days": policy.forecast_days,
+            "email_enabled": policy.email_enabled, "email_recipients": "\n".join(policy.email_recipients),
+            "webhooks_enabled": policy.webhooks_enabled,
+        }
+
+    def clean_levels(self) -> list[float]:
+        return _percent_list(self.cleaned_data["levels"])
+
+    def clean_email_recipients(self) -> list[str]:
+        return [line.strip() for line in self.cleaned_data["email_recipients"].splitlines() if line.strip()]
+
+    def as_policy_data(self) -> dict[str, Any]:
+        data = dict(self.cleaned_data)
+        data["hysteresis"] = data["hysteresis"] / 100
+        return data
+
+
+class WebhookForm(forms.Form):
+    url = forms.URLField(max_length=500, label="URL", assume_scheme="https",
+                         help_text="HTTPS; Corral signs every event with the secret shown once after saving.")
+    description = forms.CharField(max_length=200, required=False)
+    slack_format = forms.BooleanField(required=False, label="Slack-compatible payload")
+
+
+class DeploymentForm(OrganisationChoiceMixin, forms.Form):
+    organisation = forms.ModelChoiceField(queryset=Organisation.objects.none(), empty_label=None)
+    product = forms.ModelChoiceField(queryset=Product.objects.none(),
+                                     help_text="The product the deployment serves; its licence must be accepted.")
+    base_model = forms.ModelChoiceField(queryset=BaseModel.objects.select_related("licence_version"))
+    served_model_name = forms.CharField(max_length=100, help_text="The model name clients send to /v1/.")
+    device = forms.ChoiceField(choices=Deployment.Device.choices, initial=Deployment.Device.GPU)
+    replicas = forms.IntegerField(min_value=1, max_value=16, initial=1)
+    tensor_parallel_size = forms.IntegerField(min_value=1, max_value=8, initial=1, label="GPUs per replica")
+    max_model_len = forms.IntegerField(min_value=16, max_value=1_048_576, initial=4096, label="Context length")
+    dtype = forms.ChoiceField(choices=[(d, d) for d in sorted(DTYPES)], initial="auto")
+    quantization = forms.ChoiceField(choices=[(q, q or "none") for q in sorted(QUANTIZATIONS)], required=False)
+    model_source = forms.CharField(max_length=500, required=False,
+                                   help_text="Defaults to the base model's repository id.")
+
+    def __init__(self, *args: Any, organisations: QuerySet[Organisation], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limit_organisations(organisations)
+        self.fields["product"].queryset = Product.objects.filter(organisation__in=organisations).select_related(
+            "organisation", "licence_version")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        product, organisation = data.get("product"), data.get("organisation")
+        if product is not None and organisation is not None and product.organisation_id != organisation.pk:
+            self.add_error("product", "This product belongs to another organisation.")
+        return data
+
+
+class ScaleForm(forms.Form):
+    replicas = forms.IntegerField(min_value=0, max_value=16)
+
+
+class AuditFilterForm(forms.Form):
+    group = forms.ModelChoiceField(queryset=None, required=False, empty_label="All groups")  # type: ignore[arg-type]
+    action = forms.CharField(required=False, max_length=80)
+    actor = forms.CharField(required=False, max_length=200)
+    since = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="From")
+    until = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="To")
+
+    def __init__(self, *args: Any, groups: QuerySet, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["group"].queryset = groups
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("since") and data.get("until") and data["until"] < data["since"]:
+            self.add_error("until", "Must not be before the start.")
+        return data

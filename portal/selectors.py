@@ -1,0 +1,170 @@
+"""What the portal's pages read, assembled from the apps' selectors in a number of queries that does not
+grow with the rows shown. Each takes the groups or organisations the caller may see (portal/access.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db.models import Count, QuerySet
+from django.utils import timezone
+
+from governance import evaluation as rules
+from governance.models import Alert, ComplianceStatus, EvaluationRule, GroupForecast
+from governance.selectors import Count as MauCount
+from governance.selectors import daily_series, mau_month, mau_month_many
+from inference.models import GPU, GpuAllocation, Replica, ReplicaState
+from licensing.models import AffiliateGroup, LicenceVersion, Product
+from portal.charts import Point
+
+DEFAULT_THRESHOLD = 700_000_000
+LIVE_STATUSES = [Product.Status.DEVELOPMENT, Product.Status.LIVE]
+
+
+@dataclass
+class VersionRow:
+    version: LicenceVersion
+    statuses: dict[str, ComplianceStatus] = field(default_factory=dict)
+
+    @property
+    def accurate(self) -> ComplianceStatus | None:
+        return self.statuses.get(EvaluationRule.LICENCE_ACCURATE)
+
+    @property
+    def last_month(self) -> ComplianceStatus | None:
+        return self.statuses.get(EvaluationRule.LAST_MONTH)
+
+    @property
+    def projected(self) -> ComplianceStatus | None:
+        return self.statuses.get(EvaluationRule.PROJECTED)
+
+
+@dataclass
+class GroupRow:
+    group: AffiliateGroup
+    mau: MauCount | None
+    threshold: int
+    versions: list[VersionRow]
+    forecast: GroupForecast | None
+    open_alerts: int
+    gpus_in_use: int
+    replicas_ready: int
+
+    @property
+    def fraction(self) -> float:
+        return self.mau.estimate.estimate / self.threshold if self.mau and self.threshold else 0.0
+
+
+def versions_by_group(groups: list[AffiliateGroup]) -> dict[int, list[LicenceVersion]]:
+    """The licence versions each group's products (in development or live) are built on: one query."""
+    by_group: dict[int, dict[int, LicenceVersion]] = defaultdict(dict)
+    pairs = list(Product.objects.filter(organisation__group__in=groups, status__in=LIVE_STATUSES)
+                 .values_list("organisation__group_id", "licence_version_id").distinct())
+    versions = {v.pk: v for v in LicenceVersion.objects.filter(pk__in={v for _, v in pairs})}
+    for group_id, version_id in pairs:
+        by_group[group_id][version_id] = versions[version_id]
+    return {gid: sorted(vs.values(), key=lambda v: v.release_date) for gid, vs in by_group.items()}
+
+
+def _version_rows(versions: list[LicenceVersion], statuses: list[ComplianceStatus]) -> list[VersionRow]:
+    rows = {v.pk: VersionRow(v) for v in versions}
+    for status in statuses:
+        row = rows.get(status.licence_version_id)
+        if row is None:  # evaluated before its last product was retired: still worth showing
+            row = rows[status.licence_version_id] = VersionRow(status.licence_version)
+        row.statuses[status.rule] = status
+    return sorted(rows.values(), key=lambda r: r.version.release_date)
+
+
+def overview_rows(*, groups: QuerySet[AffiliateGroup], today: dt.date | None = None) -> list[GroupRow]:
+    today = today or timezone.now().date()
+    group_list = list(groups.order_by("name"))
+    last_month = rules.previous_month(today)
+    mau = mau_month_many(scopes=group_list, month=last_month)
+    versions = versions_by_group(group_list)
+    statuses: dict[int, list[ComplianceStatus]] = defaultdict(list)
+    for status in ComplianceStatus.objects.filter(group__in=group_list).select_related("licence_version"):
+        statuses[status.group_id].append(status)
+    forecasts = {f.group_id: f for f in GroupForecast.objects.filter(group__in=group_list)}
+    open_alerts = dict(Alert.objects.filter(group__in=group_list, kind=Alert.Kind.RAISED, acknowledged_at__isnull=True)
+                       .values_list("group").annotate(n=Count("id")).values_list("group", "n"))
+    gpus = dict(GpuAllocation.objects.filter(replica__deployment__organisation__group__in=group_list)
+                .values_list("replica__deployment__organisation__group").annotate(n=Count("id"))
+                .values_list("replica__deployment__organisation__group", "n"))
+    ready = dict(Replica.objects.filter(deployment__organisation__group__in=group_list, state=ReplicaState.READY)
+                 .values_list("deployment__organisation__group").annotate(n=Count("id"))
+                 .values_list("deployment__organisation__group", "n"))
+    rows = []
+    for group in group_list:
+        group_versions = versions.get(group.pk, [])
+        threshold = min((v.mau_threshold for v in group_versions), default=DEFAULT_THRESHOLD)
+        rows.append(GroupRow(group=group, mau=mau.get(group.pk), threshold=threshold,
+                             versions=_version_rows(group_versions, statuses[group.pk]),
+                             forecast=forecasts.get(group.pk), open_alerts=open_alerts.get(group.pk, 0),
+                             gpus_in_use=gpus.get(group.pk, 0), replicas_ready=ready.get(group.pk, 0)))
+    return rows
+
+
+def pool_usage() -> dict[str, int]:
+    """Staff: the whole pool's GPUs and how many are allocated (unscoped by design)."""
+    return {"gpus": GPU.objects.filter(node__active=True).count(), "allocated": GpuAllocation.objects.count()}
+
+
+def _point(day: dt.date, estimate: Any) -> Point:
+    return Point(day=day, estimate=estimate.estimate, lower=estimate.lower, upper=estimate.upper)
+
+
+@dataclass
+class GroupFigures:
+    months: list[Point]
+    rolling: list[Point]
+    daily: list[Point]
+    versions: list[VersionRow]
+    threshold: int
+    organisations: list[dict[str, Any]]
+    last_month: dt.date
+    this_month: dt.date
+
+
+def group_figures(*, group: AffiliateGroup, today: dt.date | None = None, months: int = 12,
+                  days: int = 90) -> GroupFigures:
+    """Everything the group page draws: monthly MAU with intervals, the rolling-30-day series, statuses per
+    version, and the per-organisation and per-product figures for last month and this month to date."""
+    today = today or timezone.now().date()
+    this_month = rules.month_start(today)
+    month_list = [this_month]
+    for _ in range(months - 1):
+        month_list.insert(0, rules.previous_month(month_list[0]))
+    monthly = [_point(m, mau_month(scope=group, month=m).estimate) for m in month_list]
+    series = daily_series(scope=group, start=today - dt.timedelta(days=days - 1), end=today, window=30)
+    versions = versions_by_group([group]).get(group.pk, [])
+    statuses = list(ComplianceStatus.objects.filter(group=group).select_related("licence_version"))
+    threshold = min((v.mau_threshold for v in versions), default=DEFAULT_THRESHOLD)
+    last_month = rules.previous_month(today)
+    organisations = list(group.organisations.order_by("name"))
+    products = list(Product.objects.filter(organisation__group=group).select_related("licence_version")
+                    .order_by("name"))
+    org_figures = {m: mau_month_many(scopes=organisations, month=m) for m in (last_month, this_month)}
+    product_figures = {m: mau_month_many(scopes=products, month=m) for m in (last_month, this_month)}
+    breakdown = []
+    for organisation in organisations:
+        breakdown.append({
+            "organisation": organisation,
+            "last_month": org_figures[last_month][organisation.pk].estimate,
+            "this_month": org_figures[this_month][organisation.pk].estimate,
+            "products": [{"product": p, "last_month": product_figures[last_month][p.pk].estimate,
+                          "this_month": product_figures[this_month][p.pk].estimate}
+                         for p in products if p.organisation_id == organisation.pk],
+        })
+    return GroupFigures(
+        months=monthly,
+        rolling=[_point(p.day, p.rolling) for p in series],
+        daily=[_point(p.day, p.dau) for p in series],
+        versions=_version_rows(versions, statuses),
+        threshold=threshold,
+        organisations=breakdown,
+        last_month=last_month,
+        this_month=this_month,
+    )

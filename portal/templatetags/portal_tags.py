@@ -1,0 +1,59 @@
+"""Template helpers: SVG charts, state badges and compact numbers."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django import template
+from django.utils.safestring import mark_safe
+
+from portal import charts
+
+register = template.Library()
+
+
+@register.simple_tag
+def mau_chart(**kwargs: Any) -> str:
+    # A missing forecast resolves to "" in a template: the chart wants a date or None.
+    for name in ("crossing", "earliest", "latest"):
+        if not isinstance(kwargs.get(name), dt.date):
+            kwargs[name] = None
+    return mark_safe(charts.monthly_mau_chart(**kwargs))  # every text inside is escaped by charts
+
+
+@register.simple_tag
+def rolling_chart(**kwargs: Any) -> str:
+    return mark_safe(charts.rolling_chart(**kwargs))
+
+
+@register.simple_tag
+def meter(used: int, total: int, label: str) -> str:
+    return mark_safe(charts.meter(used=used, total=total, label=label))
+
+
+@register.filter
+def compact(value: Any) -> str:
+    try:
+        return charts.compact(float(value))
+    except (TypeError, ValueError):
+        return "–"
+
+
+@register.filter
+def percent(value: Any, of: Any) -> str:
+    try:
+        return f"{float(value) / float(of):.1%}"
+    except (TypeError, ValueError, ZeroDivisionError):
+        return "–"
+
+
+@register.inclusion_tag("portal/_state.html")
+def state_badge(state: str | None, label: str | None = None) -> dict[str, Any]:
+    return {"state": state or "unknown", "label": label or (state or "not evaluated")}
+
+
+@register.filter
+def ready_count(replicas: Any) -> int:
+    """How many of a deployment's (prefetched) replicas are ready."""
+    return sum(1 for replica in replicas if replica.state == "ready")

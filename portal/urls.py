@@ -1,0 +1,40 @@
+"""The portal, mounted at the site root. /admin/, /api/v1/, /healthz and /v1/ belong to others."""
+
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from portal import views
+
+app_name = "portal"
+
+urlpatterns = [
+    path("", views.overview, name="overview"),
+    path("login/", auth_views.LoginView.as_view(template_name="portal/login.html", redirect_authenticated_user=True),
+         name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("groups/<int:pk>/", views.group_detail, name="group"),
+    path("groups/<int:pk>/evaluate/", views.group_evaluate, name="group-evaluate"),
+    path("groups/<int:pk>/evidence/", views.group_evidence, name="group-evidence"),
+    path("groups/<int:pk>/policy/", views.policy_edit, name="policy"),
+    path("groups/<int:pk>/webhooks/", views.webhook_list, name="webhooks"),
+    path("products/", views.product_list, name="products"),
+    path("products/new/", views.product_create, name="product-create"),
+    path("products/<int:pk>/", views.product_detail, name="product"),
+    path("products/<int:pk>/edit/", views.product_edit, name="product-edit"),
+    path("products/<int:pk>/accept/", views.product_accept, name="product-accept"),
+    path("products/<int:pk>/notice/", views.product_notice, name="product-notice"),
+    path("alerts/", views.alert_list, name="alerts"),
+    path("alerts/<int:pk>/acknowledge/", views.alert_acknowledge, name="alert-acknowledge"),
+    path("webhooks/<int:pk>/", views.webhook_detail, name="webhook"),
+    path("webhooks/<int:pk>/test/", views.webhook_test, name="webhook-test"),
+    path("webhooks/<int:pk>/toggle/", views.webhook_toggle, name="webhook-toggle"),
+    path("webhooks/<int:pk>/delete/", views.webhook_delete, name="webhook-delete"),
+    path("deployments/", views.deployment_list, name="deployments"),
+    path("deployments/new/", views.deployment_create, name="deployment-create"),
+    path("deployments/<int:pk>/", views.deployment_detail, name="deployment"),
+    path("deployments/<int:pk>/scale/", views.deployment_scale, name="deployment-scale"),
+    path("deployments/<int:pk>/delete/", views.deployment_delete, name="deployment-delete"),
+    path("keys/", views.key_list, name="keys"),
+    path("keys/<int:pk>/revoke/", views.key_revoke, name="key-revoke"),
+    path("audit/", views.audit_list, name="audit"),
+]

@@ -1,0 +1,609 @@
+"""The portal's pages. Thin, like the API's views: find the object inside the caller's reach (else 404),
+check the role for a change (else 403), call one service or selector, render. Every change is a POST."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.db import IntegrityError
+from django.db.models import Prefetch, Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from governance import evidence
+from governance.api.compliance import PolicySerializer
+from governance.audit import audit_verify_cached
+from governance.models import Alert, ApiKey, AuditEvent, GroupForecast, Scope, WebhookDelivery, WebhookEndpoint
+from governance.services import api_key_create, api_key_revoke
+from governance.services import evaluation as evaluation_services
+from governance.services import webhooks as webhook_services
+from governance.selectors import mau_month_many
+from inference import services as inference_services
+from inference.models import Deployment, GpuAllocation, Node, Replica
+from licensing import selectors as licensing_selectors
+from licensing import services as licensing_services
+from licensing.models import LicenceAcceptance, Product
+from licensing.obligations import NOTICE_FILENAME, notice_file_text
+from portal import forms
+from portal import selectors as portal_selectors
+from portal.access import Access, access_of
+
+logger = logging.getLogger(__name__)
+PAGE_SIZE = 50
+
+
+def _page(request: HttpRequest, queryset: QuerySet, size: int = PAGE_SIZE) -> Any:
+    return Paginator(queryset, size).get_page(request.GET.get("page"))
+
+
+def _month(value: str | None, default: dt.date) -> dt.date:
+    if not value:
+        return default
+    try:
+        return dt.datetime.strptime(value, "%Y-%m").date()
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a month as YYYY-MM.") from exc
+
+
+# --- overview and groups ----------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def overview(request: HttpRequest) -> HttpResponse:
+    access = access_of(request)
+    rows = portal_selectors.overview_rows(groups=access.groups())
+    pool = portal_selectors.pool_usage() if access.is_staff else None
+    last_month = portal_selectors.rules.previous_month(timezone.now().date())
+    return render(request, "portal/overview.html", {"rows": rows, "pool": pool, "last_month": last_month})
+
+
+@login_required
+@require_GET
+def group_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    group = access.group_or_404(pk)
+    figures = portal_selectors.group_figures(group=group)
+    policy = evaluation_services.group_policy_get(group=group)
+    forecast = GroupForecast.objects.filter(group=group).first()
+    alerts = list(Alert.objects.filter(group=group).select_related("licence_version")[:5])
+    return render(request, "portal/group_detail.html", {
+        "group": group, "figures": figures, "policy": policy, "forecast": forecast, "alerts": alerts,
+        "visible_org_ids": set(access.organisation_ids()),
+        "can_evaluate": access.can_in_group(Scope.WRITE, group),
+        "writable": {group.pk} if access.can_in_group(Scope.WRITE, group) else set(),
+    })
+
+
+@login_required
+@require_POST
+def group_evaluate(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    group = access.group_or_404(pk)
+    access.require_in_group(Scope.WRITE, group)
+    result = evaluation_services.group_evaluate(group=group)
+    messages.success(request, f"Evaluated {group.name}: {len(result.statuses)} statuses, "
+                              f"{len(result.alerts)} new alerts.")
+    return redirect("portal:group", pk=group.pk)
+
+
+@login_required
+@require_GET
+def group_evidence(request: HttpRequest, pk: int) -> HttpResponse:
+    """The evidence report as a printable page (the API's ``?format=html``)."""
+    access = access_of(request)
+    group = access.group_or_404(pk)
+    try:
+        month = _month(request.GET.get("month"), portal_selectors.rules.previous_month(timezone.now().date()))
+    except ValueError as exc:
+        return HttpResponseBadRequest(str(exc))
+    if not dt.date(2000, 1, 1) <= month <= dt.date(2999, 12, 1):
+        return HttpResponseBadRequest("The month must be between 2000-01 and 2999-12.")
+    report = evidence.evidence_report(group=group, month=month)
+    return HttpResponse(evidence.evidence_html(report), content_type="text/html; charset=utf-8")
+
+
+# --- products ---------------------------------------------------------------------------------------------
+
+
+def _product_or_404(access: Access, pk: int) -> Product:
+    product = (Product.objects.filter(pk=pk, organisation__in=access.organisations())
+               .select_related("organisation__group", "licence_version", "base_model").first())
+    if product is None:
+        raise Http404("No such product.")
+    return product
+
+
+@login_required
+@require_GET
+def product_list(request: HttpRequest) -> HttpResponse:
+    access = access_of(request)
+    org_ids = access.organisation_ids()
+    products = (Product.objects.filter(organisation__in=org_ids)
+                .select_related("organisation", "licence_version", "base_model").order_by("organisation__name", "name"))
+    page = _page(request, products)
+    states = licensing_selectors.acceptance_states(organisation_ids=list({p.organisation_id for p in page}))
+    last_month = portal_selectors.rules.previous_month(timezone.now().date())
+    figures = mau_month_many(scopes=list(page), month=last_month)
+    rows = [{"product": p, "acceptance": states.get((p.organisation_id, p.licence_version_id)),
+             "mau": figures[p.pk].estimate} for p in page]
+    return render(request, "portal/product_list.html", {
+        "page": page, "rows": rows, "last_month": last_month,
+        "can_create": bool(access.organisation_ids(Scope.WRITE)),
+    })
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def product_create(request: HttpRequest) -> HttpResponse:
+    access = access_of(request)
+    organisations = access.organisations(Scope.WRITE)
+    if not organisations.exists():
+        raise PermissionDenied("Your role does not allow creating products.")
+    form = forms.ProductForm(request.POST or None, organisations=organisations)
+    if request.method == "POST" and form.is_valid():
+        data = dict(form.cleaned_data)
+        try:
+            product = licensing_services.product_create(actor=access.label, **data)
+        except ValidationError as exc:
+            forms.add_service_errors(form, exc)
+        else:
+            messages.success(request, f"Product {product.name} created. Accept its licence to use it.")
+            return redirect("portal:product", pk=product.pk)
+    return render(request, "portal/product_form.html", {"form": form, "product": None}, status=_status(form))
+
+
+def _status(form: Any) -> int:
+    return 400 if form.is_bound and form.errors else 200
+
+
+@login_required
+@require_GET
+def product_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    product = _product_or_404(access, pk)
+    version = product.licence_version
+    accept_form = forms.AcceptanceForm(initial={"licence_sha256": version.licence_sha256,
+                                                "aup_version": version.aup_version})
+    return _product_page(request, access, product, accept_form)
+
+
+def _product_page(request: HttpRequest, access: Access, product: Product, accept_form: forms.AcceptanceForm,
+                  status: int = 200) -> HttpResponse:
+    version = product.licence_version
+    obligations = licensing_selectors.product_obligations_get(product=product)
+    acceptances = (LicenceAcceptance.objects.filter(organisation=product.organisation, licence_version=version)
+                   .select_related("product", "accepted_by_user")[:20])
+    today = timezone.now().date()
+    months = [portal_selectors.rules.previous_month(today), portal_selectors.rules.month_start(today)]
+    mau = {m: mau_month_many(scopes=[product], month=m)[product.pk].estimate for m in months}
+    return render(request, "portal/product_detail.html", {
+        "product": product, "version": version, "obligations": obligations, "acceptances": acceptances,
+        "mau_last": mau[months[0]], "mau_this": mau[months[1]], "months": months,
+        "deployments": Deployment.objects.filter(product=product, deleted=False),
+        "can_write": access.can(Scope.WRITE, product.organisation_id), "accept_form": accept_form,
+    }, status=status)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def product_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    product = _product_or_404(access, pk)
+    access.require(Scope.WRITE, product.organisation_id)
+    initial = {"name": product.name, "licence_version": product.licence_version, "base_model": product.base_model,
+               "status": product.status, "launch_date": product.launch_date, "description": product.description}
+    form = forms.ProductForm(request.POST or None, initial=initial, editing=True)
+    if request.method == "POST" and form.is_valid():
+        changes = {k: v for k, v in form.cleaned_data.items() if v != initial.get(k)}
+        try:
+            if changes:
+                licensing_services.product_update(product=product, actor=access.label, **changes)
+        except ValidationError as exc:
+            forms.add_service_errors(form, exc)
+        else:
+            messages.success(request, "Product saved." if changes else "Nothing changed.")
+            return redirect("portal:product", pk=product.pk)
+    return render(request, "portal/product_form.html", {"form": form, "product": product}, status=_status(form))
+
+
+@login_required
+@require_POST
+def product_accept(request: HttpRequest, pk: int) -> HttpResponse:
+    """Record that the signed-in person accepted the product's licence and AUP, as the page showed them."""
+    access = access_of(request)
+    product = _product_or_404(access, pk)
+    access.require(Scope.WRITE, product.organisation_id)
+    form = forms.AcceptanceForm(request.POST)
+    if form.is_valid():
+        try:
+            licensing_services.licence_accept(
+                organisation=product.organisation, licence_version=product.licence_version, product=product,
+                licence_sha256=form.cleaned_data["licence_sha256"], aup_version=form.cleaned_data["aup_version"],
+                accepted_by=access.label, user=request.user, note=form.cleaned_data["note"])
+        except ValidationError as exc:
+            forms.add_service_errors(form, exc)
+        else:
+            messages.success(request, f"Recorded: you accepted the {product.licence_version.licence_name} "
+                                      f"and its Acceptable Use Policy.")
+            return redirect("portal:product", pk=product.pk)
+    return _product_page(request, access, product, form, status=400)
+
+
+@login_required
+@require_GET
+def product_notice(request: HttpRequest, pk: int) -> HttpResponse:
+    product = _product_or_404(access_of(request), pk)
+    response = HttpResponse(notice_file_text(product.licence_version.terms()), content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{NOTICE_FILENAME}"'
+    return response
+
+
+# --- alerts, policy, webhooks -----------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def alert_list(request: HttpRequest) -> HttpResponse:
+    access = access_of(request)
+    groups = list(access.groups().order_by("name"))
+    alerts = Alert.objects.filter(group__in=groups).select_related("group", "licence_version")
+    show = request.GET.get("show", "all")
+    if show == "open":
+        alerts = alerts.filter(kind=Alert.Kind.RAISED, acknowledged_at__isnull=True)
+    group_id = request.GET.get("group")
+    if group_id and group_id.isdigit():
+        alerts = alerts.filter(group_id=int(group_id))
+    page = _page(request, alerts)
+    writable = {g.pk for g in groups if access.can_in_group(Scope.WRITE, g)}
+    administered = {g.pk for g in groups if access.can_in_group(Scope.ADMIN, g)}
+    return render(request, "portal/alert_list.html", {
+        "page": page, "groups": groups, "writable": writable, "administered": administered, "show": show,
+        "group_id": group_id,
+    })
+
+
+@login_required
+@require_POST
+def alert_acknowledge(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    alert = Alert.objects.filter(pk=pk, group__in=access.groups()).select_related("group").first()
+    if alert is None:
+        raise Http404("No such alert.")
+    access.require_in_group(Scope.WRITE, alert.group)
+    evaluation_services.alert_acknowledge(alert=alert, actor=access.label)
+    messages.success(request, "Alert acknowledged.")
+    return redirect(request.POST.get("next") if _safe_next(request) else reverse("portal:alerts"))
+
+
+def _safe_next(request: HttpRequest) -> bool:
+    from django.utils.http import url_has_allowed_host_and_scheme
+
+    target = request.POST.get("next", "")
+    return bool(target) and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
+                                                            require_https=request.is_secure())
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    """The group's policy, read by every member; changed by admins and owners, checked by the API's rules."""
+    access = access_of(request)
+    group = access.group_or_404(pk)
+    policy = evaluation_services.group_policy_get(group=group)
+    can_edit = access.can_in_group(Scope.ADMIN, group)
+    if request.method == "POST":
+        access.require_in_group(Scope.ADMIN, group)
+    form = forms.PolicyForm(request.POST or None, initial=forms.PolicyForm.initial_for(policy))
+    if request.method == "POST" and form.is_valid():
+        checked = PolicySerializer(policy, data=form.as_policy_data())
+        if checked.is_valid():
+            evaluation_services.group_policy_update(policy=policy, actor=access.label, **checked.validated_data)
+            messages.success(request, "Alert policy saved.")
+            return redirect("portal:policy", pk=group.pk)
+        for field, errors in checked.errors.items():
+            for error in errors if isinstance(errors, list) else [errors]:
+                form.add_error(field if field in form.fields else None, _api_error_text(error, field))
+    return render(request, "portal/policy_form.html", {"group": group, "policy": policy, "form": form,
+                                                       "can_edit": can_edit}, status=_status(form))
+
+
+def _api_error_text(error: Any, field: str) -> str:
+    if isinstance(error, dict):  # a list field's per-item errors: {index: [message]}
+        return "; ".join(str(m) for messages_ in error.values() for m in messages_)
+    text = str(error)
+    if field == "levels":
+        text = text.replace("0.999", "99.9%").replace("0.01", "1%")
+    return text
+
+
+def _webhook_or_404(access: Access, pk: int) -> WebhookEndpoint:
+    endpoint = WebhookEndpoint.objects.filter(pk=pk, group__in=access.groups()).select_related("group").first()
+    if endpoint is None:
+        raise Http404("No such webhook endpoint.")
+    return endpoint
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def webhook_list(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    group = access.group_or_404(pk)
+    can_edit = access.can_in_group(Scope.ADMIN, group)
+    form = forms.WebhookForm(request.POST or None)
+    created = secret = None
+    if request.method == "POST":
+        access.require_in_group(Scope.ADMIN, group)
+        if form.is_valid():
+            try:
+                created, secret = webhook_services.webhook_endpoint_create(
+                    group=group, created_by=access.label, **form.cleaned_data)
+            except ValidationError as exc:
+                forms.add_service_errors(form, exc)
+            else:
+                form = forms.WebhookForm()
+    endpoints = WebhookEndpoint.objects.filter(group=group)
+    return render(request, "portal/webhook_list.html", {
+        "group": group, "endpoints": endpoints, "form": form, "can_edit": can_edit, "created": created,
+        "secret": secret,  # shown once, in this response only: never stored, logged or put in a message
+    }, status=_status(form))
+
+
+@login_required
+@require_GET
+def webhook_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    endpoint = _webhook_or_404(access, pk)
+    deliveries = WebhookDelivery.objects.filter(endpoint=endpoint).prefetch_related("attempt_log")
+    return render(request, "portal/webhook_detail.html", {
+        "endpoint": endpoint, "page": _page(request, deliveries, 25),
+        "can_edit": access.can_in_group(Scope.ADMIN, endpoint.group_id),
+    })
+
+
+@login_required
+@require_POST
+def webhook_test(request: HttpRequest, pk: int) -> HttpResponse:
+    from governance.tasks import deliver_webhook
+
+    access = access_of(request)
+    endpoint = _webhook_or_404(access, pk)
+    access.require_in_group(Scope.ADMIN, endpoint.group_id)
+    delivery = webhook_services.webhook_test_event(endpoint=endpoint, actor=access.label)
+    try:
+        deliver_webhook.delay(delivery.pk)
+    except Exception:  # the delivery row is durable: beat's sweep sends it
+        logger.exception("could not queue test delivery %s", delivery.pk)
+    messages.success(request, "Test event queued; its delivery appears below.")
+    return redirect("portal:webhook", pk=endpoint.pk)
+
+
+@login_required
+@require_POST
+def webhook_toggle(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    endpoint = _webhook_or_404(access, pk)
+    access.require_in_group(Scope.ADMIN, endpoint.group_id)
+    webhook_services.webhook_endpoint_update(endpoint=endpoint, actor=access.label, active=not endpoint.active)
+    messages.success(request, "Endpoint resumed." if endpoint.active else "Endpoint paused.")
+    return redirect("portal:webhook", pk=endpoint.pk)
+
+
+@login_required
+@require_POST
+def webhook_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    endpoint = _webhook_or_404(access, pk)
+    access.require_in_group(Scope.ADMIN, endpoint.group_id)
+    group_id = endpoint.group_id
+    webhook_services.webhook_endpoint_delete(endpoint=endpoint, actor=access.label)
+    messages.success(request, "Endpoint deleted.")
+    return redirect("portal:webhooks", pk=group_id)
+
+
+# --- deployments ------------------------------------------------------------------------------------------
+
+_REPLICAS = Prefetch("replica_set", queryset=Replica.objects.select_related("node").prefetch_related(
+    "gpu_allocations__gpu"))
+
+
+def _deployment_or_404(access: Access, pk: int) -> Deployment:
+    deployment = (Deployment.objects.filter(pk=pk, organisation__in=access.organisations())
+                  .select_related("organisation", "product", "base_model", "licence_version")
+                  .prefetch_related(_REPLICAS).first())
+    if deployment is None:
+        raise Http404("No such deployment.")
+    return deployment
+
+
+@login_required
+@require_GET
+def deployment_list(request: HttpRequest) -> HttpResponse:
+    access = access_of(request)
+    org_ids = access.organisation_ids()
+    show_stopped = request.GET.get("stopped") == "1"
+    deployments = (Deployment.objects.filter(organisation__in=org_ids)
+                   .select_related("organisation", "product", "base_model").prefetch_related(_REPLICAS))
+    if not show_stopped:
+        deployments = deployments.filter(Q(deleted=False) | ~Q(state="stopped"))
+    page = _page(request, deployments)
+    # GPU placement per node: staff see the whole pool; a tenant the nodes its replicas run on, other
+    # tenants' GPUs shown only as "in use".
+    nodes = Node.objects.filter(active=True) if access.is_staff else Node.objects.filter(
+        replicas__deployment__organisation__in=org_ids).distinct()
+    nodes = nodes.prefetch_related(Prefetch("gpus__allocation", queryset=GpuAllocation.objects.select_related(
+        "replica__deployment")))
+    return render(request, "portal/deployment_list.html", {
+        "page": page, "nodes": nodes, "org_ids": set(org_ids), "show_stopped": show_stopped,
+        "writable": set(access.organisation_ids(Scope.WRITE)),
+    })
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def deployment_create(request: HttpRequest) -> HttpResponse:
+    access = access_of(request)
+    organisations = access.organisations(Scope.WRITE)
+    if not organisations.exists():
+        raise PermissionDenied("Your role does not allow requesting deployments.")
+    form = forms.DeploymentForm(request.POST or None, organisations=organisations)
+    if request.method == "POST" and form.is_valid():
+        data = dict(form.cleaned_data)
+        data["quantization"] = data.get("quantization") or ""
+        try:
+            deployment = inference_services.deployment_request(created_by=access.label, **data)
+        except ValidationError as exc:
+            forms.add_service_errors(form, exc)
+        except IntegrityError:
+            form.add_error("served_model_name", "This name is already deployed by the organisation.")
+        else:
+            messages.success(request, f"Deployment {deployment.served_model_name} requested; the pool brings it up.")
+            return redirect("portal:deployment", pk=deployment.pk)
+    return render(request, "portal/deployment_form.html", {"form": form}, status=_status(form))
+
+
+@login_required
+@require_GET
+def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    deployment = _deployment_or_404(access, pk)
+    return render(request, "portal/deployment_detail.html", {
+        "deployment": deployment, "can_write": access.can(Scope.WRITE, deployment.organisation_id),
+        "scale_form": forms.ScaleForm(initial={"replicas": deployment.replicas}),
+    })
+
+
+@login_required
+@require_POST
+def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    deployment = _deployment_or_404(access, pk)
+    access.require(Scope.WRITE, deployment.organisation_id)
+    form = forms.ScaleForm(request.POST)
+    if form.is_valid():
+        try:
+            inference_services.deployment_scale(deployment=deployment, replicas=form.cleaned_data["replicas"],
+                                                actor=access.label)
+        except ValidationError as exc:
+            forms.add_service_errors(form, exc)
+        else:
+            messages.success(request, f"Scaling to {form.cleaned_data['replicas']} replicas.")
+            return redirect("portal:deployment", pk=deployment.pk)
+    return render(request, "portal/deployment_detail.html", {"deployment": deployment, "can_write": True,
+                                                             "scale_form": form}, status=400)
+
+
+@login_required
+@require_POST
+def deployment_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    deployment = _deployment_or_404(access, pk)
+    access.require(Scope.WRITE, deployment.organisation_id)
+    inference_services.deployment_delete(deployment=deployment, actor=access.label)
+    messages.success(request, f"Deployment {deployment.served_model_name} is draining and will stop.")
+    return redirect("portal:deployment", pk=deployment.pk)
+
+
+# --- API keys ---------------------------------------------------------------------------------------------
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def key_list(request: HttpRequest) -> HttpResponse:
+    """Keys of the caller's organisations. Members and up create keys holding at most their own scopes (the
+    API's rule: no credential mints a stronger one); the secret is in this one response and nowhere else."""
+    access = access_of(request)
+    writable = access.organisations(Scope.WRITE)
+    org_ids = access.organisation_ids()
+    form = created = secret = None
+    if writable.exists():
+        held = frozenset().union(*(access.scopes_in(o) for o in writable.values_list("pk", flat=True)))
+        form = forms.ApiKeyForm(request.POST or None, organisations=writable, scopes=held)
+    if request.method == "POST":
+        if form is None:
+            raise PermissionDenied("Your role does not allow creating keys.")
+        if form.is_valid():
+            data = form.cleaned_data
+            beyond = sorted(set(data["scopes"]) - access.scopes_in(data["organisation"].pk))
+            if beyond:
+                form.add_error("scopes", f"Your role in {data['organisation']} cannot grant: {', '.join(beyond)}.")
+            else:
+                try:
+                    created, secret = api_key_create(
+                        organisation=data["organisation"], name=data["name"], scopes=data["scopes"],
+                        product=data["product"], expires_at=data["expires_on"], created_by=access.label)
+                except ValueError as exc:
+                    forms.add_service_errors(form, exc)
+                else:
+                    form = forms.ApiKeyForm(organisations=writable, scopes=held)
+    keys = ApiKey.objects.filter(organisation__in=org_ids).select_related("organisation", "product")
+    page = _page(request, keys)
+    revocable = {k.pk for k in page if _may_revoke(access, k)}
+    return render(request, "portal/key_list.html", {
+        "page": page, "form": form, "created": created, "secret": secret, "revocable": revocable,
+    }, status=_status(form) if form is not None else 200)
+
+
+def _may_revoke(access: Access, key: ApiKey) -> bool:
+    scopes = access.scopes_in(key.organisation_id)
+    return Scope.WRITE in scopes and set(key.scopes) <= scopes
+
+
+@login_required
+@require_POST
+def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    key = ApiKey.objects.filter(pk=pk, organisation__in=access.organisations()).select_related("organisation").first()
+    if key is None:
+        raise Http404("No such key.")
+    if not _may_revoke(access, key):
+        raise PermissionDenied("Your role cannot revoke this key.")
+    api_key_revoke(api_key=key, revoked_by=access.label)
+    messages.success(request, f"Key {key.prefix}… revoked.")
+    return redirect("portal:keys")
+
+
+# --- audit ------------------------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def audit_list(request: HttpRequest) -> HttpResponse:
+    access = access_of(request)
+    groups = access.groups().order_by("name")
+    events = AuditEvent.objects.all() if access.is_staff else AuditEvent.objects.filter(group__in=groups)
+    form = forms.AuditFilterForm(request.GET or None, groups=groups)
+    if form.is_valid():
+        data = form.cleaned_data
+        if data["group"]:
+            events = events.filter(group=data["group"])
+        if data["action"]:
+            events = events.filter(action__startswith=data["action"])
+        if data["actor"]:
+            events = events.filter(actor__icontains=data["actor"])
+        if data["since"]:
+            events = events.filter(at__date__gte=data["since"])
+        if data["until"]:
+            events = events.filter(at__date__lte=data["until"])
+    events = events.select_related("organisation", "group").order_by("-seq")
+    page = _page(request, events)
+    for event in page:
+        event.data_json = json.dumps(event.data, indent=1, sort_keys=True, default=str)
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(request, "portal/audit_list.html", {
+        "page": page, "form": form, "chain": audit_verify_cached(), "query": query.urlencode(),
+    }, status=_status(form) if form.is_bound else 200)
