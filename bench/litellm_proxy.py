@@ -2,7 +2,7 @@
 
     proxy = start_litellm("http://127.0.0.1:9100/v1", "tiny", port=4100, rpm_limit=10_000_000)
     try:
-        ...  # POST {proxy.base_url}/chat/completions with "Authorization: Bearer {proxy.virtual_key}"
+        ...  # POST {proxy.base_url}/chat/completions with "Authorization: Bearer {proxy.key}"
     finally:
         proxy.stop()
 
@@ -27,6 +27,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("LITELLM_VENV", ROOT / ".venv-litellm"))
@@ -35,7 +36,6 @@ PSQL = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-X", "-q", "-v", "ON_ERROR
 DATABASE = "litellm_bench"
 DATABASE_URL = f"postgresql://postgres@127.0.0.1:5432/{DATABASE}"
 MASTER_KEY = "sk-corral-bench-master-key"
-UPSTREAM_API_KEY = "sk-dummy-upstream-key"  # the upstream is a local fake or vLLM: nothing checks it
 SCHEMA_MARKER = "corral_bench_migrated_to"
 STARTUP_TIMEOUT_S = 240.0  # it took 45-60 s here, 30 s of that importing, with other work on the machine
 
@@ -67,16 +67,21 @@ PROXY_ENV = {
 
 @dataclass
 class LiteLLMProxy:
-    """A running proxy. `base_url` is OpenAI-style (it ends in /v1); `stop()` ends it and its query engine."""
+    """A running proxy. `base_url` is OpenAI-style (it ends in /v1), `key` the virtual key; `stop()` ends it."""
 
     base_url: str
-    virtual_key: str
+    key: str
     master_key: str
     model: str
     log_path: Path
     startup_seconds: float
     process: subprocess.Popen[bytes] = field(repr=False)
     _workdir: tempfile.TemporaryDirectory[str] = field(repr=False)
+
+    @property
+    def pid(self) -> int:
+        """The proxy's own process (uvicorn, one worker). Its query engine runs beside it, in a node process."""
+        return self.process.pid
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM to the proxy's process group (uvicorn and the query engine), SIGKILL after `timeout`."""
@@ -91,7 +96,7 @@ class LiteLLMProxy:
         _signal_group(self.process, signal.SIGKILL)
         self._workdir.cleanup()
 
-    def __enter__(self) -> LiteLLMProxy:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -104,15 +109,16 @@ def start_litellm(
     *,
     port: int,
     rpm_limit: int,
+    upstream_key: str = "sk-dummy-upstream-key",
     host: str = "127.0.0.1",
     log_path: Path | None = None,
 ) -> LiteLLMProxy:
     """Start LiteLLM's proxy serving `model` from `upstream_base_url` and return it once a virtual key works.
 
     `upstream_base_url` is an OpenAI-style base URL, as the OpenAI SDK takes it ("http://127.0.0.1:9100/v1");
-    one with no path gets /v1. The proxy's output goes to `log_path` (default: a file in a temporary directory
-    removed by stop(), so pass a path to keep it). Raises RuntimeError, with the log's tail, if the proxy
-    exits or is not ready within STARTUP_TIMEOUT_S.
+    one with no path gets /v1. `upstream_key` is the bearer LiteLLM sends the upstream. The proxy's output goes
+    to `log_path` (default: a file in a temporary directory removed by stop(), so pass a path to keep it).
+    Raises RuntimeError, with the log's tail, if the proxy exits or is not ready within STARTUP_TIMEOUT_S.
     """
     litellm = VENV / "bin" / "litellm"
     if not litellm.exists():
@@ -124,7 +130,7 @@ def start_litellm(
     workdir = tempfile.TemporaryDirectory(prefix="litellm-bench-")
     config_path = Path(workdir.name) / "config.yaml"
     # JSON is YAML, so no YAML writer is needed.
-    config_path.write_text(json.dumps(_config(_openai_base_url(upstream_base_url), model), indent=2))
+    config_path.write_text(json.dumps(_config(_openai_base_url(upstream_base_url), model, upstream_key), indent=2))
     log_path = log_path or Path(workdir.name) / "litellm.log"
     env = {
         **os.environ,
@@ -146,7 +152,7 @@ def start_litellm(
     root_url = f"http://{host}:{port}"
     try:
         _wait_until_ready(process, root_url, log_path)
-        virtual_key = _generate_key(root_url, model=model, rpm_limit=rpm_limit)
+        key = _generate_key(root_url, model=model, rpm_limit=rpm_limit)
     except BaseException:
         _signal_group(process, signal.SIGKILL)
         process.wait()
@@ -154,7 +160,7 @@ def start_litellm(
         raise
     return LiteLLMProxy(
         base_url=f"{root_url}/v1",
-        virtual_key=virtual_key,
+        key=key,
         master_key=MASTER_KEY,
         model=model,
         log_path=log_path,
@@ -164,7 +170,7 @@ def start_litellm(
     )
 
 
-def _config(upstream_base_url: str, model: str) -> dict[str, object]:
+def _config(upstream_base_url: str, model: str, upstream_key: str) -> dict[str, object]:
     # The settings LiteLLM's "Production Best Practices" page gives, minus alerting (it would call Slack).
     return {
         "model_list": [
@@ -173,7 +179,7 @@ def _config(upstream_base_url: str, model: str) -> dict[str, object]:
                 "litellm_params": {
                     "model": f"openai/{model}",
                     "api_base": upstream_base_url,
-                    "api_key": UPSTREAM_API_KEY,
+                    "api_key": upstream_key,
                 },
             }
         ],
@@ -218,6 +224,7 @@ def _ensure_database() -> None:
     )
     applied = subprocess.run(
         [*PSQL, "-d", DATABASE, "-f", "-"],
+        check=False,
         input=script,
         capture_output=True,
         text=True,
@@ -236,9 +243,7 @@ def _migration_files() -> list[Path]:
 
 
 def _psql(database: str, sql: str) -> str:
-    result = subprocess.run(
-        [*PSQL, "-d", database, "-tA", "-c", sql], check=True, capture_output=True, text=True
-    )
+    result = subprocess.run([*PSQL, "-d", database, "-tA", "-c", sql], check=True, capture_output=True, text=True)
     return result.stdout.strip()
 
 

@@ -10,7 +10,7 @@
 #   - the Prisma CLI (for `prisma generate`) installed with --ignore-scripts, so its postinstall
 #     doesn't try the CDN;
 #   - a stand-in for the query engine (written below into the venv) that serves the binary engine's
-#     HTTP API on @prisma/query-engine-wasm, the same engine commit compiled to WebAssembly, with
+#     HTTP API on @prisma/query-engine-wasm, Prisma's query engine compiled to WebAssembly, with
 #     node-postgres underneath;
 #   - a stub schema engine that only answers --version: migrations are not run through Prisma at all,
 #     bench/litellm_proxy.py applies LiteLLM's own migration SQL with psql and starts the proxy with
@@ -33,13 +33,13 @@ PYTHON="${PYTHON:-python3}"
 # (litellm-proxy-extras==0.4.110, litellm-enterprise==0.1.79.post1) the package index here serves;
 # 1.108.6 and later pin releases it doesn't have, and 1.110 needs a `litellm-proxy` package it doesn't
 # have at all. LiteLLM's proxy extra leaves out prisma, which a database needs; 0.11.0 is the release
-# LiteLLM's own requirements.txt (its Docker image) pins, and the one its code is written against (it
-# reaches into the client's private `_Prisma__engine`, which later releases renamed). The rest are what
-# these resolved to when this was
-# written, for the packages on the request path; uvicorn[standard] adds httptools, as Corral's uvicorn
-# has, so both servers parse HTTP alike. OpenTelemetry's SDK, at the pins of LiteLLM's `proxy-runtime`
-# extra, is there because the proxy imports it on every request to route trace spans: without it that
-# import fails, isn't cached, and is retried by each request (~2% of the proxy's CPU).
+# LiteLLM's requirements.txt (what its Docker image installs) pins, and the one its code is written
+# against (it reaches into the client's private `_Prisma__engine`, which later releases renamed). The
+# rest are what these resolved to when this was written, for the packages on the request path;
+# uvicorn[standard] adds httptools, as Corral's uvicorn has, so both servers parse HTTP alike.
+# OpenTelemetry's SDK (at the pins of LiteLLM's `proxy-runtime` extra; its image carries it too) is there
+# because the proxy imports it on every request to route trace spans: without it that import fails,
+# isn't cached, and is retried by each request (~2% of the proxy's CPU).
 LITELLM_VERSION="1.108.5"
 PYTHON_PINS=(
     "litellm[proxy]==$LITELLM_VERSION"
@@ -94,7 +94,8 @@ if not (3, 10) <= sys.version_info[:2] <= (3, 13):
     sys.exit(f"LiteLLM needs Python 3.10 to 3.13; {sys.executable} is {sys.version.split()[0]} (set PYTHON)")
 PY
 for tool in node npm; do
-    command -v "$tool" >/dev/null || { echo "$tool is needed on PATH (Prisma's CLI and the engine stand-in run on Node)" >&2; exit 2; }
+    command -v "$tool" >/dev/null \
+        || { echo "$tool is needed on PATH (Prisma's CLI and the engine stand-in run on Node)" >&2; exit 2; }
 done
 node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)' \
     || { echo "node >= 18 is needed, found $(node --version)" >&2; exit 2; }
@@ -142,10 +143,11 @@ cat >"$ENGINES/query-engine" <<'JS'
 // Stand-in for Prisma's native `query-engine` binary, which only Prisma's CDN serves. Prisma Client
 // Python (which LiteLLM uses) spawns it as `query-engine -p PORT ...` and speaks HTTP to it with
 // Prisma's GraphQL protocol. This serves the same HTTP API on top of @prisma/query-engine-wasm (the
-// query engine compiled to WebAssembly, from npm) and node-postgres through @prisma/adapter-pg. The wasm engine only speaks Prisma's JSON protocol, so requests are translated
-// from the small GraphQL subset that prisma-client-py's query builder emits, and tagged JSON-protocol
-// output values ({"$type": "DateTime", "value": ...}) are flattened back to what the GraphQL protocol
-// returned.
+// query engine compiled to WebAssembly, from npm) and node-postgres through @prisma/adapter-pg. The
+// wasm engine only speaks Prisma's JSON protocol, so requests are translated from the small GraphQL
+// subset that prisma-client-py's query builder emits, and the JSON protocol's output (tagged values
+// such as {"$type": "DateTime", "value": ...}, raw results as columns/types/rows) is turned back into
+// what the GraphQL protocol returned.
 'use strict';
 
 const fs = require('node:fs');
@@ -414,7 +416,8 @@ function translateRequest(body) {
 function translateResponse(text, request) {
   const result = JSON.parse(text);
   if (Array.isArray(result.batchResult)) {
-    return { ...result, batchResult: result.batchResult.map((item, index) => graphqlShaped(item, request.batch[index])) };
+    const batchResult = result.batchResult.map((item, index) => graphqlShaped(item, request.batch[index]));
+    return { ...result, batchResult };
   }
   return graphqlShaped(result, request);
 }
@@ -458,7 +461,8 @@ function poolConfig(url) {
 // reads as text (LiteLLM's startup queries pg_views for `name` columns, and aggregates them into name[]).
 const TEXT = 25;
 const TEXT_ARRAY = 1009;
-const READ_AS_TEXT = new Set([18, 19, 24, 28, 705, 2205, 2206, 2278]); // "char" name regproc xid unknown regclass regtype void
+// "char", name, regproc, xid, unknown, regclass, regtype, void
+const READ_AS_TEXT = new Set([18, 19, 24, 28, 705, 2205, 2206, 2278]);
 const READ_AS_TEXT_ARRAY = new Set([1003, 2210, 2211]); // name[] regclass[] regtype[]
 
 function retypeCatalogColumns(result) {
@@ -517,7 +521,11 @@ async function main() {
   const adapter = bindAdapter(new PrismaPg(pool, schema ? { schema } : undefined));
   const QueryEngine = await loadEngine();
   const engine = new QueryEngine(
-    { datamodel, logLevel: (process.env.RUST_LOG || 'error').toLowerCase(), logQueries: Boolean(process.env.LOG_QUERIES) },
+    {
+      datamodel,
+      logLevel: (process.env.RUST_LOG || 'error').toLowerCase(),
+      logQueries: Boolean(process.env.LOG_QUERIES),
+    },
     (line) => process.stderr.write(`${line}\n`),
     adapter,
   );
@@ -624,7 +632,8 @@ const fs = require('node:fs');
 const engine = require('./query-engine');
 engine.useModels(engine.schemaFields(fs.readFileSync(process.argv[2], 'utf8')));
 const query = engine.graphqlToJson(
-  'mutation { result: createOneLiteLLM_VerificationToken(data: { token: "t" metadata: "{}" models: ["m"] }) { token } }',
+  'mutation { result: createOneLiteLLM_VerificationToken(data: { token: "t" metadata: "{}" models: ["m"] })' +
+    ' { token } }',
 );
 const data = query.query.arguments.data;
 if (query.action !== 'createOne' || data.metadata.$type !== 'Json' || data.models[0] !== 'm') {

@@ -364,13 +364,13 @@ class GatewayMeter:
             self._last_flush = time.monotonic()
         if not buffered:
             return 0
-        # A product deleted while its users were buffered would fail the whole batch on its foreign key
-        # (at commit, as the constraint is deferred) and keep every other product's users buffered forever.
-        known = set(Product.objects.filter(pk__in={pid for pid, _ in buffered}).values_list("pk", flat=True))
-        for key in [key for key in buffered if key[0] not in known]:
-            logger.warning("gateway metering: product %s no longer exists; dropping its buffered users", key[0])
-            del buffered[key]
         try:
+            # A product deleted while its users were buffered would fail the whole batch on its foreign key
+            # (at commit, as the constraint is deferred) and keep every other product's users buffered forever.
+            known = set(Product.objects.filter(pk__in={pid for pid, _ in buffered}).values_list("pk", flat=True))
+            for key in [key for key in buffered if key[0] not in known]:
+                logger.warning("gateway metering: product %s no longer exists; dropping its buffered users", key[0])
+                del buffered[key]
             with transaction.atomic():
                 for (product_id, day), (sketch, count) in buffered.items():
                     ActivityPart.objects.create(

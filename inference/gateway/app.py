@@ -34,6 +34,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from concurrent.futures import ThreadPoolExecutor
 from django.conf import settings
 
 from inference.gateway.directory import BackendUnavailable, DeploymentInfo, Directory, KeyInfo
@@ -89,18 +90,19 @@ class _Request:
     """One completion request's state, for settling and metering whatever way it ends."""
 
     __slots__ = ("id", "key", "deployment", "reserved", "prompt_tokens", "completion_tokens", "user", "cancelled",
-                 "failed", "chunks")
+                 "failed", "chunks", "estimated_prompt", "hold_reservation")
 
     def __init__(self, request_id: str, key: KeyInfo, deployment: DeploymentInfo, reserved: int,
                  user: str | None) -> None:
         self.id, self.key, self.deployment, self.reserved, self.user = request_id, key, deployment, reserved, user
-        self.prompt_tokens = self.completion_tokens = self.chunks = 0
-        self.cancelled = self.failed = False
+        self.prompt_tokens = self.completion_tokens = self.chunks = self.estimated_prompt = 0
+        self.cancelled = self.failed = self.hold_reservation = False
 
     def usage_from(self, usage: Any) -> None:
         if isinstance(usage, dict):
-            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            if isinstance(prompt, int) and isinstance(completion, int):
+                self.prompt_tokens, self.completion_tokens = prompt, completion
 
 
 class Gateway:
@@ -111,8 +113,6 @@ class Gateway:
         self.strategy: Strategy = strategy or LeastOutstanding()
         self.ready = False
         self._flusher: asyncio.Task[None] | None = None
-        # Request ids: unique across processes and restarts (they name concurrency slots in Redis).
-        self._id_prefix = os.urandom(6).hex() + "-"
         self._ids = itertools.count(1)
 
     # --- lifecycle ------------------------------------------------------------------------------------------
@@ -121,10 +121,13 @@ class Gateway:
         if self.ready:
             return
         self.ready = True
+        # Request ids name concurrency slots in Redis: unique across processes (made after any fork) and restarts.
+        self._id_prefix = f"{os.getpid()}-{os.urandom(6).hex()}-"
         self.directory = Directory()
         self.limiter = _make_limiter()
         self.meter = UsageMeter()
         atexit.register(self.meter.close)
+        self.flush_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-flush")
         self.retries = settings.GATEWAY_UPSTREAM_RETRIES
         self.max_body = settings.GATEWAY_MAX_BODY_BYTES
         self.session = aiohttp.ClientSession(
@@ -143,7 +146,9 @@ class Gateway:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
-        await asyncio.get_running_loop().run_in_executor(self.directory.executor, self.meter.close)
+        # Waits for a flush in progress (the meter flushes one at a time), then writes the rest.
+        await asyncio.get_running_loop().run_in_executor(self.flush_executor, self.meter.close)
+        self.flush_executor.shutdown(wait=True)
         await self.session.close()
         await self.limiter.close()
         self.directory.close()
@@ -154,7 +159,7 @@ class Gateway:
         while True:
             await asyncio.sleep(interval)
             try:
-                await loop.run_in_executor(self.directory.executor, self.meter.flush_in_thread)
+                await loop.run_in_executor(self.flush_executor, self.meter.flush_in_thread)
             except Exception:
                 logger.exception("gateway: usage flush failed; %d requests buffered, new requests refused until "
                                  "it succeeds", self.meter.pending())
@@ -295,14 +300,22 @@ class Gateway:
         if not isinstance(stream, bool):
             raise GatewayError(400, "`stream` must be true or false.", param="stream", code="invalid_type")
         n = _int_field(data, "n", 1)
-        if n > key.max_n:
-            raise GatewayError(422, f"`n` is {n}; this organisation allows at most {key.max_n}.", param="n",
-                               code="n_too_large")
-        token_field = "max_completion_tokens" if "max_completion_tokens" in data else "max_tokens"
-        max_tokens = _int_field(data, token_field, 0)
-        if max_tokens > key.max_tokens:
-            raise GatewayError(422, f"`{token_field}` is {max_tokens}; this organisation allows at most "
-                                    f"{key.max_tokens}.", param=token_field, code="max_tokens_too_large")
+        chat = scope["path"] == "/v1/chat/completions"
+        prompts = 1
+        if not chat and isinstance(data.get("prompt"), list) and data["prompt"] and \
+                isinstance(data["prompt"][0], (str, list)):
+            prompts = len(data["prompt"])  # a batch of prompts: n completions each
+        if n * prompts > key.max_n:
+            raise GatewayError(422, f"`n` is {n} for {prompts} prompt(s), {n * prompts} completions; this "
+                                    f"organisation allows at most {key.max_n}.", param="n", code="n_too_large")
+        # vLLM reads max_completion_tokens (chat only) before max_tokens: both are checked, the larger reserved.
+        max_tokens = 0
+        for token_field in ("max_tokens", "max_completion_tokens"):
+            value = _int_field(data, token_field, 0)
+            if value > key.max_tokens:
+                raise GatewayError(422, f"`{token_field}` is {value}; this organisation allows at most "
+                                        f"{key.max_tokens}.", param=token_field, code="max_tokens_too_large")
+            max_tokens = max(max_tokens, value)
         user = data.get("user")
         if user is not None and not isinstance(user, str):
             raise GatewayError(400, "`user` must be a string.", param="user", code="invalid_type")
@@ -324,7 +337,9 @@ class Gateway:
                                retry_after=5)
 
         rewrite = False
-        if not max_tokens:
+        if not max_tokens and not chat:
+            max_tokens = min(16, key.max_tokens)  # the completions API's default (OpenAI's and vLLM's)
+        elif not max_tokens:
             if deployment.max_model_len > key.max_tokens:
                 max_tokens = key.max_tokens  # the cap holds also for requests that set none
                 data["max_tokens"] = max_tokens
@@ -341,13 +356,14 @@ class Gateway:
             client_continuous = client_usage and options.get("continuous_usage_stats") is True
             data["stream_options"] = {**options, "include_usage": True, "continuous_usage_stats": True}
             rewrite = True
-        reserve = max_tokens * n + len(body) // 4  # the prompt's tokens, estimated from its size
+        reserve = max_tokens * n * prompts + len(body) // 4  # the prompt's tokens, estimated from its size
         request = _Request(f"{self._id_prefix}{next(self._ids)}", key, deployment, reserve, user)
+        request.estimated_prompt = len(body) // 4
         try:
             refusal = await self.limiter.reserve(request_id=request.id, key_id=key.id, org_id=key.organisation_id,
                                                  tokens=reserve, key=key.key_limits, org=key.org_limits)
         except LimiterUnavailable as exc:
-            raise _unavailable("rate limiter") from exc
+            raise _unavailable("rate limiter") from exc  # the limiter frees the slot once Redis answers again
         if refusal is not None:
             raise GatewayError(429, refusal.message, type="tokens" if "tokens" in refusal.limit else "requests",
                                code="rate_limit_exceeded", retry_after=refusal.retry_after)
@@ -367,7 +383,8 @@ class Gateway:
         try:
             await self.limiter.settle(request_id=request.id, key_id=key.id, org_id=key.organisation_id,
                                       reserved=request.reserved,
-                                      used=request.prompt_tokens + request.completion_tokens,
+                                      used=request.reserved if request.hold_reservation else
+                                      request.prompt_tokens + request.completion_tokens,
                                       key=key.key_limits, org=key.org_limits)
         except LimiterUnavailable:
             # The slot's lease frees it later; the tokens stay reserved (the conservative side).
@@ -418,12 +435,17 @@ class Gateway:
                 raise
             task.uncancel()
             request.cancelled = True
+            if not request.prompt_tokens and not request.completion_tokens:
+                # Gone before vLLM said what it used (a non-streaming request): vLLM may have generated up to
+                # the reservation. The limits keep all of it; usage records the prompt estimate.
+                request.prompt_tokens = request.estimated_prompt
+                request.hold_reservation = True
         except GatewayError as error:
             request.failed = True
+            state["done"] = True
             if started[0]:  # headers already went out: end the stream with an error event
                 await send({"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n"})
             else:
-                state["done"] = True
                 await _send_error(send, error)
         finally:
             state["done"] = True
@@ -444,7 +466,8 @@ class Gateway:
             try:
                 try:
                     response = await self.session.post(upstream.endpoint + path, data=body, headers=headers)
-                except aiohttp.ClientConnectorError:
+                except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+                    # Nothing reached vLLM: safe to try another replica.
                     logger.warning("gateway: replica %s unreachable, trying another", upstream.replica_id)
                     continue
                 except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
@@ -490,7 +513,7 @@ class Gateway:
                 out = payload
                 if b'"usage"' in payload:
                     chunk = orjson.loads(payload)
-                    usage = chunk.get("usage")
+                    usage = chunk.get("usage") if isinstance(chunk, dict) else None
                     if usage:
                         request.usage_from(usage)
                         if not chunk.get("choices"):  # the final usage-only chunk
@@ -510,6 +533,11 @@ class Gateway:
             await send({"type": "http.response.body", "body": b""})
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
             raise _upstream_failure(exc) from None
+        except (ValueError, TypeError) as exc:  # an SSE line too long, a malformed chunk from vLLM
+            logger.warning("gateway: unreadable answer from replica of deployment %s: %s",
+                           request.deployment.id, type(exc).__name__)
+            raise GatewayError(502, "The model's answer could not be read.", type="upstream_error",
+                               code="upstream_error") from None
 
 
 def _int_field(data: dict[str, Any], name: str, default: int) -> int:

@@ -15,7 +15,7 @@ import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -53,7 +53,7 @@ class KeyInfo:
 class Upstream:
     replica_id: int
     endpoint: str
-    authorization: str  # "Bearer <vLLM key>": never leaves the gateway
+    authorization: str = field(repr=False)  # "Bearer <vLLM key>": never leaves the gateway, nor a repr
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,31 +168,37 @@ class Directory:
         self.ttl = settings.GATEWAY_CACHE_SECONDS if ttl is None else ttl
         self.timeout = settings.GATEWAY_BACKEND_TIMEOUT_SECONDS if timeout is None else timeout
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gateway-db")
+        # Key lookups have their own threads: a flood of made-up keys (each one a lookup) cannot starve the
+        # deployment and licence lookups of the tenants whose keys are known.
+        self.key_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-keys")
         self._entries: dict[Any, tuple[Any, float]] = {}
         self._inflight: dict[Any, asyncio.Future[Any]] = {}
 
-    async def _get(self, cache_key: Any, load: Callable[..., T], *args: Any) -> T:
+    async def _get(self, cache_key: Any, load: Callable[..., T], *args: Any, executor: Any = None) -> T:
         entry = self._entries.get(cache_key)
         if entry is not None and entry[1] > time.monotonic():
             return entry[0]
         future = self._inflight.get(cache_key)
         if future is None:
-            future = asyncio.ensure_future(self._load(cache_key, load, *args))
+            future = asyncio.ensure_future(self._load(cache_key, load, *args, executor=executor))
             self._inflight[cache_key] = future
         return await asyncio.shield(future)
 
-    async def _load(self, cache_key: Any, load: Callable[..., T], *args: Any) -> T:
+    async def _load(self, cache_key: Any, load: Callable[..., T], *args: Any, executor: Any = None) -> T:
         try:
             loop = asyncio.get_running_loop()
-            value = await asyncio.wait_for(loop.run_in_executor(self.executor, load, *args), self.timeout)
+            value = await asyncio.wait_for(loop.run_in_executor(executor or self.executor, load, *args),
+                                           self.timeout)
         except Exception as exc:
             self._entries.pop(cache_key, None)  # never serve from an entry that could not be refreshed
             raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
         finally:
             self._inflight.pop(cache_key, None)
         if self.ttl > 0:
-            if len(self._entries) > 50_000:
-                self._entries.clear()
+            if len(self._entries) > 50_000:  # only expired entries go: a flood of unknown keys evicts no tenant
+                now = time.monotonic()
+                for stale in [k for k, (_, until) in self._entries.items() if until <= now]:
+                    del self._entries[stale]
             self._entries[cache_key] = (value, time.monotonic() + self.ttl)
         return value
 
@@ -202,7 +208,7 @@ class Directory:
         return entry[0] if entry is not None and entry[1] > time.monotonic() else None
 
     def key(self, prefix: str) -> Awaitable[KeyInfo | None]:
-        return self._get(("key", prefix), load_key, prefix)
+        return self._get(("key", prefix), load_key, prefix, executor=self.key_executor)
 
     def deployments(self, organisation_id: int) -> Awaitable[dict[str, DeploymentInfo]]:
         return self._get(("deployments", organisation_id), load_deployments, organisation_id)
@@ -216,3 +222,4 @@ class Directory:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.key_executor.shutdown(wait=False, cancel_futures=True)

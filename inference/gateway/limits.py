@@ -27,11 +27,22 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
+# Time comes from Redis (TIME), so gateways on hosts with skewed clocks share one clock. A bucket expires
+# once it would have refilled completely (a debt is not forgotten by waiting for the key to expire).
+_CLOCK = """
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function keep(key, level, cap)
+  local refill = 0
+  if level < cap then refill = math.ceil((cap - level) * 60000 / cap) end
+  redis.call("PEXPIRE", key, math.max(120000, refill + 60000))
+end
+"""
+
 # KEYS: for each of key and organisation (in that order): requests bucket, tokens bucket, concurrency set.
-# ARGV: now_ms, request id, lease_ms, tokens to reserve,
+# ARGV: (unused), request id, lease_ms, tokens to reserve,
 #       then for key and organisation: requests per minute, tokens per minute, max concurrent.
-_RESERVE = """
-local now = tonumber(ARGV[1])
+_RESERVE = _CLOCK + """
 local rid = ARGV[2]
 local lease = tonumber(ARGV[3])
 local cost = tonumber(ARGV[4])
@@ -47,6 +58,9 @@ for scope = 0, 1 do
     local key = KEYS[scope * 3 + i]
     local state = redis.call("HMGET", key, "v", "t")
     local cap = caps[i]
+    if cap <= 0 then
+      return {0, (scope == 0 and "key" or "organisation") .. "_" .. names[i], 60000}
+    end
     local level = cap
     if state[1] then
       level = math.min(cap, tonumber(state[1]) + (now - tonumber(state[2])) * cap / 60000)
@@ -60,6 +74,9 @@ for scope = 0, 1 do
     levels[scope * 3 + i] = level
   end
   local zkey = KEYS[scope * 3 + 3]
+  if conc <= 0 then
+    return {0, (scope == 0 and "key" or "organisation") .. "_concurrency", 60000}
+  end
   redis.call("ZREMRANGEBYSCORE", zkey, "-inf", now)
   if redis.call("ZCARD", zkey) >= conc then
     return {0, (scope == 0 and "key" or "organisation") .. "_concurrency", 1000}
@@ -67,10 +84,12 @@ for scope = 0, 1 do
 end
 for scope = 0, 1 do
   local costs = {1, cost}
+  local caps = {tonumber(ARGV[5 + scope * 3]), tonumber(ARGV[6 + scope * 3])}
   for i = 1, 2 do
     local key = KEYS[scope * 3 + i]
-    redis.call("HSET", key, "v", levels[scope * 3 + i] - costs[i], "t", now)
-    redis.call("PEXPIRE", key, 120000)
+    local level = levels[scope * 3 + i] - costs[i]
+    redis.call("HSET", key, "v", level, "t", now)
+    keep(key, level, caps[i])
   end
   local zkey = KEYS[scope * 3 + 3]
   redis.call("ZADD", zkey, now + lease, rid)
@@ -80,18 +99,17 @@ return {1, "", 0}
 """
 
 # KEYS: key tokens bucket, key concurrency set, organisation tokens bucket, organisation concurrency set.
-# ARGV: now_ms, request id, tokens to give back (negative: to take), key tpm, organisation tpm.
-_SETTLE = """
-local now = tonumber(ARGV[1])
+# ARGV: (unused), request id, tokens to give back (negative: to take), key tpm, organisation tpm.
+_SETTLE = _CLOCK + """
 local delta = tonumber(ARGV[3])
 for scope = 0, 1 do
   local key = KEYS[scope * 2 + 1]
   local cap = tonumber(ARGV[4 + scope])
   local state = redis.call("HMGET", key, "v", "t")
-  if state[1] then
+  if state[1] and cap > 0 then
     local level = math.min(cap, tonumber(state[1]) + (now - tonumber(state[2])) * cap / 60000 + delta)
     redis.call("HSET", key, "v", level, "t", now)
-    redis.call("PEXPIRE", key, 120000)
+    keep(key, level, cap)
   end
   redis.call("ZREM", KEYS[scope * 2 + 2], ARGV[2])
 end
@@ -149,6 +167,7 @@ class RedisLimiter:
                      (("reserve", _RESERVE), ("settle", _SETTLE))}
         self._scripts = {"reserve": _RESERVE, "settle": _SETTLE}
         self._pending: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]] = []
+        self._unsettled: list[tuple[list[str], list[Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _keys(self, key_id: int, org_id: int) -> list[str]:
@@ -172,6 +191,10 @@ class RedisLimiter:
 
     def _send_pending(self) -> None:
         self._send_soon = self._send_later = False  # a timer still set only sends what came since
+        if self._unsettled:  # settlements a failed round trip left undone go out first
+            loop = asyncio.get_running_loop()
+            self._pending[:0] = [("settle", keys, args, loop.create_future()) for keys, args in self._unsettled]
+            self._unsettled = []
         if not self._pending:
             return
         batch, self._pending = self._pending, []
@@ -192,9 +215,11 @@ class RedisLimiter:
                         await self.client.script_load(body)
                     results = await self._execute(batch)
         except Exception as exc:  # connection refused, timeout: every caller fails closed
+            self._remember_unsettled(batch)
             for *_, future in batch:
                 if not future.done():
                     future.set_exception(LimiterUnavailable(f"{type(exc).__name__}: {exc}"))
+                    future.exception()  # a settlement's caller may not wait for it: no "never retrieved" noise
             return
         for (*_, future), result in zip(batch, results):
             if future.done():
@@ -203,6 +228,21 @@ class RedisLimiter:
                 future.set_exception(LimiterUnavailable(str(result)))
             else:
                 future.set_result(result)
+
+    def _remember_unsettled(self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        """After a failed round trip, nobody knows which scripts ran. Settlements are kept to be sent again, and
+        each reservation gets one that frees its slot (a no-op if it never ran), so that a Redis stall does not
+        leave slots held until their lease ends. Sent with the next batch, or after a second."""
+        for script, keys, args, _ in batch:
+            if script == "settle":
+                self._unsettled.append((keys, args))
+            else:  # reserve: KEYS k:rpm, k:tpm, k:conc, o:rpm, o:tpm, o:conc; ARGV[6], ARGV[9] the tpm limits
+                self._unsettled.append(([keys[1], keys[2], keys[4], keys[5]], [0, args[1], 0, args[5], args[8]]))
+        del self._unsettled[:-100_000]  # bounded: past that, the leases free what is left
+        loop = asyncio.get_running_loop()
+        if not self._send_later:
+            self._send_later = True
+            loop.call_later(1.0, self._send_pending)
 
     async def _execute(self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
@@ -254,6 +294,8 @@ class LocalLimiter:
             for kind, cap, cost in (("requests", limits.requests_per_minute, 1),
                                     ("tokens", limits.tokens_per_minute, tokens)):
                 name = f"{scope}:{ident}:{kind}"
+                if cap <= 0:
+                    return Refusal(f"{scope}_{kind}", 60)
                 level = self._level(name, cap, now)
                 need = min(cost, cap)
                 if level < need:
@@ -262,6 +304,8 @@ class LocalLimiter:
             slots = self.slots.setdefault(f"{scope}:{ident}", {})
             for rid in [rid for rid, until in slots.items() if until <= now]:
                 del slots[rid]
+            if limits.max_concurrent <= 0:
+                return Refusal(f"{scope}_concurrency", 60)
             if len(slots) >= limits.max_concurrent:
                 return Refusal(f"{scope}_concurrency", 1)
         for name, level in plan:
@@ -275,7 +319,7 @@ class LocalLimiter:
         now = time.time()
         for scope, ident, limits in (("key", key_id, key), ("organisation", org_id, org)):
             name = f"{scope}:{ident}:tokens"
-            if name in self.buckets:
+            if name in self.buckets and limits.tokens_per_minute > 0:
                 cap = limits.tokens_per_minute
                 self.buckets[name] = (min(cap, self._level(name, cap, now) + reserved - used), now)
             self.slots.get(f"{scope}:{ident}", {}).pop(request_id, None)

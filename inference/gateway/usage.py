@@ -41,6 +41,7 @@ class UsageMeter:
         from governance.services.metering import gateway_meter
 
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._counters: dict[UsageKey, Counters] = {}
         self.users = gateway_meter()
         self.healthy = True
@@ -68,6 +69,10 @@ class UsageMeter:
 
     def flush(self) -> int:
         """Write what is buffered (runs in a worker thread). Returns the number of usage rows written."""
+        with self._flush_lock:  # one flush at a time (the periodic one and the one at shutdown)
+            return self._flush()
+
+    def _flush(self) -> int:
         from governance.models import ApiKey
         from inference.models import TokenUsage
 
@@ -83,15 +88,17 @@ class UsageMeter:
                        + ", ".join(f"{f} = {table}.{f} + EXCLUDED.{f}" for f in _FIELDS)
                        + ", updated_at = EXCLUDED.updated_at")
                 now = timezone.now()
+                # Rows in one order in every process, so two flushes lock them in the same order (no deadlock).
                 rows = [(org, key, dep, day, *(getattr(c, f) for f in _FIELDS), now)
-                        for (org, key, dep, day), c in buffered.items()]
+                        for (org, key, dep, day), c in sorted(buffered.items(), key=lambda item: item[0][1:])]
                 try:
                     with transaction.atomic(), connections["default"].cursor() as cursor:
                         cursor.executemany(sql, rows)
-                        ApiKey.objects.filter(pk__in={key for _, key, _, _ in buffered}).update(last_used_at=now)
                 except Exception:
                     self._restore(buffered)
                     raise
+                # Outside the usage transaction: it takes no lock the upserts could wait on.
+                ApiKey.objects.filter(pk__in={key for _, key, _, _ in buffered}).update(last_used_at=now)
             self.users.flush()
             self.healthy = True
             return len(buffered)

@@ -25,6 +25,7 @@ class FakeOpenAI:
         self.keys = keys if keys is not None else set()
         self.requests: list[dict[str, Any]] = []  # bodies seen (tests read them)
         self.cancelled = 0
+        self.served = 0
         self.paths: list[str] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -64,6 +65,8 @@ class FakeOpenAI:
         delay = float(fake.get("delay", 0))
         chat = path == "/v1/chat/completions"
         created = int(time.time())
+        self.served += 1
+        completion_id = f"cmpl-fake-{self.served}"  # unique, as vLLM's are (a proxy may key its logs by it)
         if not request.get("stream"):
             if delay:
                 await asyncio.sleep(delay)
@@ -71,7 +74,7 @@ class FakeOpenAI:
                        "finish_reason": "length"} if chat else
                       {"index": 0, "text": "tok " * tokens, "finish_reason": "length"})
             await _send(send, 200, json.dumps({
-                "id": "cmpl-fake", "object": "chat.completion" if chat else "text_completion", "created": created,
+                "id": completion_id, "object": "chat.completion" if chat else "text_completion", "created": created,
                 "model": request["model"], "choices": [choice],
                 "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": tokens,
                           "total_tokens": PROMPT_TOKENS + tokens}}).encode())
@@ -93,7 +96,7 @@ class FakeOpenAI:
                     return
                 choice = ({"index": 0, "delta": {"content": "tok "}, "finish_reason": None} if chat else
                           {"index": 0, "text": "tok ", "finish_reason": None})
-                chunk: dict[str, Any] = {"id": "cmpl-fake", "object": "chat.completion.chunk" if chat else
+                chunk: dict[str, Any] = {"id": completion_id, "object": "chat.completion.chunk" if chat else
                                          "text_completion", "created": created, "model": request["model"],
                                          "choices": [choice]}
                 if continuous:
@@ -102,7 +105,7 @@ class FakeOpenAI:
                 await send({"type": "http.response.body", "body": f"data: {json.dumps(chunk)}\n\n".encode(),
                             "more_body": True})
             if include:
-                final = {"id": "cmpl-fake", "object": "chat.completion.chunk" if chat else "text_completion",
+                final = {"id": completion_id, "object": "chat.completion.chunk" if chat else "text_completion",
                          "created": created, "model": request["model"], "choices": [],
                          "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": tokens,
                                    "total_tokens": PROMPT_TOKENS + tokens}}

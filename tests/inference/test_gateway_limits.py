@@ -223,3 +223,45 @@ def test_redis_restarted_without_the_scripts_is_recovered_from() -> None:
         await limiter.close()
 
     asyncio.run(main())
+
+
+def test_a_failed_round_trip_frees_the_slots_its_reservations_may_have_taken() -> None:
+    async def main():
+        limiter = make("redis")
+        limits = Limits(1_000, 1_000_000, 1)
+        keys = limiter._keys(1, 1)
+        # As if Redis ran reservation "x" but its answer never came back (a stall past the deadline).
+        await limiter.client.zadd(keys[2], {"x": 10**15})
+        await limiter.client.zadd(keys[5], {"x": 10**15})
+        assert (await reserve(limiter, "y", key=limits)).limit == "key_concurrency"
+        args = [0, "x", 900_000, 10, 1_000, 1_000_000, 1, 1_000_000, 1_000_000_000, 1_000]
+        limiter._remember_unsettled([("reserve", keys, args, asyncio.get_running_loop().create_future())])
+        assert await reserve(limiter, "y", key=limits) is None  # the compensation went out first
+        await limiter.close()
+
+    asyncio.run(main())
+
+
+def test_a_limit_of_zero_blocks(kind) -> None:
+    async def main():
+        limiter = make(kind)
+        for limits, name in ((Limits(0, 10, 10), "key_requests"), (Limits(10, 0, 10), "key_tokens"),
+                             (Limits(10, 10, 0), "key_concurrency")):
+            refusal = await reserve(limiter, "a", key=limits)
+            assert refusal.limit == name and refusal.retry_after == 60
+        await limiter.close()
+
+    asyncio.run(main())
+
+
+def test_a_debt_outlives_the_bucket_expiry() -> None:
+    async def main():
+        limiter = make("redis")
+        limits = Limits(1_000, 1_000, 100)
+        assert await reserve(limiter, "a", key=limits, tokens=10) is None
+        await limiter.settle(request_id="a", key_id=1, org_id=1, reserved=10, used=50_000, key=limits, org=BIG)
+        ttl = await limiter.client.pttl(limiter._keys(1, 1)[1])
+        assert ttl > 49 * 60_000  # ~49 minutes to pay 49,000 tokens back at 1,000 a minute
+        await limiter.close()
+
+    asyncio.run(main())
