@@ -102,12 +102,14 @@ def test_production_refuses_to_start_without_a_secret_key() -> None:
 def test_production_settings_pass_the_deploy_checks(tmp_path) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text("s" * 10 + uuid.uuid4().hex + uuid.uuid4().hex)
-    result = _manage(
-        "check", "--deploy", "--fail-level", "WARNING",
-        env={"CORRAL_ENV": "production", "SECRET_KEY_FILE": str(secret_file), "ALLOWED_HOSTS": "corral.example.com"},
-    )
+    production = {"CORRAL_ENV": "production", "SECRET_KEY_FILE": str(secret_file),
+                  "ALLOWED_HOSTS": "corral.example.com", "REDIS_URL": "redis://127.0.0.1:6379/0"}
+    result = _manage("check", "--deploy", "--fail-level", "WARNING", env=production)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+    # Without Redis the gateway's limits would hold per process only: the deploy check says so.
+    result = _manage("check", "--deploy", "--fail-level", "WARNING", env={**production, "REDIS_URL": ""})
+    assert result.returncode != 0 and "corral.W001" in result.stdout + result.stderr
 
 
 def test_a_malformed_setting_is_refused_with_its_name() -> None:
