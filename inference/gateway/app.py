@@ -47,6 +47,7 @@ logger = logging.getLogger("corral.gateway")
 COMPLETION_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "text"}
 _JSON = (b"content-type", b"application/json")
 _ZERO_HASH = "0" * 64
+MAX_SSE_LINE = 8 * 1024 * 1024  # one event of vLLM's stream (prompt logprobs make long ones)
 
 
 class _ClientGone(Exception):
@@ -502,33 +503,18 @@ class Gateway:
                 (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no"), (b"x-request-id", request.id.encode())]})
             started[0] = True
-            async for line in response.content:
-                if not line.startswith(b"data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    state["done"] = True
-                    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True})
-                    continue
-                out = payload
-                if b'"usage"' in payload:
-                    chunk = orjson.loads(payload)
-                    usage = chunk.get("usage") if isinstance(chunk, dict) else None
-                    if usage:
-                        request.usage_from(usage)
-                        if not chunk.get("choices"):  # the final usage-only chunk
-                            if not client_usage:
-                                continue
-                        elif not client_continuous:  # usage only in the final chunk, as OpenAI does
-                            if client_usage:
-                                chunk["usage"] = None
-                            else:
-                                del chunk["usage"]
-                            out = orjson.dumps(chunk)
-                elif b'"error"' in payload:
-                    request.failed = True
-                request.chunks += 1
-                await send({"type": "http.response.body", "body": b"data: " + out + b"\n\n", "more_body": True})
+            # Whatever vLLM sent is relayed at once; events that arrived together go out in one write.
+            pending = b""
+            async for data in response.content.iter_any():
+                *lines, pending = (pending + data).split(b"\n")
+                if len(pending) > MAX_SSE_LINE:
+                    raise ValueError("SSE line too long")
+                out = self._relay_lines(lines, request, state, client_usage, client_continuous)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            out = self._relay_lines([pending], request, state, client_usage, client_continuous)
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
             state["done"] = True
             await send({"type": "http.response.body", "body": b""})
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
@@ -539,6 +525,39 @@ class Gateway:
             raise GatewayError(502, "The model's answer could not be read.", type="upstream_error",
                                code="upstream_error") from None
 
+
+    @staticmethod
+    def _relay_lines(lines: list[bytes], request: _Request, state: dict[str, bool], client_usage: bool,
+                     client_continuous: bool) -> bytes:
+        """The SSE events to pass on for these lines from vLLM, with usage kept only where the client asked."""
+        out = []
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                state["done"] = True
+                out.append(b"data: [DONE]\n\n")
+                continue
+            if b'"usage"' in payload:
+                chunk = orjson.loads(payload)
+                usage = chunk.get("usage") if isinstance(chunk, dict) else None
+                if usage:
+                    request.usage_from(usage)
+                    if not chunk.get("choices"):  # the final usage-only chunk
+                        if not client_usage:
+                            continue
+                    elif not client_continuous:  # usage only in the final chunk, as OpenAI does
+                        if client_usage:
+                            chunk["usage"] = None
+                        else:
+                            del chunk["usage"]
+                        payload = orjson.dumps(chunk)
+            elif b'"error"' in payload:
+                request.failed = True
+            request.chunks += 1
+            out.append(b"data: " + payload + b"\n\n")
+        return b"".join(out)
 
 def _int_field(data: dict[str, Any], name: str, default: int) -> int:
     value = data.get(name)
