@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from collections.abc import Iterable
 
 from django.core.exceptions import ValidationError
@@ -15,6 +16,7 @@ from licensing.models import (
     BaseModel,
     LicenceAcceptance,
     LicenceVersion,
+    Membership,
     MetaGrant,
     Organisation,
     Product,
@@ -306,3 +308,71 @@ def _evaluation_schedule(group_id: int) -> None:
     from governance.services.evaluation import evaluation_schedule  # governance builds on licensing
 
     evaluation_schedule(group_id=group_id)
+
+
+# --- members ------------------------------------------------------------------------------------------------
+
+def _owners_left(organisation: Organisation, without: Membership) -> int:
+    return (Membership.objects.filter(organisation=organisation, role=Membership.Role.OWNER)
+            .exclude(pk=without.pk).count())
+
+
+def membership_add(*, organisation: Organisation, username: str, email: str, role: str, actor: str,
+                   actor_is_owner: bool) -> tuple[Membership, str | None]:
+    """Add a person to an organisation with a role. A person Corral does not know yet (by username) gets an
+    account with a generated password, returned once (it is stored only as Django's password hash)."""
+    from django.contrib.auth import get_user_model
+
+    errors: dict[str, str] = {}
+    if role not in Membership.Role.values:
+        errors["role"] = f"Unknown role {role!r}; one of {', '.join(Membership.Role.values)}."
+    elif role == Membership.Role.OWNER and not actor_is_owner:
+        errors["role"] = "Only an owner can make someone an owner."
+    username = username.strip()
+    if not username:
+        errors["username"] = "A username is required."
+    if errors:
+        raise ValidationError(errors)
+    User = get_user_model()
+    password = None
+    with transaction.atomic():
+        user = User.objects.filter(username=username).first()
+        if user is None:
+            password = secrets.token_urlsafe(12)
+            user = User.objects.create_user(username=username, email=email.strip(), password=password)
+        elif Membership.objects.filter(user=user, organisation=organisation).exists():
+            raise ValidationError({"username": f"{username} is already a member of {organisation.name}."})
+        membership = Membership.objects.create(user=user, organisation=organisation, role=role)
+        audit_record(action="membership.added", actor=actor, organisation=organisation, obj=membership,
+                     data={"username": username, "role": role, "new_account": password is not None})
+    return membership, password
+
+
+def membership_change_role(*, membership: Membership, role: str, actor: str, actor_is_owner: bool) -> Membership:
+    if role not in Membership.Role.values:
+        raise ValidationError({"role": f"Unknown role {role!r}; one of {', '.join(Membership.Role.values)}."})
+    if Membership.Role.OWNER in (role, membership.role) and not actor_is_owner:
+        raise ValidationError({"role": "Only an owner can make someone an owner or change an owner's role."})
+    with transaction.atomic():
+        locked = Membership.objects.select_for_update().get(pk=membership.pk)
+        if locked.role == Membership.Role.OWNER and role != Membership.Role.OWNER and \
+                not _owners_left(locked.organisation, locked):
+            raise ValidationError({"role": f"{locked.organisation.name} needs at least one owner."})
+        if locked.role != role:
+            previous, locked.role = locked.role, role
+            locked.save(update_fields=["role"])
+            audit_record(action="membership.role_changed", actor=actor, organisation=locked.organisation,
+                         obj=locked, data={"username": locked.user.get_username(), "from": previous, "to": role})
+    return locked
+
+
+def membership_remove(*, membership: Membership, actor: str, actor_is_owner: bool) -> None:
+    if membership.role == Membership.Role.OWNER and not actor_is_owner:
+        raise ValidationError("Only an owner can remove an owner.")
+    with transaction.atomic():
+        locked = Membership.objects.select_for_update().select_related("organisation", "user").get(pk=membership.pk)
+        if locked.role == Membership.Role.OWNER and not _owners_left(locked.organisation, locked):
+            raise ValidationError(f"{locked.organisation.name} needs at least one owner.")
+        audit_record(action="membership.removed", actor=actor, organisation=locked.organisation, obj=locked,
+                     data={"username": locked.user.get_username(), "role": locked.role})
+        locked.delete()

@@ -13,7 +13,7 @@ from django.db.models import QuerySet
 from governance.models import GroupPolicy, Scope
 from inference.models import Deployment
 from inference.services import DTYPES, QUANTIZATIONS
-from licensing.models import BaseModel, LicenceVersion, Organisation, Product
+from licensing.models import BaseModel, LicenceVersion, Membership, Organisation, Product
 
 
 def add_service_errors(form: forms.Form, exc: ValidationError | ValueError) -> None:
@@ -212,3 +212,21 @@ class AuditFilterForm(forms.Form):
         if data.get("since") and data.get("until") and data["until"] < data["since"]:
             self.add_error("until", "Must not be before the start.")
         return data
+
+
+class MemberAddForm(OrganisationChoiceMixin, forms.Form):
+    organisation = forms.ModelChoiceField(queryset=Organisation.objects.none(), empty_label=None)
+    username = forms.CharField(max_length=150, help_text="Their Corral login. A new one gets an account with a "
+                                                         "password shown to you once.")
+    email = forms.EmailField(required=False, help_text="For a new account.")
+    role = forms.ChoiceField(choices=Membership.Role.choices, initial=Membership.Role.MEMBER,
+                             help_text="viewer: read; member: products and keys; admin: policies, webhooks, "
+                                       "members; owner: everything, including owners.")
+
+    def __init__(self, *args: Any, organisations: QuerySet[Organisation], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limit_organisations(organisations)
+
+
+class MemberRoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Membership.Role.choices)

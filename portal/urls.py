@@ -37,4 +37,7 @@ urlpatterns = [
     path("keys/", views.key_list, name="keys"),
     path("keys/<int:pk>/revoke/", views.key_revoke, name="key-revoke"),
     path("audit/", views.audit_list, name="audit"),
+    path("members/", views.member_list, name="members"),
+    path("members/<int:pk>/role/", views.member_role, name="member-role"),
+    path("members/<int:pk>/remove/", views.member_remove, name="member-remove"),
 ]

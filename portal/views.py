@@ -33,7 +33,7 @@ from inference import services as inference_services
 from inference.models import Deployment, GpuAllocation, Node, Replica
 from licensing import selectors as licensing_selectors
 from licensing import services as licensing_services
-from licensing.models import LicenceAcceptance, Product
+from licensing.models import LicenceAcceptance, Membership, Product
 from licensing.obligations import NOTICE_FILENAME, notice_file_text
 from portal import forms
 from portal import selectors as portal_selectors
@@ -607,3 +607,86 @@ def audit_list(request: HttpRequest) -> HttpResponse:
     return render(request, "portal/audit_list.html", {
         "page": page, "form": form, "chain": audit_verify_cached(), "query": query.urlencode(),
     }, status=_status(form) if form.is_bound else 200)
+
+
+# --- members ----------------------------------------------------------------------------------------------
+
+def _is_owner(access: Access, organisation_id: int) -> bool:
+    return access.is_staff or Membership.objects.filter(
+        user=access.user, organisation_id=organisation_id, role=Membership.Role.OWNER).exists()
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def member_list(request: HttpRequest) -> HttpResponse:
+    """People of the caller's organisations and their roles; admins and owners add, change and remove them
+    (only an owner touches the owner role, and an organisation always keeps one owner)."""
+    access = access_of(request)
+    manageable = access.organisations(Scope.ADMIN)
+    form = added = secret = None
+    if manageable.exists():
+        form = forms.MemberAddForm(request.POST or None, organisations=manageable)
+    if request.method == "POST":
+        if form is None:
+            raise PermissionDenied("Your role does not allow managing members.")
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                added, secret = licensing_services.membership_add(
+                    organisation=data["organisation"], username=data["username"], email=data["email"],
+                    role=data["role"], actor=access.label, actor_is_owner=_is_owner(access, data["organisation"].pk))
+            except ValidationError as exc:
+                forms.add_service_errors(form, exc)
+            else:
+                form = forms.MemberAddForm(organisations=manageable)
+    members = (Membership.objects.filter(organisation__in=access.organisation_ids())
+               .select_related("user", "organisation").order_by("organisation__name", "user__username"))
+    return render(request, "portal/member_list.html", {
+        "page": _page(request, members), "form": form, "added": added, "secret": secret,
+        "manage_ids": set(manageable.values_list("pk", flat=True)), "roles": Membership.Role.choices,
+    }, status=_status(form) if form is not None else 200)
+
+
+def _membership_or_404(access: Access, pk: int) -> Membership:
+    membership = (Membership.objects.filter(pk=pk, organisation__in=access.organisations())
+                  .select_related("user", "organisation").first())
+    if membership is None:
+        raise Http404("No such member.")
+    access.require(Scope.ADMIN, membership.organisation_id)
+    return membership
+
+
+@login_required
+@require_POST
+def member_role(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    membership = _membership_or_404(access, pk)
+    form = forms.MemberRoleForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"Role: {'; '.join(form.errors['role'])}")
+        return redirect("portal:members")
+    try:
+        licensing_services.membership_change_role(membership=membership, role=form.cleaned_data["role"],
+                                                  actor=access.label,
+                                                  actor_is_owner=_is_owner(access, membership.organisation_id))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"{membership.user.get_username()} is now {form.cleaned_data['role']} of "
+                                  f"{membership.organisation.name}.")
+    return redirect("portal:members")
+
+
+@login_required
+@require_POST
+def member_remove(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    membership = _membership_or_404(access, pk)
+    try:
+        licensing_services.membership_remove(membership=membership, actor=access.label,
+                                             actor_is_owner=_is_owner(access, membership.organisation_id))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"{membership.user.get_username()} was removed from {membership.organisation.name}.")
+    return redirect("portal:members")

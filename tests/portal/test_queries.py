@@ -34,6 +34,7 @@ PAGES = {
     "deployments (staff)": ("/deployments/", "staff", 20),
     "keys": ("/keys/", "owner", 20),
     "audit": ("/audit/", "owner", 20),
+    "members": ("/members/", "owner", 20),
     "webhook": ("/webhooks/{webhook}/", "owner", 20),
 }
 
@@ -51,6 +52,7 @@ def _more_of_everything(tenancy: Tenancy, round_: int) -> None:
         other = OrganisationFactory()  # another group, for staff's overview
         MembershipFactory(organisation=other, role=Membership.Role.OWNER)
         sibling = OrganisationFactory(group=group)
+        MembershipFactory(organisation=org, role=Membership.Role.VIEWER)
         product = ProductFactory(organisation=org, name=f"Product {round_}-{i}")
         ProductFactory(organisation=sibling, name=f"Sibling product {round_}-{i}")
         activity_ingest(product=product, day=today, user_ids=[f"r{round_}-{i}-{n}" for n in range(20)])
