@@ -12,24 +12,30 @@ from django.utils import timezone
 
 from governance.audit import audit_verify_cached
 from governance.models import Alert, AuditEvent, ComplianceStatus, GroupForecast
-from governance.selectors import mau_month
+from governance.selectors import mau_month, mau_month_many
 from licensing.models import AffiliateGroup, MetaGrant, Organisation, Product
 
 
 def evidence_report(*, group: AffiliateGroup, month: dt.date) -> dict[str, Any]:
     month = month.replace(day=1)
     group_count = mau_month(scope=group, month=month).as_dict()
-    organisations = []
-    for organisation in Organisation.objects.filter(group=group).order_by("name"):
-        products = [
-            {"id": product.pk, "name": product.name, "licence_version": product.licence_version.slug,
-             "status": product.status, "mau": _figures(mau_month(scope=product, month=month).as_dict())}
-            for product in Product.objects.filter(organisation=organisation).select_related("licence_version")
-            .order_by("name")
-        ]
-        organisations.append({"id": organisation.pk, "name": organisation.name, "status": organisation.status,
-                              "mau": _figures(mau_month(scope=organisation, month=month).as_dict()),
-                              "products": products})
+    # Every figure in a fixed number of queries, however many organisations and products the group has.
+    orgs = list(Organisation.objects.filter(group=group).order_by("name"))
+    products_of: dict[int, list[Product]] = {org.pk: [] for org in orgs}
+    for product in (Product.objects.filter(organisation__group=group).select_related("licence_version")
+                    .order_by("name")):
+        products_of[product.organisation_id].append(product)
+    all_products = [product for org in orgs for product in products_of[org.pk]]
+    org_counts = mau_month_many(scopes=orgs, month=month)
+    product_counts = mau_month_many(scopes=all_products, month=month)
+    organisations = [
+        {"id": org.pk, "name": org.name, "status": org.status, "mau": _figures(org_counts[org.pk].as_dict()),
+         "products": [
+             {"id": product.pk, "name": product.name, "licence_version": product.licence_version.slug,
+              "status": product.status, "mau": _figures(product_counts[product.pk].as_dict())}
+             for product in products_of[org.pk]]}
+        for org in orgs
+    ]
     statuses = [
         {"licence_version": s.licence_version.slug, "rule": s.rule, "state": s.state,
          "month": s.month.isoformat() if s.month else None, "source": s.source, "estimate": s.estimate,

@@ -286,3 +286,29 @@ def test_a_webhook_endpoint_can_be_paused_and_renamed_but_not_moved(group_setup,
     assert client_for(outsider_org, ["read", "admin"]).patch(f"/api/v1/webhooks/{endpoint_id}/", {"active": True},
                                                              format="json").status_code == 404
     assert AuditEvent.objects.filter(action="webhook_endpoint.updated").count() == 1
+
+
+def test_the_evidence_report_reads_in_the_same_number_of_queries_for_more_products(db) -> None:
+    import datetime as dt
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from governance.evidence import evidence_report
+    from tests.factories import GroupFactory, OrganisationFactory, ProductFactory
+
+    group = GroupFactory(name="Evidence Group")
+    month = dt.date(2026, 10, 1)
+
+    def grow() -> int:
+        organisation = OrganisationFactory(group=group)
+        for i in range(3):
+            product = ProductFactory(organisation=organisation)
+            activity_ingest(product=product, day=month + dt.timedelta(days=i), user_ids=[f"u{i}-{n}" for n in range(5)])
+        with CaptureQueriesContext(connection) as captured:
+            report = evidence_report(group=group, month=month)
+        assert sum(len(o["products"]) for o in report["organisations"]) == 3 * len(report["organisations"])
+        return len(captured.captured_queries)
+
+    first = grow()
+    assert grow() == first and grow() == first
