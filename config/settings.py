@@ -278,6 +278,7 @@ REST_FRAMEWORK = {
         "rest_framework.filters.OrderingFilter",
     ],
     "DEFAULT_PAGINATION_CLASS": "config.pagination.Pagination",
+    "DEFAULT_METADATA_CLASS": "config.metadata.Metadata",
     "DEFAULT_PARSER_CLASSES": [
         "config.parsers.FastJSONParser",
         "rest_framework.parsers.FormParser",

@@ -190,6 +190,7 @@ class GroupComplianceViewSet(GroupTenancy, TenantViewSet):
     """A group's compliance: statuses per version and rule, decisions, forecast, history, policy, evidence."""
 
     queryset = AffiliateGroup.objects.all()
+    filter_backends: list[Any] = []  # detail actions only: no list to filter or order (?ordering= was a 500)
 
     def required_scope(self, request: Request) -> str | None:
         if self.action in ("policy", "declarations") and request.method not in ("GET", "HEAD", "OPTIONS"):

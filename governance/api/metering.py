@@ -134,6 +134,8 @@ def _estimate_dict(estimate: Any) -> dict[str, Any]:
 class MauActions:
     """MAU, rolling, DAU and daily-series reads, shared by the product, organisation and group endpoints."""
 
+    filter_backends: list[Any] = []  # detail actions only: no list to filter or order
+
     get_object: Any
 
     @extend_schema(

@@ -312,3 +312,16 @@ def test_the_evidence_report_reads_in_the_same_number_of_queries_for_more_produc
 
     first = grow()
     assert grow() == first and grow() == first
+
+
+@pytest.mark.parametrize("path", ["groups/{group}/policy/", "groups/{group}/declarations/", "groups/{group}/evaluate/",
+                                  "groups/{group}/compliance/history/", "groups/{group}/mau/?month=2026-01",
+                                  "products/{product}/activity/", "products/{product}/sketches/",
+                                  "organisations/{org}/mau/?month=2026-01"])
+def test_options_and_a_stray_ordering_are_answered_not_500(owner_org, product, client_for, path) -> None:
+    """Found by schemathesis: detail actions without a serializer class answered OPTIONS, and ?ordering=, with 500."""
+    client = client_for(owner_org, ["read", "write", "ingest", "admin"])
+    url = "/api/v1/" + path.format(group=owner_org.group_id, product=product.pk, org=owner_org.pk)
+    assert client.options(url).status_code == 200
+    separator = "&" if "?" in url else "?"
+    assert client.get(f"{url}{separator}ordering=%C3%9F%C3%A1").status_code in (200, 405)
