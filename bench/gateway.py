@@ -18,12 +18,10 @@ writes them as JSON to var/bench-gateway.json. Not a test: CI does not run it.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,29 +30,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.common import production_env, recreate_database, spawn, stop, wait_until_up  # noqa: E402
+
 DATABASE = "corral_bench_gw"
-os.environ.setdefault("DATABASE_URL", f"postgres://postgres@127.0.0.1:5432/{DATABASE}")
-os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/12")
-os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/13")
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-os.environ.setdefault("LOG_LEVEL", "WARNING")
-os.environ.setdefault("CORRAL_ENV", "production")
-os.environ.setdefault("SECRET_KEY", "bench-" + "k" * 20 + os.urandom(24).hex())
-os.environ.setdefault("ALLOWED_HOSTS", "127.0.0.1,localhost")
-os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
+production_env(database=DATABASE, redis_db=12, broker_db=13)
 UPSTREAM_PORT, CORRAL_PORT, LITELLM_PORT = 8790, 8791, 8792
 UPSTREAM_KEY = "bench-upstream-key"
 MODEL = "bench-model"
 MESSAGES = [{"role": "user", "content": "Say something short about llamas."}]
-
-
-def _create_database() -> None:
-    import psycopg
-
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone():
-            conn.execute(f'DROP DATABASE "{DATABASE}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DATABASE}"')
 
 
 def _setup_tenant() -> str:
@@ -99,36 +82,6 @@ def _setup_tenant() -> str:
     return key
 
 
-def _spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen(args, cwd=ROOT, env=env or dict(os.environ), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _wait(port: int, path: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", path)
-            if conn.getresponse().status < 500:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"nothing answered on port {port} within {timeout} s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and its children (uvicorn's worker is the server itself here)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -170,17 +123,17 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
 
-    _create_database()
+    recreate_database(DATABASE)
     key = _setup_tenant()
-    upstream = _spawn([sys.executable, str(ROOT / "tests/inference/fake_openai.py"), "--port", str(UPSTREAM_PORT),
-                       "--key", UPSTREAM_KEY])
-    corral = _spawn([sys.executable, "-m", "uvicorn", "config.asgi:application", "--port", str(CORRAL_PORT),
-                     "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"])
+    upstream = spawn([sys.executable, str(ROOT / "tests/inference/fake_openai.py"), "--port", str(UPSTREAM_PORT),
+                       "--key", UPSTREAM_KEY], quiet=True)
+    corral = spawn([sys.executable, "-m", "uvicorn", "config.asgi:application", "--port", str(CORRAL_PORT),
+                     "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"], quiet=True)
     litellm = None
     targets = {}
     try:
-        _wait(UPSTREAM_PORT, "/health")
-        _wait(CORRAL_PORT, "/healthz")
+        wait_until_up(UPSTREAM_PORT, "/health")
+        wait_until_up(CORRAL_PORT, "/healthz")
         targets["direct"] = (f"http://127.0.0.1:{UPSTREAM_PORT}", UPSTREAM_KEY, MODEL, None)
         targets["corral"] = (f"http://127.0.0.1:{CORRAL_PORT}", key, MODEL, corral.pid)
         if not args.no_litellm:
@@ -213,8 +166,8 @@ def main() -> None:
     finally:
         if litellm is not None:
             litellm.stop()
-        _stop(corral)
-        _stop(upstream)
+        stop(corral)
+        stop(upstream)
 
     def pick(target: str, stream: bool, connections: int) -> dict | None:
         return next((r for r in results if (r["target"], r["stream"], r["connections"]) ==

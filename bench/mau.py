@@ -18,7 +18,6 @@ import http.client
 import json
 import os
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,28 +28,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.common import production_env, recreate_database, spawn, stop, wait_until_up  # noqa: E402
+
 DATABASE = "corral_bench"
-os.environ.setdefault("DATABASE_URL", f"postgres://postgres@127.0.0.1:5432/{DATABASE}")
-os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/10")
-os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/11")
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-os.environ.setdefault("LOG_LEVEL", "WARNING")
-# Production settings, as the service runs: DEBUG off, the connection pool on. Plain HTTP on loopback.
-os.environ.setdefault("CORRAL_ENV", "production")
-os.environ.setdefault("SECRET_KEY", "bench-" + "k" * 20 + os.urandom(24).hex())
-os.environ.setdefault("ALLOWED_HOSTS", "127.0.0.1,localhost")
-os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
+production_env(database=DATABASE, redis_db=10, broker_db=11)
 PORT = 8765
 
 
 def _create_database() -> None:
-    import psycopg
-
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone()
-        if exists:
-            conn.execute(f'DROP DATABASE "{DATABASE}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    recreate_database(DATABASE)
 
 
 def _setup_tenants(products_per_org: int, orgs: int):
@@ -81,39 +67,18 @@ def _setup_tenants(products_per_org: int, orgs: int):
 
 
 def _start_servers(workers: int, celery: bool) -> list[subprocess.Popen]:
-    env = dict(os.environ)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "config.asgi:application", "--port", str(PORT), "--workers",
-             str(workers), "--no-access-log", "--log-level", "warning"],
-            cwd=ROOT, env=env, start_new_session=True,
-        )
-    ]
+    procs = [spawn([sys.executable, "-m", "uvicorn", "config.asgi:application", "--port", str(PORT), "--workers",
+                    str(workers), "--no-access-log", "--log-level", "warning"])]
     if celery:
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "WARNING", "--concurrency", "1"],
-            cwd=ROOT, env=env, start_new_session=True,
-        ))
-    for _ in range(100):
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=2)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                return procs
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("uvicorn did not start")
+        procs.append(spawn([sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "WARNING",
+                            "--concurrency", "1"]))
+    wait_until_up(PORT, "/healthz", timeout=20)
+    return procs
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
     for proc in procs:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    for proc in procs:
-        proc.wait(timeout=30)
+        stop(proc)
 
 
 def _post(conn: http.client.HTTPConnection, path: str, body: bytes, key: str) -> tuple[int, bytes]:
