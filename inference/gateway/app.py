@@ -113,6 +113,7 @@ class Gateway:
         self.app = app
         self.strategy: Strategy = strategy or LeastOutstanding()
         self.ready = False
+        self.in_flight = 0  # relayed requests not yet metered and settled (the client may have its answer)
         self._flusher: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
 
@@ -369,11 +370,15 @@ class Gateway:
             raise GatewayError(429, refusal.message, type="tokens" if "tokens" in refusal.limit else "requests",
                                code="rate_limit_exceeded", retry_after=refusal.retry_after)
         upstream_body = orjson.dumps(data) if rewrite else body
+        self.in_flight += 1
         try:
             await self._relay(scope["path"], upstream_body, request, receive, send, stream=stream,
                               client_usage=client_usage, client_continuous=client_continuous)
         finally:
-            await self._finish(request)
+            try:
+                await self._finish(request)
+            finally:
+                self.in_flight -= 1
 
     async def _finish(self, request: _Request) -> None:
         key = request.key

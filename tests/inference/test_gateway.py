@@ -66,8 +66,18 @@ def sdk(gateway, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0, timeout=20)
 
 
-def flushed_usage(gateway, deployment) -> TokenUsage:
+def flush(gateway) -> None:
+    """Write the gateway's usage once every request it relayed is metered: a client has its answer a moment
+    before the gateway records it."""
+    deadline = time.monotonic() + 5
+    while gateway.app.in_flight:
+        assert time.monotonic() < deadline, "requests still in flight"
+        time.sleep(0.01)
     gateway.app.meter.flush()
+
+
+def flushed_usage(gateway, deployment) -> TokenUsage:
+    flush(gateway)
     return TokenUsage.objects.get(deployment=deployment)
 
 
@@ -93,7 +103,7 @@ def test_usage_from_many_requests_adds_up_across_flushes(gateway, tenant) -> Non
     for i in range(6):
         client.completions.create(model="chat-small", prompt="Once", max_tokens=3, user=f"u{i % 3}")
         if i == 2:
-            gateway.app.meter.flush()
+            flush(gateway)
     usage = flushed_usage(gateway, deployment)
     assert (usage.requests, usage.prompt_tokens, usage.completion_tokens) == (6, 6 * PROMPT_TOKENS, 18)
 
@@ -107,7 +117,7 @@ def test_requests_without_a_user_take_the_header_or_the_key_default_or_are_count
     ApiKey.objects.filter(prefix=default_key.split(".")[0]).update(default_user="service-account")
     sdk(gateway, default_key).chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=2)
     sdk(gateway, key).chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=2)
-    gateway.app.meter.flush()
+    flush(gateway)
     rows = TokenUsage.objects.filter(deployment=deployment)
     assert sum(r.requests for r in rows) == 3 and sum(r.requests_without_user for r in rows) == 1
     assert dau(scope=deployment.product, day=timezone.now().date()).estimate.estimate == 2
@@ -156,7 +166,7 @@ def test_a_disconnecting_streaming_client_cancels_upstream_and_is_still_billed(g
     assert upstream.cancelled == 1  # vLLM stopped generating
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        gateway.app.meter.flush()
+        flush(gateway)
         usage = TokenUsage.objects.filter(deployment=deployment).first()
         if usage is not None:
             break
