@@ -19,7 +19,9 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import close_old_connections, connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connections
+
+from config.exceptions import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
 
 _ACTIVITY = re.compile(r"^/api/v1/products/([0-9]{1,18})/activity/?$")
 Response = tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]
@@ -30,77 +32,84 @@ def _error(status: int, body: dict[str, Any], *extra: tuple[bytes, bytes]) -> Re
 
 
 def ingest_activity(product_id: int, headers: dict[bytes, bytes], body: bytes, path: str) -> Response:
-    """Everything the DRF activity endpoint does, as one synchronous call (run in the pool)."""
+    """Everything the DRF activity endpoint does, as one synchronous call (run in the pool). A database that
+    does not answer is the DRF endpoint's 503 (config/exceptions.py), not an exception out of the ASGI app."""
+    close_old_connections()
+    try:
+        return _ingest(product_id, headers, body, path)
+    except (OperationalError, InterfaceError):
+        return _error(503, {"detail": DATABASE_UNAVAILABLE}, (b"retry-after", RETRY_AFTER_SECONDS.encode()))
+    finally:
+        for connection in connections.all(initialized_only=True):
+            connection.close()  # back to the pool
+
+
+def _ingest(product_id: int, headers: dict[bytes, bytes], body: bytes, path: str) -> Response:
     from governance.models import Scope
     from governance.services import IdempotencyConflict, KeyRejected, activity_ingest, api_key_authenticate
     from governance.services.metering import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_RULE, request_fingerprint
     from licensing.models import Product
 
-    close_old_connections()
+    auth = headers.get(b"authorization", b"").split()
+    if len(auth) != 2 or auth[0].lower() != b"bearer":
+        return _error(401, {"detail": "Authentication credentials were not provided."},
+                      (b"www-authenticate", b'Bearer realm="corral"'))
     try:
-        auth = headers.get(b"authorization", b"").split()
-        if len(auth) != 2 or auth[0].lower() != b"bearer":
-            return _error(401, {"detail": "Authentication credentials were not provided."},
-                          (b"www-authenticate", b'Bearer realm="corral"'))
-        try:
-            api_key = api_key_authenticate(auth[1].decode("ascii"))
-        except (KeyRejected, UnicodeDecodeError) as exc:
-            message = str(exc) if isinstance(exc, KeyRejected) else "Invalid API key."
-            return _error(401, {"detail": message}, (b"www-authenticate", b'Bearer realm="corral"'))
-        if Scope.INGEST not in api_key.scopes:
-            return _error(403, {"detail": "This credential lacks the 'ingest' scope needed for this request."})
-        product = Product.objects.select_related("organisation").filter(
-            pk=product_id, organisation_id=api_key.organisation_id).first()
-        if product is None or (api_key.product_id and api_key.product_id != product.pk):
-            return _error(404, {"detail": "No Product matches the given query."})
-        key = headers.get(b"idempotency-key")
-        idempotency_key = None
-        if key is not None:
-            idempotency_key = key.decode("latin-1")
-            if not IDEMPOTENCY_KEY.match(idempotency_key):
-                return _error(400, {"Idempotency-Key": [IDEMPOTENCY_KEY_RULE]})
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            from config.parsers import FastJSONParser  # the same fallback and message as the DRF endpoint
-            from rest_framework.exceptions import ParseError
+        api_key = api_key_authenticate(auth[1].decode("ascii"))
+    except (KeyRejected, UnicodeDecodeError) as exc:
+        message = str(exc) if isinstance(exc, KeyRejected) else "Invalid API key."
+        return _error(401, {"detail": message}, (b"www-authenticate", b'Bearer realm="corral"'))
+    if Scope.INGEST not in api_key.scopes:
+        return _error(403, {"detail": "This credential lacks the 'ingest' scope needed for this request."})
+    product = Product.objects.select_related("organisation").filter(
+        pk=product_id, organisation_id=api_key.organisation_id).first()
+    if product is None or (api_key.product_id and api_key.product_id != product.pk):
+        return _error(404, {"detail": "No Product matches the given query."})
+    key = headers.get(b"idempotency-key")
+    idempotency_key = None
+    if key is not None:
+        idempotency_key = key.decode("latin-1")
+        if not IDEMPOTENCY_KEY.match(idempotency_key):
+            return _error(400, {"Idempotency-Key": [IDEMPOTENCY_KEY_RULE]})
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        from config.parsers import FastJSONParser  # the same fallback and message as the DRF endpoint
+        from rest_framework.exceptions import ParseError
 
-            try:
-                import io
-
-                data = FastJSONParser().parse(io.BytesIO(body))
-            except ParseError as exc:
-                return _error(400, {"detail": str(exc.detail)})
-        if not isinstance(data, dict):
-            return _error(400, {"non_field_errors": ["Invalid data. Expected a dictionary."]})
-        errors: dict[str, list[str]] = {}
-        day = None
-        if "day" not in data:
-            errors["day"] = ["This field is required."]
-        else:
-            try:
-                day = dt.date.fromisoformat(data["day"]) if isinstance(data["day"], str) else None
-            except ValueError:
-                day = None
-            if day is None:
-                errors["day"] = ["Date has wrong format. Use one of these formats instead: YYYY-MM-DD."]
-        if "user_ids" not in data:
-            errors["user_ids"] = ["This field is required."]
-        if errors:
-            return _error(400, errors)
         try:
-            answer = activity_ingest(product=product, day=day, user_ids=data["user_ids"],
-                                     idempotency_key=idempotency_key,
-                                     fingerprint=request_fingerprint("POST", path, body))
-        except ValidationError as exc:
-            return _error(400, {k: list(v) for k, v in exc.message_dict.items()})
-        except IdempotencyConflict as exc:
-            return _error(409, {"detail": str(exc)})
-        extra = [(b"idempotent-replayed", b"true")] if answer.replayed else []
-        return answer.status_code, answer.body, extra
-    finally:
-        for connection in connections.all(initialized_only=True):
-            connection.close()  # back to the pool
+            import io
+
+            data = FastJSONParser().parse(io.BytesIO(body))
+        except ParseError as exc:
+            return _error(400, {"detail": str(exc.detail)})
+    if not isinstance(data, dict):
+        return _error(400, {"non_field_errors": ["Invalid data. Expected a dictionary."]})
+    errors: dict[str, list[str]] = {}
+    day = None
+    if "day" not in data:
+        errors["day"] = ["This field is required."]
+    else:
+        try:
+            day = dt.date.fromisoformat(data["day"]) if isinstance(data["day"], str) else None
+        except ValueError:
+            day = None
+        if day is None:
+            errors["day"] = ["Date has wrong format. Use one of these formats instead: YYYY-MM-DD."]
+    if "user_ids" not in data:
+        errors["user_ids"] = ["This field is required."]
+    if errors:
+        return _error(400, errors)
+    try:
+        answer = activity_ingest(product=product, day=day, user_ids=data["user_ids"],
+                                 idempotency_key=idempotency_key,
+                                 fingerprint=request_fingerprint("POST", path, body))
+    except ValidationError as exc:
+        return _error(400, {k: list(v) for k, v in exc.message_dict.items()})
+    except IdempotencyConflict as exc:
+        return _error(409, {"detail": str(exc)})
+    extra = [(b"idempotent-replayed", b"true")] if answer.replayed else []
+    return answer.status_code, answer.body, extra
 
 
 class IngestFastPath:

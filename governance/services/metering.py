@@ -126,9 +126,10 @@ def idempotency_purge(*, older_than: dt.timedelta | None = None) -> int:
 
 def _part_create(*, product: Product, day: dt.date, source: str, data: bytes, lg_k: int, items: int) -> None:
     ActivityPart.objects.create(product=product, day=day, source=source, sketch=data, lg_k=lg_k, items=items)
-    transaction.on_commit(compaction_schedule)
+    # Robust: the part is committed when these run, so a failure to schedule must not fail the request.
+    transaction.on_commit(compaction_schedule, robust=True)
     group_id = product.organisation.group_id
-    transaction.on_commit(lambda: _evaluation_schedule(group_id))
+    transaction.on_commit(lambda: _evaluation_schedule(group_id), robust=True)
 
 
 def _evaluation_schedule(group_id: int) -> None:
