@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install migrate demo check lint clean bench-mau bench-alerts bench-gateway engine
+.PHONY: run test install migrate demo check lint clean bench-mau bench-alerts bench-gateway bench-load engine
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Corral needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -65,3 +65,7 @@ bench-gateway: install
 	@command -v wrk >/dev/null || (echo "bench-gateway needs wrk: apt-get install wrk" && exit 1)
 	scripts/install-litellm.sh
 	$(BIN)/python bench/gateway.py $(BENCH_ARGS)
+
+# Many tenants ingesting, querying and calling the gateway for minutes (docs/reliability.md, "Load").
+bench-load: install
+	$(BIN)/python bench/load.py $(BENCH_ARGS)
