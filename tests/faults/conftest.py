@@ -75,11 +75,13 @@ class Stack:
         self.redis.start()
         self.env = stack_env(database_url=cluster.url(self.database), redis=self.redis, var_dir=root / "var")
         self.processes: list[subprocess.Popen] = []
+        self.web_process: subprocess.Popen | None = None
         self.port = 0
 
     def web(self) -> str:
         self.port = free_port()
-        self.processes.append(start_web(self.env, self.port, self.root / "web.log"))
+        self.web_process = start_web(self.env, self.port, self.root / "web.log")
+        self.processes.append(self.web_process)
         return f"http://127.0.0.1:{self.port}"
 
     def worker(self) -> subprocess.Popen:

@@ -1,10 +1,11 @@
 """PostgreSQL crashes (immediate shutdown: open transactions die half-way) and restarts while tenants ingest
-batches and read their MAU through real uvicorn + Redis + a Celery worker.
+batches, read their MAU and call the gateway through real uvicorn + Redis + a Celery worker.
 
 While it is down every request is answered 503 within the pool's 2-second wait (not a 500, not a hang);
 once it is back requests succeed again without anything being restarted; and nothing is half-written: every
 batch the clients sent (each retried with its Idempotency-Key until acknowledged) is stored exactly once,
-as the idempotency records, the parts' and rollups' tallies and the DAU figures say.
+as the idempotency records, the parts' and rollups' tallies and the DAU figures say, and every completion
+the gateway served is in TokenUsage.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import datetime as dt
 import itertools
 import random
 import statistics
+import subprocess
+import sys
 import threading
 import time
 
@@ -22,7 +25,7 @@ import pytest
 
 from tests.faults.conftest import FULL
 from tests.faults.ingest import Attempt, Ledger, deliver, figure, make_batch
-from tests.faults.stack import create_tenants
+from tests.faults.stack import ROOT, create_tenants, free_port, stop_group, wait_for
 
 LOAD_BEFORE = 3.0
 DOWN = 10.0 if FULL else 3.0
@@ -37,12 +40,19 @@ def _quiet_client(caplog) -> None:
 
 
 def test_a_database_restart_is_fast_503s_then_recovery_with_nothing_half_written(stack) -> None:
-    tenants = create_tenants(stack.env, 2, scopes="read,ingest")
+    upstream_port = free_port()
+    tenants = create_tenants(stack.env, 2, scopes="read,ingest,inference",
+                             upstream=f"http://127.0.0.1:{upstream_port}")
+    upstream = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests/inference/fake_openai.py"), "--port", str(upstream_port),
+         *(arg for t in tenants for arg in ("--key", t["upstream_key"]))], start_new_session=True)
+    stack.processes.append(upstream)
+    wait_for(f"http://127.0.0.1:{upstream_port}/health", upstream)
     base = stack.web()
     stack.worker()
     today = dt.datetime.now(dt.UTC).date()
     rng = random.Random(5)
-    ledger, reads = Ledger(), Ledger()
+    ledger, reads, calls = Ledger(), Ledger(), Ledger()
     stop = threading.Event()
     timeline: dict[str, float] = {}
 
@@ -81,8 +91,22 @@ def test_a_database_restart_is_fast_503s_then_recovery_with_nothing_half_written
                 reads.attempts.append(Attempt(started, time.monotonic() - started, outcome))
                 await asyncio.sleep(0.05)
 
+        async def caller(client: httpx.AsyncClient, tenant: dict) -> None:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    response = await client.post("/v1/chat/completions", headers={
+                        "Authorization": f"Bearer {tenant['key']}"}, json={
+                        "model": tenant["model"], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5})
+                    outcome = str(response.status_code)
+                except httpx.HTTPError as exc:
+                    outcome = type(exc).__name__
+                calls.attempts.append(Attempt(started, time.monotonic() - started, outcome))
+                await asyncio.sleep(0.05)
+
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-            await asyncio.gather(reader(client), *(sender(client) for _ in range(SENDERS)))
+            await asyncio.gather(reader(client), *(caller(client, t) for t in tenants),
+                                 *(sender(client) for _ in range(SENDERS)))
 
     saboteur = threading.Thread(target=crash_and_restart)
     saboteur.start()
@@ -91,22 +115,22 @@ def test_a_database_restart_is_fast_503s_then_recovery_with_nothing_half_written
     finally:
         saboteur.join()
 
-    attempts = ledger.attempts + reads.attempts
+    api, gateway = ledger.attempts + reads.attempts, calls.attempts
+    attempts = api + gateway
     refused = [a for a in attempts if a.outcome == "503"]
-    recovered = min(a.started + a.seconds for a in attempts if a.started >= timeline["up"] and a.outcome[0] == "2")
-    print(f"\nPostgreSQL down {DOWN:.0f} s: {len(attempts)} requests, outcomes "
-          f"{dict(ledger.outcomes() + reads.outcomes())}; 503 in p50 "
-          f"{statistics.median(a.seconds for a in refused):.2f} s, max {max(a.seconds for a in refused):.2f} s; "
-          f"first success {recovered - timeline['up']:.2f} s after it was back; {len(ledger.acknowledged)} batches")
+    api_back, gateway_back = _recovered(api, timeline["up"]), _recovered(gateway, timeline["up"])
+    print(f"\nPostgreSQL down {DOWN:.0f} s: {len(attempts)} requests, API {dict(ledger.outcomes() + reads.outcomes())}, "
+          f"gateway {dict(calls.outcomes())}; 503 in p50 {statistics.median(a.seconds for a in refused):.2f} s, "
+          f"max {max(a.seconds for a in refused):.2f} s; all requests succeed again {api_back:.2f} s (API) and "
+          f"{gateway_back:.2f} s (gateway) after PostgreSQL answered; {len(ledger.acknowledged)} batches")
 
     assert ledger.unexpected == []
     assert {a.outcome for a in attempts} <= {"200", "202", "503"}  # never a 500 or a dropped connection
     assert len(refused) >= 10 and max(a.seconds for a in refused) < FAIL_FAST
+    assert any(a.outcome == "503" for a in gateway)  # the gateway failed closed too
     assert all(timeline["down"] <= a.started + a.seconds for a in refused)  # refused only once it had crashed
-    # Back on its own: within 5 s of PostgreSQL answering, and from then on every request succeeds.
-    assert recovered - timeline["up"] < 5
-    later = [a for a in attempts if a.started > recovered]
-    assert later and all(a.outcome[0] == "2" for a in later)
+    # Back on its own, without a restart of anything, within 5 s of PostgreSQL answering.
+    assert api_back < 5 and gateway_back < 5
 
     # Nothing half-written: each acknowledged batch stored once, whole, with its idempotency record.
     batches = len(ledger.acknowledged)
@@ -119,3 +143,17 @@ def test_a_database_restart_is_fast_503s_then_recovery_with_nothing_half_written
     for tenant in tenants:
         answer = figure(base, tenant["key"], f"/api/v1/products/{tenant['product']}/dau?day={today}")
         assert answer["estimate"] == ledger.exact(attribute="product", value=tenant["product"], days={today})
+
+    # Every completion the gateway served is metered: what it could not write while PostgreSQL was down stayed
+    # buffered (and it refused new requests meanwhile); the rest is written at its clean shutdown.
+    stop_group(stack.web_process)
+    served = sum(a.outcome == "200" for a in calls.attempts)
+    assert stack.sql("SELECT coalesce(sum(requests), 0), coalesce(sum(completion_tokens), 0) "
+                     "FROM inference_tokenusage") == [(served, 5 * served)]
+
+
+def _recovered(attempts: list[Attempt], up: float) -> float:
+    """Seconds from ``up`` to the end of the last failed request: every request after it succeeded."""
+    failed = [a.started + a.seconds for a in attempts if a.outcome[0] != "2"]
+    assert any(a.started > max(failed, default=up) for a in attempts), "no request succeeded after the outage"
+    return max(0.0, max(failed, default=up) - up)
