@@ -29,7 +29,7 @@ SIZE = (1, 200) if FULL else (1, 40)
 UNIVERSE = 40_000 if FULL else 1_500  # ids per product: above the sketches' exact range in the full run
 CONCURRENCY = 8
 KILL_EVERY = 3.0  # seconds a restarted worker lives
-REDIS_DOWN = 5.0 if FULL else 2.0
+REDIS_DOWN = 5.0 if FULL else 3.0
 THRESHOLD = 100  # the licence's MAU threshold in this database, so every group crosses it and is alerted
 EXACT_BELOW = 20_000  # DataSketches HLL holds the hashes themselves below this: the estimate is the count
 
@@ -108,7 +108,7 @@ def test_every_acknowledged_batch_counts_through_worker_kills_and_an_empty_redis
     assert set(outcomes) <= {"202", "409", "503"}, outcomes  # never a 500, never a hang or a dropped connection
     assert kills[0] >= load_seconds // KILL_EVERY - 1 and kills[0] >= 3
     # Redis down: ingestion went on (the part is in PostgreSQL before the 202), or would have said 503.
-    assert sum(a.outcome == "202" for a in during_outage) >= 10
+    assert sum(a.outcome == "202" for a in during_outage) >= CONCURRENCY
     assert ledger.replays == sum(r for _, r, _ in plan) and ledger.conflicts_refused == sum(c for _, _, c in plan)
 
     # Work left by killed workers and lost with Redis's queue: a live worker and beat's safety net (which
@@ -148,16 +148,21 @@ def test_every_acknowledged_batch_counts_through_worker_kills_and_an_empty_redis
     groups = {t["group"] for t in tenants}
 
     def evaluated() -> bool:
-        rows = dict(stack.sql("SELECT group_id, estimate FROM governance_compliancestatus WHERE rule = 'projected'"))
-        return all(rows.get(g) == ledger.exact(attribute="group", value=g, days=set(days)) or
-                   ledger.exact(attribute="group", value=g, days=set(days)) >= EXACT_BELOW for g in groups)
+        rows = {g: (estimate, lower, upper) for g, estimate, lower, upper in stack.sql(
+            "SELECT group_id, estimate, lower, upper FROM governance_compliancestatus WHERE rule = 'projected'")}
+        for group in groups:
+            exact = ledger.exact(attribute="group", value=group, days=set(days))
+            estimate, lower, upper = rows.get(group, (None, 0, -1))
+            if not lower <= exact <= upper or (exact < EXACT_BELOW and estimate != exact):
+                return False
+        return True
 
     _wait(evaluated, 120, "groups not evaluated on the final figures")
     _wait(lambda: stack.sql("SELECT count(DISTINCT group_id) FROM governance_alert WHERE level = 'over' AND "
                             "kind = 'raised' AND dispatched_at IS NOT NULL") == [(len(groups),)], 120,
           "over-threshold alerts not raised and dispatched")
-    print(f"compaction and evaluation finished {compacted_after:.1f} s after the load; {checked} figures equal "
-          f"the exact counts; {ids_sent} ids in {BATCHES} batches")
+    print(f"compaction and evaluation finished {compacted_after:.1f} s after the load; {checked} figures match "
+          f"the exact counts (equal below {EXACT_BELOW:,}, inside the interval above); {ids_sent} ids in {BATCHES} batches")
 
 
 def _matches(answer: dict, exact: int) -> None:
