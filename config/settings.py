@@ -176,6 +176,10 @@ else:
         "min_size": env_int("DATABASE_POOL_MIN_SIZE", 2),
         "max_size": env_int("DATABASE_POOL_MAX_SIZE", 20),
         "timeout": env_int("DATABASE_POOL_TIMEOUT", 2),
+        # psycopg's pool retries a lost connection with a delay that doubles (1, 2, 4, 8 s ...) until this many
+        # seconds have passed (5 minutes by its default), so the first attempt after the database is back could
+        # come seconds after it. Giving up sooner restarts the series, at once, on the next request.
+        "reconnect_timeout": env_int("DATABASE_POOL_RECONNECT_TIMEOUT", 2),
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
