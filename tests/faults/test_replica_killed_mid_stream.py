@@ -23,7 +23,7 @@ import pytest
 from inference import reconciler
 from inference.gateway.app import Gateway
 from inference.models import GPU, Deployment, GpuQuota, Node, Replica, TokenUsage
-from inference.services import deployment_request
+from inference.services import deployment_delete, deployment_request
 from licensing.models import BaseModel
 from licensing.services import licence_accept
 from tests.factories import ProductFactory, licence, make_key
@@ -67,6 +67,17 @@ def test_a_replica_killed_mid_stream_is_a_clean_error_billed_for_what_streamed_a
         organisation=owner_org, product=ProductFactory(organisation=owner_org, licence_version=version),
         base_model=BaseModel.objects.get(repo_id="meta-llama/Llama-3.1-8B-Instruct"), served_model_name="chat",
         created_by="test")
+    try:
+        _kill_mid_stream_and_recover(owner_org, deployment)
+    finally:  # whatever happened, no replica outlives the test
+        for pid in Replica.objects.filter(deployment=deployment).exclude(pid=None).values_list("pid", flat=True):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _kill_mid_stream_and_recover(owner_org, deployment: Deployment) -> None:
     _reconcile_until(lambda: Deployment.objects.get(pk=deployment.pk).state == "ready", 30)
     replica = Replica.objects.get(deployment=deployment)
     key = make_key(owner_org, ["inference"])
@@ -107,3 +118,10 @@ def test_a_replica_killed_mid_stream_is_a_clean_error_billed_for_what_streamed_a
         assert sum(len(chunk.choices) for chunk in again) == 20
         print(f"\nkilled after {received} chunks; the client's error came {error_after:.2f} s later; replica "
               f"restarted and ready {restarted_in:.1f} s after the kill was noticed")
+
+    # Deleted, the deployment's new process is stopped too.
+    second_pid = Replica.objects.get(pk=replica.pk).pid
+    deployment_delete(deployment=deployment, actor="test")
+    _reconcile_until(lambda: Deployment.objects.get(pk=deployment.pk).state == "stopped", 30)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(second_pid, 0)
