@@ -51,12 +51,13 @@ def cluster() -> Iterator[PostgresCluster]:
         cluster.execute("CREATE DATABASE corral_template")
         redis = RedisServer()
         redis.start()
+        var_dir = Path(tempfile.mkdtemp(prefix="corral-faults-var-"))
         try:
-            env = stack_env(database_url=cluster.url("corral_template"), redis=redis,
-                            var_dir=Path(tempfile.mkdtemp(prefix="corral-faults-var-")))
+            env = stack_env(database_url=cluster.url("corral_template"), redis=redis, var_dir=var_dir)
             manage(env, "migrate", "--noinput")
         finally:
             redis.destroy()
+            shutil.rmtree(var_dir, ignore_errors=True)
         yield cluster
     finally:
         cluster.destroy()
