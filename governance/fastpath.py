@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import close_old_connections, connections
+from django.db import IntegrityError, close_old_connections, connections
 
 _ACTIVITY = re.compile(r"^/api/v1/products/([0-9]{1,18})/activity/?$")
 Response = tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]
@@ -29,12 +30,32 @@ def _error(status: int, body: dict[str, Any], *extra: tuple[bytes, bytes]) -> Re
     return status, body, list(extra)
 
 
+# Products by id, as API keys are (governance/services/keys.py): read once per API_KEY_CACHE_SECONDS per
+# process instead of once per batch. A product's organisation never changes; a deleted one fails the insert.
+_products: dict[int, tuple[float, Any]] = {}
+
+
+def _product(product_id: int) -> Any:
+    from licensing.models import Product
+
+    now = time.monotonic()
+    cached = _products.get(product_id)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    product = Product.objects.select_related("organisation").filter(pk=product_id).first()
+    ttl = settings.API_KEY_CACHE_SECONDS
+    if product is not None and ttl > 0:
+        if len(_products) > 100_000:
+            _products.clear()
+        _products[product_id] = (now + ttl, product)
+    return product
+
+
 def ingest_activity(product_id: int, headers: dict[bytes, bytes], body: bytes, path: str) -> Response:
     """Everything the DRF activity endpoint does, as one synchronous call (run in the pool)."""
     from governance.models import Scope
     from governance.services import IdempotencyConflict, KeyRejected, activity_ingest, api_key_authenticate
     from governance.services.metering import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_RULE, request_fingerprint
-    from licensing.models import Product
 
     close_old_connections()
     try:
@@ -49,9 +70,9 @@ def ingest_activity(product_id: int, headers: dict[bytes, bytes], body: bytes, p
             return _error(401, {"detail": message}, (b"www-authenticate", b'Bearer realm="corral"'))
         if Scope.INGEST not in api_key.scopes:
             return _error(403, {"detail": "This credential lacks the 'ingest' scope needed for this request."})
-        product = Product.objects.select_related("organisation").filter(
-            pk=product_id, organisation_id=api_key.organisation_id).first()
-        if product is None or (api_key.product_id and api_key.product_id != product.pk):
+        product = _product(product_id)
+        if (product is None or product.organisation_id != api_key.organisation_id
+                or (api_key.product_id and api_key.product_id != product.pk)):
             return _error(404, {"detail": "No Product matches the given query."})
         key = headers.get(b"idempotency-key")
         idempotency_key = None
@@ -96,6 +117,9 @@ def ingest_activity(product_id: int, headers: dict[bytes, bytes], body: bytes, p
             return _error(400, {k: list(v) for k, v in exc.message_dict.items()})
         except IdempotencyConflict as exc:
             return _error(409, {"detail": str(exc)})
+        except IntegrityError:  # the product was deleted since it was cached
+            _products.pop(product_id, None)
+            return _error(404, {"detail": "No Product matches the given query."})
         extra = [(b"idempotent-replayed", b"true")] if answer.replayed else []
         return answer.status_code, answer.body, extra
     finally:
