@@ -112,7 +112,7 @@ def ingest_activity(product_id: int, headers: dict[bytes, bytes], body: bytes, p
         try:
             answer = activity_ingest(product=product, day=day, user_ids=data["user_ids"],
                                      idempotency_key=idempotency_key,
-                                     fingerprint=request_fingerprint("POST", path, body))
+                                     fingerprint=request_fingerprint("POST", path, body) if idempotency_key else "")
         except ValidationError as exc:
             return _error(400, {k: list(v) for k, v in exc.message_dict.items()})
         except IdempotencyConflict as exc:
