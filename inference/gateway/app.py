@@ -91,13 +91,18 @@ class _Request:
     """One completion request's state, for settling and metering whatever way it ends."""
 
     __slots__ = ("id", "key", "deployment", "reserved", "prompt_tokens", "completion_tokens", "user", "cancelled",
-                 "failed", "chunks", "estimated_prompt", "hold_reservation")
+                 "failed", "chunks", "estimated_prompt", "hold_reservation", "client_usage", "client_continuous",
+                 "started", "done", "disconnected")
 
     def __init__(self, request_id: str, key: KeyInfo, deployment: DeploymentInfo, reserved: int,
                  user: str | None) -> None:
         self.id, self.key, self.deployment, self.reserved, self.user = request_id, key, deployment, reserved, user
         self.prompt_tokens = self.completion_tokens = self.chunks = self.estimated_prompt = 0
         self.cancelled = self.failed = self.hold_reservation = False
+        # What the client asked of a stream's usage (vLLM is always asked for all of it).
+        self.client_usage = self.client_continuous = False
+        # The relay's progress: response headers sent, answer complete, client gone.
+        self.started = self.done = self.disconnected = False
 
     def usage_from(self, usage: Any) -> None:
         if isinstance(usage, dict):
@@ -361,6 +366,7 @@ class Gateway:
         reserve = max_tokens * n * prompts + len(body) // 4  # the prompt's tokens, estimated from its size
         request = _Request(f"{self._id_prefix}{next(self._ids)}", key, deployment, reserve, user)
         request.estimated_prompt = len(body) // 4
+        request.client_usage, request.client_continuous = client_usage, client_continuous
         try:
             refusal = await self.limiter.reserve(request_id=request.id, key_id=key.id, org_id=key.organisation_id,
                                                  tokens=reserve, key=key.key_limits, org=key.org_limits)
@@ -372,8 +378,7 @@ class Gateway:
         upstream_body = orjson.dumps(data) if rewrite else body
         self.in_flight += 1
         try:
-            await self._relay(scope["path"], upstream_body, request, receive, send, stream=stream,
-                              client_usage=client_usage, client_continuous=client_continuous)
+            await self._relay(scope["path"], upstream_body, request, receive, send, stream=stream)
         finally:
             try:
                 await self._finish(request)
@@ -418,26 +423,23 @@ class Gateway:
 
     # --- relay ----------------------------------------------------------------------------------------------
 
-    async def _relay(self, path: str, body: bytes, request: _Request, receive: Any, send: Any, *, stream: bool,
-                     client_usage: bool, client_continuous: bool) -> None:
-        state = {"done": False, "disconnected": False}
+    async def _relay(self, path: str, body: bytes, request: _Request, receive: Any, send: Any, *,
+                     stream: bool) -> None:
         task = asyncio.current_task()
         assert task is not None
 
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
-            if not state["done"]:
-                state["disconnected"] = True
+            if not request.done:
+                request.disconnected = True
                 task.cancel()
 
         watcher = asyncio.get_running_loop().create_task(watch())
-        started = [False]
         try:
-            await self._relay_attempts(path, body, request, send, stream, client_usage, client_continuous, state,
-                                       started)
+            await self._relay_attempts(path, body, request, send, stream)
         except asyncio.CancelledError:
-            if not state["disconnected"]:
+            if not request.disconnected:
                 raise
             task.uncancel()
             request.cancelled = True
@@ -448,18 +450,16 @@ class Gateway:
                 request.hold_reservation = True
         except GatewayError as error:
             request.failed = True
-            state["done"] = True
-            if started[0]:  # headers already went out: end the stream with an error event
+            request.done = True
+            if request.started:  # headers already went out: end the stream with an error event
                 await send({"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n"})
             else:
                 await _send_error(send, error)
         finally:
-            state["done"] = True
+            request.done = True
             watcher.cancel()
 
-    async def _relay_attempts(self, path: str, body: bytes, request: _Request, send: Any, stream: bool,
-                              client_usage: bool, client_continuous: bool, state: dict[str, bool],
-                              started: list[bool]) -> None:
+    async def _relay_attempts(self, path: str, body: bytes, request: _Request, send: Any, stream: bool) -> None:
         tried: set[int] = set()
         headers = {"Authorization": "", "Content-Type": "application/json"}
         for _attempt in range(self.retries + 1):
@@ -479,8 +479,7 @@ class Gateway:
                 except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
                     raise _upstream_failure(exc) from None
                 try:
-                    await self._pass_on(response, request, send, stream, client_usage, client_continuous, state,
-                                        started)
+                    await self._pass_on(response, request, send, stream)
                 finally:
                     response.close()  # not back to the pool mid-stream: vLLM sees the disconnect and aborts
             finally:
@@ -489,9 +488,7 @@ class Gateway:
         raise GatewayError(502, f"No replica of `{request.deployment.served_model_name}` could be reached.",
                            type="upstream_error", code="upstream_unavailable", retry_after=2)
 
-    async def _pass_on(self, response: aiohttp.ClientResponse, request: _Request, send: Any, stream: bool,
-                       client_usage: bool, client_continuous: bool, state: dict[str, bool],
-                       started: list[bool]) -> None:
+    async def _pass_on(self, response: aiohttp.ClientResponse, request: _Request, send: Any, stream: bool) -> None:
         try:
             if response.status != 200 or not stream:
                 payload = await response.read()
@@ -499,7 +496,7 @@ class Gateway:
                     raise _upstream_error(response.status, payload)
                 with contextlib.suppress(Exception):
                     request.usage_from(orjson.loads(payload).get("usage"))
-                state["done"] = True
+                request.done = True
                 await send({"type": "http.response.start", "status": 200, "headers": [
                     _JSON, (b"content-length", str(len(payload)).encode()), (b"x-request-id", request.id.encode())]})
                 await send({"type": "http.response.body", "body": payload})
@@ -507,20 +504,20 @@ class Gateway:
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no"), (b"x-request-id", request.id.encode())]})
-            started[0] = True
+            request.started = True
             # Whatever vLLM sent is relayed at once; events that arrived together go out in one write.
             pending = b""
             async for data in response.content.iter_any():
                 *lines, pending = (pending + data).split(b"\n")
                 if len(pending) > MAX_SSE_LINE:
                     raise ValueError("SSE line too long")
-                out = self._relay_lines(lines, request, state, client_usage, client_continuous)
+                out = self._relay_lines(lines, request)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-            out = self._relay_lines([pending], request, state, client_usage, client_continuous)
+            out = self._relay_lines([pending], request)
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
-            state["done"] = True
+            request.done = True
             await send({"type": "http.response.body", "body": b""})
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
             raise _upstream_failure(exc) from None
@@ -532,8 +529,7 @@ class Gateway:
 
 
     @staticmethod
-    def _relay_lines(lines: list[bytes], request: _Request, state: dict[str, bool], client_usage: bool,
-                     client_continuous: bool) -> bytes:
+    def _relay_lines(lines: list[bytes], request: _Request) -> bytes:
         """The SSE events to pass on for these lines from vLLM, with usage kept only where the client asked."""
         out = []
         for line in lines:
@@ -541,7 +537,7 @@ class Gateway:
                 continue
             payload = line[5:].strip()
             if payload == b"[DONE]":
-                state["done"] = True
+                request.done = True
                 out.append(b"data: [DONE]\n\n")
                 continue
             if b'"usage"' in payload:
@@ -550,10 +546,10 @@ class Gateway:
                 if usage:
                     request.usage_from(usage)
                     if not chunk.get("choices"):  # the final usage-only chunk
-                        if not client_usage:
+                        if not request.client_usage:
                             continue
-                    elif not client_continuous:  # usage only in the final chunk, as OpenAI does
-                        if client_usage:
+                    elif not request.client_continuous:  # usage only in the final chunk, as OpenAI does
+                        if request.client_usage:
                             chunk["usage"] = None
                         else:
                             del chunk["usage"]
