@@ -48,3 +48,11 @@ def test_it_documents_the_error_statuses_of_every_operation() -> None:
             if method in ("post", "put", "patch", "delete"):
                 assert {"409", "413"} <= set(operation["responses"]), (method, path)
     assert schema["components"]["schemas"]["Replica"]["properties"]["node"].get("nullable") is True
+
+
+def test_it_pages_declarations_as_the_schema_says(client_for: Any, owner_org: Any) -> None:
+    client = client_for(owner_org)
+    url = f"/api/v1/groups/{owner_org.group_id}/declarations/"
+    assert client.post(url, {"month": "2024-06", "mau": 5, "evidence": "report"}, format="json").status_code == 201
+    body = client.get(url).json()
+    assert body["count"] == 1 and body["results"][0]["mau"] == 5
