@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from celery.app.task import Task
 from django.apps import apps
 
 from governance.services import webhooks as webhook_services
@@ -12,6 +13,13 @@ from governance.services import webhooks as webhook_services
 def _fast_password_hashing(settings: Any) -> None:
     """A member of every role in two tenants: the production hasher's slowness would cost seconds."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _no_background_work(monkeypatch: Any) -> None:
+    """No task runs: the reconciler would start vLLM for the tenants' deployments and webhook test events would
+    be sent out. These suites test what the API and the portal answer and store."""
+    monkeypatch.setattr(Task, "apply_async", lambda *args, **kwargs: None)
 
 
 @pytest.fixture(autouse=True)
