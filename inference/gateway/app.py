@@ -245,7 +245,8 @@ class Gateway:
                 key = None
         # Hash and compare even when no key has this prefix, so timing does not tell which prefixes exist.
         digest = hashlib.sha256(presented).hexdigest()
-        if key is None or not hmac.compare_digest(digest, key.key_hash if key else _ZERO_HASH):
+        matched = hmac.compare_digest(digest, key.key_hash if key else _ZERO_HASH)  # also for an unknown prefix
+        if key is None or not matched:
             raise GatewayError(401, "Incorrect API key provided.", code="invalid_api_key")
         if key.revoked:
             raise GatewayError(401, "This API key has been revoked.", code="invalid_api_key")
