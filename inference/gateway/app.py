@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import hashlib
 import hmac
 import itertools
@@ -499,12 +500,13 @@ class Gateway:
                     request.usage_from(orjson.loads(payload).get("usage"))
                 request.done = True
                 await send({"type": "http.response.start", "status": 200, "headers": [
-                    _JSON, (b"content-length", str(len(payload)).encode()), (b"x-request-id", request.id.encode())]})
+                    _JSON, (b"content-length", str(len(payload)).encode()), (b"x-request-id", request.id.encode()),
+                    *_security_headers()]})
                 await send({"type": "http.response.body", "body": payload})
                 return
             await send({"type": "http.response.start", "status": 200, "headers": [
-                (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                (b"x-accel-buffering", b"no"), (b"x-request-id", request.id.encode())]})
+                (b"content-type", b"text/event-stream; charset=utf-8"), (b"x-accel-buffering", b"no"),
+                (b"x-request-id", request.id.encode()), *_security_headers()]})
             request.started = True
             # Whatever vLLM sent is relayed at once; events that arrived together go out in one write.
             pending = b""
@@ -592,16 +594,33 @@ def _upstream_error(status: int, payload: bytes) -> GatewayError:
     return GatewayError(502, f"The model failed with status {status}.", type="upstream_error", code="upstream_error")
 
 
+def _security_headers() -> tuple[tuple[bytes, bytes], ...]:
+    """What Django's SecurityMiddleware and config/middleware.py add to the API's answers, for the gateway's,
+    which do not pass through Django: answers are one tenant's and never cached, never sniffed, HTTPS only."""
+    return _headers_for(settings.SECURE_HSTS_SECONDS, settings.SECURE_HSTS_INCLUDE_SUBDOMAINS,
+                        settings.SECURE_HSTS_PRELOAD)
+
+
+@functools.lru_cache(maxsize=4)
+def _headers_for(hsts_seconds: int, subdomains: bool, preload: bool) -> tuple[tuple[bytes, bytes], ...]:
+    headers = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+    if hsts_seconds:
+        value = f"max-age={hsts_seconds}" + ("; includeSubDomains" if subdomains else "") + \
+            ("; preload" if preload else "")
+        headers.append((b"strict-transport-security", value.encode()))
+    return tuple(headers)
+
+
 async def _send_json(send: Any, status: int, body: Any) -> None:
     payload = orjson.dumps(body)
     await send({"type": "http.response.start", "status": status, "headers": [
-        _JSON, (b"content-length", str(len(payload)).encode())]})
+        _JSON, (b"content-length", str(len(payload)).encode()), *_security_headers()]})
     await send({"type": "http.response.body", "body": payload})
 
 
 async def _send_error(send: Any, error: GatewayError) -> None:
     payload = error.body()
-    headers = [_JSON, (b"content-length", str(len(payload)).encode())]
+    headers = [_JSON, (b"content-length", str(len(payload)).encode()), *_security_headers()]
     if error.retry_after is not None:
         headers.append((b"retry-after", str(error.retry_after).encode()))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
