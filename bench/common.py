@@ -72,3 +72,42 @@ def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def cpu_ticks_by_role() -> dict[str, int]:
+    """CPU ticks used so far by every process on the machine, summed by role (web, worker, postgres, redis,
+    this benchmark, other). Take it before and after a load phase; ``cpu_share`` turns the two into cores."""
+    roles: dict[str, int] = {}
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])
+        name = stat.split("(", 1)[1].rsplit(")", 1)[0]
+        if int(entry) == me:
+            role = "benchmark (load generator)"
+        elif b"uvicorn" in cmdline or b"multiprocessing" in cmdline and b"spawn" in cmdline:
+            role = "web (uvicorn)"
+        elif b"celery" in cmdline:
+            role = "worker (celery)"
+        elif name.startswith("postgres") or cmdline.startswith(b"postgres"):
+            role = "postgres"
+        elif name.startswith("redis"):
+            role = "redis"
+        else:
+            role = "other"
+        roles[role] = roles.get(role, 0) + ticks
+    return roles
+
+
+def cpu_share(before: dict[str, int], after: dict[str, int], seconds: float) -> dict[str, float]:
+    """Cores used per role between two ``cpu_ticks_by_role`` readings (processes that ended are not counted)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    return {role: max(0, after.get(role, 0) - before.get(role, 0)) / hz / seconds
+            for role in sorted(after, key=lambda r: before.get(r, 0) - after[r])}

@@ -13,3 +13,6 @@ urlpatterns = [
     # The web portal, at the root (last, so it never shadows the routes above).
     path("", include("portal.urls")),
 ]
+
+handler404 = "config.views.page_not_found"
+handler500 = "config.views.server_error"

@@ -5,11 +5,20 @@ kept the worker's main process spinning (measured: 40% of a core in epoll regist
 ingestion load). Instead, producers raise a "dirty" flag and queue the task at once unless one is already
 queued or running; the task works until the flag stays down, and re-checks after releasing its claim, so a
 change that lands while it finishes is never left for the once-a-minute beat safety net.
+
+Request threads on the ingestion hot path call ``request_run_soon``: it hands the name to one thread per
+process, which raises each name once per burst a few milliseconds later, so a request waits for neither
+Redis nor the broker (bench/mau.py: the four round trips per batch had each cost a wait for the GIL behind
+other requests' hashing). The part is already committed; if the process dies in those milliseconds, beat's
+once-a-minute run picks the work up.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +63,61 @@ def request_run(name: str, enqueue: Callable[[], Any]) -> None:
             cache.delete(f"debounce:{name}:claim")
         except Exception:  # Redis is down (the usual reason the broker is): its claim went with it
             logger.warning("cache unavailable; could not release the claim of %s", name)
+
+
+class _Signals:
+    """Names handed over by request threads, raised by one thread per process, a burst at a time."""
+
+    DELAY = 0.01  # gather what arrives meanwhile into the same burst
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a forked worker starts with no thread and no lock held
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pending: dict[str, Callable[[], Any]] = {}
+        self._thread: threading.Thread | None = None
+
+    def submit(self, name: str, enqueue: Callable[[], Any]) -> None:
+        with self._lock:
+            self._pending[name] = enqueue
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="debounce-signals", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(self.DELAY)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # never let the thread die: the next burst tries again
+                logger.exception("could not raise debounced work; beat will pick it up")
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, {}
+        for name, enqueue in batch.items():
+            request_run(name, enqueue)
+
+
+_signals = _Signals()
+atexit.register(_signals.flush)  # a clean shutdown sends what is still waiting
+
+
+def request_run_soon(name: str, enqueue: Callable[[], Any]) -> None:
+    """``request_run`` without waiting: the flags are raised from a background thread within milliseconds.
+    With tasks run eagerly (tests) or without a shared cache, it is ``request_run`` itself."""
+    from config.celery import app
+
+    if not _cache_is_shared() or app.conf.task_always_eager:
+        request_run(name, enqueue)
+    else:
+        _signals.submit(name, enqueue)
 
 
 def run_until_clean(name: str, work: Callable[[], Any], *, min_interval: float = 0.0, max_seconds: float = 50.0

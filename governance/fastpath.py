@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import InterfaceError, OperationalError, close_old_connections, connections
+from django.db import IntegrityError, InterfaceError, OperationalError, close_old_connections, connections
 
 from config.exceptions import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
 
@@ -31,85 +32,103 @@ def _error(status: int, body: dict[str, Any], *extra: tuple[bytes, bytes]) -> Re
     return status, body, list(extra)
 
 
+# Products by id, as API keys are (governance/services/keys.py): read once per API_KEY_CACHE_SECONDS per
+# process instead of once per batch. A product's organisation never changes; a deleted one fails the insert.
+_products: dict[int, tuple[float, Any]] = {}
+
+
+def _product(product_id: int) -> Any:
+    from licensing.models import Product
+
+    now = time.monotonic()
+    cached = _products.get(product_id)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    product = Product.objects.select_related("organisation").filter(pk=product_id).first()
+    ttl = settings.API_KEY_CACHE_SECONDS
+    if product is not None and ttl > 0:
+        if len(_products) > 100_000:
+            _products.clear()
+        _products[product_id] = (now + ttl, product)
+    return product
+
+
 def ingest_activity(product_id: int, headers: dict[bytes, bytes], body: bytes, path: str) -> Response:
-    """Everything the DRF activity endpoint does, as one synchronous call (run in the pool). A database that
-    does not answer is the DRF endpoint's 503 (config/exceptions.py), not an exception out of the ASGI app."""
+    """Everything the DRF activity endpoint does, as one synchronous call (run in the pool)."""
+    from governance.models import Scope
+    from governance.services import IdempotencyConflict, KeyRejected, activity_ingest, api_key_authenticate
+    from governance.services.metering import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_RULE, request_fingerprint
+
     close_old_connections()
     try:
-        return _ingest(product_id, headers, body, path)
-    except (OperationalError, InterfaceError):
+        auth = headers.get(b"authorization", b"").split()
+        if len(auth) != 2 or auth[0].lower() != b"bearer":
+            return _error(401, {"detail": "Authentication credentials were not provided."},
+                          (b"www-authenticate", b'Bearer realm="corral"'))
+        try:
+            api_key = api_key_authenticate(auth[1].decode("ascii"))
+        except (KeyRejected, UnicodeDecodeError) as exc:
+            message = str(exc) if isinstance(exc, KeyRejected) else "Invalid API key."
+            return _error(401, {"detail": message}, (b"www-authenticate", b'Bearer realm="corral"'))
+        if Scope.INGEST not in api_key.scopes:
+            return _error(403, {"detail": "This credential lacks the 'ingest' scope needed for this request."})
+        product = _product(product_id)
+        if (product is None or product.organisation_id != api_key.organisation_id
+                or (api_key.product_id and api_key.product_id != product.pk)):
+            return _error(404, {"detail": "No Product matches the given query."})
+        key = headers.get(b"idempotency-key")
+        idempotency_key = None
+        if key is not None:
+            idempotency_key = key.decode("latin-1")
+            if not IDEMPOTENCY_KEY.match(idempotency_key):
+                return _error(400, {"Idempotency-Key": [IDEMPOTENCY_KEY_RULE]})
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            from config.parsers import FastJSONParser  # the same fallback and message as the DRF endpoint
+            from rest_framework.exceptions import ParseError
+
+            try:
+                import io
+
+                data = FastJSONParser().parse(io.BytesIO(body))
+            except ParseError as exc:
+                return _error(400, {"detail": str(exc.detail)})
+        if not isinstance(data, dict):
+            return _error(400, {"non_field_errors": ["Invalid data. Expected a dictionary."]})
+        errors: dict[str, list[str]] = {}
+        day = None
+        if "day" not in data:
+            errors["day"] = ["This field is required."]
+        else:
+            try:
+                day = dt.date.fromisoformat(data["day"]) if isinstance(data["day"], str) else None
+            except ValueError:
+                day = None
+            if day is None:
+                errors["day"] = ["Date has wrong format. Use one of these formats instead: YYYY-MM-DD."]
+        if "user_ids" not in data:
+            errors["user_ids"] = ["This field is required."]
+        if errors:
+            return _error(400, errors)
+        try:
+            answer = activity_ingest(product=product, day=day, user_ids=data["user_ids"],
+                                     idempotency_key=idempotency_key,
+                                     fingerprint=request_fingerprint("POST", path, body) if idempotency_key else "")
+        except ValidationError as exc:
+            return _error(400, {k: list(v) for k, v in exc.message_dict.items()})
+        except IdempotencyConflict as exc:
+            return _error(409, {"detail": str(exc)})
+        except IntegrityError:  # the product was deleted since it was cached
+            _products.pop(product_id, None)
+            return _error(404, {"detail": "No Product matches the given query."})
+        extra = [(b"idempotent-replayed", b"true")] if answer.replayed else []
+        return answer.status_code, answer.body, extra
+    except (OperationalError, InterfaceError):  # the DRF endpoint's 503 (config/exceptions.py), not a 500
         return _error(503, {"detail": DATABASE_UNAVAILABLE}, (b"retry-after", RETRY_AFTER_SECONDS.encode()))
     finally:
         for connection in connections.all(initialized_only=True):
             connection.close()  # back to the pool
-
-
-def _ingest(product_id: int, headers: dict[bytes, bytes], body: bytes, path: str) -> Response:
-    from governance.models import Scope
-    from governance.services import IdempotencyConflict, KeyRejected, activity_ingest, api_key_authenticate
-    from governance.services.metering import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_RULE, request_fingerprint
-    from licensing.models import Product
-
-    auth = headers.get(b"authorization", b"").split()
-    if len(auth) != 2 or auth[0].lower() != b"bearer":
-        return _error(401, {"detail": "Authentication credentials were not provided."},
-                      (b"www-authenticate", b'Bearer realm="corral"'))
-    try:
-        api_key = api_key_authenticate(auth[1].decode("ascii"))
-    except (KeyRejected, UnicodeDecodeError) as exc:
-        message = str(exc) if isinstance(exc, KeyRejected) else "Invalid API key."
-        return _error(401, {"detail": message}, (b"www-authenticate", b'Bearer realm="corral"'))
-    if Scope.INGEST not in api_key.scopes:
-        return _error(403, {"detail": "This credential lacks the 'ingest' scope needed for this request."})
-    product = Product.objects.select_related("organisation").filter(
-        pk=product_id, organisation_id=api_key.organisation_id).first()
-    if product is None or (api_key.product_id and api_key.product_id != product.pk):
-        return _error(404, {"detail": "No Product matches the given query."})
-    key = headers.get(b"idempotency-key")
-    idempotency_key = None
-    if key is not None:
-        idempotency_key = key.decode("latin-1")
-        if not IDEMPOTENCY_KEY.match(idempotency_key):
-            return _error(400, {"Idempotency-Key": [IDEMPOTENCY_KEY_RULE]})
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        from config.parsers import FastJSONParser  # the same fallback and message as the DRF endpoint
-        from rest_framework.exceptions import ParseError
-
-        try:
-            import io
-
-            data = FastJSONParser().parse(io.BytesIO(body))
-        except ParseError as exc:
-            return _error(400, {"detail": str(exc.detail)})
-    if not isinstance(data, dict):
-        return _error(400, {"non_field_errors": ["Invalid data. Expected a dictionary."]})
-    errors: dict[str, list[str]] = {}
-    day = None
-    if "day" not in data:
-        errors["day"] = ["This field is required."]
-    else:
-        try:
-            day = dt.date.fromisoformat(data["day"]) if isinstance(data["day"], str) else None
-        except ValueError:
-            day = None
-        if day is None:
-            errors["day"] = ["Date has wrong format. Use one of these formats instead: YYYY-MM-DD."]
-    if "user_ids" not in data:
-        errors["user_ids"] = ["This field is required."]
-    if errors:
-        return _error(400, errors)
-    try:
-        answer = activity_ingest(product=product, day=day, user_ids=data["user_ids"],
-                                 idempotency_key=idempotency_key,
-                                 fingerprint=request_fingerprint("POST", path, body))
-    except ValidationError as exc:
-        return _error(400, {k: list(v) for k, v in exc.message_dict.items()})
-    except IdempotencyConflict as exc:
-        return _error(409, {"detail": str(exc)})
-    extra = [(b"idempotent-replayed", b"true")] if answer.replayed else []
-    return answer.status_code, answer.body, extra
 
 
 class IngestFastPath:

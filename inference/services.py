@@ -101,6 +101,11 @@ def validate_source(field: str, source: str) -> str:
     if not _REPO_ID.match(source) or ".." in source:
         raise ValidationError({field: f"{source!r} is neither a Hugging Face repo id (owner/name) nor an allowed "
                                       f"local path."})
+    if Path(source).exists():
+        # vLLM loads a name that exists on disk from disk (relative to its working directory, Corral's), which
+        # would read outside INFERENCE_LOCAL_MODEL_DIRS: such a repo id must be given as an allowed path.
+        raise ValidationError({field: f"{source!r} names a local path, not a Hugging Face repo id; give a local "
+                                      f"model as an absolute path inside INFERENCE_LOCAL_MODEL_DIRS."})
     return source
 
 

@@ -249,7 +249,9 @@ class GroupComplianceViewSet(GroupTenancy, TenantViewSet):
         """Figures declared for months before metering started, with their evidence (append-only)."""
         group = self.get_object()
         if request.method == "GET":
-            return Response(DeclaredFigureSerializer(DeclaredFigure.objects.filter(group=group), many=True).data)
+            # Paginated like the other lists (and as the schema has always said): it was a bare list.
+            page = self.paginate_queryset(DeclaredFigure.objects.filter(group=group))
+            return self.get_paginated_response(DeclaredFigureSerializer(page, many=True).data)
         form = DeclaredFigureSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         month = dt.datetime.strptime(form.validated_data["month"], "%Y-%m").date()

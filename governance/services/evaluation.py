@@ -466,7 +466,7 @@ def access_check(*, organisation: Organisation, licence_version: LicenceVersion,
 
 def evaluation_schedule(*, group_id: int) -> None:
     """Evaluate a group soon after new activity: one task for a burst (see governance/debounce.py)."""
-    from governance.debounce import request_run
+    from governance.debounce import request_run_soon
     from governance.tasks import evaluate_group
 
-    request_run(f"evaluation:{group_id}", lambda: evaluate_group.delay(group_id))
+    request_run_soon(f"evaluation:{group_id}", lambda: evaluate_group.delay(group_id))

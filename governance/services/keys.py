@@ -139,7 +139,8 @@ def api_key_authenticate(presented: str) -> ApiKey:
     # Hash even when no key has this prefix, so timing does not reveal which prefixes exist.
     presented_hash = _hash_secret(presented)
     stored_hash = api_key.key_hash if api_key else "0" * 64
-    if api_key is None or not hmac.compare_digest(presented_hash, stored_hash):
+    matched = hmac.compare_digest(presented_hash, stored_hash)  # before the None test: the same work either way
+    if api_key is None or not matched:
         raise KeyRejected("Invalid API key.")
     now = timezone.now()
     if api_key.revoked_at is not None:

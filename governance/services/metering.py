@@ -23,6 +23,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
+from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
@@ -84,8 +85,9 @@ def _idempotent(
     work committed. A concurrent twin loses on the unique constraint, rolls back, and replays the winner's.
     """
     if key is None:
-        with transaction.atomic():
-            return produce()
+        # ``produce`` writes one row: in autocommit that INSERT is its own transaction, one round trip
+        # instead of three (BEGIN, INSERT, COMMIT), and its on_commit hooks run once it is durable.
+        return produce()
     fresh_after = timezone.now() - settings.METERING_IDEMPOTENCY_TTL
     for _attempt in range(2):
         existing = IdempotencyRecord.objects.filter(
@@ -125,11 +127,41 @@ def idempotency_purge(*, older_than: dt.timedelta | None = None) -> int:
 
 
 def _part_create(*, product: Product, day: dt.date, source: str, data: bytes, lg_k: int, items: int) -> None:
-    ActivityPart.objects.create(product=product, day=day, source=source, sketch=data, lg_k=lg_k, items=items)
+    part = ActivityPart(product=product, day=day, source=source, sketch=data, lg_k=lg_k, items=items)
+    if connection.vendor == "postgresql":
+        _insert_binary(part)
+    else:
+        part.save(force_insert=True)
     # Robust: the part is committed when these run, so a failure to schedule must not fail the request.
     transaction.on_commit(compaction_schedule, robust=True)
     group_id = product.organisation.group_id
     transaction.on_commit(lambda: _evaluation_schedule(group_id), robust=True)
+
+
+def _insert_binary(obj: models.Model) -> None:
+    """Insert ``obj`` with its parameters sent in binary, bound on the server (the ORM's SQL, not hand-written).
+
+    Django binds parameters on the client, so a sketch of tens of kilobytes travelled as a hex literal twice
+    its size that PostgreSQL then parsed: a third of an ingestion request's time (bench/mau.py, py-spy).
+    """
+    import psycopg
+    from django.db.models.sql import InsertQuery
+
+    model = type(obj)
+    fields = [f for f in model._meta.local_concrete_fields if not f.primary_key]
+    for field in fields:
+        field.pre_save(obj, add=True)  # auto_now_add and friends
+    query = InsertQuery(model)
+    query.insert_values(fields, [obj])
+    compiler = query.get_compiler(connection=connection)
+    compiler.returning_fields = [model._meta.pk]
+    [(sql, params)] = compiler.as_sql()
+    connection.ensure_connection()
+    raw = psycopg.Cursor(connection.connection)  # server-side binding; bytes go in binary format
+    # Django's own cursor wrapper around it: error translation, execute wrappers, query logging.
+    with (connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)) as cursor:
+        cursor.execute(sql, params)
+        obj.pk = cursor.fetchone()[0]
 
 
 def _evaluation_schedule(group_id: int) -> None:
@@ -226,10 +258,10 @@ def sketch_ingest(
 
 def compaction_schedule() -> None:
     """Ask a worker to compact soon (see governance/debounce.py): one task for a burst of batches."""
-    from governance.debounce import request_run
+    from governance.debounce import request_run_soon
     from governance.tasks import compact_metering
 
-    request_run("compaction", compact_metering.delay)
+    request_run_soon("compaction", compact_metering.delay)
 
 
 def _month(day: dt.date) -> dt.date:

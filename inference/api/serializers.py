@@ -4,6 +4,8 @@ from typing import Any
 
 from rest_framework import serializers
 
+from config.fields import SlugRelatedField
+
 from inference.models import GPU, Deployment, GatewayLimit, GpuQuota, Node, Replica, TokenUsage
 from licensing.api.serializers import TenantCreateMixin, TenantOrganisationField
 from licensing.models import BaseModel, Product
@@ -12,7 +14,7 @@ from licensing.models import BaseModel, Product
 class ReplicaSerializer(serializers.ModelSerializer):
     """A replica as a tenant sees it: no endpoint address, no process details, never a key."""
 
-    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    node = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)  # not placed yet
     gpus = serializers.SerializerMethodField()
 
     class Meta:
@@ -32,7 +34,7 @@ class ReplicaSerializer(serializers.ModelSerializer):
 class DeploymentSerializer(TenantCreateMixin, serializers.ModelSerializer):
     organisation = TenantOrganisationField(required=False)
     product = serializers.PrimaryKeyRelatedField(queryset=Product.objects.none())
-    base_model = serializers.SlugRelatedField(slug_field="repo_id", queryset=BaseModel.objects.all())
+    base_model = SlugRelatedField(slug_field="repo_id", queryset=BaseModel.objects.all())
     licence_version = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     replica_set = ReplicaSerializer(many=True, read_only=True)
     lora_adapters = serializers.DictField(child=serializers.CharField(max_length=500), required=False)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import hashlib
 import hmac
 import itertools
@@ -91,13 +92,18 @@ class _Request:
     """One completion request's state, for settling and metering whatever way it ends."""
 
     __slots__ = ("id", "key", "deployment", "reserved", "prompt_tokens", "completion_tokens", "user", "cancelled",
-                 "failed", "chunks", "estimated_prompt", "hold_reservation")
+                 "failed", "chunks", "estimated_prompt", "hold_reservation", "client_usage", "client_continuous",
+                 "started", "done", "disconnected")
 
     def __init__(self, request_id: str, key: KeyInfo, deployment: DeploymentInfo, reserved: int,
                  user: str | None) -> None:
         self.id, self.key, self.deployment, self.reserved, self.user = request_id, key, deployment, reserved, user
         self.prompt_tokens = self.completion_tokens = self.chunks = self.estimated_prompt = 0
         self.cancelled = self.failed = self.hold_reservation = False
+        # What the client asked of a stream's usage (vLLM is always asked for all of it).
+        self.client_usage = self.client_continuous = False
+        # The relay's progress: response headers sent, answer complete, client gone.
+        self.started = self.done = self.disconnected = False
 
     def usage_from(self, usage: Any) -> None:
         if isinstance(usage, dict):
@@ -240,7 +246,8 @@ class Gateway:
                 key = None
         # Hash and compare even when no key has this prefix, so timing does not tell which prefixes exist.
         digest = hashlib.sha256(presented).hexdigest()
-        if key is None or not hmac.compare_digest(digest, key.key_hash if key else _ZERO_HASH):
+        matched = hmac.compare_digest(digest, key.key_hash if key else _ZERO_HASH)  # also for an unknown prefix
+        if key is None or not matched:
             raise GatewayError(401, "Incorrect API key provided.", code="invalid_api_key")
         if key.revoked:
             raise GatewayError(401, "This API key has been revoked.", code="invalid_api_key")
@@ -361,6 +368,7 @@ class Gateway:
         reserve = max_tokens * n * prompts + len(body) // 4  # the prompt's tokens, estimated from its size
         request = _Request(f"{self._id_prefix}{next(self._ids)}", key, deployment, reserve, user)
         request.estimated_prompt = len(body) // 4
+        request.client_usage, request.client_continuous = client_usage, client_continuous
         try:
             refusal = await self.limiter.reserve(request_id=request.id, key_id=key.id, org_id=key.organisation_id,
                                                  tokens=reserve, key=key.key_limits, org=key.org_limits)
@@ -372,8 +380,7 @@ class Gateway:
         upstream_body = orjson.dumps(data) if rewrite else body
         self.in_flight += 1
         try:
-            await self._relay(scope["path"], upstream_body, request, receive, send, stream=stream,
-                              client_usage=client_usage, client_continuous=client_continuous)
+            await self._relay(scope["path"], upstream_body, request, receive, send, stream=stream)
         finally:
             try:
                 await self._finish(request)
@@ -418,26 +425,23 @@ class Gateway:
 
     # --- relay ----------------------------------------------------------------------------------------------
 
-    async def _relay(self, path: str, body: bytes, request: _Request, receive: Any, send: Any, *, stream: bool,
-                     client_usage: bool, client_continuous: bool) -> None:
-        state = {"done": False, "disconnected": False}
+    async def _relay(self, path: str, body: bytes, request: _Request, receive: Any, send: Any, *,
+                     stream: bool) -> None:
         task = asyncio.current_task()
         assert task is not None
 
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
-            if not state["done"]:
-                state["disconnected"] = True
+            if not request.done:
+                request.disconnected = True
                 task.cancel()
 
         watcher = asyncio.get_running_loop().create_task(watch())
-        started = [False]
         try:
-            await self._relay_attempts(path, body, request, send, stream, client_usage, client_continuous, state,
-                                       started)
+            await self._relay_attempts(path, body, request, send, stream)
         except asyncio.CancelledError:
-            if not state["disconnected"]:
+            if not request.disconnected:
                 raise
             task.uncancel()
             request.cancelled = True
@@ -448,18 +452,16 @@ class Gateway:
                 request.hold_reservation = True
         except GatewayError as error:
             request.failed = True
-            state["done"] = True
-            if started[0]:  # headers already went out: end the stream with an error event
+            request.done = True
+            if request.started:  # headers already went out: end the stream with an error event
                 await send({"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n"})
             else:
                 await _send_error(send, error)
         finally:
-            state["done"] = True
+            request.done = True
             watcher.cancel()
 
-    async def _relay_attempts(self, path: str, body: bytes, request: _Request, send: Any, stream: bool,
-                              client_usage: bool, client_continuous: bool, state: dict[str, bool],
-                              started: list[bool]) -> None:
+    async def _relay_attempts(self, path: str, body: bytes, request: _Request, send: Any, stream: bool) -> None:
         tried: set[int] = set()
         headers = {"Authorization": "", "Content-Type": "application/json"}
         for _attempt in range(self.retries + 1):
@@ -479,8 +481,7 @@ class Gateway:
                 except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
                     raise _upstream_failure(exc) from None
                 try:
-                    await self._pass_on(response, request, send, stream, client_usage, client_continuous, state,
-                                        started)
+                    await self._pass_on(response, request, send, stream)
                 finally:
                     response.close()  # not back to the pool mid-stream: vLLM sees the disconnect and aborts
             finally:
@@ -489,9 +490,7 @@ class Gateway:
         raise GatewayError(502, f"No replica of `{request.deployment.served_model_name}` could be reached.",
                            type="upstream_error", code="upstream_unavailable", retry_after=2)
 
-    async def _pass_on(self, response: aiohttp.ClientResponse, request: _Request, send: Any, stream: bool,
-                       client_usage: bool, client_continuous: bool, state: dict[str, bool],
-                       started: list[bool]) -> None:
+    async def _pass_on(self, response: aiohttp.ClientResponse, request: _Request, send: Any, stream: bool) -> None:
         try:
             if response.status != 200 or not stream:
                 payload = await response.read()
@@ -499,28 +498,29 @@ class Gateway:
                     raise _upstream_error(response.status, payload)
                 with contextlib.suppress(Exception):
                     request.usage_from(orjson.loads(payload).get("usage"))
-                state["done"] = True
+                request.done = True
                 await send({"type": "http.response.start", "status": 200, "headers": [
-                    _JSON, (b"content-length", str(len(payload)).encode()), (b"x-request-id", request.id.encode())]})
+                    _JSON, (b"content-length", str(len(payload)).encode()), (b"x-request-id", request.id.encode()),
+                    *_security_headers()]})
                 await send({"type": "http.response.body", "body": payload})
                 return
             await send({"type": "http.response.start", "status": 200, "headers": [
-                (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                (b"x-accel-buffering", b"no"), (b"x-request-id", request.id.encode())]})
-            started[0] = True
+                (b"content-type", b"text/event-stream; charset=utf-8"), (b"x-accel-buffering", b"no"),
+                (b"x-request-id", request.id.encode()), *_security_headers()]})
+            request.started = True
             # Whatever vLLM sent is relayed at once; events that arrived together go out in one write.
             pending = b""
             async for data in response.content.iter_any():
                 *lines, pending = (pending + data).split(b"\n")
                 if len(pending) > MAX_SSE_LINE:
                     raise ValueError("SSE line too long")
-                out = self._relay_lines(lines, request, state, client_usage, client_continuous)
+                out = self._relay_lines(lines, request)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-            out = self._relay_lines([pending], request, state, client_usage, client_continuous)
+            out = self._relay_lines([pending], request)
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
-            state["done"] = True
+            request.done = True
             await send({"type": "http.response.body", "body": b""})
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
             raise _upstream_failure(exc) from None
@@ -532,8 +532,7 @@ class Gateway:
 
 
     @staticmethod
-    def _relay_lines(lines: list[bytes], request: _Request, state: dict[str, bool], client_usage: bool,
-                     client_continuous: bool) -> bytes:
+    def _relay_lines(lines: list[bytes], request: _Request) -> bytes:
         """The SSE events to pass on for these lines from vLLM, with usage kept only where the client asked."""
         out = []
         for line in lines:
@@ -541,7 +540,7 @@ class Gateway:
                 continue
             payload = line[5:].strip()
             if payload == b"[DONE]":
-                state["done"] = True
+                request.done = True
                 out.append(b"data: [DONE]\n\n")
                 continue
             if b'"usage"' in payload:
@@ -550,10 +549,10 @@ class Gateway:
                 if usage:
                     request.usage_from(usage)
                     if not chunk.get("choices"):  # the final usage-only chunk
-                        if not client_usage:
+                        if not request.client_usage:
                             continue
-                    elif not client_continuous:  # usage only in the final chunk, as OpenAI does
-                        if client_usage:
+                    elif not request.client_continuous:  # usage only in the final chunk, as OpenAI does
+                        if request.client_usage:
                             chunk["usage"] = None
                         else:
                             del chunk["usage"]
@@ -595,16 +594,33 @@ def _upstream_error(status: int, payload: bytes) -> GatewayError:
     return GatewayError(502, f"The model failed with status {status}.", type="upstream_error", code="upstream_error")
 
 
+def _security_headers() -> tuple[tuple[bytes, bytes], ...]:
+    """What Django's SecurityMiddleware and config/middleware.py add to the API's answers, for the gateway's,
+    which do not pass through Django: answers are one tenant's and never cached, never sniffed, HTTPS only."""
+    return _headers_for(settings.SECURE_HSTS_SECONDS, settings.SECURE_HSTS_INCLUDE_SUBDOMAINS,
+                        settings.SECURE_HSTS_PRELOAD)
+
+
+@functools.lru_cache(maxsize=4)
+def _headers_for(hsts_seconds: int, subdomains: bool, preload: bool) -> tuple[tuple[bytes, bytes], ...]:
+    headers = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+    if hsts_seconds:
+        value = f"max-age={hsts_seconds}" + ("; includeSubDomains" if subdomains else "") + \
+            ("; preload" if preload else "")
+        headers.append((b"strict-transport-security", value.encode()))
+    return tuple(headers)
+
+
 async def _send_json(send: Any, status: int, body: Any) -> None:
     payload = orjson.dumps(body)
     await send({"type": "http.response.start", "status": status, "headers": [
-        _JSON, (b"content-length", str(len(payload)).encode())]})
+        _JSON, (b"content-length", str(len(payload)).encode()), *_security_headers()]})
     await send({"type": "http.response.body", "body": payload})
 
 
 async def _send_error(send: Any, error: GatewayError) -> None:
     payload = error.body()
-    headers = [_JSON, (b"content-length", str(len(payload)).encode())]
+    headers = [_JSON, (b"content-length", str(len(payload)).encode()), *_security_headers()]
     if error.retry_after is not None:
         headers.append((b"retry-after", str(error.retry_after).encode()))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})

@@ -6,6 +6,8 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from config.fields import SlugRelatedField
+
 from licensing.models import (
     AffiliateGroup,
     BaseModel,
@@ -94,8 +96,8 @@ class TenantCreateMixin:
 
 class ProductSerializer(TenantCreateMixin, serializers.ModelSerializer):
     organisation = TenantOrganisationField(required=False)
-    licence_version = serializers.SlugRelatedField(slug_field="slug", queryset=LicenceVersion.objects.all())
-    base_model = serializers.SlugRelatedField(
+    licence_version = SlugRelatedField(slug_field="slug", queryset=LicenceVersion.objects.all())
+    base_model = SlugRelatedField(
         slug_field="repo_id", queryset=BaseModel.objects.all(), required=False, allow_null=True
     )
 
@@ -112,7 +114,7 @@ class ProductSerializer(TenantCreateMixin, serializers.ModelSerializer):
 
 class AcceptanceSerializer(TenantCreateMixin, serializers.ModelSerializer):
     organisation = TenantOrganisationField(required=False)
-    licence_version = serializers.SlugRelatedField(slug_field="slug", queryset=LicenceVersion.objects.all())
+    licence_version = SlugRelatedField(slug_field="slug", queryset=LicenceVersion.objects.all())
     product = serializers.PrimaryKeyRelatedField(queryset=Product.objects.none(), required=False, allow_null=True)
     licence_sha256 = serializers.CharField(
         validators=[sha256_validator], help_text="SHA-256 of the licence text accepted (see /licences/)"
@@ -137,7 +139,7 @@ class AcceptanceSerializer(TenantCreateMixin, serializers.ModelSerializer):
 
 class GrantSerializer(serializers.ModelSerializer):
     group = serializers.PrimaryKeyRelatedField(queryset=AffiliateGroup.objects.all())
-    licence_versions = serializers.SlugRelatedField(
+    licence_versions = SlugRelatedField(
         slug_field="slug", many=True, queryset=LicenceVersion.objects.all()
     )
     supersedes = serializers.PrimaryKeyRelatedField(queryset=MetaGrant.objects.all(), required=False, allow_null=True)

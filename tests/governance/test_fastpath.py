@@ -8,6 +8,7 @@ import json
 
 import httpx
 import pytest
+from django.test import override_settings
 from django.utils import timezone
 
 from config.asgi import application
@@ -106,6 +107,54 @@ def test_every_other_request_goes_to_django() -> None:
 
     response = asyncio.run(call())
     assert response.status_code == 200 and response.json()["id"] == product.pk
+
+
+def test_a_cached_product_still_belongs_to_its_own_organisation(settings) -> None:
+    """Products are cached per process like keys; the cache never lets another tenant's key in, and a product
+    deleted while cached is a 404, not a 500."""
+    from governance import fastpath
+
+    settings.API_KEY_CACHE_SECONDS = 60
+    fastpath._products.clear()
+    product = ProductFactory()
+    own, other = make_key(product.organisation, ["ingest"]), make_key(OrganisationFactory(), ["ingest"])
+    path, body = f"/api/v1/products/{product.pk}/activity", {"day": DAY.isoformat(), "user_ids": [1, 2]}
+    assert post(path, body, own).status_code == 202
+    assert product.pk in fastpath._products
+    assert post(path, body, other).status_code == 404  # served from the cache, still refused
+    ActivityPart.objects.filter(product=product).delete()
+    product.delete()
+    gone = post(path, body, own)
+    assert gone.status_code == 404 and gone.json() == {"detail": "No Product matches the given query."}
+    assert product.pk not in fastpath._products
+    fastpath._products.clear()
+
+
+def test_a_batch_is_one_autocommitted_insert(monkeypatch) -> None:
+    """Without an Idempotency-Key a batch costs one statement (no BEGIN/COMMIT round trips) once the key and
+    the product are cached."""
+    from django.db import connection
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.test.utils import CaptureQueriesContext
+
+    from governance.fastpath import ingest_activity
+
+    product = ProductFactory()
+    key = make_key(product.organisation, ["ingest"])
+    body = json.dumps({"day": DAY.isoformat(), "user_ids": list(range(100))}).encode()
+    headers = {b"authorization": f"Bearer {key}".encode()}
+    path = f"/api/v1/products/{product.pk}/activity"
+    commits: list[int] = []
+    real_commit = BaseDatabaseWrapper.commit
+    monkeypatch.setattr(BaseDatabaseWrapper, "commit", lambda self: commits.append(1) or real_commit(self))
+    with override_settings(API_KEY_CACHE_SECONDS=60):
+        assert ingest_activity(product.pk, headers, body, path)[0] == 202  # fills both caches
+        with CaptureQueriesContext(connection) as queries:
+            assert ingest_activity(product.pk, headers, body, path)[0] == 202
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert len(statements) == 1 and statements[0].startswith('INSERT INTO "governance_activitypart"'), statements
+    assert commits == []  # no transaction opened and committed around it
+    assert ActivityPart.objects.filter(product=product).count() == 2
 
 
 def test_a_database_that_does_not_answer_is_a_503_like_the_rest_of_the_api(monkeypatch) -> None:

@@ -350,6 +350,64 @@ def test_a_burst_of_batches_queues_one_compaction_and_none_is_left_behind(monkey
     assert queued == [1, 1]
 
 
+def test_the_hot_path_hands_its_signals_to_one_background_thread(monkeypatch) -> None:
+    """request_run_soon returns without touching the cache; a burst from many threads queues one task, from
+    the process's signal thread, within milliseconds, and a change after the task finished queues again."""
+    import threading
+    import time
+
+    from config.celery import app as celery_app
+    from governance import debounce
+    from governance.debounce import request_run_soon, run_until_clean
+
+    monkeypatch.setattr(debounce, "_cache_is_shared", lambda: True)
+    celery_app.conf.update(CELERY_TASK_ALWAYS_EAGER=False)  # the autouse fixture sets it back for the next test
+    cache.clear()
+    queued: list[str] = []
+    callers: list[str] = []
+    real_request_run = debounce.request_run
+    monkeypatch.setattr(debounce, "request_run",
+                        lambda name, enqueue: callers.append(threading.current_thread().name)
+                        or real_request_run(name, enqueue))
+
+    def enqueue() -> None:
+        queued.append(threading.current_thread().name)
+
+    def burst() -> None:
+        for _ in range(50):
+            request_run_soon("test-soon", enqueue)
+
+    threads = [threading.Thread(target=burst) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    deadline = time.monotonic() + 2
+    while not queued and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05)
+    assert queued == ["debounce-signals"]  # one task for 400 signals, queued off the request threads
+    assert set(callers) == {"debounce-signals"} and len(callers) < 400
+    assert run_until_clean("test-soon", lambda: None) == 1
+    request_run_soon("test-soon", enqueue)
+    debounce._signals.flush()  # what a clean shutdown does (atexit) for signals still waiting
+    deadline = time.monotonic() + 2
+    while len(queued) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert len(queued) == 2
+
+
+def test_with_eager_tasks_the_hot_path_signals_at_once(monkeypatch) -> None:
+    from governance import debounce
+    from governance.debounce import request_run_soon
+
+    monkeypatch.setattr(debounce, "_cache_is_shared", lambda: True)
+    cache.clear()
+    queued: list[int] = []
+    request_run_soon("test-eager", lambda: queued.append(1))
+    assert queued == [1]  # tests and eager setups see the task run before the call returns
+
+
 @pytest.mark.django_db
 def test_a_group_month_over_100_products_and_31_days_answers_in_under_100_ms() -> None:
     import time

@@ -613,3 +613,26 @@ def test_redis_stopped_mid_service_fails_closed_within_2_seconds_and_recovers(te
     finally:
         redis_process.kill()
         redis_process.wait(5)
+
+
+def test_every_answer_carries_the_security_headers(gateway, tenant, gw_settings) -> None:
+    """The gateway's answers bypass Django's middleware; they still are never cached or sniffed, and carry
+    HSTS as configured (OWASP API8)."""
+    _, _, key = tenant
+    gw_settings.SECURE_HSTS_SECONDS, gw_settings.SECURE_HSTS_INCLUDE_SUBDOMAINS = 31_536_000, True
+    auth = {"authorization": f"Bearer {key}"}
+    chat = {"model": "chat-small", "messages": MESSAGES, "max_tokens": 2}
+    answers = {
+        "models": httpx.get(f"{gateway.url}/v1/models", headers=auth),
+        "completion": httpx.post(f"{gateway.url}/v1/chat/completions", json=chat, headers=auth),
+        "stream": httpx.post(f"{gateway.url}/v1/chat/completions", json={**chat, "stream": True}, headers=auth),
+        "401": httpx.get(f"{gateway.url}/v1/models"),
+        "404": httpx.get(f"{gateway.url}/v1/tokenize", headers=auth),
+    }
+    for name, answer in answers.items():
+        assert answer.headers["cache-control"] == "no-store", name
+        assert answer.headers["x-content-type-options"] == "nosniff", name
+        assert answer.headers["strict-transport-security"] == "max-age=31536000; includeSubDomains", name
+    assert answers["stream"].headers["content-type"].startswith("text/event-stream")
+    gw_settings.SECURE_HSTS_SECONDS = 0
+    assert "strict-transport-security" not in httpx.get(f"{gateway.url}/v1/models", headers=auth).headers
