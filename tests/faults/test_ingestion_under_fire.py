@@ -29,6 +29,7 @@ SIZE = (1, 200) if FULL else (1, 40)
 UNIVERSE = 40_000 if FULL else 1_500  # ids per product: above the sketches' exact range in the full run
 CONCURRENCY = 8
 KILL_EVERY = 3.0  # seconds a restarted worker lives
+KILLS = 4  # at least: the batches are spread over (KILLS + 1) x KILL_EVERY seconds however fast they go
 REDIS_DOWN = 5.0 if FULL else 3.0
 THRESHOLD = 100  # the licence's MAU threshold in this database, so every group crosses it and is alerted
 EXACT_BELOW = 20_000  # DataSketches HLL holds the hashes themselves below this: the estimate is the count
@@ -71,13 +72,16 @@ def test_every_acknowledged_batch_counts_through_worker_kills_and_an_empty_redis
 
     async def main() -> None:
         queue: asyncio.Queue = asyncio.Queue()
-        for item in plan:
-            queue.put_nowait(item)
-        deadline = time.monotonic() + (1800 if FULL else 240)
+        for index, item in enumerate(plan):
+            queue.put_nowait((index, *item))
+        began = time.monotonic()
+        deadline = began + (1800 if FULL else 240)
+        spacing = (KILLS + 1) * KILL_EVERY / BATCHES
 
         async def sender(client: httpx.AsyncClient) -> None:
             while not queue.empty():
-                batch, replay, conflict = queue.get_nowait()
+                index, batch, replay, conflict = queue.get_nowait()
+                await asyncio.sleep(max(0.0, began + index * spacing - time.monotonic()))
                 await deliver(client, tenant_of[batch.product], batch, ledger, deadline=deadline, replay=replay,
                               conflict=conflict)
 
@@ -106,7 +110,7 @@ def test_every_acknowledged_batch_counts_through_worker_kills_and_an_empty_redis
     assert ledger.unexpected == []
     assert len(ledger.acknowledged) == BATCHES
     assert set(outcomes) <= {"202", "409", "503"}, outcomes  # never a 500, never a hang or a dropped connection
-    assert kills[0] >= load_seconds // KILL_EVERY - 1 and kills[0] >= 3
+    assert kills[0] >= load_seconds // KILL_EVERY - 1 and kills[0] >= KILLS
     # Redis down: ingestion went on (the part is in PostgreSQL before the 202), or would have said 503.
     assert sum(a.outcome == "202" for a in during_outage) >= CONCURRENCY
     assert ledger.replays == sum(r for _, r, _ in plan) and ledger.conflicts_refused == sum(c for _, _, c in plan)
