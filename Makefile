@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install migrate demo check lint clean bench-mau bench-alerts bench-gateway engine fuzz
+.PHONY: run test install migrate demo check lint clean bench-mau bench-alerts bench-gateway bench-load engine fuzz
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Corral needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -65,6 +65,10 @@ bench-gateway: install
 	@command -v wrk >/dev/null || (echo "bench-gateway needs wrk: apt-get install wrk" && exit 1)
 	scripts/install-litellm.sh
 	$(BIN)/python bench/gateway.py $(BENCH_ARGS)
+
+# Many tenants ingesting, querying and calling the gateway for minutes (docs/reliability.md, "Load").
+bench-load: install
+	$(BIN)/python bench/load.py $(BENCH_ARGS)
 
 # The full schema fuzz (>= 5,000 cases, every phase, two tenants) against uvicorn + PostgreSQL + Redis;
 # tests/security/test_schema_fuzz.py runs a bounded one with every test run. Figures: docs/reliability.md.

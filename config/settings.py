@@ -128,6 +128,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "config.exceptions.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -168,12 +169,18 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-corral-{os.getpid()}.sqlite3")}
 else:
     # Under ASGI every request runs in its own thread, so Django's persistent connections would be a new
-    # PostgreSQL connection per request (~10 ms): a psycopg connection pool per process instead.
+    # PostgreSQL connection per request (~10 ms): a psycopg connection pool per process instead. When the
+    # database is down no connection ever frees up: the wait is short, so a request fails fast with a 503
+    # (config/exceptions.py) instead of holding its client and a thread for seconds.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env_int("DATABASE_POOL_MIN_SIZE", 2),
         "max_size": env_int("DATABASE_POOL_MAX_SIZE", 20),
-        "timeout": env_int("DATABASE_POOL_TIMEOUT", 10),
+        "timeout": env_int("DATABASE_POOL_TIMEOUT", 2),
+        # psycopg's pool retries a lost connection with a delay that doubles (1, 2, 4, 8 s ...) until this many
+        # seconds have passed (5 minutes by its default), so the first attempt after the database is back could
+        # come seconds after it. Giving up sooner restarts the series, at once, on the next request.
+        "reconnect_timeout": env_int("DATABASE_POOL_RECONNECT_TIMEOUT", 2),
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

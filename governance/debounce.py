@@ -38,7 +38,11 @@ def _cache_is_shared() -> bool:
 
 
 def request_run(name: str, enqueue: Callable[[], Any]) -> None:
-    """Producer side: mark ``name`` dirty and queue its task unless one is queued or running."""
+    """Producer side: mark ``name`` dirty and queue its task unless one is queued or running.
+
+    Never raises: it runs after the producer's transaction committed (``on_commit``), so an exception here
+    would answer 500 for work that is already durable.
+    """
     if not _cache_is_shared():
         try:
             enqueue()
@@ -55,7 +59,10 @@ def request_run(name: str, enqueue: Callable[[], Any]) -> None:
         enqueue()
     except Exception:  # the work is durable; beat picks it up within a minute
         logger.exception("could not queue %s; beat will pick the work up", name)
-        cache.delete(f"debounce:{name}:claim")
+        try:
+            cache.delete(f"debounce:{name}:claim")
+        except Exception:  # Redis is down (the usual reason the broker is): its claim went with it
+            logger.warning("cache unavailable; could not release the claim of %s", name)
 
 
 class _Signals:

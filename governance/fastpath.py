@@ -20,7 +20,9 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, close_old_connections, connections
+from django.db import IntegrityError, InterfaceError, OperationalError, close_old_connections, connections
+
+from config.exceptions import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
 
 _ACTIVITY = re.compile(r"^/api/v1/products/([0-9]{1,18})/activity/?$")
 Response = tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]
@@ -122,6 +124,8 @@ def ingest_activity(product_id: int, headers: dict[bytes, bytes], body: bytes, p
             return _error(404, {"detail": "No Product matches the given query."})
         extra = [(b"idempotent-replayed", b"true")] if answer.replayed else []
         return answer.status_code, answer.body, extra
+    except (OperationalError, InterfaceError):  # the DRF endpoint's 503 (config/exceptions.py), not a 500
+        return _error(503, {"detail": DATABASE_UNAVAILABLE}, (b"retry-after", RETRY_AFTER_SECONDS.encode()))
     finally:
         for connection in connections.all(initialized_only=True):
             connection.close()  # back to the pool

@@ -132,9 +132,10 @@ def _part_create(*, product: Product, day: dt.date, source: str, data: bytes, lg
         _insert_binary(part)
     else:
         part.save(force_insert=True)
-    transaction.on_commit(compaction_schedule)
+    # Robust: the part is committed when these run, so a failure to schedule must not fail the request.
+    transaction.on_commit(compaction_schedule, robust=True)
     group_id = product.organisation.group_id
-    transaction.on_commit(lambda: _evaluation_schedule(group_id))
+    transaction.on_commit(lambda: _evaluation_schedule(group_id), robust=True)
 
 
 def _insert_binary(obj: models.Model) -> None:

@@ -155,3 +155,28 @@ def test_a_batch_is_one_autocommitted_insert(monkeypatch) -> None:
     assert len(statements) == 1 and statements[0].startswith('INSERT INTO "governance_activitypart"'), statements
     assert commits == []  # no transaction opened and committed around it
     assert ActivityPart.objects.filter(product=product).count() == 2
+
+
+def test_a_database_that_does_not_answer_is_a_503_like_the_rest_of_the_api(monkeypatch) -> None:
+    from django.db import OperationalError
+
+    from tests.factories import make_key as make
+
+    product = ProductFactory()
+    key = make(product.organisation, ["ingest", "read"])
+
+    def refused(*args, **kwargs):
+        raise OperationalError("couldn't get a connection after 2.00 sec")
+
+    monkeypatch.setattr("governance.services.api_key_authenticate", refused)
+    response = post(f"/api/v1/products/{product.pk}/activity", {"day": DAY.isoformat(), "user_ids": [1]}, key)
+    assert response.status_code == 503 and response.headers["retry-after"] == "2"
+    assert "not answering" in response.json()["detail"]
+    monkeypatch.setattr("governance.authentication.api_key_authenticate", refused)
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    answer = client.get(f"/api/v1/products/{product.pk}/mau", {"month": DAY.strftime("%Y-%m")})
+    assert answer.status_code == 503 and answer["Retry-After"] == "2"
+    assert answer.json() == response.json()

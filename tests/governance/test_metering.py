@@ -476,3 +476,24 @@ def test_without_a_shared_cache_every_change_queues_its_task(settings) -> None:
     for _ in range(3):
         request_run("test-local", lambda: queued.append(1))
     assert queued == [1, 1, 1]
+
+
+def test_with_redis_gone_a_batch_is_still_acknowledged_and_nothing_raises_after_its_commit(monkeypatch) -> None:
+    """Redis down takes the broker and the cache together: queueing fails, and so does releasing the claim.
+    That happens in on_commit, after the part is durable, so it must not turn the 202 into a 500."""
+    from governance import debounce
+    from governance.debounce import request_run
+
+    monkeypatch.setattr(debounce, "_cache_is_shared", lambda: True)
+
+    class Gone:
+        def __getattr__(self, name):
+            def fail(*args, **kwargs):
+                raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+            return fail
+
+    def enqueue():
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(debounce, "cache", Gone())
+    request_run("test-gone", enqueue)  # does not raise
