@@ -4,7 +4,7 @@ processes (uvicorn serving config.asgi, Celery workers) started against them and
 The tests that run the whole stack do not use the suite's database or broker at all, so they would run
 identically in CI's two runs: they run in the PostgreSQL run (``DATABASE_URL`` set) and are skipped in the
 embedded one, unless ``CORRAL_FAULTS`` asks for them (``1``: the bounded version, ``full``: more batches,
-more kills, longer outages, for docs/reliability-faults.md).
+more kills, longer outages, for docs/reliability.md).
 """
 
 from __future__ import annotations
