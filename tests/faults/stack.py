@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+
+from tests.inference.gateway_support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -200,18 +201,6 @@ def start_worker(env: dict[str, str], log: Path, *, concurrency: int = 1) -> sub
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def wait_for(url: str, process: subprocess.Popen | None = None, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the server for {url} exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up within {timeout:.0f} s")
 
 
 def create_tenants(env: dict[str, str], count: int, *, scopes: str = "read,ingest",

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 import threading
 import time
 from typing import Any
 
+import httpx
 import uvicorn
 
 from inference.models import Deployment, Replica, ReplicaState
@@ -59,3 +61,18 @@ def ready_deployment(organisation: Organisation, endpoint: str, *, name: str = "
         Replica.objects.create(deployment=deployment, ordinal=ordinal, state=ReplicaState.READY, endpoint=endpoint,
                                key_salt=f"salt-{ordinal}", last_health_ok=True)
     return deployment
+
+
+def wait_for(url: str, process: subprocess.Popen | None = None, timeout: float = 60) -> None:
+    """Until ``url`` answers below 500 (a server in another process starting up), or the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server for {url} exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up within {timeout:.0f} s")

@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from inference.gateway.limits import Limits, LocalLimiter, RedisLimiter
 from inference.services import replica_key
 from tests.factories import make_key
 from tests.inference.fake_openai import FakeOpenAI
-from tests.inference.gateway_support import ThreadServer, ready_deployment
+from tests.inference.gateway_support import ThreadServer, ready_deployment, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BIG = Limits(1_000_000, 1_000_000_000, 1_000)
@@ -176,7 +175,7 @@ def test_limits_hold_across_two_gateway_processes_and_no_secret_reaches_their_lo
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT) for port, log in zip(ports, logs)]
         try:
             for port in ports:
-                _wait_for(f"http://127.0.0.1:{port}/healthz")
+                wait_for(f"http://127.0.0.1:{port}/healthz", timeout=30)
             statuses = []
             for i in range(20):
                 response = httpx.post(f"http://127.0.0.1:{ports[i % 2]}/v1/chat/completions",
@@ -200,16 +199,6 @@ def test_limits_hold_across_two_gateway_processes_and_no_secret_reaches_their_lo
             assert secret not in text
 
 
-def _wait_for(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not come up")
 
 
 def test_redis_restarted_without_the_scripts_is_recovered_from() -> None:
