@@ -22,8 +22,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
-from django.db import models
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -149,9 +148,7 @@ def _insert_binary(obj: models.Model) -> None:
 
     model = type(obj)
     fields = [f for f in model._meta.local_concrete_fields if not f.primary_key]
-    for field in fields:
-        field.pre_save(obj, add=True)  # auto_now_add and friends
-    query = InsertQuery(model)
+    query = InsertQuery(model)  # its compiler runs each field's pre_save (auto_now_add and friends)
     query.insert_values(fields, [obj])
     compiler = query.get_compiler(connection=connection)
     compiler.returning_fields = [model._meta.pk]
