@@ -18,6 +18,7 @@ import http.client
 import json
 import os
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -113,21 +114,59 @@ def raw_update_rate(batches: list[list[str]]) -> float:
     return sum(map(len, batches)) / (time.perf_counter() - started)
 
 
+class _LeanClient:
+    """HTTP/1.1 keep-alive POSTs with the request head built once per product: the load generator shares the
+    two cores with the server, and http.client spent about 0.4 ms of CPU per request building and parsing
+    headers. The answer is still read whole and its status checked."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", PORT), timeout=60)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.pending = b""
+
+    @staticmethod
+    def head(path: str, key: str, length: int) -> bytes:
+        return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{PORT}\r\nAuthorization: Bearer {key}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n").encode()
+
+    def post(self, head: bytes, body: bytes) -> tuple[int, bytes]:
+        self.sock.sendall(head + body)
+        data = self.pending
+        while b"\r\n\r\n" not in data:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            data += chunk
+        header, rest = data.split(b"\r\n\r\n", 1)
+        status = int(header[9:12])
+        length = next(int(line.split(b":", 1)[1]) for line in header.split(b"\r\n")[1:]
+                      if line[:15].lower() == b"content-length:")
+        while len(rest) < length:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            rest += chunk
+        self.pending = rest[length:]
+        return status, rest[:length]
+
+
 def api_ingest_rate(keys, products, bodies: list[bytes], clients: int, seconds: float, batch: int
                     ) -> tuple[float, int, list]:
     deadline = time.monotonic() + seconds
     counts = [0] * clients
     errors: list = []
     latencies: list[float] = []
+    # Every body has the same length (same day, same id shape), but build the head per (product, body) anyway.
+    heads = {(p, b): _LeanClient.head(f"/api/v1/products/{products[p].pk}/activity", keys[p], len(bodies[b]))
+             for p in range(len(products)) for b in range(len(bodies))}
 
     def client(index: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=60)
+        conn = _LeanClient()
         n = index
         while time.monotonic() < deadline:
-            product = products[n % len(products)]
-            body = bodies[n % len(bodies)]
+            p, b = n % len(products), n % len(bodies)
             started = time.perf_counter()
-            status, text = _post(conn, f"/api/v1/products/{product.pk}/activity", body, keys[n % len(keys)])
+            status, text = conn.post(heads[(p, b)], bodies[b])
             latencies.append(time.perf_counter() - started)
             if status != 202:
                 errors.append((status, text[:200]))
@@ -143,6 +182,8 @@ def api_ingest_rate(keys, products, bodies: list[bytes], clients: int, seconds: 
         thread.join()
     elapsed = time.perf_counter() - started
     requests = sum(counts)
+    if errors:  # only accepted batches count; a benchmark that got errors measured something else
+        raise SystemExit(f"{len(errors)} requests were not accepted; the first: {errors[0]}")
     return requests * batch / elapsed, requests, sorted(latencies)
 
 

@@ -5,6 +5,7 @@ import logging
 import smtplib
 
 from celery import shared_task
+from django.conf import settings
 from django.utils import timezone
 
 from governance.models import Heartbeat
@@ -28,9 +29,14 @@ def compact_metering(max_seconds: float = 50.0) -> int:
     folded = 0
 
     def drain() -> None:
+        # Until a step finds fewer parts than it may take: the parts that arrived during the last step wait
+        # for the next round, so a step is never spent rewriting every rollup for a handful of parts.
         nonlocal folded
-        while (step := metering_compact_step()) > 0:
+        while True:
+            step = metering_compact_step()
             folded += step
+            if step < settings.METERING_COMPACT_BATCH:
+                break
 
     # Each step rewrites the rollups it touches (128 KiB sketches): under sustained ingestion, one step every
     # 5 s is enough, as every query also reads the parts not yet folded.
@@ -38,6 +44,19 @@ def compact_metering(max_seconds: float = 50.0) -> int:
     if folded:
         logger.info("metering compaction folded %d parts", folded)
     return folded
+
+
+@shared_task(ignore_result=True)
+def settle_rollups() -> int:
+    """Beat (every 6 hours): store rollups of settled periods compactly (HLL_4), in bounded rounds."""
+    from governance.services.metering import rollups_settle
+
+    total = 0
+    while (done := rollups_settle(limit=1000)) > 0:
+        total += done
+    if total:
+        logger.info("re-encoded %d settled rollups as HLL_4", total)
+    return total
 
 
 @shared_task(ignore_result=True)

@@ -9,6 +9,7 @@ union is idempotent, so folding a part twice changes nothing, and concurrent wri
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -16,14 +17,16 @@ import re
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from datasketches import hll_sketch
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Q
+from django.db.models.functions import Substr
 from django.utils import timezone
 
 from governance import sketches
@@ -137,28 +140,64 @@ def _part_create(*, product: Product, day: dt.date, source: str, data: bytes, lg
     transaction.on_commit(lambda: _evaluation_schedule(group_id), robust=True)
 
 
+# The INSERT the ORM's compiler writes for a model, compiled once per process: compiling it again for every
+# batch cost about 0.3 ms of CPU (bench/mau.py). The values are still prepared by each field, as save() does.
+_insert_sql: dict[type[models.Model], tuple[str, list[models.Field]]] = {}
+
+
 def _insert_binary(obj: models.Model) -> None:
     """Insert ``obj`` with its parameters sent in binary, bound on the server (the ORM's SQL, not hand-written).
 
     Django binds parameters on the client, so a sketch of tens of kilobytes travelled as a hex literal twice
     its size that PostgreSQL then parsed: a third of an ingestion request's time (bench/mau.py, py-spy).
     """
-    import psycopg
     from django.db.models.sql import InsertQuery
 
     model = type(obj)
-    fields = [f for f in model._meta.local_concrete_fields if not f.primary_key]
-    query = InsertQuery(model)  # its compiler runs each field's pre_save (auto_now_add and friends)
-    query.insert_values(fields, [obj])
-    compiler = query.get_compiler(connection=connection)
-    compiler.returning_fields = [model._meta.pk]
-    [(sql, params)] = compiler.as_sql()
-    connection.ensure_connection()
-    raw = psycopg.Cursor(connection.connection)  # server-side binding; bytes go in binary format
-    # Django's own cursor wrapper around it: error translation, execute wrappers, query logging.
-    with (connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)) as cursor:
+    compiled = _insert_sql.get(model)
+    if compiled is None:
+        fields = [f for f in model._meta.local_concrete_fields if not f.primary_key]
+        if any(f.db_default is not models.NOT_PROVIDED for f in fields):
+            raise TypeError(f"{model.__name__} has a database default: its INSERT is not the same for every row")
+        query = InsertQuery(model)
+        query.insert_values(fields, [model()])
+        compiler = query.get_compiler(connection=connection)
+        compiler.returning_fields = [model._meta.pk]
+        [(sql, _params)] = compiler.as_sql()
+        compiled = _insert_sql[model] = (sql, fields)
+    sql, fields = compiled
+    # What the insert compiler does for each value: pre_save (auto_now_add and friends), then the field's
+    # database preparation.
+    params = [field.get_db_prep_save(field.pre_save(obj, True), connection=connection) for field in fields]
+    with _binary_cursor() as cursor:
         cursor.execute(sql, params)
         obj.pk = cursor.fetchone()[0]
+
+
+@contextlib.contextmanager
+def _binary_cursor(*, binary_results: bool = False) -> Iterator[Any]:
+    """A server-side-binding psycopg cursor (parameters go in binary; results too if asked) inside Django's own
+    cursor wrapper: error translation, execute wrappers, query logging. Its statements are prepared once per
+    pooled connection after DATABASE_PREPARE_THRESHOLD runs (config/settings.py)."""
+    import psycopg
+
+    connection.ensure_connection()
+    raw = psycopg.Cursor(connection.connection)
+    if binary_results:
+        raw.format = psycopg.pq.Format.BINARY
+    with (connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)) as cursor:
+        yield cursor
+
+
+def _rows_binary(queryset: models.QuerySet) -> list[tuple[Any, ...]]:
+    """The rows of a ``values_list`` queryset, read in binary on PostgreSQL: a sketch then arrives as its bytes
+    rather than as hex text that the server must write and the client decode (a third of the time)."""
+    if connection.vendor != "postgresql":
+        return list(queryset)
+    sql, params = queryset.query.sql_with_params()
+    with _binary_cursor(binary_results=True) as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
 
 
 def _evaluation_schedule(group_id: int) -> None:
@@ -268,91 +307,218 @@ def _month(day: dt.date) -> dt.date:
 RollupKey = tuple[str, int, dt.date]
 
 
+_DAY_SCOPES = {Rollup.Scope.PRODUCT_DAY, Rollup.Scope.ORGANISATION_DAY, Rollup.Scope.GROUP_DAY}
+_TALLY_FIELDS = {
+    ActivitySource.ID_BATCH: "id_batches",
+    ActivitySource.SKETCH: "sketch_uploads",
+    ActivitySource.GATEWAY: "gateway_flushes",
+}
+# Sketch bytes are read this many parts at a time, so a step's memory does not grow with its size.
+_FETCH_CHUNK = 200
+
+
+def rollup_is_settled(scope: str, period: dt.date, *, today: dt.date | None = None) -> bool:
+    """Whether a rollup's period ended more than METERING_SETTLE_DAYS ago (UTC): it is then stored as HLL_4.
+
+    Activity for a settled period is still accepted (up to the retention) and folded in; the rollup is
+    simply written in the compact form again.
+    """
+    today = today or timezone.now().date()
+    last_day = period if scope in _DAY_SCOPES else _next_month(period) - dt.timedelta(days=1)
+    return (today - last_day).days > settings.METERING_SETTLE_DAYS
+
+
+def _next_month(first: dt.date) -> dt.date:
+    return (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+
+
 def metering_compact_step(*, limit: int | None = None) -> int:
     """Fold up to ``limit`` parts into their rollups and delete them. Returns the number folded (0: no work).
 
     Safe to run concurrently and twice: parts are claimed with SKIP LOCKED, rollup rows are locked in one
     order, and folding a part twice would not change a distinct count anyway.
+
+    Cost is what matters here (it shares the machine with ingestion): each part is deserialized and merged
+    once into its product-day's union; each rollup then takes exactly one merge. The organisation's delta
+    is the union of its products' deltas and the group's the union of its organisations', so a step merges
+    about (product-days + organisation-days + group-days) x 2 register arrays, whatever its number of parts.
     """
     limit = limit or settings.METERING_COMPACT_BATCH
     with transaction.atomic():
-        claim = ActivityPart.objects.order_by("id")
+        # Ascending lgK within every product-day, as sketches.Union requires; the sketch bytes come later.
+        claim = ActivityPart.objects.order_by("lg_k", "id")
         if connection.features.has_select_for_update_skip_locked:
             claim = claim.select_for_update(skip_locked=True)
-        parts = list(claim.values("id", "product_id", "day", "source", "sketch", "items")[:limit])
+        parts = list(claim.values_list("id", "product_id", "day", "source", "items")[:limit])
         if not parts:
             return 0
         owners = {
-            row["id"]: (row["organisation_id"], row["organisation__group_id"])
-            for row in Product.objects.filter(pk__in={p["product_id"] for p in parts}).values(
-                "id", "organisation_id", "organisation__group_id"
-            )
+            pk: (organisation_id, group_id)
+            for pk, organisation_id, group_id in Product.objects.filter(pk__in={p[1] for p in parts}).values_list(
+                "id", "organisation_id", "organisation__group_id")
         }
-        # Merge each (product, day)'s parts once: their coupons are inserted a single time, and the six
-        # rollups they feed then take one (register-wise) merge each instead of one per part.
-        by_product_day: dict[tuple[int, dt.date], list[bytes]] = defaultdict(list)
         tallies: dict[RollupKey, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        keys_of: dict[tuple[int, dt.date], list[RollupKey]] = {}
-        for part in parts:
-            organisation_id, group_id = owners[part["product_id"]]
-            product_day = (part["product_id"], part["day"])
-            by_product_day[product_day].append(bytes(part["sketch"]))
-            day, month = part["day"], _month(part["day"])
-            keys = keys_of.setdefault(product_day, [
-                (Rollup.Scope.PRODUCT_DAY, part["product_id"], day),
-                (Rollup.Scope.PRODUCT_MONTH, part["product_id"], month),
-                (Rollup.Scope.ORGANISATION_DAY, organisation_id, day),
-                (Rollup.Scope.ORGANISATION_MONTH, organisation_id, month),
-                (Rollup.Scope.GROUP_DAY, group_id, day),
-                (Rollup.Scope.GROUP_MONTH, group_id, month),
-            ])
-            tally_field = {
-                ActivitySource.ID_BATCH: "id_batches",
-                ActivitySource.SKETCH: "sketch_uploads",
-                ActivitySource.GATEWAY: "gateway_flushes",
-            }[part["source"]]
-            for key in keys:
-                tallies[key][tally_field] += 1
-                tallies[key]["ids_received"] += part["items"]
-        deltas: dict[RollupKey, list[Any]] = defaultdict(list)
-        for product_day, images in by_product_day.items():
-            merged = sketches.union(images, settings.METERING_LG_K)
-            for key in keys_of[product_day]:
-                deltas[key].append(merged)
-        _rollups_apply(deltas, tallies)
-        ActivityPart.objects.filter(pk__in=[p["id"] for p in parts]).delete()
+        product_day_of: dict[int, tuple[int, dt.date]] = {}
+        for pk, product_id, day, source, items in parts:
+            organisation_id, group_id = owners[product_id]
+            product_day_of[pk] = (product_id, day)
+            for key in _rollup_keys(product_id, organisation_id, group_id, day):
+                tallies[key][_TALLY_FIELDS[source]] += 1
+                tallies[key]["ids_received"] += items
+        unions: dict[tuple[int, dt.date], sketches.Union] = {}
+        ids = [p[0] for p in parts]
+        for offset in range(0, len(ids), _FETCH_CHUNK):
+            chunk = ActivityPart.objects.filter(pk__in=ids[offset: offset + _FETCH_CHUNK]).order_by("lg_k", "id")
+            for pk, data in _rows_binary(chunk.values_list("id", "sketch")):
+                product_day = product_day_of[pk]
+                if product_day not in unions:
+                    unions[product_day] = sketches.Union(settings.METERING_LG_K)
+                unions[product_day].add(bytes(data))
+        _rollups_apply(_deltas({pd: u.result() for pd, u in unions.items()}, owners), tallies)
+        ActivityPart.objects.filter(pk__in=ids).delete()
     return len(parts)
 
 
-def _rollups_apply(deltas: dict[RollupKey, list[Any]], tallies: dict[RollupKey, dict[str, int]]) -> None:
+def _rollup_keys(product_id: int, organisation_id: int, group_id: int, day: dt.date) -> list[RollupKey]:
+    month = _month(day)
+    return [
+        (Rollup.Scope.PRODUCT_DAY, product_id, day), (Rollup.Scope.PRODUCT_MONTH, product_id, month),
+        (Rollup.Scope.ORGANISATION_DAY, organisation_id, day), (Rollup.Scope.ORGANISATION_MONTH, organisation_id, month),
+        (Rollup.Scope.GROUP_DAY, group_id, day), (Rollup.Scope.GROUP_MONTH, group_id, month),
+    ]
+
+
+def _deltas(product_days: dict[tuple[int, dt.date], Any], owners: dict[int, tuple[int, int]]
+            ) -> dict[RollupKey, Any]:
+    """What each rollup gains: a product-day's union, and unions of those up the scopes, built bottom-up."""
+    lg_k = settings.METERING_LG_K
+    pending: dict[RollupKey, list[Any]] = defaultdict(list)
+    for (product_id, day), sketch in product_days.items():
+        organisation_id, _group_id = owners[product_id]
+        pending[(Rollup.Scope.PRODUCT_DAY, product_id, day)].append(sketch)
+        pending[(Rollup.Scope.PRODUCT_MONTH, product_id, _month(day))].append(sketch)
+        pending[(Rollup.Scope.ORGANISATION_DAY, organisation_id, day)].append(sketch)
+    group_of = {organisation_id: group_id for organisation_id, group_id in owners.values()}
+
+    def merged(key: RollupKey) -> Any:
+        items = pending[key]
+        return items[0] if len(items) == 1 else sketches.union(items, lg_k)
+
+    deltas: dict[RollupKey, Any] = {}
+    for scope, up in ((Rollup.Scope.ORGANISATION_DAY, Rollup.Scope.GROUP_DAY),
+                      (Rollup.Scope.GROUP_DAY, None)):
+        for key in [k for k in pending if k[0] == scope]:
+            deltas[key] = delta = merged(key)
+            _scope, scope_id, day = key
+            month_scope = (Rollup.Scope.ORGANISATION_MONTH if scope == Rollup.Scope.ORGANISATION_DAY
+                           else Rollup.Scope.GROUP_MONTH)
+            pending[(month_scope, scope_id, _month(day))].append(delta)
+            if up is not None:
+                pending[(up, group_of[scope_id], day)].append(delta)
+    for key in pending:
+        if key not in deltas:
+            deltas[key] = merged(key)
+    return deltas
+
+
+def _rollups_apply(deltas: dict[RollupKey, Any], tallies: dict[RollupKey, dict[str, int]]) -> None:
     keys = sorted(deltas, key=lambda k: (k[0], k[1], k[2]))
     lg_k = settings.METERING_LG_K
+    today = timezone.now().date()
     Rollup.objects.bulk_create(
         [Rollup(scope=s, scope_id=i, period=p, sketch=sketches.serialize(sketches.empty(lg_k)), lg_k=lg_k)
          for s, i, p in keys],
         ignore_conflicts=True,
     )
-    matching = Q()
+    # One condition per scope (ids x periods: a superset of the keys, never an OR per key, which a large step
+    # would make too deep for SQLite); rows are locked in one fixed order so concurrent compactions cannot
+    # deadlock.
+    by_scope: dict[str, tuple[set[int], set[dt.date]]] = defaultdict(lambda: (set(), set()))
     for scope, scope_id, period in keys:
-        matching |= Q(scope=scope, scope_id=scope_id, period=period)
-    # Lock in one fixed order so concurrent compactions cannot deadlock.
+        by_scope[scope][0].add(scope_id)
+        by_scope[scope][1].add(period)
+    matching = Q()
+    for scope, (scope_ids, periods) in by_scope.items():
+        matching |= Q(scope=scope, scope_id__in=scope_ids, period__in=periods)
+    wanted = set(keys)
+    locked = Rollup.objects.select_for_update().filter(matching).order_by("scope", "scope_id", "period")
     existing = {
-        (r.scope, r.scope_id, r.period): r
-        for r in Rollup.objects.select_for_update().filter(matching).order_by("scope", "scope_id", "period")
+        (scope, scope_id, period): row
+        for scope, scope_id, period, *row in _rows_binary(locked.values_list("scope", "scope_id", "period", "id",
+                                                                             "sketch", *_TALLIES))
+        if (scope, scope_id, period) in wanted
     }
-    changed = []
+    now = timezone.now()
+    updates = []
     for key in keys:
-        rollup = existing[key]
-        merged = sketches.union([bytes(rollup.sketch), *deltas[key]], lg_k)
-        rollup.sketch = sketches.serialize(merged)
-        rollup.lg_k = merged.lg_config_k
-        for field, amount in tallies[key].items():
-            setattr(rollup, field, getattr(rollup, field) + amount)
-        rollup.updated_at = timezone.now()
-        changed.append(rollup)
-    Rollup.objects.bulk_update(
-        changed, ["sketch", "lg_k", "id_batches", "sketch_uploads", "gateway_flushes", "ids_received", "updated_at"]
-    )
+        pk, image, *counts = existing[key]
+        merged = sketches.union([bytes(image), deltas[key]], lg_k)
+        tally = tallies[key]
+        updates.append([sketches.serialize(merged, cold=rollup_is_settled(key[0], key[2], today=today)),
+                        merged.lg_config_k, *(count + tally.get(name, 0) for name, count in zip(_TALLIES, counts)),
+                        now, pk])
+    _update_rows(Rollup, ["sketch", "lg_k", *_TALLIES, "updated_at"], updates)
+
+
+_TALLIES = ("id_batches", "sketch_uploads", "gateway_flushes", "ids_received")
+_update_sql: dict[tuple[type[models.Model], tuple[str, ...]], str] = {}
+
+
+def _update_rows(model: type[models.Model], field_names: list[str], rows: list[list[Any]]) -> None:
+    """UPDATE ``field_names`` of many rows by primary key; each row is its values, then its key.
+
+    The statement is the ORM's (compiled once per process) and on PostgreSQL goes with server-side binding in
+    one pipelined round trip: Django's bulk_update sent each 256 KiB rollup as a hex literal inside a CASE
+    expression PostgreSQL had to parse, about 40% of a compaction step's CPU (bench/mau.py).
+    """
+    from django.db.models.sql import UpdateQuery
+
+    if not rows:
+        return
+    fields = [model._meta.get_field(name) for name in field_names]
+    sql = _update_sql.get((model, tuple(field_names)))
+    if sql is None:
+        query = UpdateQuery(model)
+        query.add_update_fields([(field, None, rows[0][i]) for i, field in enumerate(fields)])
+        query.add_q(Q(pk=rows[0][-1]))
+        sql, _params = query.get_compiler(connection=connection).as_sql()
+        _update_sql[(model, tuple(field_names))] = sql
+    pk = model._meta.pk
+    params = [[field.get_db_prep_save(value, connection=connection) for field, value in zip(fields, row)]
+              + [pk.get_db_prep_value(row[-1], connection)] for row in rows]
+    if connection.vendor == "postgresql":
+        with _binary_cursor() as cursor:
+            cursor.executemany(sql, params)
+    else:
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, params)
+
+
+def rollups_settle(*, limit: int = 1000, today: dt.date | None = None) -> int:
+    """Re-encode rollups of settled periods that are still HLL_8 as HLL_4 (half the bytes). Returns how many.
+
+    Beat runs it daily. Each row is re-read under its lock in its own short transaction, so it never waits
+    behind or blocks a compaction for longer than one row, and a compaction that folded activity into the
+    row meanwhile is kept.
+    """
+    today = today or timezone.now().date()
+    oldest_hot = today - dt.timedelta(days=settings.METERING_SETTLE_DAYS)
+    settled = Q(scope__in=_DAY_SCOPES, period__lt=oldest_hot) | (
+        ~Q(scope__in=_DAY_SCOPES) & Q(period__lt=_month(oldest_hot)))
+    # Only HLL-mode HLL_8 images gain (in the coupon modes both forms are the same list of coupons). The
+    # preamble's mode byte is read in SQL, a one-byte slice of the uncompressed (STORAGE EXTERNAL) value.
+    hot = Rollup.objects.annotate(mode=Substr("sketch", 8, 1, output_field=models.BinaryField())).filter(
+        settled, mode=sketches.HOT_HLL_MODE_BYTE)
+    done = 0
+    for pk in hot.order_by("period", "id").values_list("id", flat=True)[:limit]:
+        with transaction.atomic():
+            rollup = Rollup.objects.select_for_update().filter(pk=pk).first()
+            if rollup is None or sketches.tgt_type_of(bytes(rollup.sketch)) == "HLL_4":
+                continue  # deleted, or re-encoded meanwhile
+            rollup.sketch = sketches.serialize(hll_sketch.deserialize(bytes(rollup.sketch)), cold=True)
+            rollup.save(update_fields=["sketch"])
+            done += 1
+    return done
 
 
 # --- the gateway's own traffic ------------------------------------------------------------------------------
