@@ -134,10 +134,9 @@ def _part_create(*, product: Product, day: dt.date, source: str, data: bytes, lg
         _insert_binary(part)
     else:
         part.save(force_insert=True)
-    # Robust: the part is committed when these run, so a failure to schedule must not fail the request.
+    # Robust: the part is committed when this runs, so a failure to schedule must not fail the request. The
+    # group is evaluated once compaction has folded the part (metering_compact_step).
     transaction.on_commit(compaction_schedule, robust=True)
-    group_id = product.organisation.group_id
-    transaction.on_commit(lambda: _evaluation_schedule(group_id), robust=True)
 
 
 # The INSERT the ORM's compiler writes for a model, compiled once per process: compiling it again for every
@@ -201,8 +200,10 @@ def _rows_binary(queryset: models.QuerySet) -> list[tuple[Any, ...]]:
 
 
 def _evaluation_schedule(group_id: int) -> None:
-    # Queries include parts not yet compacted, so the group can be evaluated at once: an alert for a crossing
-    # goes out seconds after the request that caused it, not after compaction or beat.
+    # Called when a compaction step that changed the group's rollups has committed. Every query would also
+    # count parts not yet compacted, but an evaluation reads the group's figures several times (months,
+    # rolling window, forecast series): run against thousands of waiting parts, each read merged them all
+    # again, and under sustained ingestion that cost the worker more than compaction itself (bench/mau.py).
     from governance.services.evaluation import evaluation_schedule
 
     evaluation_schedule(group_id=group_id)
@@ -376,6 +377,9 @@ def metering_compact_step(*, limit: int | None = None) -> int:
                 unions[product_day].add(bytes(data))
         _rollups_apply(_deltas({pd: u.result() for pd, u in unions.items()}, owners), tallies)
         ActivityPart.objects.filter(pk__in=ids).delete()
+        groups = sorted({group_id for _organisation_id, group_id in owners.values()})
+        # Alerts follow the figures: each group whose rollups changed is evaluated (debounced) once committed.
+        transaction.on_commit(lambda: [_evaluation_schedule(group_id) for group_id in groups], robust=True)
     return len(parts)
 
 

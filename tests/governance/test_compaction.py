@@ -209,3 +209,26 @@ def test_prepared_statements_can_be_turned_off_for_a_transaction_pooler() -> Non
         result = subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=120)
         assert result.stdout.strip().splitlines()[-1:] == [expected], result.stdout + result.stderr
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_committed_batch_is_compacted_and_then_its_group_evaluated_once() -> None:
+    """Ingestion asks for compaction only; the compaction step that folded the batch asks for the evaluation
+    of each group whose figures changed, so the evaluation reads rollups rather than thousands of parts."""
+    from unittest import mock
+
+    from governance.models import ComplianceStatus
+    from governance.services import evaluation
+
+    product, other = ProductFactory(), ProductFactory()
+    with mock.patch.object(evaluation, "group_evaluate", wraps=evaluation.group_evaluate) as evaluate:
+        with mock.patch.object(metering, "compaction_schedule", lambda: None):
+            activity_ingest(product=product, day=TODAY, user_ids=_ids(0, 500))  # committed (autocommit)
+        assert ActivityPart.objects.count() == 1 and evaluate.call_count == 0  # the request evaluates nothing
+        activity_ingest(product=product, day=TODAY, user_ids=_ids(500, 500))  # now compaction runs (eagerly)
+        assert not ActivityPart.objects.exists()
+        assert [call.kwargs["group"].pk for call in evaluate.call_args_list] == [product.organisation.group_id]
+        assert metering_compact_step() == 0
+        assert evaluate.call_count == 1  # a step that folded nothing evaluates nothing
+    assert ComplianceStatus.objects.filter(group=product.organisation.group).exists()
+    assert not ComplianceStatus.objects.filter(group=other.organisation.group).exists()
