@@ -14,7 +14,6 @@ import http.server
 import json
 import os
 import queue
-import signal
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.common import stop  # noqa: E402
 PORT = 8766
 SETUP = """
 import django, json, os
@@ -108,12 +109,7 @@ def run(label: str, env: dict[str, str]) -> list[float]:
             time.sleep(4)  # let the next crossing be its own evaluation
     finally:
         for proc in procs:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for proc in procs:
-            proc.wait(timeout=30)
+            stop(proc)
         server.shutdown()
     return latencies
 

@@ -63,15 +63,22 @@ def wait_until_up(port: int, path: str, timeout: float = 60) -> None:
 
 
 def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM to the server's main process, as a supervisor sends it (it stops its own workers: a Celery pool
+    child that gets SIGTERM itself can die holding the pool's queue lock and hang its parent's shutdown), then
+    SIGKILL to whatever of its process group is left."""
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
     except ProcessLookupError:
-        return
+        pass
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        pass
+    try:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def cpu_ticks_by_role() -> dict[str, int]:
