@@ -45,10 +45,11 @@ class InvalidSketch(ValueError):
     """Bytes that are not a usable DataSketches HLL sketch; the message says why."""
 
 
-def validate_user_ids(raw: object, *, max_items: int) -> list[str | int]:
+def validate_user_ids(raw: object, *, max_items: int, elements_checked: bool = False) -> list[str | int]:
     """The ids of a batch, each a non-empty string or an integer that fits in 64 bits, or InvalidIds.
 
     A string's length is bounded only by the request size limit: the hash makes every id the same size.
+    ``elements_checked``: a typed decoder already checked each element (governance/fastpath.py).
     """
     if not isinstance(raw, list):
         raise InvalidIds(f"must be a list of strings or integers, got {type(raw).__name__}")
@@ -56,6 +57,8 @@ def validate_user_ids(raw: object, *, max_items: int) -> list[str | int]:
         raise InvalidIds("must not be empty")
     if len(raw) > max_items:
         raise InvalidIds(f"at most {max_items} ids per request, got {len(raw)}")
+    if elements_checked:
+        return raw  # type: ignore[return-value]
     # Fast paths in C: a 10,000-id batch is checked in a fraction of the time a loop takes. For strings,
     # join() refuses any element that is not one (80 us against 290 us for collecting the types).
     if type(raw[0]) is str:

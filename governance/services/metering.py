@@ -216,11 +216,17 @@ def activity_ingest(
     user_ids: object,
     idempotency_key: str | None = None,
     fingerprint: str = "",
+    elements_checked: bool = False,
 ) -> Answer:
-    """Accept a batch of user ids for a product and UTC day; durable when this returns."""
+    """Accept a batch of user ids for a product and UTC day; durable when this returns.
+
+    ``elements_checked``: the caller's typed decoder already proved every element a non-empty string or an
+    integer within 64 bits (governance/fastpath.py); the list's type and length are still checked here.
+    """
     day_validate(day)
     try:
-        ids = sketches.validate_user_ids(user_ids, max_items=settings.METERING_MAX_IDS_PER_REQUEST)
+        ids = sketches.validate_user_ids(user_ids, max_items=settings.METERING_MAX_IDS_PER_REQUEST,
+                                         elements_checked=elements_checked)
     except sketches.InvalidIds as exc:
         raise ValidationError({"user_ids": str(exc)}) from exc
     # Hash before the transaction: the CPU work holds no lock.

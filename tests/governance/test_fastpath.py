@@ -180,3 +180,47 @@ def test_a_database_that_does_not_answer_is_a_503_like_the_rest_of_the_api(monke
     answer = client.get(f"/api/v1/products/{product.pk}/mau", {"month": DAY.strftime("%Y-%m")})
     assert answer.status_code == 503 and answer["Retry-After"] == "2"
     assert answer.json() == response.json()
+
+
+def _refusals():
+    from tests.governance.test_metering_api import REFUSED_ACTIVITY
+
+    return REFUSED_ACTIVITY
+
+
+@pytest.mark.parametrize("body, field, says", _refusals())
+def test_it_refuses_every_bad_batch_as_the_drf_endpoint_does(settings, body, field, says) -> None:
+    """The typed decoder that checks well-formed batches in one pass hands anything else to the general path,
+    which names the problem: the same table of refusals as the DRF endpoint (tests/governance/
+    test_metering_api.py), through the real ASGI app."""
+    from tests.governance.test_metering_api import _fill, _says
+
+    settings.METERING_RETENTION_DAYS = 30
+    product = ProductFactory()
+    response = post(f"/api/v1/products/{product.pk}/activity", _fill(body).encode(),
+                    make_key(product.organisation, ["ingest"]))
+    assert response.status_code == 400, response.content
+    errors = response.json()
+    assert field in errors and says in _says(errors, field), errors
+    assert ActivityPart.objects.count() == 0
+
+
+@pytest.mark.parametrize("body", [b'{"day": "@DAY@", "user_ids": ["a"', b'{"day": "@DAY@", "user_ids": [NaN]}',
+                                  b"{'day': '@DAY@'}", b'{"day": "@DAY@", "user_ids": ["\xff"]}', b'["a", "b"]',
+                                  b'"a"', b"null", b"", b"{}", b'{"day": "@DAY@", "user_ids": []}',
+                                  b'{"day": "@DAY@", "user_ids": "abc"}'])
+def test_it_refuses_a_body_that_is_not_a_well_formed_batch(body) -> None:
+    product = ProductFactory()
+    response = post(f"/api/v1/products/{product.pk}/activity", body.replace(b"@DAY@", DAY.isoformat().encode()),
+                    make_key(product.organisation, ["ingest"]))
+    assert response.status_code == 400, response.content
+    assert response.json()
+    assert ActivityPart.objects.count() == 0
+
+
+def test_mixed_string_and_integer_ids_and_unknown_fields_are_accepted_by_the_typed_path() -> None:
+    product = ProductFactory()
+    body = {"day": DAY.isoformat(), "user_ids": ["a", 1, -(2**63), 2**63 - 1, "b"], "source": "ignored"}
+    response = post(f"/api/v1/products/{product.pk}/activity", body, make_key(product.organisation, ["ingest"]))
+    assert response.status_code == 202 and response.json()["accepted"] == 5
+    assert mau_month(scope=product, month=DAY).estimate.estimate == 5
