@@ -73,7 +73,7 @@ def _start_servers(workers: int, celery: bool) -> list[subprocess.Popen]:
                     str(workers), "--no-access-log", "--log-level", "warning"])]
     if celery:
         procs.append(spawn([sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "WARNING",
-                            "--concurrency", "1"]))
+                            "--concurrency", "2"]))
     wait_until_up(PORT, "/healthz", timeout=20)
     return procs
 
