@@ -141,7 +141,7 @@ def _part_create(*, product: Product, day: dt.date, source: str, data: bytes, lg
 
 # The INSERT the ORM's compiler writes for a model, compiled once per process: compiling it again for every
 # batch cost about 0.3 ms of CPU (bench/mau.py). The values are still prepared by each field, as save() does.
-_insert_sql: dict[type[models.Model], tuple[str, list[models.Field]]] = {}
+_insert_sql: dict[tuple[type[models.Model], str], tuple[str, list[models.Field]]] = {}
 
 
 def _insert_binary(obj: models.Model) -> None:
@@ -153,7 +153,7 @@ def _insert_binary(obj: models.Model) -> None:
     from django.db.models.sql import InsertQuery
 
     model = type(obj)
-    compiled = _insert_sql.get(model)
+    compiled = _insert_sql.get((model, connection.vendor))
     if compiled is None:
         fields = [f for f in model._meta.local_concrete_fields if not f.primary_key]
         if any(f.db_default is not models.NOT_PROVIDED for f in fields):
@@ -163,7 +163,7 @@ def _insert_binary(obj: models.Model) -> None:
         compiler = query.get_compiler(connection=connection)
         compiler.returning_fields = [model._meta.pk]
         [(sql, _params)] = compiler.as_sql()
-        compiled = _insert_sql[model] = (sql, fields)
+        compiled = _insert_sql[(model, connection.vendor)] = (sql, fields)
     sql, fields = compiled
     # What the insert compiler does for each value: pre_save (auto_now_add and friends), then the field's
     # database preparation.
@@ -471,7 +471,7 @@ def _rollups_apply(deltas: dict[RollupKey, Any], tallies: dict[RollupKey, dict[s
 
 
 _TALLIES = ("id_batches", "sketch_uploads", "gateway_flushes", "ids_received")
-_update_sql: dict[tuple[type[models.Model], tuple[str, ...]], str] = {}
+_update_sql: dict[tuple[type[models.Model], tuple[str, ...], str], str] = {}
 
 
 def _update_rows(model: type[models.Model], field_names: list[str], rows: list[list[Any]]) -> None:
@@ -486,13 +486,13 @@ def _update_rows(model: type[models.Model], field_names: list[str], rows: list[l
     if not rows:
         return
     fields = [model._meta.get_field(name) for name in field_names]
-    sql = _update_sql.get((model, tuple(field_names)))
+    sql = _update_sql.get((model, tuple(field_names), connection.vendor))
     if sql is None:
         query = UpdateQuery(model)
         query.add_update_fields([(field, None, rows[0][i]) for i, field in enumerate(fields)])
         query.add_q(Q(pk=rows[0][-1]))
         sql, _params = query.get_compiler(connection=connection).as_sql()
-        _update_sql[(model, tuple(field_names))] = sql
+        _update_sql[(model, tuple(field_names), connection.vendor)] = sql
     pk = model._meta.pk
     params = [[field.get_db_prep_save(value, connection=connection) for field, value in zip(fields, row)]
               + [pk.get_db_prep_value(row[-1], connection)] for row in rows]
@@ -507,7 +507,7 @@ def _update_rows(model: type[models.Model], field_names: list[str], rows: list[l
 def rollups_settle(*, limit: int = 1000, today: dt.date | None = None) -> int:
     """Re-encode rollups of settled periods that are still HLL_8 as HLL_4 (half the bytes). Returns how many.
 
-    Beat runs it daily. Each row is re-read under its lock in its own short transaction, so it never waits
+    Beat runs it every 6 hours (governance.tasks.settle_rollups). Each row is re-read under its lock in its own short transaction, so it never waits
     behind or blocks a compaction for longer than one row, and a compaction that folded activity into the
     row meanwhile is kept.
     """
