@@ -37,8 +37,12 @@ def _cache_is_shared() -> bool:
     return not backend.endswith(("LocMemCache", "DummyCache"))
 
 
-def request_run(name: str, enqueue: Callable[[], Any]) -> None:
+def request_run(name: str, enqueue: Callable[[], Any], *, urgent: bool = False) -> None:
     """Producer side: mark ``name`` dirty and queue its task unless one is queued or running.
+
+    ``urgent``: a task that is already looping goes round again at once rather than after its
+    ``min_interval`` (a Meta grant must reach the gateway within seconds even while activity keeps the
+    group's evaluation busy).
 
     Never raises: it runs after the producer's transaction committed (``on_commit``), so an exception here
     would answer 500 for work that is already durable.
@@ -50,6 +54,8 @@ def request_run(name: str, enqueue: Callable[[], Any]) -> None:
             logger.exception("could not queue %s; beat will pick the work up", name)
         return
     try:
+        if urgent:  # before the dirty flag: a task that sees the change also sees that it is urgent
+            cache.set(f"debounce:{name}:urgent", 1, timeout=CLAIM_SECONDS)
         cache.set(f"debounce:{name}:dirty", 1, timeout=CLAIM_SECONDS)
         if not cache.add(f"debounce:{name}:claim", 1, timeout=CLAIM_SECONDS):
             return
@@ -81,12 +87,12 @@ class _Signals:
     def _reset(self) -> None:
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._pending: dict[str, Callable[[], Any]] = {}
+        self._pending: dict[str, tuple[Callable[[], Any], bool]] = {}
         self._thread: threading.Thread | None = None
 
-    def submit(self, name: str, enqueue: Callable[[], Any]) -> None:
+    def submit(self, name: str, enqueue: Callable[[], Any], urgent: bool = False) -> None:
         with self._lock:
-            self._pending[name] = enqueue
+            self._pending[name] = (enqueue, urgent or self._pending.get(name, (None, False))[1])
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="debounce-signals", daemon=True)
                 self._thread.start()
@@ -106,23 +112,23 @@ class _Signals:
     def flush(self) -> None:
         with self._lock:
             batch, self._pending = self._pending, {}
-        for name, enqueue in batch.items():
-            request_run(name, enqueue)
+        for name, (enqueue, urgent) in batch.items():
+            request_run(name, enqueue, urgent=urgent)
 
 
 _signals = _Signals()
 atexit.register(_signals.flush)  # a clean shutdown sends what is still waiting
 
 
-def request_run_soon(name: str, enqueue: Callable[[], Any]) -> None:
+def request_run_soon(name: str, enqueue: Callable[[], Any], *, urgent: bool = False) -> None:
     """``request_run`` without waiting: the flags are raised from a background thread within milliseconds.
     With tasks run eagerly (tests) or without a shared cache, it is ``request_run`` itself."""
     from config.celery import app
 
     if not _cache_is_shared() or app.conf.task_always_eager:
-        request_run(name, enqueue)
+        request_run(name, enqueue, urgent=urgent)
     else:
-        _signals.submit(name, enqueue)
+        _signals.submit(name, enqueue, urgent)
 
 
 def run_until_clean(name: str, work: Callable[[], Any], *, min_interval: float = 0.0, max_seconds: float = 50.0
@@ -132,18 +138,19 @@ def run_until_clean(name: str, work: Callable[[], Any], *, min_interval: float =
     ``min_interval`` spaces repeated runs under sustained changes (an expensive evaluation need not run
     back to back); the first run is immediate.
     """
-    dirty, claim = f"debounce:{name}:dirty", f"debounce:{name}:claim"
+    dirty, claim, urgent = f"debounce:{name}:dirty", f"debounce:{name}:claim", f"debounce:{name}:urgent"
     started, runs = time.monotonic(), 0
     cache.set(claim, 1, timeout=CLAIM_SECONDS)  # also when queued by beat, so producers do not pile up
     while True:
-        cache.delete(dirty)
+        cache.delete_many([dirty, urgent])
         begun = time.monotonic()
         work()
         runs += 1
         if time.monotonic() - started > max_seconds:
             break
         if cache.get(dirty):
-            time.sleep(max(0.0, min_interval - (time.monotonic() - begun)))
+            if not cache.get(urgent):
+                time.sleep(max(0.0, min_interval - (time.monotonic() - begun)))
             continue
         cache.delete(claim)
         # A change that landed after the check above found the claim still held and queued nothing:

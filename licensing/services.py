@@ -307,7 +307,9 @@ def grant_record(
 def _evaluation_schedule(group_id: int) -> None:
     from governance.services.evaluation import evaluation_schedule  # governance builds on licensing
 
-    evaluation_schedule(group_id=group_id)
+    # Urgent: the gateway must serve (or stop serving) within seconds of a grant, even while activity keeps
+    # an evaluation of the group looping at its 5-second spacing.
+    evaluation_schedule(group_id=group_id, urgent=True)
 
 
 # --- members ------------------------------------------------------------------------------------------------

@@ -464,9 +464,12 @@ def access_check(*, organisation: Organisation, licence_version: LicenceVersion,
 
 # --- scheduling ---------------------------------------------------------------------------------------------
 
-def evaluation_schedule(*, group_id: int) -> None:
-    """Evaluate a group soon after new activity: one task for a burst (see governance/debounce.py)."""
+def evaluation_schedule(*, group_id: int, urgent: bool = False) -> None:
+    """Evaluate a group soon after new activity: one task for a burst (see governance/debounce.py).
+
+    ``urgent`` for a change that is not activity (a grant): an evaluation already looping under sustained
+    activity goes round again at once instead of after its 5-second spacing."""
     from governance.debounce import request_run_soon
     from governance.tasks import evaluate_group
 
-    request_run_soon(f"evaluation:{group_id}", lambda: evaluate_group.delay(group_id))
+    request_run_soon(f"evaluation:{group_id}", lambda: evaluate_group.delay(group_id), urgent=urgent)

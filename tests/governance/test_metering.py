@@ -350,6 +350,29 @@ def test_a_burst_of_batches_queues_one_compaction_and_none_is_left_behind(monkey
     assert queued == [1, 1]
 
 
+def test_an_urgent_change_skips_the_spacing_of_a_looping_task(monkeypatch) -> None:
+    """Under sustained activity a task goes round at most every ``min_interval``; a change marked urgent (a
+    grant, which the gateway must honour within seconds) makes it go round at once."""
+    import time
+
+    from governance import debounce
+    from governance.debounce import request_run, run_until_clean
+
+    monkeypatch.setattr(debounce, "_cache_is_shared", lambda: True)
+    cache.clear()
+    for urgent, at_least, at_most in ((False, 0.4, 5.0), (True, 0.0, 0.3)):
+        runs: list[float] = []
+
+        def work() -> None:
+            runs.append(time.monotonic())
+            if len(runs) == 1:
+                request_run("test-urgent", lambda: None, urgent=urgent)  # arrives while the task runs
+
+        assert run_until_clean("test-urgent", work, min_interval=0.4) == 2
+        assert at_least <= runs[1] - runs[0] <= at_most, (urgent, runs)
+        assert not cache.get("debounce:test-urgent:urgent")
+
+
 def test_the_hot_path_hands_its_signals_to_one_background_thread(monkeypatch) -> None:
     """request_run_soon returns without touching the cache; a burst from many threads queues one task, from
     the process's signal thread, within milliseconds, and a change after the task finished queues again."""
@@ -367,8 +390,8 @@ def test_the_hot_path_hands_its_signals_to_one_background_thread(monkeypatch) ->
     callers: list[str] = []
     real_request_run = debounce.request_run
     monkeypatch.setattr(debounce, "request_run",
-                        lambda name, enqueue: callers.append(threading.current_thread().name)
-                        or real_request_run(name, enqueue))
+                        lambda name, enqueue, urgent=False: callers.append(threading.current_thread().name)
+                        or real_request_run(name, enqueue, urgent=urgent))
 
     def enqueue() -> None:
         queued.append(threading.current_thread().name)
