@@ -1,0 +1,97 @@
+"""Input a tenant controls must get a 4xx naming the rule, never a 500 (docs/reliability.md, "Security").
+
+Bodies nested too deeply or of another JSON type than the object every operation takes, lookups their field
+cannot hold, query parameters of the wrong type. The operations come from the served schema, so a new one is
+covered without a change here.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from django.contrib.auth import get_user_model
+from drf_spectacular.generators import SchemaGenerator
+from rest_framework.test import APIClient
+
+from config.parsers import TOO_DEEP
+from tests.inference.gateway_support import ThreadServer
+from tests.security.test_authorization import API_OBJECTS
+from tests.security.world import Tenant, build_tenant
+
+pytestmark = pytest.mark.django_db
+
+DEEP = "[" * 1025 + "]" * 1025
+DEEP_IN_A_FIELD = '{"name": ' + "[" * 1025 + "]" * 1025 + "}"
+NOT_OBJECTS = {"false": "a boolean", "null": "null", "1": "a number", '"x"': "a string", "[]": "an array"}
+
+
+def operations_with_a_body() -> list[tuple[str, str]]:
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    return [(method.upper(), path) for path, item in schema["paths"].items() for method, operation in item.items()
+            if "requestBody" in operation]
+
+
+def clients(tenant: Tenant) -> tuple[APIClient, APIClient]:
+    """The tenant's all-scope key, and a Corral staff member signed in (the pool and grants are staff-only)."""
+    key = APIClient()
+    key.credentials(HTTP_AUTHORIZATION=f"Bearer {tenant.admin_key}")
+    staff = APIClient()
+    staff.force_login(get_user_model().objects.create_user(username="staff", password="x", is_staff=True))
+    return key, staff
+
+
+def url_of(path: str, tenant: Tenant) -> str:
+    kind = API_OBJECTS.get(path.removeprefix("/api/v1/").rsplit("/{id}/", 1)[0], "")
+    return path.replace("{id}", str(tenant.objects[kind].pk)) if "{id}" in path else path
+
+
+@pytest.fixture
+def tenant() -> Tenant:
+    return build_tenant("Alpha")
+
+
+def test_it_refuses_json_nested_1025_deep_on_every_operation_with_a_400(tenant: Tenant) -> None:
+    """Was a 500 (RecursionError in the standard library's parser, after orjson refused the body)."""
+    key, staff = clients(tenant)
+    answers = {}
+    for method, path in operations_with_a_body():
+        client = staff if path.startswith(("/api/v1/pool/", "/api/v1/grants/")) else key
+        for body in (DEEP, DEEP_IN_A_FIELD):
+            response = client.generic(method, url_of(path, tenant), body, content_type="application/json")
+            answers[f"{method} {path} {body[:9]}"] = (response.status_code, response.json())
+    assert len(answers) >= 2 * 27
+    assert {k: a for k, a in answers.items() if a != (400, {"detail": TOO_DEEP})} == {}
+
+
+@pytest.mark.parametrize("body, says", NOT_OBJECTS.items())
+def test_it_refuses_a_body_that_is_not_a_json_object_on_every_operation_with_a_400(tenant: Tenant, body: str,
+                                                                                    says: str) -> None:
+    """PATCH /webhooks/{id}/ with `false`, `null` or `1` was a 500 (the view iterated over the body)."""
+    key, staff = clients(tenant)
+    answers = {}
+    for method, path in operations_with_a_body():
+        client = staff if path.startswith(("/api/v1/pool/", "/api/v1/grants/")) else key
+        response = client.generic(method, url_of(path, tenant), body, content_type="application/json")
+        answers[f"{method} {path}"] = (response.status_code, response.json())
+    expected = (400, {"detail": f"The request body must be a JSON object ({{...}}), not {says}."})
+    assert {k: a for k, a in answers.items() if a != expected} == {}
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_it_refuses_deep_json_on_the_asgi_paths_too(tenant: Tenant) -> None:
+    """The ingestion fast path and the gateway parse their bodies themselves, before Django."""
+    from config.asgi import application
+
+    headers = {"Authorization": f"Bearer {tenant.admin_key}", "Content-Type": "application/json"}
+    activity = f"/api/v1/products/{tenant.objects['product'].pk}/activity"
+    skipped_field = '{"day": "2026-12-01", "user_ids": ["a"], "extra": ' + "[" * 1025 + "]" * 1025 + "}"
+    with ThreadServer(application) as server:
+        for body in (DEEP, DEEP_IN_A_FIELD, skipped_field):
+            response = httpx.post(server.url + activity, content=body, headers=headers)
+            assert (response.status_code, response.json()) == (400, {"detail": TOO_DEEP}), body[:30]
+        response = httpx.post(server.url + activity, content="false", headers=headers)
+        assert response.status_code == 400
+        assert response.json() == {"detail": "The request body must be a JSON object ({...}), not a boolean."}
+        response = httpx.post(f"{server.url}/v1/chat/completions", content=DEEP_IN_A_FIELD, headers=headers)
+        assert response.status_code == 400
+        assert "recursion depth exceeded" in response.json()["error"]["message"]
