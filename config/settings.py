@@ -129,6 +129,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "config.exceptions.DatabaseUnavailableMiddleware",
+    "config.middleware.LookupMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"

@@ -7,6 +7,8 @@ covered without a change here.
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 from django.contrib.auth import get_user_model
@@ -95,3 +97,36 @@ def test_it_refuses_deep_json_on_the_asgi_paths_too(tenant: Tenant) -> None:
         response = httpx.post(f"{server.url}/v1/chat/completions", content=DEEP_IN_A_FIELD, headers=headers)
         assert response.status_code == 400
         assert "recursion depth exceeded" in response.json()["error"]["message"]
+
+
+# Values no lookup field can hold: NUL, not an integer, beyond a 64-bit column, longer than a slug column.
+BAD_LOOKUPS = {"{id}": ["1%00", "a%00b", "1.5", "abc", "99999999999999999999", "-99999999999999999999"],
+               "{slug}": ["a%00b", "llama-3.1%00", "a" * 201]}
+
+
+def test_it_answers_404_to_every_lookup_its_field_cannot_hold(tenant: Tenant, settings: Any) -> None:
+    """GET /api/v1/licences/a%00b/ was a 500 on PostgreSQL (DataError: NUL in a text comparison)."""
+    settings.DEBUG = False
+    key, staff = clients(tenant)
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    answers = {}
+    for path, item in schema["paths"].items():
+        for placeholder, values in BAD_LOOKUPS.items():
+            if placeholder not in path:
+                continue
+            client = staff if path.startswith("/api/v1/pool/") else key
+            for method in set(item) & {"get", "put", "patch", "delete", "post"}:
+                for value in values:
+                    url = path.replace(placeholder, value)
+                    response = client.generic(method.upper(), url, "{}", content_type="application/json")
+                    answers[f"{method} {url[:60]}"] = (response.status_code, response["Content-Type"])
+    assert len(answers) > 300
+    assert {k: a for k, a in answers.items() if a != (404, "application/json")} == {}
+
+
+def test_it_answers_a_lookup_it_cannot_hold_like_a_url_no_route_matches(tenant: Tenant, settings: Any) -> None:
+    settings.DEBUG = False
+    key, _ = clients(tenant)
+    for url in ("/api/v1/licences/a%00b/", "/api/v1/products/abc/", "/api/v1/products/1.5/"):
+        assert key.get(url).json() == {"detail": "Not found."}, url
+    assert key.get("/api/v1/licences/llama-3.1/").status_code == 200  # a dot is no slug's, but this one's
