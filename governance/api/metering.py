@@ -152,8 +152,8 @@ class MauActions:
         """Distinct users in a calendar month (``month``) or a rolling window ending on ``ending``."""
         scope = self.get_object()
         ending = _parse_day("ending", request.query_params.get("ending"), required=False)
+        days = _parse_window(request.query_params.get("days"))  # checked with a month too: the schema types it
         if ending is not None:
-            days = _parse_window(request.query_params.get("days"))
             return Response(selectors.mau_rolling(scope=scope, ending=ending, days=days).as_dict())
         month = _parse_month(request.query_params.get("month"))
         return Response(selectors.mau_month(scope=scope, month=month).as_dict())

@@ -10,6 +10,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from config.filters import FilterSet, IntegerFilter
 from governance.api.tenancy import TenantViewSet
 from governance.principals import principal_of
 from inference import services
@@ -26,11 +27,11 @@ from inference.api.serializers import (
 from inference.models import GPU, Deployment, GatewayLimit, GpuQuota, Node, TokenUsage
 
 
-class UsageFilter(django_filters.FilterSet):
+class UsageFilter(FilterSet):
     day_from = django_filters.DateFilter(field_name="day", lookup_expr="gte")
     day_to = django_filters.DateFilter(field_name="day", lookup_expr="lte")
     model = django_filters.CharFilter(field_name="deployment__served_model_name")
-    product = django_filters.NumberFilter(field_name="deployment__product")
+    product = IntegerFilter(field_name="deployment__product")
 
     class Meta:
         model = TokenUsage

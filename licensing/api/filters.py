@@ -1,9 +1,10 @@
 import django_filters
 
+from config.filters import FilterSet
 from licensing.models import AffiliateGroup, LicenceAcceptance, LicenceVersion, MetaGrant, Organisation, Product
 
 
-class LicenceVersionFilter(django_filters.FilterSet):
+class LicenceVersionFilter(FilterSet):
     released_after = django_filters.DateFilter(field_name="release_date", lookup_expr="gte")
     released_before = django_filters.DateFilter(field_name="release_date", lookup_expr="lte")
 
@@ -12,7 +13,7 @@ class LicenceVersionFilter(django_filters.FilterSet):
         fields = ["slug", "date_ambiguous", "eu_multimodal_restriction"]
 
 
-class GroupFilter(django_filters.FilterSet):
+class GroupFilter(FilterSet):
     name = django_filters.CharFilter(lookup_expr="icontains")
 
     class Meta:
@@ -20,7 +21,7 @@ class GroupFilter(django_filters.FilterSet):
         fields = ["name"]
 
 
-class OrganisationFilter(django_filters.FilterSet):
+class OrganisationFilter(FilterSet):
     name = django_filters.CharFilter(lookup_expr="icontains")
 
     class Meta:
@@ -28,7 +29,7 @@ class OrganisationFilter(django_filters.FilterSet):
         fields = ["name", "status", "group"]
 
 
-class ProductFilter(django_filters.FilterSet):
+class ProductFilter(FilterSet):
     name = django_filters.CharFilter(lookup_expr="icontains")
     licence_version = django_filters.CharFilter(field_name="licence_version__slug")
     launched_after = django_filters.DateFilter(field_name="launch_date", lookup_expr="gte")
@@ -39,7 +40,7 @@ class ProductFilter(django_filters.FilterSet):
         fields = ["name", "status", "organisation", "licence_version"]
 
 
-class AcceptanceFilter(django_filters.FilterSet):
+class AcceptanceFilter(FilterSet):
     licence_version = django_filters.CharFilter(field_name="licence_version__slug")
     accepted_after = django_filters.IsoDateTimeFilter(field_name="accepted_at", lookup_expr="gte")
 
@@ -48,7 +49,7 @@ class AcceptanceFilter(django_filters.FilterSet):
         fields = ["organisation", "product", "licence_version", "aup_version"]
 
 
-class GrantFilter(django_filters.FilterSet):
+class GrantFilter(FilterSet):
     licence_version = django_filters.CharFilter(field_name="licence_versions__slug")
 
     class Meta:

@@ -130,3 +130,61 @@ def test_it_answers_a_lookup_it_cannot_hold_like_a_url_no_route_matches(tenant: 
     for url in ("/api/v1/licences/a%00b/", "/api/v1/products/abc/", "/api/v1/products/1.5/"):
         assert key.get(url).json() == {"detail": "Not found."}, url
     assert key.get("/api/v1/licences/llama-3.1/").status_code == 200  # a dot is no slug's, but this one's
+
+
+def query_parameters() -> dict[str, dict[str, dict[str, Any]]]:
+    """path -> name -> schema of every query parameter of a GET operation."""
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    return {path: {p["name"]: p["schema"] for p in item["get"].get("parameters", []) if p["in"] == "query"}
+            for path, item in schema["paths"].items() if "get" in item}
+
+
+def typed(schema: dict[str, Any]) -> bool:
+    """Whether the schema allows less than any string."""
+    return schema.get("type") != "string" or bool({"format", "enum"} & set(schema))
+
+
+def companion(name: str, schema: dict[str, Any]) -> str | None:
+    """A valid value of a parameter an operation needs besides the one under test (a month's MAU needs its
+    month, a daily series its first and last day)."""
+    if schema.get("format") == "date":
+        return "2026-11-01" if name != "to" else "2026-11-02"
+    return "2026-11" if name == "month" else None
+
+
+def test_it_refuses_a_query_parameter_that_is_not_of_its_schema_type_naming_it(tenant: Tenant) -> None:
+    """?page_size=null and ?revoked=null were accepted and ignored: the list came back unfiltered."""
+    key, staff = clients(tenant)
+    answers = {}
+    for path, parameters in query_parameters().items():
+        client = staff if path.startswith("/api/v1/pool/") else key
+        companions = {n: companion(n, s) for n, s in parameters.items() if companion(n, s) and n != "ending"}
+        for name, schema in parameters.items():
+            if not typed(schema):
+                continue
+            for value in ("null", "1.5" if schema.get("type") == "integer" else "x"):
+                response = client.get(url_of(path, tenant), companions | {name: value})
+                body = response.json() if response["Content-Type"] == "application/json" else {}
+                answers[f"{path}?{name}={value}"] = (response.status_code, name in body)
+    assert len(answers) > 100
+    assert {k: a for k, a in answers.items() if a != (400, True)} == {}
+
+
+@pytest.mark.parametrize("query, says", [
+    ("page_size=null", "A whole number is required."), ("page_size=0", "greater than or equal to 1"),
+    ("page_size=501", "less than or equal to 500"), ("page=null", "A whole number is required."),
+    ("page=last", "A whole number is required."), ("revoked=null", "Must be true or false."),
+])
+def test_it_names_the_rule_a_query_parameter_breaks(tenant: Tenant, query: str, says: str) -> None:
+    key, _ = clients(tenant)
+    response = key.get(f"/api/v1/grants/?{query}")
+    name = query.split("=")[0]
+    assert response.status_code == 400 and says in response.json()[name][0]
+
+
+def test_it_still_filters_and_pages_with_well_formed_values(tenant: Tenant) -> None:
+    key, _ = clients(tenant)
+    assert key.get("/api/v1/grants/?revoked=false&page=1&page_size=500").json()["count"] == 1
+    assert key.get("/api/v1/grants/?revoked=True").json()["count"] == 0
+    assert key.get("/api/v1/keys/?active=0").json()["count"] == 2  # the revoked and the expired key
+    assert key.get("/api/v1/grants/?page=2").status_code == 404  # past the last page, as DRF answers
