@@ -56,6 +56,20 @@ def test_revoking_takes_effect_at_once_and_twice_is_harmless(owner_org, client_f
     assert AuditEvent.objects.filter(action="api_key.revoked", object_id=str(victim_key.pk)).count() == 1
 
 
+def test_a_key_cannot_revoke_itself_but_another_admin_key_can(owner_org, client_for) -> None:
+    admin = client_for(owner_org, ["read", "admin"])
+    own_key = ApiKey.objects.get(prefix=admin.api_key.split(".")[0])
+    for response in (admin.post(f"/api/v1/keys/{own_key.pk}/revoke/"), admin.delete(f"/api/v1/keys/{own_key.pk}/")):
+        assert response.status_code == 409
+        assert response.json() == {"detail": "A key cannot revoke itself: revoke it with another key that has the "
+                                              "admin scope, or in the portal's key list."}
+    assert admin.get("/api/v1/products/").status_code == 200
+    assert not AuditEvent.objects.filter(action="api_key.revoked").exists()
+    other_admin = client_for(owner_org, ["read", "admin"])
+    assert other_admin.post(f"/api/v1/keys/{own_key.pk}/revoke/").json()["is_active"] is False
+    assert admin.get("/api/v1/products/").status_code == 401
+
+
 def test_an_outsider_cannot_see_or_revoke_another_tenants_key(owner_org, outsider_org, client_for) -> None:
     owner = client_for(owner_org, ["read", "admin"])
     owner_key = ApiKey.objects.get(prefix=owner.api_key.split(".")[0])
