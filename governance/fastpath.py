@@ -26,6 +26,7 @@ from rest_framework.exceptions import ParseError
 
 from config.exceptions import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
 from config.parsers import json_object_from
+from config.schema_types import body_type_errors
 from governance.sketches import INT64_MAX, INT64_MIN
 
 _ACTIVITY = re.compile(r"^/api/v1/products/([0-9]{1,18})/activity/?$")
@@ -95,6 +96,9 @@ def ingest_activity(product_id: int, headers: dict[bytes, bytes], body: bytes, p
             data = json_object_from(body)  # the DRF endpoint's parser: the same rules and messages
         except ParseError as exc:
             return _error(400, {"detail": str(exc.detail)})
+        wrong_types = body_type_errors(path, "POST", data)
+        if wrong_types:
+            return _error(400, wrong_types)
         errors: dict[str, list[str]] = {}
         day = None
         if "day" not in data:

@@ -7,6 +7,7 @@ covered without a change here.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -188,3 +189,62 @@ def test_it_still_filters_and_pages_with_well_formed_values(tenant: Tenant) -> N
     assert key.get("/api/v1/grants/?revoked=True").json()["count"] == 0
     assert key.get("/api/v1/keys/?active=0").json()["count"] == 2  # the revoked and the expired key
     assert key.get("/api/v1/grants/?page=2").status_code == 404  # past the last page, as DRF answers
+
+
+def request_properties() -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(method, path, field, schema) of every field of every JSON request body in the schema."""
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    components = schema["components"]["schemas"]
+    found = []
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            if "requestBody" not in operation:
+                continue
+            body = operation["requestBody"]["content"]["application/json"]["schema"]
+            for name, field in components[body["$ref"].rsplit("/", 1)[-1]]["properties"].items():
+                if {"type", "$ref", "oneOf", "allOf"} & set(field):  # else any JSON value (a node's labels)
+                    found.append((method.upper(), path, name, field))
+    return found
+
+
+def test_it_refuses_a_body_field_of_another_json_type_than_the_schema_says(tenant: Tenant) -> None:
+    """A declaration's evidence sent as 5, a policy's webhooks_enabled as "yes", a webhook's active as 1 were
+    accepted (DRF's fields coerce them): the fuzz's "schema-violating request accepted"."""
+    key, staff = clients(tenant)
+    answers = {}
+    for method, path, name, field in request_properties():
+        client = staff if path.startswith(("/api/v1/pool/", "/api/v1/grants/")) else key
+        wrong = "1" if field.get("type") in ("integer", "number", "boolean") else 1
+        response = client.generic(method, url_of(path, tenant), json.dumps({name: wrong}),
+                                  content_type="application/json")
+        says = response.json().get(name, [""])[0] if response.status_code == 400 else response.status_code
+        answers[f"{method} {path} {name}"] = says
+    assert len(answers) > 150
+    assert {k: says for k, says in answers.items() if "must be" not in str(says).lower()} == {}
+
+
+@pytest.mark.parametrize("method, path, body, says", [
+    ("post", "/api/v1/groups/{group}/declarations/", {"month": "2026-01", "mau": 5, "evidence": 5},
+     {"evidence": ["Must be a string, not an integer."]}),
+    ("patch", "/api/v1/groups/{group}/policy/", {"webhooks_enabled": "yes"},
+     {"webhooks_enabled": ["Must be a boolean, not a string."]}),
+    ("patch", "/api/v1/groups/{group}/policy/", {"levels": [0.5, "0.6"]},
+     {"levels": ["levels[1] must be a number, not a string."]}),
+    ("patch", "/api/v1/webhooks/{webhook}/", {"active": 1}, {"active": ["Must be a boolean, not an integer."]}),
+    ("post", "/api/v1/products/{product}/activity/", {"day": "2026-12-01", "user_ids": ["a", 1.5]},
+     {"user_ids": ["user_ids[1] must be a string or an integer, not a number."]}),
+])
+def test_it_names_the_field_and_the_type_the_schema_wants(tenant: Tenant, method: str, path: str, body: dict,
+                                                           says: dict) -> None:
+    key, _ = clients(tenant)
+    url = path.format(**{kind: tenant.objects[kind].pk for kind in ("group", "webhook", "product")})
+    response = getattr(key, method)(url, json.dumps(body), content_type="application/json")
+    assert (response.status_code, response.json()) == (400, says)
+
+
+def test_it_accepts_the_types_the_schema_says(tenant: Tenant) -> None:
+    key, _ = clients(tenant)
+    group = tenant.objects["group"].pk
+    response = key.patch(f"/api/v1/groups/{group}/policy/", {"webhooks_enabled": False, "levels": [0.5, 1 / 3],
+                                                             "grace_days": 3}, format="json")
+    assert response.status_code == 200 and response.json()["webhooks_enabled"] is False
