@@ -1,13 +1,17 @@
 """Filtering for the REST API: django-filter, refusing a query parameter the schema types when its value is not
 of that type, so the schema and the API agree (a 400 naming the parameter, never a filter silently dropped).
 
-django-filter already refuses a malformed number, date, choice or id; its boolean filter turned anything but
-true/false/1/0 (``?revoked=null``) into "no filter". Every FilterSet of the API derives from ``FilterSet``
-here, and ``FilterBackend`` builds the ones views declare with ``filterset_fields`` from it too.
+django-filter already refuses a malformed number, choice or id; its boolean filter turned anything but
+true/false/1/0 (``?revoked=null``) into "no filter", and its date filters read any format Django knows
+(15/01/2026, a time without an offset) where the schema says ISO 8601 / RFC 3339. Every FilterSet of the API
+derives from ``FilterSet`` here, and ``FilterBackend`` builds the ones views declare with ``filterset_fields``
+from it too.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from typing import Any
 
 from django import forms
@@ -15,6 +19,10 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django_filters import filters
 from django_filters import rest_framework as django_filters
+
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+                        r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
 
 
 class StrictBooleanField(forms.NullBooleanField):
@@ -40,6 +48,43 @@ class BooleanFilter(filters.BooleanFilter):
     field_class = StrictBooleanField
 
 
+class IsoDateField(forms.DateField):
+    """YYYY-MM-DD, as the schema's ``format: date`` says (Django's date field also reads 15/01/2026 and more)."""
+
+    def to_python(self, value: Any) -> dt.date | None:
+        if value in self.empty_values:
+            return None
+        if isinstance(value, str) and _DATE.fullmatch(value):
+            try:
+                return dt.date.fromisoformat(value)
+            except ValueError:
+                pass
+        raise ValidationError("Enter a date as YYYY-MM-DD.", code="invalid")
+
+
+class DateFilter(filters.DateFilter):
+    field_class = IsoDateField
+
+
+class Rfc3339DateTimeField(forms.DateTimeField):
+    """A date, a time and its offset (2026-12-05T10:00:00Z), as the schema's ``format: date-time`` says: a time
+    without an offset would be read in the server's time zone."""
+
+    def to_python(self, value: Any) -> dt.datetime | None:
+        if value in self.empty_values:
+            return None
+        if isinstance(value, str) and _DATE_TIME.fullmatch(value):
+            try:
+                return dt.datetime.fromisoformat(value.upper())
+            except ValueError:
+                pass
+        raise ValidationError("Enter a date and time with its offset, as 2026-12-05T10:00:00Z.", code="invalid")
+
+
+class DateTimeFilter(filters.IsoDateTimeFilter):
+    field_class = Rfc3339DateTimeField
+
+
 class IntegerFilter(filters.NumberFilter):
     """An id or a count: django-filter's NumberFilter takes any decimal (``?product=1.5``)."""
 
@@ -50,6 +95,8 @@ class FilterSet(django_filters.FilterSet):
     FILTER_DEFAULTS = {
         **django_filters.FilterSet.FILTER_DEFAULTS,
         models.BooleanField: {"filter_class": BooleanFilter},
+        models.DateField: {"filter_class": DateFilter},
+        models.DateTimeField: {"filter_class": DateTimeFilter},
     }
 
 

@@ -10,7 +10,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.filters import FilterSet, IntegerFilter
+from config.filters import DateFilter, FilterSet, IntegerFilter
 from governance.api.tenancy import TenantViewSet
 from governance.principals import principal_of
 from inference import services
@@ -28,8 +28,8 @@ from inference.models import GPU, Deployment, GatewayLimit, GpuQuota, Node, Toke
 
 
 class UsageFilter(FilterSet):
-    day_from = django_filters.DateFilter(field_name="day", lookup_expr="gte")
-    day_to = django_filters.DateFilter(field_name="day", lookup_expr="lte")
+    day_from = DateFilter(field_name="day", lookup_expr="gte")
+    day_to = DateFilter(field_name="day", lookup_expr="lte")
     model = django_filters.CharFilter(field_name="deployment__served_model_name")
     product = IntegerFilter(field_name="deployment__product")
 

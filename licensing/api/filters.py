@@ -1,12 +1,12 @@
 import django_filters
 
-from config.filters import FilterSet
+from config.filters import DateFilter, DateTimeFilter, FilterSet
 from licensing.models import AffiliateGroup, LicenceAcceptance, LicenceVersion, MetaGrant, Organisation, Product
 
 
 class LicenceVersionFilter(FilterSet):
-    released_after = django_filters.DateFilter(field_name="release_date", lookup_expr="gte")
-    released_before = django_filters.DateFilter(field_name="release_date", lookup_expr="lte")
+    released_after = DateFilter(field_name="release_date", lookup_expr="gte")
+    released_before = DateFilter(field_name="release_date", lookup_expr="lte")
 
     class Meta:
         model = LicenceVersion
@@ -32,8 +32,8 @@ class OrganisationFilter(FilterSet):
 class ProductFilter(FilterSet):
     name = django_filters.CharFilter(lookup_expr="icontains")
     licence_version = django_filters.CharFilter(field_name="licence_version__slug")
-    launched_after = django_filters.DateFilter(field_name="launch_date", lookup_expr="gte")
-    launched_before = django_filters.DateFilter(field_name="launch_date", lookup_expr="lte")
+    launched_after = DateFilter(field_name="launch_date", lookup_expr="gte")
+    launched_before = DateFilter(field_name="launch_date", lookup_expr="lte")
 
     class Meta:
         model = Product
@@ -42,7 +42,7 @@ class ProductFilter(FilterSet):
 
 class AcceptanceFilter(FilterSet):
     licence_version = django_filters.CharFilter(field_name="licence_version__slug")
-    accepted_after = django_filters.IsoDateTimeFilter(field_name="accepted_at", lookup_expr="gte")
+    accepted_after = DateTimeFilter(field_name="accepted_at", lookup_expr="gte")
 
     class Meta:
         model = LicenceAcceptance

@@ -248,3 +248,24 @@ def test_it_accepts_the_types_the_schema_says(tenant: Tenant) -> None:
     response = key.patch(f"/api/v1/groups/{group}/policy/", {"webhooks_enabled": False, "levels": [0.5, 1 / 3],
                                                              "grace_days": 3}, format="json")
     assert response.status_code == 200 and response.json()["webhooks_enabled"] is False
+
+
+@pytest.mark.parametrize("query", ["/api/v1/licences/?released_before=15/01/2026",
+                                   "/api/v1/licences/?released_before=2026-1-5",
+                                   "/api/v1/usage/?day_from=20261101",
+                                   "/api/v1/alerts/?month=2026-11",
+                                   "/api/v1/acceptances/?accepted_after=2026-12-05T10:00:00",
+                                   "/api/v1/acceptances/?accepted_after=2026-12-05 10:00:00Z"])
+def test_it_reads_dates_only_as_the_schema_writes_them(tenant: Tenant, query: str) -> None:
+    """Django's date fields also read 15/01/2026 and a time without an offset: the schema's formats are
+    ISO 8601's YYYY-MM-DD and RFC 3339's date-time."""
+    key, _ = clients(tenant)
+    response = key.get(query)
+    assert response.status_code == 400 and query.split("?")[1].split("=")[0] in response.json()
+
+
+def test_it_still_filters_by_well_formed_dates(tenant: Tenant) -> None:
+    key, _ = clients(tenant)
+    assert key.get("/api/v1/licences/?released_before=2023-07-19").json()["count"] == 1  # Llama 2
+    assert key.get("/api/v1/acceptances/?accepted_after=2000-01-01T00:00:00Z").json()["count"] == 1
+    assert key.get("/api/v1/acceptances/?accepted_after=2999-01-01T00:00:00%2B01:00").json()["count"] == 0
