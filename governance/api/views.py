@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status
 from rest_framework.decorators import action
@@ -25,6 +26,9 @@ class ApiKeyViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMi
     filterset_class = ApiKeyFilter
     write_scope = Scope.ADMIN
     ordering_fields = ["created_at", "last_used_at"]
+
+    def scope_queryset(self, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(deleted_at__isnull=True)
 
     @extend_schema(request=ApiKeyCreateSerializer, responses={201: ApiKeyCreatedSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -59,8 +63,10 @@ class ApiKeyViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMi
 
     @extend_schema(request=None, responses={204: None})
     def destroy(self, request: Request, pk: str | None = None) -> Response:
-        """Same as revoke: the record stays, for the audit trail."""
-        services.api_key_revoke(api_key=self.key_to_revoke(), revoked_by=self.principal.label)
+        """Revoke the key and take it out of the API: its URL then answers 404 and it is no longer listed. The
+        record stays, for the audit trail (the portal's key list shows it revoked). A key cannot delete
+        itself (409)."""
+        services.api_key_delete(api_key=self.key_to_revoke(), deleted_by=self.principal.label)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     def key_to_revoke(self) -> ApiKey:
