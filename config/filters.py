@@ -25,8 +25,19 @@ _DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{
                         r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
 
 
+def iso_date(value: object) -> dt.date | None:
+    """``value`` as a date when it is one written YYYY-MM-DD (the schema's ``format: date``), else None. Python's
+    ``date.fromisoformat`` alone also reads 20261101 and 2026-W48-1."""
+    if not isinstance(value, str) or not _DATE.fullmatch(value):
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        return None
+
+
 class StrictBooleanField(forms.NullBooleanField):
-    """true or false (and 1 or 0, as django-filter reads them), in any case; absent or empty is no filter."""
+    """true or false (and 1 or 0, as django-filter reads them), in any case; absent is no filter."""
 
     widget = forms.TextInput  # the raw value: NullBooleanField's own widget reads anything else as "unknown"
 
@@ -54,12 +65,10 @@ class IsoDateField(forms.DateField):
     def to_python(self, value: Any) -> dt.date | None:
         if value in self.empty_values:
             return None
-        if isinstance(value, str) and _DATE.fullmatch(value):
-            try:
-                return dt.date.fromisoformat(value)
-            except ValueError:
-                pass
-        raise ValidationError("Enter a date as YYYY-MM-DD.", code="invalid")
+        day = iso_date(value)
+        if day is None:
+            raise ValidationError("Enter a date as YYYY-MM-DD.", code="invalid")
+        return day
 
 
 class DateFilter(filters.DateFilter):
@@ -98,6 +107,17 @@ class FilterSet(django_filters.FilterSet):
         models.DateField: {"filter_class": DateFilter},
         models.DateTimeField: {"filter_class": DateTimeFilter},
     }
+
+    def is_valid(self) -> bool:
+        """django-filter reads an empty value as an absent one (an HTML form sends every field); here a
+        parameter that is given needs a value of its type: ``?released_before=`` is no date. An empty text
+        filter (``?name=``) is still no filter: the empty string is a string."""
+        valid = super().is_valid()
+        for name, declared in self.filters.items():
+            if self.data.get(name) == "" and not isinstance(declared.field, forms.CharField):
+                self.form.add_error(name, "A value is required when the parameter is given.")
+                valid = False
+        return valid
 
 
 class FilterBackend(django_filters.DjangoFilterBackend):

@@ -15,6 +15,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from config.filters import iso_date
 from governance import selectors
 from governance.api.tenancy import GroupTenancy, TenantViewSet
 from governance.models import Scope
@@ -108,14 +109,13 @@ def _parse_month(value: str | None) -> dt.date:
 
 
 def _parse_day(name: str, value: str | None, *, required: bool = True) -> dt.date | None:
-    if not value:
+    if value is None or (value == "" and required):  # given but empty is no day (the schema says a date)
         if required:
             raise ValidationError({name: ["Required, as YYYY-MM-DD."]})
         return None
-    try:
-        day = dt.date.fromisoformat(value)
-    except ValueError as exc:
-        raise ValidationError({name: [f"{value!r} is not a day as YYYY-MM-DD."]}) from exc
+    day = iso_date(value)
+    if day is None:
+        raise ValidationError({name: [f"{value!r} is not a day as YYYY-MM-DD."]})
     return _in_range(name, day)
 
 

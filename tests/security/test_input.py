@@ -269,3 +269,40 @@ def test_it_still_filters_by_well_formed_dates(tenant: Tenant) -> None:
     assert key.get("/api/v1/licences/?released_before=2023-07-19").json()["count"] == 1  # Llama 2
     assert key.get("/api/v1/acceptances/?accepted_after=2000-01-01T00:00:00Z").json()["count"] == 1
     assert key.get("/api/v1/acceptances/?accepted_after=2999-01-01T00:00:00%2B01:00").json()["count"] == 0
+
+
+def test_it_refuses_an_empty_value_for_a_typed_query_parameter(tenant: Tenant) -> None:
+    """?released_before= was read as no filter, ?ending= as no window: an empty value is no date."""
+    key, staff = clients(tenant)
+    answers = {}
+    for path, parameters in query_parameters().items():
+        client = staff if path.startswith("/api/v1/pool/") else key
+        companions = {n: companion(n, s) for n, s in parameters.items() if companion(n, s) and n != "ending"}
+        for name, schema in parameters.items():
+            if typed(schema):
+                response = client.get(url_of(path, tenant), companions | {name: ""})
+                answers[f"{path}?{name}="] = (response.status_code, name in response.json())
+    assert len(answers) > 50
+    assert {k: a for k, a in answers.items() if a != (400, True)} == {}
+    assert key.get("/api/v1/products/?name=").json()["count"] == 1  # an empty string is a string
+
+
+@pytest.mark.parametrize("value", ["20261101", "2026-W48-1", "2026-11-1"])
+def test_it_reads_a_metering_day_only_as_yyyy_mm_dd(tenant: Tenant, value: str) -> None:
+    key, _ = clients(tenant)
+    response = key.get(f"/api/v1/groups/{tenant.objects['group'].pk}/mau/", {"ending": value})
+    assert response.status_code == 400 and response.json() == {"ending": [f"{value!r} is not a day as YYYY-MM-DD."]}
+
+
+@pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=x", "application/x-www-form-urlencoded"])
+def test_it_takes_json_bodies_only_as_the_schema_says(tenant: Tenant, content_type: str) -> None:
+    """A form has no types ("0" is a boolean and a number alike): the fuzz's webhooks_enabled=0 and active=0
+    in multipart bodies were read as false. Forms are refused; the schema lists JSON alone."""
+    key, _ = clients(tenant)
+    multipart = '--x\r\nContent-Disposition: form-data; name="active"\r\n\r\n0\r\n--x--\r\n'
+    body = multipart if "multipart" in content_type else "active=0"
+    response = key.patch(f"/api/v1/webhooks/{tenant.objects['webhook'].pk}/", body, content_type=content_type)
+    assert response.status_code == 415
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    assert {media for item in schema["paths"].values() for operation in item.values()
+            for media in operation.get("requestBody", {}).get("content", {})} == {"application/json"}
