@@ -73,6 +73,19 @@ class DeploymentViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveMod
     serializer_class = DeploymentSerializer
     filterset_fields = ["state", "product", "device", "deleted"]
 
+    def scope_queryset(self, queryset: Any) -> Any:
+        # A deleted deployment leaves its URL at once (404, as DELETE promises), while its replicas drain;
+        # the list shows its teardown and its history (?deleted=true).
+        return queryset.filter(deleted=False) if self.detail else queryset
+
+    @extend_schema(request=None, responses={202: DeploymentSerializer})
+    def destroy(self, request: Request, pk: str | None = None) -> Response:
+        """Delete the deployment: its replicas drain and stop (the answer is 202, the deployment ``draining``).
+        Its URL answers 404 from now on; ``GET /deployments/?deleted=true`` shows it until and after it stops."""
+        deployment = services.deployment_delete(deployment=self.get_object(), actor=self.principal.label)
+        return Response(DeploymentSerializer(deployment, context=self.get_serializer_context()).data,
+                        status=status.HTTP_202_ACCEPTED)
+
     def perform_create(self, serializer: DeploymentSerializer) -> None:
         serializer.instance = services.deployment_request(created_by=self.principal.label, **serializer.validated_data)
 
@@ -84,12 +97,6 @@ class DeploymentViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveMod
         deployment = services.deployment_scale(deployment=self.get_object(), replicas=form.validated_data["replicas"],
                                                actor=self.principal.label)
         return Response(DeploymentSerializer(deployment, context=self.get_serializer_context()).data)
-
-    @extend_schema(request=None, responses={202: DeploymentSerializer})
-    def destroy(self, request: Request, pk: str | None = None) -> Response:
-        deployment = services.deployment_delete(deployment=self.get_object(), actor=self.principal.label)
-        return Response(DeploymentSerializer(deployment, context=self.get_serializer_context()).data,
-                        status=status.HTTP_202_ACCEPTED)
 
 
 class IsStaffSession(permissions.BasePermission):
