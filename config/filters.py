@@ -84,9 +84,12 @@ class Rfc3339DateTimeField(forms.DateTimeField):
             return None
         if isinstance(value, str) and _DATE_TIME.fullmatch(value):
             try:
-                return dt.datetime.fromisoformat(value.upper())
+                # In UTC: PostgreSQL refuses offsets beyond 15:59 (RFC 3339 allows up to 23:59), a 500.
+                return dt.datetime.fromisoformat(value.upper()).astimezone(dt.UTC)
             except ValueError:
                 pass
+            except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0
+                raise ValidationError("Enter a date and time between the years 1 and 9999.", code="invalid") from None
         raise ValidationError("Enter a date and time with its offset, as 2026-12-05T10:00:00Z.", code="invalid")
 
 

@@ -264,6 +264,19 @@ def test_it_reads_dates_only_as_the_schema_writes_them(tenant: Tenant, query: st
     assert response.status_code == 400 and query.split("?")[1].split("=")[0] in response.json()
 
 
+@pytest.mark.parametrize("value, status", [("0147-01-16T18:35:19.798540-21:45", 200),
+                                           ("2026-12-05T10:00:00+23:59", 200),
+                                           ("0001-01-01T00:00:00+01:00", 400), ("9999-12-31T23:59:59-01:00", 400)])
+def test_it_reads_any_rfc_3339_offset_in_a_date_time(tenant: Tenant, value: str, status: int) -> None:
+    """An offset of -21:45 (RFC 3339 allows up to 23:59) was a 500 on PostgreSQL, which allows up to 15:59:
+    the fuzz's one server error. A moment outside years 1 to 9999 once in UTC is a 400."""
+    key, _ = clients(tenant)
+    response = key.get("/api/v1/acceptances/", {"accepted_after": value})
+    assert response.status_code == status, response.content
+    if status == 400:
+        assert response.json() == {"accepted_after": ["Enter a date and time between the years 1 and 9999."]}
+
+
 def test_it_still_filters_by_well_formed_dates(tenant: Tenant) -> None:
     key, _ = clients(tenant)
     assert key.get("/api/v1/licences/?released_before=2023-07-19").json()["count"] == 1  # Llama 2
