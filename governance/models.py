@@ -230,6 +230,34 @@ class DeclaredFigure(models.Model):
         super().save(*args, **kwargs)
 
 
+class DeclarationProposal(models.Model):
+    """A figure an organisation of a group proposes to declare; it counts only once a group admin confirms it
+    (``declared_figure`` is then the ``DeclaredFigure`` it became)."""
+
+    class Status(models.TextChoices):
+        PROPOSED = "proposed", "Proposed"
+        CONFIRMED = "confirmed", "Confirmed"
+        REJECTED = "rejected", "Rejected"
+
+    group = models.ForeignKey(AffiliateGroup, on_delete=models.PROTECT, related_name="declaration_proposals")
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="+",
+                                     help_text="The proposing organisation")
+    month = models.DateField(help_text="First day of the month")
+    mau = models.BigIntegerField()
+    evidence = models.TextField()
+    proposed_by = models.CharField(max_length=200)
+    proposed_at = models.DateTimeField(auto_now_add=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PROPOSED)
+    decided_by = models.CharField(max_length=200, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_note = models.TextField(blank=True)
+    declared_figure = models.OneToOneField(DeclaredFigure, on_delete=models.PROTECT, null=True, blank=True,
+                                           related_name="proposal")
+
+    class Meta:
+        ordering = ["-proposed_at", "-id"]
+
+
 class ComplianceStatus(models.Model):
     """The current status of a group for a licence version under one rule, with what produced it."""
 

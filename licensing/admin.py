@@ -5,6 +5,7 @@ from governance.audit import audit_record
 from licensing.models import (
     AffiliateGroup,
     BaseModel,
+    GroupAdmin,
     LicenceAcceptance,
     LicenceVersion,
     Membership,
@@ -41,12 +42,25 @@ class OrganisationInline(admin.TabularInline):
     show_change_link = True
 
 
+class GroupAdminInline(admin.TabularInline):
+    model = GroupAdmin
+    extra = 0
+    autocomplete_fields = ["user"]
+    readonly_fields = ["appointed_by", "appointed_at"]
+
+
 @admin.register(AffiliateGroup)
 class AffiliateGroupAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "created_at"]
+    list_display = ["name", "slug", "managing_organisation", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
-    inlines = [OrganisationInline]
+    inlines = [OrganisationInline, GroupAdminInline]
+
+    def save_formset(self, request, form, formset, change):  # type: ignore[no-untyped-def]
+        for instance in formset.save(commit=False):
+            if isinstance(instance, GroupAdmin) and not instance.appointed_by:
+                instance.appointed_by = f"user:{request.user.get_username()}"
+        super().save_formset(request, form, formset, change)
 
 
 class MembershipInline(admin.TabularInline):

@@ -125,10 +125,19 @@ class BaseModel(models.Model):
 
 
 class AffiliateGroup(models.Model):
-    """Organisations under common control. The 700M limit applies to the group as a whole."""
+    """Organisations under common control. The 700M limit applies to the group as a whole.
+
+    What the whole group is judged by (its policy, declared figures, webhooks, alert acknowledgements) is
+    changed only by the group's admins: the admins of its managing organisation and the people they appoint
+    (``GroupAdmin``). The other organisations' members read the group's figures and statuses.
+    """
 
     name = models.CharField(max_length=200, unique=True)
     slug = models.SlugField(max_length=200, unique=True)
+    managing_organisation = models.ForeignKey(
+        "Organisation", on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        help_text="Its admins are the group's admins; the group's first organisation unless transferred",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -136,6 +145,12 @@ class AffiliateGroup(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def managing_organisation_id_resolved(self) -> int | None:
+        """The managing organisation's id; a group whose manager is unset is managed by its first organisation."""
+        if self.managing_organisation_id is not None:
+            return self.managing_organisation_id
+        return self.organisations.order_by("pk").values_list("pk", flat=True).first()
 
 
 class Organisation(models.Model):
@@ -178,6 +193,25 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.organisation} ({self.role})"
+
+
+class GroupAdmin(models.Model):
+    """A person a group admin appointed to administer the whole affiliate group (policy, declarations, ...).
+
+    The role holds while the person is a member of an active organisation of the group.
+    """
+
+    group = models.ForeignKey(AffiliateGroup, on_delete=models.CASCADE, related_name="admins")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="group_admin_roles")
+    appointed_by = models.CharField(max_length=200)
+    appointed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["appointed_at", "id"]
+        constraints = [models.UniqueConstraint(fields=["group", "user"], name="one_group_admin_role_per_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user} administers {self.group}"
 
 
 class Product(models.Model):

@@ -7,7 +7,16 @@ from dataclasses import dataclass
 
 from django.db.models import Exists, F, Max, OuterRef, Q, QuerySet
 
-from licensing.models import AffiliateGroup, LicenceAcceptance, LicenceVersion, MetaGrant, Organisation, Product
+from licensing.models import (
+    AffiliateGroup,
+    GroupAdmin,
+    LicenceAcceptance,
+    LicenceVersion,
+    Membership,
+    MetaGrant,
+    Organisation,
+    Product,
+)
 from licensing.obligations import Obligations, product_obligations
 
 
@@ -75,3 +84,27 @@ def acceptance_states(*, organisation_ids: list[int]) -> dict[tuple[int, int], A
                               last_accepted_at=licences.get(pair))
         for pair in set(licences) | aups
     }
+
+
+@dataclass(frozen=True)
+class GroupAuthority:
+    """Who changes what a whole group is judged by: the managing organisation's admins and appointed admins."""
+
+    managing_organisation: Organisation | None
+    appointed: list[GroupAdmin]
+    organisations: list[Organisation]
+    member_usernames: list[str]  # people who may be appointed: members of the group's active organisations
+
+
+def group_authority(*, group: AffiliateGroup) -> GroupAuthority:
+    organisations = list(group.organisations.order_by("name"))
+    managing_id = group.managing_organisation_id_resolved()
+    usernames = sorted(set(Membership.objects.filter(
+        organisation__group=group, organisation__status=Organisation.Status.ACTIVE
+    ).values_list("user__username", flat=True)))
+    return GroupAuthority(
+        managing_organisation=next((o for o in organisations if o.pk == managing_id), None),
+        appointed=list(GroupAdmin.objects.filter(group=group).select_related("user")),
+        organisations=organisations,
+        member_usernames=usernames,
+    )

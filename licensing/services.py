@@ -6,6 +6,7 @@ import datetime as dt
 import secrets
 from collections.abc import Iterable
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.text import slugify
@@ -14,6 +15,7 @@ from governance.audit import audit_record
 from licensing.models import (
     AffiliateGroup,
     BaseModel,
+    GroupAdmin,
     LicenceAcceptance,
     LicenceVersion,
     Membership,
@@ -62,6 +64,9 @@ def organisation_create(*, name: str, group_name: str, actor: str, eu_domiciled:
         organisation = Organisation.objects.create(
             name=name, slug=_unique_slug(Organisation, name), group=group, eu_domiciled=eu_domiciled
         )
+        if group.managing_organisation_id is None:  # a group is managed by its first organisation
+            AffiliateGroup.objects.filter(pk=group.pk, managing_organisation__isnull=True).update(
+                managing_organisation=organisation)
         audit_record(
             action="organisation.created",
             actor=actor,
@@ -378,3 +383,54 @@ def membership_remove(*, membership: Membership, actor: str, actor_is_owner: boo
         audit_record(action="membership.removed", actor=actor, organisation=locked.organisation, obj=locked,
                      data={"username": locked.user.get_username(), "role": locked.role})
         locked.delete()
+
+
+# --- group authority ----------------------------------------------------------------------------------------
+
+
+def group_management_transfer(*, group: AffiliateGroup, organisation: Organisation, actor: str) -> AffiliateGroup:
+    """Make ``organisation`` the group's managing organisation: its admins become the group's admins.
+
+    People appointed group admins keep their role; the previous managing organisation's admins lose theirs.
+    """
+    if organisation.group_id != group.pk:
+        raise ValidationError({"organisation": "Must be an organisation of this affiliate group."})
+    if organisation.status != Organisation.Status.ACTIVE:
+        raise ValidationError({"organisation": f"{organisation.name} is suspended and cannot manage the group."})
+    with transaction.atomic():
+        locked = AffiliateGroup.objects.select_for_update().get(pk=group.pk)
+        previous = locked.managing_organisation_id_resolved()
+        if previous != organisation.pk:
+            locked.managing_organisation = organisation
+            locked.save(update_fields=["managing_organisation"])
+            audit_record(action="group.management_transferred", actor=actor, group=locked, obj=locked,
+                         data={"from_organisation": previous, "to_organisation": organisation.pk,
+                               "to_name": organisation.name})
+    return locked
+
+
+def group_admin_appoint(*, group: AffiliateGroup, username: str, actor: str) -> GroupAdmin:
+    """Appoint a member of one of the group's organisations as an admin of the whole group.
+
+    Only members of the group's own organisations can be appointed; anyone else gets the same answer as a
+    username that does not exist, so the group's admins learn nothing about other tenants.
+    """
+    username = username.strip()
+    user = (get_user_model().objects.filter(
+        username=username, memberships__organisation__group=group,
+        memberships__organisation__status=Organisation.Status.ACTIVE).distinct().first() if username else None)
+    if user is None:
+        raise ValidationError({"username": "No member of this group's organisations has that username."})
+    with transaction.atomic():
+        role, created = GroupAdmin.objects.get_or_create(group=group, user=user, defaults={"appointed_by": actor})
+        if created:
+            audit_record(action="group.admin_appointed", actor=actor, group=group, obj=role,
+                         data={"username": user.get_username()})
+    return role
+
+
+def group_admin_remove(*, role: GroupAdmin, actor: str) -> None:
+    with transaction.atomic():
+        audit_record(action="group.admin_removed", actor=actor, group=role.group, obj=role,
+                     data={"username": role.user.get_username()})
+        role.delete()

@@ -15,7 +15,7 @@ from django.core.paginator import Paginator
 from django.db import IntegrityError
 from django.db.models import Prefetch, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -23,7 +23,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from governance import evidence
 from governance.api.compliance import PolicySerializer
-from governance.audit import audit_verify_cached
+from governance.audit import audit_events_visible, audit_verify_cached
 from governance.models import Alert, ApiKey, AuditEvent, GroupForecast, Scope, WebhookDelivery, WebhookEndpoint
 from governance.services import api_key_create, api_key_revoke
 from governance.services import evaluation as evaluation_services
@@ -33,7 +33,7 @@ from inference import services as inference_services
 from inference.models import Deployment, GpuAllocation, Node, Replica
 from licensing import selectors as licensing_selectors
 from licensing import services as licensing_services
-from licensing.models import LicenceAcceptance, Membership, Product
+from licensing.models import GroupAdmin, LicenceAcceptance, Membership, Product
 from licensing.obligations import NOTICE_FILENAME, notice_file_text
 from portal import forms
 from portal import selectors as portal_selectors
@@ -82,8 +82,58 @@ def group_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "group": group, "figures": figures, "policy": policy, "forecast": forecast, "alerts": alerts,
         "visible_org_ids": set(access.organisation_ids()),
         "can_evaluate": access.can_in_group(Scope.WRITE, group),
-        "writable": {group.pk} if access.can_in_group(Scope.WRITE, group) else set(),
+        "writable": {group.pk} if access.is_group_admin(group) else set(),
+        "is_group_admin": access.is_group_admin(group),
+        "authority": licensing_selectors.group_authority(group=group),
     })
+
+
+@login_required
+@require_POST
+def group_admin_appoint(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    group = access.group_or_404(pk)
+    access.require_group_admin(group)
+    try:
+        role = licensing_services.group_admin_appoint(group=group, username=request.POST.get("username", ""),
+                                                      actor=access.label)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"{role.user.get_username()} is now an admin of {group.name}.")
+    return redirect("portal:group", pk=group.pk)
+
+
+@login_required
+@require_POST
+def group_admin_remove(request: HttpRequest, pk: int, admin_pk: int) -> HttpResponse:
+    access = access_of(request)
+    group = access.group_or_404(pk)
+    access.require_group_admin(group)
+    role = get_object_or_404(GroupAdmin.objects.select_related("user", "group"), pk=admin_pk, group=group)
+    licensing_services.group_admin_remove(role=role, actor=access.label)
+    messages.success(request, f"{role.user.get_username()} is no longer an admin of {group.name}.")
+    return redirect("portal:group", pk=group.pk)
+
+
+@login_required
+@require_POST
+def group_management(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    group = access.group_or_404(pk)
+    access.require_group_admin(group)
+    organisation_id = request.POST.get("organisation", "")
+    organisation = group.organisations.filter(pk=organisation_id).first() if organisation_id.isdigit() else None
+    if organisation is None:
+        messages.error(request, "Choose an organisation of this group.")
+        return redirect("portal:group", pk=group.pk)
+    try:
+        licensing_services.group_management_transfer(group=group, organisation=organisation, actor=access.label)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"{organisation.name} now manages {group.name}; its admins are the group's admins.")
+    return redirect("portal:group", pk=group.pk)
 
 
 @login_required
@@ -266,8 +316,8 @@ def alert_list(request: HttpRequest) -> HttpResponse:
     if group_id and group_id.isdigit():
         alerts = alerts.filter(group_id=int(group_id))
     page = _page(request, alerts)
-    writable = {g.pk for g in groups if access.can_in_group(Scope.WRITE, g)}
-    administered = {g.pk for g in groups if access.can_in_group(Scope.ADMIN, g)}
+    administered = {g.pk for g in groups if access.is_group_admin(g)}
+    writable = administered  # acknowledging an alert is the group admins' call
     return render(request, "portal/alert_list.html", {
         "page": page, "groups": groups, "writable": writable, "administered": administered, "show": show,
         "group_id": group_id,
@@ -281,7 +331,7 @@ def alert_acknowledge(request: HttpRequest, pk: int) -> HttpResponse:
     alert = Alert.objects.filter(pk=pk, group__in=access.groups()).select_related("group").first()
     if alert is None:
         raise Http404("No such alert.")
-    access.require_in_group(Scope.WRITE, alert.group)
+    access.require_group_admin(alert.group)
     evaluation_services.alert_acknowledge(alert=alert, actor=access.label)
     messages.success(request, "Alert acknowledged.")
     return redirect(request.POST.get("next") if _safe_next(request) else reverse("portal:alerts"))
@@ -302,9 +352,9 @@ def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
     access = access_of(request)
     group = access.group_or_404(pk)
     policy = evaluation_services.group_policy_get(group=group)
-    can_edit = access.can_in_group(Scope.ADMIN, group)
+    can_edit = access.is_group_admin(group)
     if request.method == "POST":
-        access.require_in_group(Scope.ADMIN, group)
+        access.require_group_admin(group)
     form = forms.PolicyForm(request.POST or None, initial=forms.PolicyForm.initial_for(policy))
     if request.method == "POST" and form.is_valid():
         checked = PolicySerializer(policy, data=form.as_policy_data())
@@ -341,11 +391,11 @@ def _webhook_or_404(access: Access, pk: int) -> WebhookEndpoint:
 def webhook_list(request: HttpRequest, pk: int) -> HttpResponse:
     access = access_of(request)
     group = access.group_or_404(pk)
-    can_edit = access.can_in_group(Scope.ADMIN, group)
+    can_edit = access.is_group_admin(group)
     form = forms.WebhookForm(request.POST or None)
     created = secret = None
     if request.method == "POST":
-        access.require_in_group(Scope.ADMIN, group)
+        access.require_group_admin(group)
         if form.is_valid():
             try:
                 created, secret = webhook_services.webhook_endpoint_create(
@@ -369,7 +419,7 @@ def webhook_detail(request: HttpRequest, pk: int) -> HttpResponse:
     deliveries = WebhookDelivery.objects.filter(endpoint=endpoint).prefetch_related("attempt_log")
     return render(request, "portal/webhook_detail.html", {
         "endpoint": endpoint, "page": _page(request, deliveries, 25),
-        "can_edit": access.can_in_group(Scope.ADMIN, endpoint.group_id),
+        "can_edit": access.is_group_admin(endpoint.group_id),
     })
 
 
@@ -380,7 +430,7 @@ def webhook_test(request: HttpRequest, pk: int) -> HttpResponse:
 
     access = access_of(request)
     endpoint = _webhook_or_404(access, pk)
-    access.require_in_group(Scope.ADMIN, endpoint.group_id)
+    access.require_group_admin(endpoint.group_id)
     delivery = webhook_services.webhook_test_event(endpoint=endpoint, actor=access.label)
     try:
         deliver_webhook.delay(delivery.pk)
@@ -395,7 +445,7 @@ def webhook_test(request: HttpRequest, pk: int) -> HttpResponse:
 def webhook_toggle(request: HttpRequest, pk: int) -> HttpResponse:
     access = access_of(request)
     endpoint = _webhook_or_404(access, pk)
-    access.require_in_group(Scope.ADMIN, endpoint.group_id)
+    access.require_group_admin(endpoint.group_id)
     webhook_services.webhook_endpoint_update(endpoint=endpoint, actor=access.label, active=not endpoint.active)
     messages.success(request, "Endpoint resumed." if endpoint.active else "Endpoint paused.")
     return redirect("portal:webhook", pk=endpoint.pk)
@@ -406,7 +456,7 @@ def webhook_toggle(request: HttpRequest, pk: int) -> HttpResponse:
 def webhook_delete(request: HttpRequest, pk: int) -> HttpResponse:
     access = access_of(request)
     endpoint = _webhook_or_404(access, pk)
-    access.require_in_group(Scope.ADMIN, endpoint.group_id)
+    access.require_group_admin(endpoint.group_id)
     group_id = endpoint.group_id
     webhook_services.webhook_endpoint_delete(endpoint=endpoint, actor=access.label)
     messages.success(request, "Endpoint deleted.")
@@ -584,7 +634,7 @@ def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 def audit_list(request: HttpRequest) -> HttpResponse:
     access = access_of(request)
     groups = access.groups().order_by("name")
-    events = AuditEvent.objects.all() if access.is_staff else AuditEvent.objects.filter(group__in=groups)
+    events = AuditEvent.objects.all() if access.is_staff else audit_events_visible(principal=access.principal)
     form = forms.AuditFilterForm(request.GET or None, groups=groups)
     if form.is_valid():
         data = form.cleaned_data

@@ -17,12 +17,13 @@ from rest_framework.response import Response
 
 from governance import evidence
 from governance.api.tenancy import GroupTenancy, TenantViewSet
-from governance.audit import audit_verify_cached
+from governance.audit import audit_events_visible, audit_verify_cached
 from governance.models import (
     AccessDecision,
     Alert,
     AuditEvent,
     ComplianceStatus,
+    DeclarationProposal,
     DeclaredFigure,
     DeliveryAttempt,
     GroupForecast,
@@ -33,7 +34,7 @@ from governance.models import (
     WebhookEndpoint,
 )
 from governance.services import evaluation as evaluation_services
-from licensing.models import AffiliateGroup
+from licensing.models import AffiliateGroup, Organisation
 
 # --- serializers --------------------------------------------------------------------------------------------
 
@@ -106,6 +107,36 @@ class DeclaredFigureSerializer(serializers.ModelSerializer):
         return data
 
 
+class DeclarationProposalSerializer(serializers.ModelSerializer):
+    month = serializers.RegexField(r"^2[0-9]{3}-(0[1-9]|1[0-2])$", help_text="YYYY-MM (2000 onwards)")
+    mau = serializers.IntegerField(min_value=0, max_value=10**12)
+    group = serializers.PrimaryKeyRelatedField(queryset=AffiliateGroup.objects.none(), required=False)
+    declared_figure = serializers.PrimaryKeyRelatedField(read_only=True)
+
+    class Meta:
+        model = DeclarationProposal
+        fields = ["id", "group", "organisation", "month", "mau", "evidence", "proposed_by", "proposed_at", "status",
+                  "decided_by", "decided_at", "decision_note", "declared_figure"]
+        read_only_fields = ["id", "organisation", "proposed_by", "proposed_at", "status", "decided_by",
+                            "decided_at", "decision_note", "declared_figure"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        view = self.context.get("view")
+        if view is not None and not getattr(view, "swagger_fake_view", False):
+            self.fields["group"].queryset = AffiliateGroup.objects.filter(
+                organisations__in=view.writable_organisation_ids()).distinct()
+
+    def to_representation(self, instance: DeclarationProposal) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        data["month"] = instance.month.strftime("%Y-%m")
+        return data
+
+
+class DecisionSerializer(serializers.Serializer):
+    note = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+
+
 class AlertSerializer(serializers.ModelSerializer):
     licence_version = serializers.SlugRelatedField(slug_field="slug", read_only=True)
 
@@ -125,7 +156,7 @@ class WebhookEndpointSerializer(serializers.ModelSerializer):
 
     def to_representation(self, instance: WebhookEndpoint) -> dict[str, Any]:
         data = super().to_representation(instance)
-        if not self.context.get("show_full_url", True):
+        if instance.group_id not in self.context.get("full_url_groups", {instance.group_id}):
             # A webhook URL's path can itself be a credential (Slack's are): readers see only its origin.
             from urllib.parse import urlsplit
 
@@ -144,8 +175,7 @@ class WebhookEndpointCreateSerializer(serializers.Serializer):
         super().__init__(*args, **kwargs)
         view = self.context.get("view")
         if view is not None and not getattr(view, "swagger_fake_view", False):
-            self.fields["group"].queryset = AffiliateGroup.objects.filter(
-                organisations__in=view.writable_organisation_ids()).distinct()
+            self.fields["group"].queryset = view.administered_groups()
 
 
 class WebhookCreatedSerializer(WebhookEndpointSerializer):
@@ -196,6 +226,10 @@ class GroupComplianceViewSet(GroupTenancy, TenantViewSet):
         if self.action in ("policy", "declarations") and request.method not in ("GET", "HEAD", "OPTIONS"):
             return Scope.ADMIN  # both can unblock the gate: a policy mode, or a declared figure
         return super().required_scope(request)
+
+    def needs_group_admin(self, request: Request) -> bool:
+        # Evaluating again changes nothing the group is judged by: it recomputes from the recorded figures.
+        return self.action != "evaluate" and super().needs_group_admin(request)
 
     @extend_schema(responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["get"])
@@ -284,6 +318,60 @@ class GroupComplianceViewSet(GroupTenancy, TenantViewSet):
         return Response(report)
 
 
+class DeclarationProposalViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
+    """Figures an organisation of a group proposes to declare for a month. Any organisation admin of the group
+    may propose; a group admin confirms (the figure is then declared) or rejects. Until then it counts for
+    nothing."""
+
+    queryset = DeclarationProposal.objects.select_related("group", "organisation")
+    serializer_class = DeclarationProposalSerializer
+    tenant_field = "group__organisations"
+    write_scope = Scope.ADMIN
+    filterset_fields = ["group", "status"]
+
+    def needs_group_admin(self, request: Request) -> bool:
+        return self.action in ("confirm", "reject")
+
+    @extend_schema(request=DeclarationProposalSerializer, responses={201: DeclarationProposalSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Propose a figure (``admin`` scope in an organisation of the group)."""
+        form = DeclarationProposalSerializer(data=request.data, context=self.get_serializer_context())
+        form.is_valid(raise_exception=True)
+        group = form.validated_data.get("group")
+        writable = self.writable_organisation_ids()
+        if group is None:
+            groups = AffiliateGroup.objects.filter(organisations__in=writable).distinct()
+            if groups.count() != 1:
+                raise ValidationError({"group": ["Required: this credential is an admin in more than one group."]})
+            group = groups.get()
+        organisation = Organisation.objects.filter(group=group, pk__in=writable).order_by("pk").first()
+        proposal = evaluation_services.declaration_propose(
+            group=group, organisation=organisation, month=dt.datetime.strptime(form.validated_data["month"],
+                                                                               "%Y-%m").date(),
+            mau=form.validated_data["mau"], evidence=form.validated_data["evidence"], proposed_by=self.principal.label)
+        return Response(DeclarationProposalSerializer(proposal).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=DecisionSerializer, responses=DeclarationProposalSerializer)
+    @action(detail=True, methods=["post"])
+    def confirm(self, request: Request, pk: str | None = None) -> Response:
+        """Confirm the proposal: its figure is declared for the group (group admins only)."""
+        return self._decide(request, confirm=True)
+
+    @extend_schema(request=DecisionSerializer, responses=DeclarationProposalSerializer)
+    @action(detail=True, methods=["post"])
+    def reject(self, request: Request, pk: str | None = None) -> Response:
+        """Reject the proposal; it stays on record (group admins only)."""
+        return self._decide(request, confirm=False)
+
+    def _decide(self, request: Request, *, confirm: bool) -> Response:
+        proposal = self.get_object()
+        form = DecisionSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        proposal = evaluation_services.declaration_proposal_decide(
+            proposal=proposal, confirm=confirm, actor=self.principal.label, note=form.validated_data.get("note", ""))
+        return Response(DeclarationProposalSerializer(proposal).data)
+
+
 class AlertViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
     queryset = Alert.objects.select_related("licence_version")
     serializer_class = AlertSerializer
@@ -311,12 +399,10 @@ class WebhookEndpointViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin,
     tenant_field = "group__organisations"
     write_scope = Scope.ADMIN
 
-    def writable_organisation_ids(self) -> list[int]:
-        return self.principal.organisation_ids(Scope.ADMIN)
-
     def get_serializer_context(self) -> dict[str, Any]:
         context = super().get_serializer_context()
-        context["show_full_url"] = self.principal.has_scope(Scope.ADMIN) and not self.principal.bound_product_id
+        # A webhook URL's path can itself be a credential (Slack's are): only the group's admins see it whole.
+        context["full_url_groups"] = self.principal.admin_group_ids
         return context
 
     @extend_schema(request=WebhookEndpointCreateSerializer, responses={201: WebhookCreatedSerializer})
@@ -327,7 +413,7 @@ class WebhookEndpointViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin,
         form.is_valid(raise_exception=True)
         group = form.validated_data.get("group")
         if group is None:
-            groups = AffiliateGroup.objects.filter(organisations__in=self.writable_organisation_ids()).distinct()
+            groups = self.administered_groups()
             if groups.count() != 1:
                 raise ValidationError({"group": ["Required: this credential can administer more than one group."]})
             group = groups.get()
@@ -399,7 +485,8 @@ class AuditEventViewSet(TenantViewSet, mixins.ListModelMixin):
     filterset_fields = ["action", "organisation"]
 
     def scope_queryset(self, queryset: QuerySet) -> QuerySet:
-        return queryset.distinct().order_by("-seq")
+        visible = audit_events_visible(principal=self.principal).values("pk")
+        return queryset.filter(pk__in=visible).distinct().order_by("-seq")
 
     @extend_schema(responses=OpenApiTypes.OBJECT)
     @action(detail=False, methods=["get"])

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Min
 from django.utils import timezone
@@ -23,6 +24,7 @@ from governance.models import (
     Alert,
     AlertLevelState,
     ComplianceStatus,
+    DeclarationProposal,
     DeclaredFigure,
     EvaluationRule,
     GroupForecast,
@@ -77,6 +79,41 @@ def declared_figure_record(*, group: AffiliateGroup, month: dt.date, mau: int, e
         audit_record(action="figure.declared", actor=declared_by, group=group, obj=figure,
                      data={"month": figure.month, "mau": mau, "evidence": evidence})
     return figure
+
+
+def declaration_propose(*, group: AffiliateGroup, organisation: Organisation, month: dt.date, mau: int,
+                        evidence: str, proposed_by: str) -> DeclarationProposal:
+    """An organisation of the group proposes a figure; it counts once a group admin confirms it."""
+    if organisation.group_id != group.pk:
+        raise ValidationError({"organisation": "Must be an organisation of this affiliate group."})
+    with transaction.atomic():
+        proposal = DeclarationProposal.objects.create(
+            group=group, organisation=organisation, month=month.replace(day=1), mau=mau, evidence=evidence,
+            proposed_by=proposed_by)
+        audit_record(action="figure.proposed", actor=proposed_by, group=group, organisation=organisation,
+                     obj=proposal, data={"month": proposal.month, "mau": mau, "evidence": evidence})
+    return proposal
+
+
+def declaration_proposal_decide(*, proposal: DeclarationProposal, confirm: bool, actor: str, note: str = ""
+                                ) -> DeclarationProposal:
+    """Confirm (the figure is declared, as if the group admin had declared it) or reject a proposal, once."""
+    with transaction.atomic():
+        locked = DeclarationProposal.objects.select_for_update(of=("self",)).select_related("group", "organisation").get(
+            pk=proposal.pk)
+        if locked.status != DeclarationProposal.Status.PROPOSED:
+            raise ValidationError({"status": f"This proposal was already {locked.status} by {locked.decided_by}."})
+        if confirm:
+            locked.declared_figure = declared_figure_record(
+                group=locked.group, month=locked.month, mau=locked.mau, evidence=locked.evidence,
+                declared_by=f"{actor} (proposed by {locked.proposed_by})")
+        locked.status = DeclarationProposal.Status.CONFIRMED if confirm else DeclarationProposal.Status.REJECTED
+        locked.decided_by, locked.decided_at, locked.decision_note = actor, timezone.now(), note
+        locked.save(update_fields=["status", "decided_by", "decided_at", "decision_note", "declared_figure"])
+        audit_record(action=f"figure.proposal_{locked.status}", actor=actor, group=locked.group,
+                     organisation=locked.organisation, obj=locked,
+                     data={"month": locked.month, "mau": locked.mau, "note": note})
+    return locked
 
 
 # --- figures ------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from config.fields import SlugRelatedField
 from licensing.models import (
     AffiliateGroup,
     BaseModel,
+    GroupAdmin,
     LicenceAcceptance,
     LicenceVersion,
     MetaGrant,
@@ -46,10 +47,36 @@ class LicenceVersionSerializer(serializers.ModelSerializer):
 
 class GroupSerializer(serializers.ModelSerializer):
     organisations = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
+    managing_organisation = serializers.SerializerMethodField(
+        help_text="Its admins are the group's admins (with the people they appointed)")
+    you_are_group_admin = serializers.SerializerMethodField(
+        help_text="Whether this credential may change the group's policy, declarations, webhooks and alerts")
 
     class Meta:
         model = AffiliateGroup
-        fields = ["id", "name", "slug", "organisations", "created_at"]
+        fields = ["id", "name", "slug", "organisations", "managing_organisation", "you_are_group_admin",
+                  "created_at"]
+
+    @extend_schema_field(OpenApiTypes.INT)
+    def get_managing_organisation(self, obj: AffiliateGroup) -> int | None:
+        return obj.managing_organisation_id_resolved()
+
+    def get_you_are_group_admin(self, obj: AffiliateGroup) -> bool:
+        view = self.context.get("view")
+        return bool(view is not None and obj.pk in view.principal.admin_group_ids)
+
+
+class GroupAdminSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username", max_length=150)
+
+    class Meta:
+        model = GroupAdmin
+        fields = ["id", "username", "appointed_by", "appointed_at"]
+        read_only_fields = ["id", "appointed_by", "appointed_at"]
+
+
+class GroupManagementSerializer(serializers.Serializer):
+    organisation = serializers.IntegerField(min_value=1, help_text="An organisation of this group")
 
 
 class OrganisationSerializer(serializers.ModelSerializer):
@@ -132,9 +159,7 @@ class AcceptanceSerializer(TenantCreateMixin, serializers.ModelSerializer):
         super().__init__(*args, **kwargs)
         view = self.context.get("view")
         if view is not None and not getattr(view, "swagger_fake_view", False):
-            self.fields["product"].queryset = Product.objects.filter(
-                organisation__in=view.writable_organisation_ids()
-            )
+            self.fields["product"].queryset = view.writable_products()
 
 
 class GrantSerializer(serializers.ModelSerializer):

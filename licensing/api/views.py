@@ -3,13 +3,13 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from django.db.models import QuerySet
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, permissions, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied
+from rest_framework import status
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -20,13 +20,16 @@ from licensing.api import filters
 from licensing.api.serializers import (
     AcceptanceSerializer,
     GrantSerializer,
+    GroupAdminSerializer,
+    GroupManagementSerializer,
     GroupSerializer,
     LicenceVersionSerializer,
     ObligationsSerializer,
     OrganisationSerializer,
     ProductSerializer,
 )
-from licensing.models import AffiliateGroup, LicenceAcceptance, LicenceVersion, MetaGrant, Organisation, Product
+from governance.models import Scope
+from licensing.models import AffiliateGroup, GroupAdmin, LicenceAcceptance, LicenceVersion, MetaGrant, Organisation, Product
 from licensing.obligations import NOTICE_FILENAME, check_derived_model_name, notice_file_text
 
 
@@ -42,11 +45,55 @@ class LicenceVersionViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 class GroupViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
-    """The caller's affiliate group(s): the unit the 700M limit applies to."""
+    """The caller's affiliate group(s): the unit the 700M limit applies to, and who administers it.
+
+    Group admins (the admins of the managing organisation, and the people they appoint) change what the whole
+    group is judged by; they appoint and remove group admins and hand the management to another organisation.
+    """
 
     queryset = AffiliateGroup.objects.prefetch_related("organisations")
     serializer_class = GroupSerializer
     filterset_class = filters.GroupFilter
+    write_scope = Scope.ADMIN
+
+    @extend_schema(methods=["GET"], responses=GroupAdminSerializer(many=True))
+    @extend_schema(methods=["POST"], request=GroupAdminSerializer, responses={201: GroupAdminSerializer})
+    @action(detail=True, methods=["get", "post"])
+    def admins(self, request: Request, pk: str | None = None) -> Response:
+        """The people appointed group admins (besides the managing organisation's admins); appoint one."""
+        group = self.get_object()
+        if request.method == "GET":
+            page = self.paginate_queryset(GroupAdmin.objects.filter(group=group).select_related("user"))
+            return self.get_paginated_response(GroupAdminSerializer(page, many=True).data)
+        form = GroupAdminSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        role = services.group_admin_appoint(group=group, username=form.validated_data["user"]["username"],
+                                            actor=self.principal.label)
+        return Response(GroupAdminSerializer(role).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={204: None})
+    @action(detail=True, methods=["delete"], url_path=r"admins/(?P<admin_id>[0-9]{1,18})")
+    def admin_remove(self, request: Request, pk: str | None = None, admin_id: str | None = None) -> Response:
+        """Remove an appointed group admin."""
+        group = self.get_object()
+        role = GroupAdmin.objects.filter(group=group, pk=admin_id).select_related("user", "group").first()
+        if role is None:
+            raise NotFound("No such group admin in this group.")
+        services.group_admin_remove(role=role, actor=self.principal.label)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=GroupManagementSerializer, responses=GroupSerializer)
+    @action(detail=True, methods=["post"])
+    def management(self, request: Request, pk: str | None = None) -> Response:
+        """Hand the group's management to another of its organisations (its admins become the group's)."""
+        group = self.get_object()
+        form = GroupManagementSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        organisation = Organisation.objects.filter(group=group, pk=form.validated_data["organisation"]).first()
+        if organisation is None:
+            raise ValidationError({"organisation": ["Must be an organisation of this affiliate group."]})
+        group = services.group_management_transfer(group=group, organisation=organisation, actor=self.principal.label)
+        return Response(GroupSerializer(group, context=self.get_serializer_context()).data)
 
 
 class OrganisationViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
@@ -63,10 +110,7 @@ class ProductViewSet(TenantViewSet, viewsets.ModelViewSet):
     serializer_class = ProductSerializer
     filterset_class = filters.ProductFilter
     ordering_fields = ["name", "launch_date", "created_at"]
-
-    def scope_queryset(self, queryset: QuerySet) -> QuerySet:
-        bound = self.principal.bound_product_id
-        return queryset.filter(pk=bound) if bound else queryset
+    product_field = "pk"
 
     def perform_create(self, serializer: ProductSerializer) -> None:
         if self.principal.bound_product_id:
@@ -116,8 +160,12 @@ class AcceptanceViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveMod
     serializer_class = AcceptanceSerializer
     filterset_class = filters.AcceptanceFilter
     ordering_fields = ["accepted_at"]
+    product_field = "product"
 
     def perform_create(self, serializer: AcceptanceSerializer) -> None:
+        if self.principal.bound_product_id and serializer.validated_data.get("product") is None:
+            raise ValidationError({"product": ["This key is bound to one product: an acceptance it records must "
+                                               "name that product (an organisation-wide one needs another key)."]})
         serializer.instance = services.licence_accept(
             accepted_by=self.principal.label,
             user=self.request.user if self.principal.user is not None else None,

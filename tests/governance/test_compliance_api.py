@@ -58,14 +58,18 @@ def test_an_outsider_gets_404_on_every_compliance_endpoint(group_setup, client_f
         assert getattr(outsider, method)(f"/api/v1/groups/{group.pk}/{path}", {}, format="json").status_code == 404, path
 
 
-def test_a_teammate_in_an_affiliate_reads_the_group_but_needs_admin_for_the_policy(group_setup, client_for) -> None:
+def test_a_teammate_in_an_affiliate_reads_the_group_but_needs_group_admin_for_the_policy(
+        group_setup, client_for, owner_org) -> None:
     group, _, _ = group_setup
     affiliate = OrganisationFactory(group=group)
     teammate = client_for(affiliate, ["read", "write"])
     assert teammate.get(f"/api/v1/groups/{group.pk}/policy/").json()["levels"] == [0.5, 0.75, 0.9]
     refused = teammate.patch(f"/api/v1/groups/{group.pk}/policy/", {"mode": "monitor"}, format="json")
     assert refused.status_code == 403
-    admin = client_for(affiliate, ["read", "admin"])
+    affiliate_admin = client_for(affiliate, ["read", "admin"])  # an admin, but not of the managing organisation
+    refused = affiliate_admin.patch(f"/api/v1/groups/{group.pk}/policy/", {"mode": "monitor"}, format="json")
+    assert refused.status_code == 403 and "group admin" in refused.json()["detail"]
+    admin = client_for(owner_org, ["read", "admin"])  # the group's first organisation manages it
     changed = admin.patch(f"/api/v1/groups/{group.pk}/policy/", {"mode": "grace", "grace_days": 14,
                                                                  "levels": [0.9, 0.6]}, format="json")
     assert changed.status_code == 200, changed.content
@@ -109,10 +113,12 @@ def test_declared_figures_are_recorded_and_used_for_the_licence_accurate_month(g
 def test_alerts_are_listed_per_tenant_and_acknowledged_once(group_setup, client_for, owner_org, outsider_org) -> None:
     group, product, _ = group_setup
     activity_ingest(product=product, day=TODAY, user_ids=list(range(800)))
-    client = client_for(owner_org, ["read", "write"])
+    client = client_for(owner_org, ["read", "write", "admin"])
     client.post(f"/api/v1/groups/{group.pk}/evaluate/")
     alerts = client.get("/api/v1/alerts/").json()["results"]
     assert [a["level"] for a in alerts] == ["75%"]
+    writer = client_for(owner_org, ["read", "write"])  # acknowledging is a group admin's call
+    assert writer.post(f"/api/v1/alerts/{alerts[0]['id']}/acknowledge/").status_code == 403
     assert client_for(outsider_org, ["read", "write"]).post(f"/api/v1/alerts/{alerts[0]['id']}/acknowledge/"
                                                             ).status_code == 404
     acked = client.post(f"/api/v1/alerts/{alerts[0]['id']}/acknowledge/").json()

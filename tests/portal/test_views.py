@@ -102,7 +102,7 @@ CASES = [
                     "confirm": "on"},
          WRITERS, lambda o: LicenceAcceptance.objects.filter(product=o.product).exists()),
     Case("acknowledge an alert", lambda o: f"/alerts/{o.alert.pk}/acknowledge/", lambda o: {},
-         WRITERS, lambda o: Alert.objects.filter(pk=o.alert.pk, acknowledged_at__isnull=False).exists()),
+         ADMINS, lambda o: Alert.objects.filter(pk=o.alert.pk, acknowledged_at__isnull=False).exists()),
     Case("edit the alert policy", lambda o: f"/groups/{o.tenancy.organisation.group_id}/policy/",
          lambda o: {"mode": "monitor", "grace_days": 10, "levels": "60, 80", "hysteresis": 2, "forecast_days": 30,
                     "email_recipients": "", "webhooks_enabled": "on"},
