@@ -116,12 +116,20 @@ class BaseModel(models.Model):
     licence_version = models.ForeignKey(LicenceVersion, on_delete=models.PROTECT, related_name="base_models")
     repo_id = models.CharField(max_length=200, unique=True, help_text="Hugging Face repo id, e.g. meta-llama/...")
     multimodal = models.BooleanField(default=False)
+    release_date = models.DateField(
+        null=True, blank=True,
+        help_text="This model's own release date, where it differs from its licence version's (Code Llama 70B)")
+    date_note = models.TextField(blank=True, help_text="Where the date comes from, and why it matters")
 
     class Meta:
         ordering = ["licence_version__release_date", "repo_id"]
 
     def __str__(self) -> str:
         return self.repo_id
+
+    def test_month(self) -> dt.date | None:
+        """The month the 700M test looks at by this model's own release date; None where it has none."""
+        return test_month_for(self.release_date) if self.release_date else None
 
 
 class AffiliateGroup(models.Model):
