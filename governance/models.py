@@ -186,6 +186,16 @@ class EvaluationRule(models.TextChoices):
     PROJECTED = "projected", "Continuous monitoring: month to date projected to month end"
 
 
+class CountingBasis(models.TextChoices):
+    DISTINCT_PEOPLE = "distinct_people", "Distinct people across all products and affiliates"
+    SUM_OF_PRODUCTS = "sum_of_products", "Each product's MAU added up (most conservative)"
+
+
+class OnUnknown(models.TextChoices):
+    ALLOW = "allow", "Allow, and alert so someone declares the month"
+    BLOCK = "block", "Block until the month has a figure"
+
+
 class GroupPolicy(models.Model):
     """How a group is evaluated, alerted and gated. Created with defaults the first time a group needs one."""
 
@@ -203,6 +213,12 @@ class GroupPolicy(models.Model):
     email_enabled = models.BooleanField(default=True)
     email_recipients = models.JSONField(default=list, blank=True)
     webhooks_enabled = models.BooleanField(default=True)
+    counting_basis = models.CharField(
+        max_length=20, choices=CountingBasis.choices, default=CountingBasis.DISTINCT_PEOPLE,
+        help_text="How the metered figure counts a person who uses two products (the licence does not say)")
+    on_unknown = models.CharField(
+        max_length=10, choices=OnUnknown.choices, default=OnUnknown.ALLOW,
+        help_text="Whether a version whose tested month has no figure is blocked")
     updated_at = models.DateTimeField(auto_now=True)
 
     DEFAULT_LEVELS = [0.5, 0.75, 0.9]
@@ -217,6 +233,8 @@ class DeclaredFigure(models.Model):
     group = models.ForeignKey(AffiliateGroup, on_delete=models.PROTECT, related_name="declared_figures")
     month = models.DateField(help_text="First day of the month")
     mau = models.BigIntegerField()
+    lower = models.BigIntegerField(null=True, blank=True, help_text="Lower bound of the figure; none: a point")
+    upper = models.BigIntegerField(null=True, blank=True, help_text="Upper bound of the figure; none: a point")
     evidence = models.TextField(help_text="Where the figure comes from (report, system, reference)")
     declared_by = models.CharField(max_length=200)
     declared_at = models.DateTimeField(auto_now_add=True)
@@ -227,6 +245,26 @@ class DeclaredFigure(models.Model):
     def save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         if not self._state.adding:
             raise ValueError("Declared figures are append-only: declare a new one.")
+        super().save(*args, **kwargs)
+
+
+class CoverageAttestation(models.Model):
+    """An officer's statement that the group's registered products and services are all of the group's for a
+    month (section 2 counts every product or service of the licensee and its affiliates). Append-only."""
+
+    group = models.ForeignKey(AffiliateGroup, on_delete=models.PROTECT, related_name="attestations")
+    month = models.DateField(help_text="First day of the month")
+    statement = models.TextField(help_text="What was checked, by whom, against which list")
+    products = models.JSONField(default=list, help_text="The registered products and services attested, by name")
+    attested_by = models.CharField(max_length=200)
+    attested_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-attested_at", "-id"]
+
+    def save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not self._state.adding:
+            raise ValueError("Attestations are append-only: attest again.")
         super().save(*args, **kwargs)
 
 
@@ -268,6 +306,9 @@ class ComplianceStatus(models.Model):
     level = models.FloatField(null=True, blank=True, help_text="Highest alert level reached, as a fraction")
     month = models.DateField(null=True, blank=True)
     source = models.CharField(max_length=40, blank=True, help_text="metered, metered (partial month), declared or none")
+    basis = models.CharField(max_length=20, blank=True, help_text="The counting basis of the figure used")
+    considered = models.JSONField(default=list, help_text="Every figure of the month, with the state each gives")
+    coverage = models.JSONField(default=dict, help_text="Products metered, not metered, attestation")
     estimate = models.BigIntegerField(null=True, blank=True)
     lower = models.BigIntegerField(null=True, blank=True)
     upper = models.BigIntegerField(null=True, blank=True)

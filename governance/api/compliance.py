@@ -8,7 +8,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -23,6 +23,7 @@ from governance.models import (
     Alert,
     AuditEvent,
     ComplianceStatus,
+    CoverageAttestation,
     DeclarationProposal,
     DeclaredFigure,
     DeliveryAttempt,
@@ -41,11 +42,29 @@ from licensing.models import AffiliateGroup, Organisation
 
 class ComplianceStatusSerializer(serializers.ModelSerializer):
     licence_version = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    label = serializers.SerializerMethodField(help_text='The state as a person reads it: "below (partial coverage)" '
+                                                        "when the metered figure does not cover the whole group")
+    bases = serializers.SerializerMethodField(help_text="The metered figure on both counting bases, side by side")
+    figures = serializers.SerializerMethodField(help_text="Every figure of the month and the state each alone gives")
 
     class Meta:
         model = ComplianceStatus
-        fields = ["licence_version", "rule", "state", "level", "month", "source", "estimate", "lower", "upper",
-                  "threshold", "explanation", "since", "evaluated_at"]
+        fields = ["licence_version", "rule", "state", "label", "level", "month", "source", "basis", "estimate",
+                  "lower", "upper", "threshold", "bases", "figures", "coverage", "explanation", "since",
+                  "evaluated_at"]
+
+    def get_label(self, obj: ComplianceStatus) -> str:
+        if obj.state == "below" and obj.coverage and not obj.coverage.get("complete", True):
+            return "below (partial coverage)"
+        return obj.state
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_bases(self, obj: ComplianceStatus) -> dict[str, Any]:
+        return (obj.considered or {}).get("bases", {}) if isinstance(obj.considered, dict) else {}
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_figures(self, obj: ComplianceStatus) -> list[dict[str, Any]]:
+        return (obj.considered or {}).get("figures", []) if isinstance(obj.considered, dict) else []
 
 
 class StatusChangeSerializer(serializers.ModelSerializer):
@@ -82,7 +101,7 @@ class PolicySerializer(serializers.ModelSerializer):
     class Meta:
         model = GroupPolicy
         fields = ["mode", "grace_days", "levels", "hysteresis", "forecast_days", "email_enabled", "email_recipients",
-                  "webhooks_enabled", "updated_at"]
+                  "webhooks_enabled", "counting_basis", "on_unknown", "updated_at"]
         read_only_fields = ["updated_at"]
 
     def validate_levels(self, value: list[float]) -> list[float]:
@@ -95,13 +114,42 @@ class DeclaredFigureSerializer(serializers.ModelSerializer):
     month = serializers.RegexField(r"^2[0-9]{3}-(0[1-9]|1[0-2])$", help_text="YYYY-MM (2000 onwards)",
                                    write_only=True)
     mau = serializers.IntegerField(min_value=0, max_value=10**12)
+    lower = serializers.IntegerField(min_value=0, max_value=10**12, required=False, allow_null=True,
+                                     help_text="Lower bound of the figure (omit both bounds for a point figure)")
+    upper = serializers.IntegerField(min_value=0, max_value=10**12, required=False, allow_null=True,
+                                     help_text="Upper bound of the figure")
 
     class Meta:
         model = DeclaredFigure
-        fields = ["id", "month", "mau", "evidence", "declared_by", "declared_at"]
+        fields = ["id", "month", "mau", "lower", "upper", "evidence", "declared_by", "declared_at"]
         read_only_fields = ["id", "declared_by", "declared_at"]
 
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        lower, upper, mau = data.get("lower"), data.get("upper"), data.get("mau")
+        if lower is not None and mau is not None and lower > mau:
+            raise serializers.ValidationError({"lower": [f"Must be at most the figure ({mau:,}); got {lower:,}."]})
+        if upper is not None and mau is not None and upper < mau:
+            raise serializers.ValidationError({"upper": [f"Must be at least the figure ({mau:,}); got {upper:,}."]})
+        if lower is not None and upper is not None and lower > upper:
+            raise serializers.ValidationError({"lower": [f"Must be at most upper ({upper:,}); got {lower:,}."]})
+        return data
+
     def to_representation(self, instance: DeclaredFigure) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        data["month"] = instance.month.strftime("%Y-%m")
+        return data
+
+
+class AttestationSerializer(serializers.ModelSerializer):
+    month = serializers.RegexField(r"^2[0-9]{3}-(0[1-9]|1[0-2])$", help_text="YYYY-MM (2000 onwards)")
+    statement = serializers.CharField(max_length=5000, help_text="What was checked, by whom, against which list")
+
+    class Meta:
+        model = CoverageAttestation
+        fields = ["id", "month", "statement", "products", "attested_by", "attested_at"]
+        read_only_fields = ["id", "products", "attested_by", "attested_at"]
+
+    def to_representation(self, instance: CoverageAttestation) -> dict[str, Any]:
         data = super().to_representation(instance)
         data["month"] = instance.month.strftime("%Y-%m")
         return data
@@ -223,7 +271,8 @@ class GroupComplianceViewSet(GroupTenancy, TenantViewSet):
     filter_backends: list[Any] = []  # detail actions only: no list to filter or order (?ordering= was a 500)
 
     def required_scope(self, request: Request) -> str | None:
-        if self.action in ("policy", "declarations") and request.method not in ("GET", "HEAD", "OPTIONS"):
+        if self.action in ("policy", "declarations", "attestations") and request.method not in ("GET", "HEAD",
+                                                                                                 "OPTIONS"):
             return Scope.ADMIN  # both can unblock the gate: a policy mode, or a declared figure
         return super().required_scope(request)
 
@@ -242,6 +291,7 @@ class GroupComplianceViewSet(GroupTenancy, TenantViewSet):
         return Response({
             "group": group.pk,
             "statuses": ComplianceStatusSerializer(statuses, many=True).data,
+            "months_to_declare": evaluation_services.months_to_declare(group=group),
             "decisions": AccessDecisionSerializer(
                 AccessDecision.objects.filter(group=group).select_related("licence_version"), many=True).data,
             "forecast": ForecastSerializer(forecast).data if forecast else None,
@@ -291,8 +341,26 @@ class GroupComplianceViewSet(GroupTenancy, TenantViewSet):
         month = dt.datetime.strptime(form.validated_data["month"], "%Y-%m").date()
         figure = evaluation_services.declared_figure_record(
             group=group, month=month, mau=form.validated_data["mau"], evidence=form.validated_data["evidence"],
-            declared_by=self.principal.label)
+            declared_by=self.principal.label, lower=form.validated_data.get("lower"),
+            upper=form.validated_data.get("upper"))
         return Response(DeclaredFigureSerializer(figure).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(methods=["GET"], responses=AttestationSerializer(many=True))
+    @extend_schema(methods=["POST"], request=AttestationSerializer, responses={201: AttestationSerializer})
+    @action(detail=True, methods=["get", "post"])
+    def attestations(self, request: Request, pk: str | None = None) -> Response:
+        """Attest that the group's registered products and services are all of them for a month (group admins);
+        a metered "below" without it reads "below (partial coverage)". Append-only."""
+        group = self.get_object()
+        if request.method == "GET":
+            page = self.paginate_queryset(CoverageAttestation.objects.filter(group=group))
+            return self.get_paginated_response(AttestationSerializer(page, many=True).data)
+        form = AttestationSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        month = dt.datetime.strptime(form.validated_data["month"], "%Y-%m").date()
+        attestation = evaluation_services.coverage_attest(
+            group=group, month=month, statement=form.validated_data["statement"], attested_by=self.principal.label)
+        return Response(AttestationSerializer(attestation).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
         parameters=[OpenApiParameter("month", OpenApiTypes.STR, required=True, description="YYYY-MM"),
