@@ -333,37 +333,6 @@ def _owners_left(organisation: Organisation, without: Membership) -> int:
             .exclude(pk=without.pk).count())
 
 
-def membership_add(*, organisation: Organisation, username: str, email: str, role: str, actor: str,
-                   actor_is_owner: bool) -> tuple[Membership, str | None]:
-    """Add a person to an organisation with a role. A person Corral does not know yet (by username) gets an
-    account with a generated password, returned once (it is stored only as Django's password hash)."""
-    from django.contrib.auth import get_user_model
-
-    errors: dict[str, str] = {}
-    if role not in Membership.Role.values:
-        errors["role"] = f"Unknown role {role!r}; one of {', '.join(Membership.Role.values)}."
-    elif role == Membership.Role.OWNER and not actor_is_owner:
-        errors["role"] = "Only an owner can make someone an owner."
-    username = username.strip()
-    if not username:
-        errors["username"] = "A username is required."
-    if errors:
-        raise ValidationError(errors)
-    User = get_user_model()
-    password = None
-    with transaction.atomic():
-        user = User.objects.filter(username=username).first()
-        if user is None:
-            password = secrets.token_urlsafe(12)
-            user = User.objects.create_user(username=username, email=email.strip(), password=password)
-        elif Membership.objects.filter(user=user, organisation=organisation).exists():
-            raise ValidationError({"username": f"{username} is already a member of {organisation.name}."})
-        membership = Membership.objects.create(user=user, organisation=organisation, role=role)
-        audit_record(action="membership.added", actor=actor, organisation=organisation, obj=membership,
-                     data={"username": username, "role": role, "new_account": password is not None})
-    return membership, password
-
-
 def membership_change_role(*, membership: Membership, role: str, actor: str, actor_is_owner: bool) -> Membership:
     if role not in Membership.Role.values:
         raise ValidationError({"role": f"Unknown role {role!r}; one of {', '.join(Membership.Role.values)}."})
