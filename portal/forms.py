@@ -232,7 +232,7 @@ class InvitationSignupForm(forms.Form):
     """A new account for the holder of an invitation link; its email address is the invitation's."""
 
     username = forms.CharField(max_length=150, widget=forms.TextInput(attrs={"autocomplete": "username"}),
-                               help_text="What you log in with: letters, digits and @ . + - _")
+                               help_text="What you will log in with.")
     password = forms.CharField(strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
                                help_text="At least 8 characters, not only digits, not a common password.")
     password_again = forms.CharField(label="Password again", strip=False,
