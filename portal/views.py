@@ -640,7 +640,7 @@ def _grantable_roles(access: Access, manageable: QuerySet) -> list[str]:
 @require_http_methods(["GET", "POST"])
 def member_list(request: HttpRequest) -> HttpResponse:
     """People of the caller's organisations and their roles. Admins and owners invite people by email address (at
-    most their own role), withdraw pending invitations, change roles and remove members (only an owner touches the
+    most their own role), revoke pending invitations, change roles and remove members (only an owner touches the
     owner role, and an organisation always keeps one owner).
 
     Inviting answers the same whatever the address: no account is looked up, and nobody joins until they accept.
@@ -698,8 +698,8 @@ def invitation_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     else:
-        messages.success(request, f"The invitation of {invitation.email} to {invitation.organisation.name} was "
-                                  f"withdrawn.")
+        messages.success(request, f"The invitation of {invitation.email} to {invitation.organisation.name} is "
+                                  f"revoked: its link no longer works.")
     return redirect("portal:members")
 
 

@@ -303,7 +303,7 @@ def test_it_revokes_an_invitation(login, tenancy) -> None:
     invitation = Invitation.objects.get()
     assert login("outsider").post(f"/members/invitations/{invitation.pk}/revoke/").status_code == 404
     page = login("admin").post(f"/members/invitations/{invitation.pk}/revoke/", follow=True)
-    assert "was withdrawn" in _text(page) and not page.context["invitations"]
+    assert "is revoked: its link no longer works" in _text(page) and not page.context["invitations"]
     refused = _accept(_signed_in(tenancy.users["outsider"]), link)
     assert refused.status_code == 410 and "This invitation was withdrawn" in _text(refused)
     assert not Membership.objects.filter(user=tenancy.users["outsider"], organisation=tenancy.organisation).exists()
