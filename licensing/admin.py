@@ -6,6 +6,7 @@ from licensing.models import (
     AffiliateGroup,
     BaseModel,
     GroupAdmin,
+    Invitation,
     LicenceAcceptance,
     LicenceVersion,
     Membership,
@@ -83,6 +84,29 @@ class MembershipAdmin(admin.ModelAdmin):
     list_display = ["user", "organisation", "role"]
     list_filter = ["role", "organisation"]
     search_fields = ["user__username", "user__email", "organisation__name"]
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    """Read only: invitations are created and revoked in the portal, which records both in the audit log (and
+    shows the link once); a change here would not be recorded."""
+
+    list_display = ["email", "organisation", "role", "created_by", "created_at", "expires_at", "accepted_at",
+                    "revoked_at"]
+    list_filter = ["role", "organisation"]
+    search_fields = ["email", "organisation__name", "created_by"]
+    exclude = ["token_hash"]
+    readonly_fields = ["organisation", "email", "role", "selector", "created_by", "created_at", "expires_at",
+                       "accepted_at", "accepted_by", "revoked_at", "revoked_by"]
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
 
 
 @admin.register(Product)

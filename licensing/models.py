@@ -220,6 +220,55 @@ class GroupAdmin(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} administers {self.group}"
+class Invitation(models.Model):
+    """An organisation's offer of a role to whoever holds the link, sent to an email address.
+
+    The link carries a token of two parts: ``selector`` (stored, to find the row) and a secret whose SHA-256 is
+    ``token_hash`` (compared in constant time); the token itself is never stored. It works once, until
+    ``expires_at``, unless revoked.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        ACCEPTED = "accepted", "Accepted"
+        REVOKED = "revoked", "Revoked"
+        EXPIRED = "expired", "Expired"
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField(help_text="Where the link was sent; the person accepting may use another account")
+    role = models.CharField(max_length=20, choices=Membership.Role.choices)
+    selector = models.CharField(max_length=16, unique=True, help_text="Non-secret start of the token")
+    token_hash = models.CharField(max_length=64, help_text="SHA-256 of the token")
+    created_by = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(accepted_at__isnull=True) | models.Q(revoked_at__isnull=True),
+                name="invitation_accepted_or_revoked_not_both",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.email} to {self.organisation} ({self.role})"
+
+    def state(self, now: dt.datetime) -> str:
+        if self.accepted_at is not None:
+            return self.State.ACCEPTED
+        if self.revoked_at is not None:
+            return self.State.REVOKED
+        if self.expires_at <= now:
+            return self.State.EXPIRED
+        return self.State.PENDING
 
 
 class Product(models.Model):

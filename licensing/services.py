@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
+import logging
 import secrets
-from collections.abc import Iterable
+import smtplib
+from collections.abc import Callable, Iterable
+from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
+from django.template.loader import render_to_string
+from django.utils import timezone
 from django.utils.text import slugify
 
 from governance.audit import audit_record
@@ -16,6 +26,7 @@ from licensing.models import (
     AffiliateGroup,
     BaseModel,
     GroupAdmin,
+    Invitation,
     LicenceAcceptance,
     LicenceVersion,
     Membership,
@@ -23,6 +34,8 @@ from licensing.models import (
     Organisation,
     Product,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def _unique_slug(model: type, name: str) -> str:
@@ -324,37 +337,6 @@ def _owners_left(organisation: Organisation, without: Membership) -> int:
             .exclude(pk=without.pk).count())
 
 
-def membership_add(*, organisation: Organisation, username: str, email: str, role: str, actor: str,
-                   actor_is_owner: bool) -> tuple[Membership, str | None]:
-    """Add a person to an organisation with a role. A person Corral does not know yet (by username) gets an
-    account with a generated password, returned once (it is stored only as Django's password hash)."""
-    from django.contrib.auth import get_user_model
-
-    errors: dict[str, str] = {}
-    if role not in Membership.Role.values:
-        errors["role"] = f"Unknown role {role!r}; one of {', '.join(Membership.Role.values)}."
-    elif role == Membership.Role.OWNER and not actor_is_owner:
-        errors["role"] = "Only an owner can make someone an owner."
-    username = username.strip()
-    if not username:
-        errors["username"] = "A username is required."
-    if errors:
-        raise ValidationError(errors)
-    User = get_user_model()
-    password = None
-    with transaction.atomic():
-        user = User.objects.filter(username=username).first()
-        if user is None:
-            password = secrets.token_urlsafe(12)
-            user = User.objects.create_user(username=username, email=email.strip(), password=password)
-        elif Membership.objects.filter(user=user, organisation=organisation).exists():
-            raise ValidationError({"username": f"{username} is already a member of {organisation.name}."})
-        membership = Membership.objects.create(user=user, organisation=organisation, role=role)
-        audit_record(action="membership.added", actor=actor, organisation=organisation, obj=membership,
-                     data={"username": username, "role": role, "new_account": password is not None})
-    return membership, password
-
-
 def membership_change_role(*, membership: Membership, role: str, actor: str, actor_is_owner: bool) -> Membership:
     if role not in Membership.Role.values:
         raise ValidationError({"role": f"Unknown role {role!r}; one of {', '.join(Membership.Role.values)}."})
@@ -383,6 +365,237 @@ def membership_remove(*, membership: Membership, actor: str, actor_is_owner: boo
         audit_record(action="membership.removed", actor=actor, organisation=locked.organisation, obj=locked,
                      data={"username": locked.user.get_username(), "role": locked.role})
         locked.delete()
+
+
+# --- invitations ----------------------------------------------------------------------------------------------
+#
+# A person joins an organisation by accepting an invitation an admin sent to an email address: nobody is attached
+# to an organisation without their consent, and inviting never looks up or reveals whether an account exists.
+
+# Roles from the least to the most: a person grants a role only up to their own.
+ROLE_ORDER = [Membership.Role.VIEWER, Membership.Role.MEMBER, Membership.Role.ADMIN, Membership.Role.OWNER]
+_SELECTOR_LENGTH = 16
+_NO_HASH = "0" * 64
+_UNUSABLE = {
+    Invitation.State.ACCEPTED: "This invitation has already been used.",
+    Invitation.State.REVOKED: "This invitation was withdrawn.",
+    Invitation.State.EXPIRED: "This invitation has expired.",
+}
+# Backends that deliver nothing: the console backend would print the link, token included, into the log.
+_NON_DELIVERING_BACKENDS = {
+    "django.core.mail.backends.console.EmailBackend",
+    "django.core.mail.backends.dummy.EmailBackend",
+}
+
+
+class InvitationUnusable(Exception):
+    """The invitation was used, withdrawn or has expired; the message is safe to show to the link's holder."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+        super().__init__(_UNUSABLE[state])
+
+
+class _NotClaimed(Exception):
+    pass
+
+
+def roles_up_to(ceiling: str) -> list[str]:
+    """The roles a person holding ``ceiling`` may grant, from the least."""
+    return ROLE_ORDER[: ROLE_ORDER.index(ceiling) + 1] if ceiling in ROLE_ORDER else []
+
+
+def invitation_lifetime() -> dt.timedelta:
+    # INVITATION_EXPIRY_DAYS is not in config/settings.py (yet): read with the documented default of 7 days.
+    return dt.timedelta(days=getattr(settings, "INVITATION_EXPIRY_DAYS", 7))
+
+
+def _token_hash(token: str) -> str:
+    # The secret part carries 256 bits of randomness, so one SHA-256 is as strong as a slow hash (as for API keys).
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def invitation_create(*, organisation: Organisation, email: str, role: str, actor: str,
+                      actor_role: str) -> tuple[Invitation, str]:
+    """Invite ``email`` to the organisation with ``role``, at most ``actor_role``, and return the invitation with
+    its token, which is never stored and cannot be shown again. An earlier pending invitation of the same address
+    to the same organisation is revoked: the newest link is the one that works.
+
+    No account is looked up: the answer is the same whether or not anyone with this address uses Corral.
+    """
+    from django.core.validators import validate_email
+
+    errors: dict[str, str] = {}
+    email = get_user_model().objects.normalize_email(email.strip())
+    try:
+        validate_email(email)
+    except ValidationError:
+        errors["email"] = "Enter an email address."
+    if role not in ROLE_ORDER:
+        errors["role"] = f"Unknown role {role!r}; one of {', '.join(Membership.Role.values)}."
+    elif role not in roles_up_to(actor_role):
+        errors["role"] = f"Your role in {organisation.name} lets you invite at most: {actor_role}."
+    if errors:
+        raise ValidationError(errors)
+    selector = secrets.token_hex(_SELECTOR_LENGTH // 2)
+    token = selector + secrets.token_urlsafe(32)
+    now = timezone.now()
+    with transaction.atomic():
+        earlier = Invitation.objects.filter(organisation=organisation, email__iexact=email, accepted_at__isnull=True,
+                                            revoked_at__isnull=True, expires_at__gt=now)
+        for invitation in earlier:
+            _revoke(invitation, actor=actor, now=now, reason="replaced")
+        invitation = Invitation.objects.create(
+            organisation=organisation, email=email, role=role, selector=selector, token_hash=_token_hash(token),
+            created_by=actor, expires_at=now + invitation_lifetime(),
+        )
+        audit_record(action="invitation.created", actor=actor, organisation=organisation, obj=invitation,
+                     data={"email": email, "role": role, "expires_at": invitation.expires_at})
+    return invitation, token
+
+
+def invitation_email_send(*, invitation: Invitation, link: str) -> bool:
+    """Email the link to the invited address. False when Corral has no mail server (the console and dummy
+    backends) or the server refused: the inviting admin then passes the link on. The link is never logged."""
+    if settings.EMAIL_BACKEND in _NON_DELIVERING_BACKENDS:
+        return False
+    body = render_to_string("emails/invitation.txt", {
+        "invitation": invitation, "organisation": invitation.organisation, "link": link,
+        "inviter": invitation.created_by.removeprefix("user:"),
+        "role": invitation.get_role_display().lower(),
+    })
+    try:
+        send_mail(f"[Corral] Invitation to join {invitation.organisation.name}", body, settings.DEFAULT_FROM_EMAIL,
+                  [invitation.email])
+    except (smtplib.SMTPException, OSError) as exc:
+        logger.warning("could not email invitation %s: %s", invitation.pk, type(exc).__name__)
+        return False
+    return True
+
+
+def invitation_for_token(*, token: str) -> Invitation | None:
+    """The invitation ``token`` opens, in whatever state, or None.
+
+    Unscoped on purpose: the token is the credential. The hash is compared in constant time, and computed even
+    when no invitation has the token's selector, so timing does not tell which selectors exist.
+    """
+    invitation = None
+    if _SELECTOR_LENGTH < len(token) <= 100:
+        invitation = (Invitation.objects.select_related("organisation", "organisation__group")
+                      .filter(selector=token[:_SELECTOR_LENGTH]).first())
+    matched = hmac.compare_digest(_token_hash(token), invitation.token_hash if invitation else _NO_HASH)
+    return invitation if invitation is not None and matched else None
+
+
+def invitation_open(*, token: str, actor: str) -> Invitation:
+    """The pending invitation ``token`` opens. Raises ``Invitation.DoesNotExist`` when it opens none, and
+    ``InvitationUnusable`` when it was used, withdrawn or has expired, after recording the attempt."""
+    invitation = invitation_for_token(token=token)
+    if invitation is None:
+        raise Invitation.DoesNotExist("No such invitation.")
+    state = invitation.state(timezone.now())
+    if state != Invitation.State.PENDING:
+        _record_refusal(invitation, actor=actor, state=state)
+        raise InvitationUnusable(state)
+    return invitation
+
+
+def invitation_accept(*, invitation: Invitation, user: Any) -> Membership:
+    """Make ``user`` a member with the invited role and use the invitation up.
+
+    Whoever holds the link may accept it with their account, whatever that account's email: the link is the proof,
+    as for a new account (the audit entry says whether the addresses matched). Raises ``ValidationError`` when the
+    user is already a member (the invitation stays usable) and ``InvitationUnusable`` when it was used, withdrawn or
+    expired in the meantime.
+    """
+    if Membership.objects.filter(user=user, organisation_id=invitation.organisation_id).exists():
+        raise ValidationError(f"You are already a member of {invitation.organisation.name}.")
+    try:
+        return _accept(invitation, lambda: user, new_account=False)
+    except IntegrityError as exc:  # the same person accepting two invitations at once
+        raise ValidationError(f"You are already a member of {invitation.organisation.name}.") from exc
+
+
+def invitation_accept_new_account(*, invitation: Invitation, username: str, password: str) -> Membership:
+    """Create an account with the invited email address (the link proves it) and accept the invitation with it.
+    The account exists only if the invitation was accepted."""
+    User = get_user_model()
+    username = username.strip()
+    errors: dict[str, list[str]] = {}
+    if not username:
+        errors["username"] = ["Choose a username."]
+    else:
+        try:
+            User._meta.get_field(User.USERNAME_FIELD).run_validators(username)
+        except ValidationError as exc:
+            errors["username"] = exc.messages
+    if "username" not in errors and User.objects.filter(**{f"{User.USERNAME_FIELD}__iexact": username}).exists():
+        errors["username"] = ["This username is taken; choose another."]
+    try:
+        validate_password(password, user=User(username=username, email=invitation.email))
+    except ValidationError as exc:
+        errors["password"] = exc.messages
+    if errors:
+        raise ValidationError(errors)
+    try:
+        return _accept(invitation, lambda: User.objects.create_user(username, invitation.email, password),
+                       new_account=True)
+    except IntegrityError as exc:  # someone took the username a moment ago
+        raise ValidationError({"username": "This username is taken; choose another."}) from exc
+
+
+def _accept(invitation: Invitation, get_user: Callable[[], Any], *, new_account: bool) -> Membership:
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            user = get_user()
+            # Conditional, so the link works once however many requests race for it.
+            claimed = Invitation.objects.filter(
+                pk=invitation.pk, accepted_at__isnull=True, revoked_at__isnull=True, expires_at__gt=now,
+            ).update(accepted_at=now, accepted_by=user)
+            if claimed != 1:
+                raise _NotClaimed  # rolls a new account back with it
+            membership = Membership.objects.create(user=user, organisation=invitation.organisation,
+                                                   role=invitation.role)
+            audit_record(action="invitation.accepted", actor=f"user:{user.get_username()}",
+                         organisation=invitation.organisation, obj=invitation,
+                         data={"username": user.get_username(), "role": invitation.role, "membership": membership.pk,
+                               "new_account": new_account,
+                               "email_matched": (user.email or "").lower() == invitation.email.lower()})
+    except _NotClaimed:
+        invitation.refresh_from_db()
+        state = invitation.state(now)
+        _record_refusal(invitation, actor="anonymous" if new_account else f"user:{user.get_username()}", state=state)
+        raise InvitationUnusable(state) from None
+    invitation.refresh_from_db()
+    return membership
+
+
+def _record_refusal(invitation: Invitation, *, actor: str, state: str) -> None:
+    audit_record(action="invitation.use_refused", actor=actor, organisation=invitation.organisation, obj=invitation,
+                 data={"reason": state, "email": invitation.email, "role": invitation.role})
+
+
+def invitation_revoke(*, invitation: Invitation, actor: str, actor_role: str) -> Invitation:
+    """Withdraw a pending invitation: its link stops working at once. The invited role must be within the
+    actor's own (only an owner withdraws an invitation to be an owner, as only an owner removes an owner)."""
+    if invitation.role not in roles_up_to(actor_role):
+        raise ValidationError(f"Your role in {invitation.organisation.name} cannot withdraw an invitation to be "
+                              f"{invitation.role}.")
+    with transaction.atomic():
+        if not _revoke(invitation, actor=actor, now=timezone.now(), reason="revoked"):
+            raise ValidationError("This invitation was already accepted or withdrawn.")
+    invitation.refresh_from_db()
+    return invitation
+
+
+def _revoke(invitation: Invitation, *, actor: str, now: dt.datetime, reason: str) -> bool:
+    changed = Invitation.objects.filter(pk=invitation.pk, accepted_at__isnull=True, revoked_at__isnull=True).update(
+        revoked_at=now, revoked_by=actor)
+    if changed:
+        audit_record(action="invitation.revoked", actor=actor, organisation=invitation.organisation, obj=invitation,
+                     data={"email": invitation.email, "role": invitation.role, "reason": reason})
+    return bool(changed)
 
 
 # --- group authority ----------------------------------------------------------------------------------------

@@ -214,18 +214,35 @@ class AuditFilterForm(forms.Form):
         return data
 
 
-class MemberAddForm(OrganisationChoiceMixin, forms.Form):
+class InvitationForm(OrganisationChoiceMixin, forms.Form):
     organisation = forms.ModelChoiceField(queryset=Organisation.objects.none(), empty_label=None)
-    username = forms.CharField(max_length=150, help_text="Their Corral login. A new one gets an account with a "
-                                                         "password shown to you once.")
-    email = forms.EmailField(required=False, help_text="For a new account.")
+    email = forms.EmailField(help_text="Corral sends the link here (when it has a mail server) and shows it to you "
+                                       "once. Whoever opens it joins with their own account or a new one.")
     role = forms.ChoiceField(choices=Membership.Role.choices, initial=Membership.Role.MEMBER,
                              help_text="viewer: read; member: products and keys; admin: policies, webhooks, "
-                                       "members; owner: everything, including owners.")
+                                       "members; owner: everything, including owners. At most your own role.")
 
-    def __init__(self, *args: Any, organisations: QuerySet[Organisation], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, organisations: QuerySet[Organisation], roles: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limit_organisations(organisations)
+        self.fields["role"].choices = [(value, label) for value, label in Membership.Role.choices if value in roles]
+
+
+class InvitationSignupForm(forms.Form):
+    """A new account for the holder of an invitation link; its email address is the invitation's."""
+
+    username = forms.CharField(max_length=150, widget=forms.TextInput(attrs={"autocomplete": "username"}),
+                               help_text="What you will log in with.")
+    password = forms.CharField(strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+                               help_text="At least 8 characters, not only digits, not a common password.")
+    password_again = forms.CharField(label="Password again", strip=False,
+                                     widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("password") and data.get("password_again") and data["password"] != data["password_again"]:
+            self.add_error("password_again", "The two passwords differ.")
+        return data
 
 
 class MemberRoleForm(forms.Form):

@@ -16,7 +16,7 @@ from governance.models import Alert, ComplianceStatus, EvaluationRule, GroupFore
 from governance.selectors import Count as MauCount
 from governance.selectors import daily_series, mau_month, mau_month_many
 from inference.models import GPU, GpuAllocation, Replica, ReplicaState
-from licensing.models import AffiliateGroup, LicenceVersion, Product
+from licensing.models import AffiliateGroup, Invitation, LicenceVersion, Organisation, Product
 from portal.charts import Point
 
 DEFAULT_THRESHOLD = 700_000_000
@@ -168,3 +168,11 @@ def group_figures(*, group: AffiliateGroup, today: dt.date | None = None, months
         last_month=last_month,
         this_month=this_month,
     )
+
+
+def pending_invitations(*, organisations: QuerySet[Organisation]) -> QuerySet[Invitation]:
+    """Invitations of these organisations not yet accepted, withdrawn or expired (expired ones stay in the audit
+    log). Pass only the organisations the caller manages: an invitation names an address that may be anyone's."""
+    return (Invitation.objects.filter(organisation__in=organisations, accepted_at__isnull=True,
+                                      revoked_at__isnull=True, expires_at__gt=timezone.now())
+            .select_related("organisation").order_by("organisation__name", "email", "-created_at"))

@@ -43,4 +43,8 @@ urlpatterns = [
     path("members/", views.member_list, name="members"),
     path("members/<int:pk>/role/", views.member_role, name="member-role"),
     path("members/<int:pk>/remove/", views.member_remove, name="member-remove"),
+    path("members/invitations/<int:pk>/revoke/", views.invitation_revoke, name="invitation-revoke"),
+    path("invitation/", views.invitation_detail, name="invitation"),
+    path("invitation/signup/", views.invitation_signup, name="invitation-signup"),
+    path("invitations/<str:token>/", views.invitation_link, name="invitation-link"),
 ]

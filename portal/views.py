@@ -8,7 +8,9 @@ import json
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import login as auth_login
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
@@ -33,7 +35,7 @@ from inference import services as inference_services
 from inference.models import Deployment, GpuAllocation, Node, Replica
 from licensing import selectors as licensing_selectors
 from licensing import services as licensing_services
-from licensing.models import GroupAdmin, LicenceAcceptance, Membership, Product
+from licensing.models import GroupAdmin, Invitation, LicenceAcceptance, Membership, Product
 from licensing.obligations import NOTICE_FILENAME, notice_file_text
 from portal import forms
 from portal import selectors as portal_selectors
@@ -666,35 +668,89 @@ def _is_owner(access: Access, organisation_id: int) -> bool:
         user=access.user, organisation_id=organisation_id, role=Membership.Role.OWNER).exists()
 
 
+def _role_in(access: Access, organisation_id: int) -> str:
+    """The caller's role in the organisation; staff act as owners, as in the Django admin."""
+    if access.is_staff:
+        return Membership.Role.OWNER
+    role = Membership.objects.filter(user=access.user, organisation_id=organisation_id).values_list(
+        "role", flat=True).first()
+    return role or ""
+
+
+def _grantable_roles(access: Access, manageable: QuerySet) -> list[str]:
+    """Roles the caller may invite to some organisation they manage (the service checks each organisation)."""
+    if access.is_staff:
+        return list(licensing_services.ROLE_ORDER)
+    held = Membership.objects.filter(user=access.user, organisation__in=manageable).values_list("role", flat=True)
+    return max((licensing_services.roles_up_to(role) for role in held), key=len, default=[])
+
+
+@never_cache
 @login_required
 @require_http_methods(["GET", "POST"])
 def member_list(request: HttpRequest) -> HttpResponse:
-    """People of the caller's organisations and their roles; admins and owners add, change and remove them
-    (only an owner touches the owner role, and an organisation always keeps one owner)."""
+    """People of the caller's organisations and their roles. Admins and owners invite people by email address (at
+    most their own role), revoke pending invitations, change roles and remove members (only an owner touches the
+    owner role, and an organisation always keeps one owner).
+
+    Inviting answers the same whatever the address: no account is looked up, and nobody joins until they accept.
+    The link is in the one response that created the invitation (and in the email) and nowhere else.
+    """
     access = access_of(request)
     manageable = access.organisations(Scope.ADMIN)
-    form = added = secret = None
+    form = invited = link = None
+    emailed = False
     if manageable.exists():
-        form = forms.MemberAddForm(request.POST or None, organisations=manageable)
+        roles = _grantable_roles(access, manageable)
+        form = forms.InvitationForm(request.POST or None, organisations=manageable, roles=roles)
     if request.method == "POST":
         if form is None:
-            raise PermissionDenied("Your role does not allow managing members.")
+            raise PermissionDenied("Your role does not allow inviting people.")
         if form.is_valid():
             data = form.cleaned_data
             try:
-                added, secret = licensing_services.membership_add(
-                    organisation=data["organisation"], username=data["username"], email=data["email"],
-                    role=data["role"], actor=access.label, actor_is_owner=_is_owner(access, data["organisation"].pk))
+                invited, token = licensing_services.invitation_create(
+                    organisation=data["organisation"], email=data["email"], role=data["role"], actor=access.label,
+                    actor_role=_role_in(access, data["organisation"].pk))
             except ValidationError as exc:
                 forms.add_service_errors(form, exc)
             else:
-                form = forms.MemberAddForm(organisations=manageable)
+                link = _invitation_link(token)
+                emailed = licensing_services.invitation_email_send(invitation=invited, link=link)
+                form = forms.InvitationForm(organisations=manageable, roles=roles)
     members = (Membership.objects.filter(organisation__in=access.organisation_ids())
                .select_related("user", "organisation").order_by("organisation__name", "user__username"))
+    invitations = portal_selectors.pending_invitations(organisations=manageable) if form is not None else []
     return render(request, "portal/member_list.html", {
-        "page": _page(request, members), "form": form, "added": added, "secret": secret,
+        "page": _page(request, members), "form": form, "invited": invited, "link": link, "emailed": emailed,
+        "invitations": invitations, "lifetime_days": licensing_services.invitation_lifetime().days,
         "manage_ids": set(manageable.values_list("pk", flat=True)), "roles": Membership.Role.choices,
     }, status=_status(form) if form is not None else 200)
+
+
+def _invitation_link(token: str) -> str:
+    # SITE_URL, not the request's host: the emailed link must not follow a forged Host header.
+    return f"{settings.SITE_URL.rstrip('/')}{reverse('portal:invitation-link', args=[token])}"
+
+
+@login_required
+@require_POST
+def invitation_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    invitation = (Invitation.objects.filter(pk=pk, organisation__in=access.organisations())
+                  .select_related("organisation").first())
+    if invitation is None:
+        raise Http404("No such invitation.")
+    access.require(Scope.ADMIN, invitation.organisation_id)
+    try:
+        licensing_services.invitation_revoke(invitation=invitation, actor=access.label,
+                                             actor_role=_role_in(access, invitation.organisation_id))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"The invitation of {invitation.email} to {invitation.organisation.name} is "
+                                  f"revoked: its link no longer works.")
+    return redirect("portal:members")
 
 
 def _membership_or_404(access: Access, pk: int) -> Membership:
@@ -740,3 +796,110 @@ def member_remove(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         messages.success(request, f"{membership.user.get_username()} was removed from {membership.organisation.name}.")
     return redirect("portal:members")
+
+
+# --- invitations: the invitee's side ------------------------------------------------------------------------
+#
+# The link's URL holds the token. Its one view puts the token in the session and redirects to a URL without it,
+# where everything else happens (as Django's password reset does): no later page, login redirect, Referer or
+# django.request warning for a 4xx answer carries the token. Opening the link needs no login: the token is the
+# credential.
+
+INVITATION_SESSION_KEY = "_corral_invitation_token"
+NO_INVITATION = "No invitation is open here: open the link of your invitation again, checking that it was copied whole."
+
+
+@never_cache
+@require_GET
+def invitation_link(request: HttpRequest, token: str) -> HttpResponse:
+    """Keep a token that opens an invitation (in any state: the next page says which) in the session. A token
+    that opens none is worthless, so its 404 may be logged; and no session is created for it."""
+    if licensing_services.invitation_for_token(token=token) is None:
+        return _invitation_page(request, problem=NO_INVITATION, status=404)
+    request.session[INVITATION_SESSION_KEY] = token
+    response = redirect("portal:invitation")
+    response["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def _invitation_page(request: HttpRequest, *, invitation: Invitation | None = None, problem: str = "",
+                     signup_form: forms.InvitationSignupForm | None = None, error: str = "",
+                     status: int = 200) -> HttpResponse:
+    if invitation is not None and not request.user.is_authenticated and signup_form is None:
+        signup_form = forms.InvitationSignupForm()
+    return render(request, "portal/invitation.html", {
+        "invitation": invitation, "problem": problem, "signup_form": signup_form, "error": error,
+        "inviter": invitation.created_by.removeprefix("user:") if invitation else "",
+        "email_differs": bool(invitation and request.user.is_authenticated
+                              and (request.user.email or "").lower() != invitation.email.lower()),
+    }, status=status)
+
+
+def _unusable(request: HttpRequest, exc: licensing_services.InvitationUnusable) -> HttpResponse:
+    request.session.pop(INVITATION_SESSION_KEY, None)
+    return _invitation_page(request, problem=f"{exc} Ask an admin of the organisation for a new one.", status=410)
+
+
+def _open_invitation(request: HttpRequest) -> Invitation | HttpResponse:
+    """The pending invitation of the link opened in this session, or the page saying there is none (404) or it can
+    no longer be used (410)."""
+    token = request.session.get(INVITATION_SESSION_KEY, "")
+    actor = access_of(request).label if request.user.is_authenticated else "anonymous"
+    try:
+        return licensing_services.invitation_open(token=token, actor=actor)
+    except Invitation.DoesNotExist:
+        request.session.pop(INVITATION_SESSION_KEY, None)
+        return _invitation_page(request, problem=NO_INVITATION, status=404)
+    except licensing_services.InvitationUnusable as exc:
+        return _unusable(request, exc)
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def invitation_detail(request: HttpRequest) -> HttpResponse:
+    """What the invitation offers. Signed in, the person accepts it as themselves (POST); signed out, they log in
+    and come back, or create an account (``invitation_signup``). Whoever holds the link may accept it: the link
+    is the proof, as the email address it was sent to is for a new account."""
+    opened = _open_invitation(request)
+    if isinstance(opened, HttpResponse):
+        return opened
+    if request.method == "GET":
+        return _invitation_page(request, invitation=opened)
+    if not request.user.is_authenticated:
+        return redirect(f"{reverse('portal:login')}?next={request.path}")
+    try:
+        membership = licensing_services.invitation_accept(invitation=opened, user=request.user)
+    except ValidationError as exc:
+        return _invitation_page(request, invitation=opened, error=" ".join(exc.messages), status=400)
+    except licensing_services.InvitationUnusable as exc:
+        return _unusable(request, exc)
+    request.session.pop(INVITATION_SESSION_KEY, None)
+    messages.success(request, f"You joined {membership.organisation.name} as {membership.get_role_display().lower()}.")
+    return redirect("portal:overview")
+
+
+@never_cache
+@require_POST
+def invitation_signup(request: HttpRequest) -> HttpResponse:
+    """A new account for the holder of the link, with the invitation's email address, accepting it at once."""
+    if request.user.is_authenticated:
+        return redirect("portal:invitation")  # accept as yourself, or log out first
+    opened = _open_invitation(request)
+    if isinstance(opened, HttpResponse):
+        return opened
+    form = forms.InvitationSignupForm(request.POST)
+    if form.is_valid():
+        try:
+            membership = licensing_services.invitation_accept_new_account(
+                invitation=opened, username=form.cleaned_data["username"], password=form.cleaned_data["password"])
+        except ValidationError as exc:
+            forms.add_service_errors(form, exc)
+        except licensing_services.InvitationUnusable as exc:
+            return _unusable(request, exc)
+        else:
+            auth_login(request, membership.user, backend="django.contrib.auth.backends.ModelBackend")
+            request.session.pop(INVITATION_SESSION_KEY, None)
+            messages.success(request, f"Welcome, {membership.user.get_username()}: you joined "
+                                      f"{membership.organisation.name} as {membership.get_role_display().lower()}.")
+            return redirect("portal:overview")
+    return _invitation_page(request, invitation=opened, signup_form=form, status=400)

@@ -18,7 +18,7 @@ def managed_by_first_organisation(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('licensing', '0002_load_catalogue'),
+        ('licensing', '0003_invitation'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

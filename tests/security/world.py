@@ -23,6 +23,7 @@ from licensing.models import BaseModel, LicenceVersion, Membership, Organisation
 from licensing.services import (
     grant_record,
     group_admin_appoint,
+    invitation_create,
     licence_accept,
     organisation_create,
     product_create,
@@ -117,6 +118,9 @@ def build_tenant(name: str, *, staff: str = "staff:security-suite") -> Tenant:
         user = users.create_user(username=f"{name.lower()}-{role}", password="correct horse battery staple")
         Membership.objects.create(user=user, organisation=organisation, role=role)
         tenant.users[role] = user
+    o["invitation"], token = invitation_create(organisation=organisation, email=f"new@{name.lower()}.example.com",
+                                               role=Membership.Role.MEMBER, actor=staff, actor_role="owner")
+    tenant.secrets.append(token)
     o["group_admin"] = group_admin_appoint(group=organisation.group, username=tenant.users["member"].username,
                                            actor=staff)
     o["declaration_proposal"] = declaration_propose(
