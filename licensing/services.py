@@ -406,8 +406,7 @@ def roles_up_to(ceiling: str) -> list[str]:
 
 
 def invitation_lifetime() -> dt.timedelta:
-    # INVITATION_EXPIRY_DAYS is not in config/settings.py (yet): read with the documented default of 7 days.
-    return dt.timedelta(days=getattr(settings, "INVITATION_EXPIRY_DAYS", 7))
+    return dt.timedelta(days=settings.INVITATION_EXPIRY_DAYS)
 
 
 def _token_hash(token: str) -> str:
