@@ -325,6 +325,25 @@ class ComplianceStatus(models.Model):
             models.UniqueConstraint(fields=["group", "licence_version", "rule"], name="one_status_per_rule")
         ]
 
+    @property
+    def partial_coverage(self) -> bool:
+        return self.state == ComplianceState.BELOW and bool(self.coverage) and not self.coverage.get("complete", True)
+
+    @property
+    def label(self) -> str:
+        """The state as a person reads it: a below that does not cover the whole group is never a clean pass."""
+        return f"{self.state} (partial coverage)" if self.partial_coverage else self.state
+
+    @property
+    def bases(self) -> dict:
+        """The metered figure of the month on both counting bases (distinct_people, sum_of_products)."""
+        return self.considered.get("bases", {}) if isinstance(self.considered, dict) else {}
+
+    @property
+    def figures(self) -> list:
+        """Every figure of the month with the state it alone gives."""
+        return self.considered.get("figures", []) if isinstance(self.considered, dict) else []
+
 
 class StatusChange(models.Model):
     """History: every change of a status, with the figures that caused it."""

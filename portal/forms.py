@@ -10,7 +10,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 
-from governance.models import GroupPolicy, Scope
+from governance.models import CountingBasis, GroupPolicy, OnUnknown, Scope
 from inference.models import Deployment
 from inference.services import DTYPES, QUANTIZATIONS
 from licensing.models import BaseModel, LicenceVersion, Membership, Organisation, Product
@@ -133,6 +133,12 @@ class PolicyForm(forms.Form):
     email_recipients = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}),
                                        help_text="One address per line.")
     webhooks_enabled = forms.BooleanField(required=False, label="Send alerts to webhooks")
+    counting_basis = forms.ChoiceField(
+        choices=CountingBasis.choices, label="Counting basis", required=False,
+        help_text="The licence does not say how a person using two products counts; both are always shown.")
+    on_unknown = forms.ChoiceField(
+        choices=OnUnknown.choices, label="When a tested month has no figure", required=False,
+        help_text="An alert asks for a declaration either way.")
 
     @classmethod
     def initial_for(cls, policy: GroupPolicy) -> dict[str, Any]:
@@ -141,7 +147,8 @@ class PolicyForm(forms.Form):
             "levels": ", ".join(f"{level * 100:g}" for level in policy.levels),
             "hysteresis": round(policy.hysteresis * 100, 4), "forecast_days": policy.forecast_days,
             "email_enabled": policy.email_enabled, "email_recipients": "\n".join(policy.email_recipients),
-            "webhooks_enabled": policy.webhooks_enabled,
+            "webhooks_enabled": policy.webhooks_enabled, "counting_basis": policy.counting_basis,
+            "on_unknown": policy.on_unknown,
         }
 
     def clean_levels(self) -> list[float]:
@@ -151,7 +158,7 @@ class PolicyForm(forms.Form):
         return [line.strip() for line in self.cleaned_data["email_recipients"].splitlines() if line.strip()]
 
     def as_policy_data(self) -> dict[str, Any]:
-        data = dict(self.cleaned_data)
+        data = {name: value for name, value in self.cleaned_data.items() if value != ""}  # omitted: unchanged
         data["hysteresis"] = data["hysteresis"] / 100
         return data
 

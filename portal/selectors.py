@@ -116,12 +116,41 @@ def _point(day: dt.date, estimate: Any) -> Point:
     return Point(day=day, estimate=estimate.estimate, lower=estimate.lower, upper=estimate.upper)
 
 
+@dataclass(frozen=True)
+class TestedMonth:
+    """One month the statuses read, with both counting bases, the declarations and the coverage."""
+
+    month: dt.date
+    rules: list[str]
+    bases: dict[str, Any]
+    figures: list[dict[str, Any]]
+    coverage: dict[str, Any]
+
+
+def tested_months(statuses: list[ComplianceStatus]) -> list[TestedMonth]:
+    """The calendar months the group's statuses were decided on (licence-accurate test months, last month),
+    each once: the figures of a month are the group's whatever the version."""
+    by_month: dict[dt.date, TestedMonth] = {}
+    for status in sorted(statuses, key=lambda s: (s.month or dt.date.min)):
+        if status.rule == EvaluationRule.PROJECTED or status.month is None:
+            continue
+        known = by_month.get(status.month)
+        label = f"{status.licence_version.name}: {status.get_rule_display().split(':')[0].split(' (')[0]}"
+        if known is None:
+            by_month[status.month] = TestedMonth(status.month, [label], status.bases, status.figures,
+                                                 status.coverage or {})
+        elif label not in known.rules:
+            known.rules.append(label)
+    return sorted(by_month.values(), key=lambda m: m.month, reverse=True)
+
+
 @dataclass
 class GroupFigures:
     months: list[Point]
     rolling: list[Point]
     daily: list[Point]
     versions: list[VersionRow]
+    tested: list[TestedMonth]
     threshold: int
     organisations: list[dict[str, Any]]
     last_month: dt.date
@@ -163,6 +192,7 @@ def group_figures(*, group: AffiliateGroup, today: dt.date | None = None, months
         rolling=[_point(p.day, p.rolling) for p in series],
         daily=[_point(p.day, p.dau) for p in series],
         versions=_version_rows(versions, statuses),
+        tested=tested_months(statuses),
         threshold=threshold,
         organisations=breakdown,
         last_month=last_month,

@@ -86,6 +86,7 @@ def group_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "can_evaluate": access.can_in_group(Scope.WRITE, group),
         "writable": {group.pk} if access.is_group_admin(group) else set(),
         "is_group_admin": access.is_group_admin(group),
+        "months_to_declare": evaluation_services.months_to_declare(group=group),
         "authority": licensing_selectors.group_authority(group=group),
     })
 

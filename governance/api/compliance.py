@@ -54,17 +54,15 @@ class ComplianceStatusSerializer(serializers.ModelSerializer):
                   "evaluated_at"]
 
     def get_label(self, obj: ComplianceStatus) -> str:
-        if obj.state == "below" and obj.coverage and not obj.coverage.get("complete", True):
-            return "below (partial coverage)"
-        return obj.state
+        return obj.label
 
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_bases(self, obj: ComplianceStatus) -> dict[str, Any]:
-        return (obj.considered or {}).get("bases", {}) if isinstance(obj.considered, dict) else {}
+        return obj.bases
 
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_figures(self, obj: ComplianceStatus) -> list[dict[str, Any]]:
-        return (obj.considered or {}).get("figures", []) if isinstance(obj.considered, dict) else []
+        return obj.figures
 
 
 class StatusChangeSerializer(serializers.ModelSerializer):
