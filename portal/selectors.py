@@ -135,7 +135,10 @@ def tested_months(statuses: list[ComplianceStatus]) -> list[TestedMonth]:
         if status.rule == EvaluationRule.PROJECTED or status.month is None:
             continue
         known = by_month.get(status.month)
-        label = f"{status.licence_version.name}: {status.get_rule_display().split(':')[0].split(' (')[0]}"
+        if status.rule == EvaluationRule.LICENCE_ACCURATE:
+            label = f"{status.licence_version.name}: the licence's test"
+        else:
+            label = "monitoring: the last complete month"
         if known is None:
             by_month[status.month] = TestedMonth(status.month, [label], status.bases, status.figures,
                                                  status.coverage or {})

@@ -86,7 +86,8 @@ def group_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "can_evaluate": access.can_in_group(Scope.WRITE, group),
         "writable": {group.pk} if access.is_group_admin(group) else set(),
         "is_group_admin": access.is_group_admin(group),
-        "months_to_declare": evaluation_services.months_to_declare(group=group),
+        "months_to_declare": [{**m, "month_date": dt.datetime.strptime(m["month"], "%Y-%m").date()}
+                              for m in evaluation_services.months_to_declare(group=group) if m["month"]],
         "authority": licensing_selectors.group_authority(group=group),
     })
 

@@ -125,7 +125,8 @@ def months_to_declare(*, group: AffiliateGroup) -> list[dict[str, str]]:
     """The months a figure must be declared for: those a licence-accurate status found no figure for."""
     unknown = ComplianceStatus.objects.filter(group=group, rule=EvaluationRule.LICENCE_ACCURATE,
                                               state=rules.UNKNOWN).select_related("licence_version")
-    return [{"licence_version": s.licence_version.slug, "month": s.month.strftime("%Y-%m") if s.month else ""}
+    return [{"licence_version": s.licence_version.slug, "version_name": s.licence_version.name,
+             "month": s.month.strftime("%Y-%m") if s.month else ""}
             for s in unknown.order_by("licence_version__release_date")]
 
 

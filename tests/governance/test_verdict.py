@@ -167,7 +167,8 @@ def test_a_month_without_a_figure_alerts_once_and_blocks_only_when_the_policy_sa
     assert [(a.month, a.rule) for a in unknown_alerts] == [(JUNE_2024, "licence_accurate")]
     assert "June 2024" in unknown_alerts[0].message
     body = client.get(f"/api/v1/groups/{group.pk}/compliance/").json()
-    assert body["months_to_declare"] == [{"licence_version": "llama-3.1", "month": "2024-06"}]
+    assert body["months_to_declare"] == [{"licence_version": "llama-3.1", "version_name": "Llama 3.1",
+                                          "month": "2024-06"}]
     assert access_check(organisation=acme["social"], licence_version=acme["version"], fresh=True).allowed
     assert client.patch(f"/api/v1/groups/{group.pk}/policy/", {"on_unknown": "block"},
                         format="json").status_code == 200
