@@ -65,6 +65,10 @@ class LicenceVersion(models.Model):
     derived_name_prefix = models.CharField(
         max_length=40, blank=True, help_text="A distributed derived model's name must begin with this"
     )
+    derived_name_covers_outputs = models.BooleanField(
+        default=False,
+        help_text="The naming rule also covers a model made with the materials' outputs or results (3.1 and later)",
+    )
     outputs_may_improve_other_models = models.BooleanField(
         help_text="False where the licence forbids using outputs to improve other large language models"
     )
@@ -102,6 +106,7 @@ class LicenceVersion(models.Model):
             notice_line=self.notice_line,
             attribution_display=self.attribution_display,
             derived_name_prefix=self.derived_name_prefix,
+            derived_name_covers_outputs=self.derived_name_covers_outputs,
             outputs_may_improve_other_models=self.outputs_may_improve_other_models,
             eu_multimodal_restriction=self.eu_multimodal_restriction,
             aup_version=self.aup_version,

@@ -36,9 +36,9 @@ class LicenceVersionSerializer(serializers.ModelSerializer):
         fields = [
             "id", "slug", "name", "licence_name", "release_date", "release_date_label", "test_month",
             "date_ambiguous", "date_note", "mau_threshold", "notice_line", "attribution_display",
-            "derived_name_prefix", "outputs_may_improve_other_models", "eu_multimodal_restriction",
-            "licence_url", "licence_sha256", "licence_source", "aup_version", "aup_url", "aup_sha256",
-            "base_models",
+            "derived_name_prefix", "derived_name_covers_outputs", "outputs_may_improve_other_models",
+            "eu_multimodal_restriction", "licence_url", "licence_sha256", "licence_source", "aup_version", "aup_url",
+            "aup_sha256", "base_models",
         ]
 
     def get_test_month(self, obj: LicenceVersion) -> str:
@@ -183,6 +183,8 @@ class NameCheckSerializer(serializers.Serializer):
     ok = serializers.BooleanField()
     rule = serializers.CharField()
     message = serializers.CharField()
+    reading = serializers.CharField(
+        allow_blank=True, help_text="The reading Corral used where the licence text does not decide; else empty")
 
 
 class ObligationsSerializer(serializers.Serializer):
@@ -192,6 +194,9 @@ class ObligationsSerializer(serializers.Serializer):
     notice_text = serializers.CharField()
     attribution_display = serializers.CharField(allow_null=True)
     derived_name_prefix = serializers.CharField(allow_null=True)
+    derived_name_covers_outputs = serializers.BooleanField()
+    derived_name_rule = serializers.CharField(allow_null=True)
+    derived_name_reading = serializers.CharField(allow_blank=True)
     outputs_may_improve_other_models = serializers.BooleanField()
     eu_multimodal_restriction = serializers.BooleanField()
     redistribute_licence_copy = serializers.BooleanField()
