@@ -270,6 +270,10 @@ class LicenceAcceptance(AppendOnlyModel):
     accepted_at = models.DateTimeField(auto_now_add=True)
     licence_sha256 = models.CharField(max_length=64, validators=[sha256_validator])
     aup_version = models.CharField(max_length=40)
+    aup_sha256 = models.CharField(
+        max_length=64, blank=True,
+        help_text="SHA-256 of the Acceptable Use Policy text accepted; blank where the catalogue held none",
+    )
     note = models.TextField(blank=True)
 
     class Meta:

@@ -125,10 +125,13 @@ class Obligations:
     aup_accepted: bool
     licence_accepted: bool
     date_ambiguous: bool
+    licence_required: str  # what must be accepted, and why, while the licence is not; else empty
+    aup_required: str
 
 
 def product_obligations(
-    terms: LicenceTerms, *, licence_accepted: bool, aup_accepted: bool
+    terms: LicenceTerms, *, licence_accepted: bool, aup_accepted: bool, licence_required: str = "",
+    aup_required: str = "",
 ) -> Obligations:
     """Every obligation a product built on ``terms`` carries, with whether the licence and AUP are accepted."""
     return Obligations(
@@ -148,4 +151,6 @@ def product_obligations(
         aup_accepted=aup_accepted,
         licence_accepted=licence_accepted,
         date_ambiguous=terms.date_ambiguous,
+        licence_required=licence_required,
+        aup_required=aup_required,
     )

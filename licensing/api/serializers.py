@@ -146,12 +146,18 @@ class AcceptanceSerializer(TenantCreateMixin, serializers.ModelSerializer):
     licence_sha256 = serializers.CharField(
         validators=[sha256_validator], help_text="SHA-256 of the licence text accepted (see /licences/)"
     )
+    # Required like licence_sha256: the client says which AUP text it showed. Blank only for a version whose
+    # catalogue row pins no AUP text (the service checks it against the catalogue either way).
+    aup_sha256 = serializers.CharField(
+        validators=[sha256_validator], allow_blank=True,
+        help_text="SHA-256 of the Acceptable Use Policy text accepted (the version's aup_sha256 in /licences/)",
+    )
 
     class Meta:
         model = LicenceAcceptance
         fields = [
-            "id", "organisation", "licence_version", "product", "licence_sha256", "aup_version", "note",
-            "accepted_by", "accepted_at",
+            "id", "organisation", "licence_version", "product", "licence_sha256", "aup_version", "aup_sha256",
+            "note", "accepted_by", "accepted_at",
         ]
         read_only_fields = ["id", "accepted_by", "accepted_at"]
 
@@ -205,4 +211,6 @@ class ObligationsSerializer(serializers.Serializer):
     aup_accepted = serializers.BooleanField()
     licence_accepted = serializers.BooleanField()
     date_ambiguous = serializers.BooleanField()
+    licence_required = serializers.CharField(allow_blank=True)
+    aup_required = serializers.CharField(allow_blank=True)
     derived_model_name_check = NameCheckSerializer(allow_null=True)
