@@ -125,6 +125,8 @@ class BaseModel(models.Model):
         null=True, blank=True,
         help_text="This model's own release date, where it differs from its licence version's (Code Llama 70B)")
     date_note = models.TextField(blank=True, help_text="Where the date comes from, and why it matters")
+    licence_note = models.TextField(
+        blank=True, help_text="Why the model is under this licence version, where Meta's own sources differ")
 
     class Meta:
         ordering = ["licence_version__release_date", "repo_id"]

@@ -22,9 +22,17 @@ from licensing.models import (
 
 
 class BaseModelSerializer(serializers.ModelSerializer):
+    test_month = serializers.SerializerMethodField(
+        help_text="By the model's own release date, where it has one: the month the 700M test looks at")
+
     class Meta:
         model = BaseModel
-        fields = ["id", "repo_id", "multimodal"]
+        fields = ["id", "repo_id", "multimodal", "release_date", "test_month", "date_note", "licence_note"]
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_test_month(self, obj: BaseModel) -> str | None:
+        month = obj.test_month()
+        return month.strftime("%Y-%m") if month else None
 
 
 class LicenceVersionSerializer(serializers.ModelSerializer):

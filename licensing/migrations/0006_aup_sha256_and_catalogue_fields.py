@@ -1,11 +1,11 @@
 """An acceptance records the SHA-256 of the Acceptable Use Policy text accepted, as it does the licence's; the
-catalogue gains the naming rule's reach (outputs, from Llama 3.1 on).
+catalogue gains the naming rule's reach (outputs, from Llama 3.1 on) and a base model's licence note.
 
 Existing acceptances recorded only the AUP's version name. Their hash is filled from the catalogue row's current
 ``aup_sha256``, and only where the recorded ``aup_version`` is that row's ``aup_version``: the reading is that
 the text the catalogue pins for that version name now is the text accepted under it. That holds while the
-catalogue has not changed the text since: this migration runs before any later correction of the catalogue, so
-an AUP text a correction changes asks for a new acceptance. An acceptance whose ``aup_version`` differs keeps a blank hash and
+catalogue has not changed the text since: this migration runs before 0007 applies any correction, so an AUP text
+that 0007 changes asks for a new acceptance. An acceptance whose ``aup_version`` differs keeps a blank hash and
 does not count as acceptance of the current AUP, as it did not before. Only the new column is written: what each
 acceptance recorded is unchanged (acceptances stay append-only).
 """
@@ -29,6 +29,12 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.AddField(
+            model_name="basemodel",
+            name="licence_note",
+            field=models.TextField(
+                blank=True, help_text="Why the model is under this licence version, where Meta's own sources differ"),
+        ),
         migrations.AddField(
             model_name="licenceacceptance",
             name="aup_sha256",
