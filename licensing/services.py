@@ -207,9 +207,10 @@ def licence_accept(
     """Record that ``accepted_by`` accepted this version's licence and AUP, each identified by its text's SHA-256.
 
     Both hashes must be the catalogue's current ones: accepting a text other than the one Corral knows is
-    refused, so the record always says which words were agreed to. The REST API and the portal pass the AUP hash
-    the person was shown; ``aup_sha256=None`` records the catalogue's current one, for callers that show nothing
-    (management commands, scripts). A version whose catalogue row holds no AUP hash is accepted with a blank one.
+    refused, so the record always says which words were agreed to. A caller that shows the texts to a person
+    passes the AUP hash it showed (the REST API requires it); ``aup_sha256=None`` records the catalogue's current
+    one, for callers that show nothing (management commands, scripts). A version whose catalogue row holds no AUP
+    hash is accepted with a blank one.
     """
     aup_sha256 = licence_version.aup_sha256 if aup_sha256 is None else aup_sha256.lower()
     errors: dict[str, str] = {}

@@ -258,10 +258,15 @@ def test_it_refuses_an_acceptance_of_another_text(owner_org, product, client_for
     assert LicenceAcceptance.objects.count() == 0
 
 
+MISSING = object()
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"aup_sha256": None}, "This field is required."),  # missing, as a client written before the field
+        ({"aup_sha256": MISSING}, "This field is required."),  # as from a client written before the field
+        ({"aup_sha256": None}, "This field may not be null."),
+        ({"aup_sha256": ["f" * 64]}, "Not a valid string."),
         ({"aup_sha256": "f456a3f5"}, "Must be a SHA-256"),
         ({"aup_sha256": "F" * 64}, "Must be a SHA-256"),  # upper case is refused here as for licence_sha256
         ({"aup_sha256": "1" * 64}, "Does not match the text of Acceptable Use Policy 'llama-3.1'"),
@@ -277,7 +282,7 @@ def test_it_refuses_a_bad_aup_hash_naming_the_field_and_changes_nothing(
     version = product.licence_version
     recorded = client.post("/api/v1/acceptances/", acceptance_body(version), format="json").json()
     body = acceptance_body(version, **change)
-    body = {key: value for key, value in body.items() if value is not None}
+    body = {key: value for key, value in body.items() if value is not MISSING}
 
     response = client.post("/api/v1/acceptances/", body, format="json")
 
