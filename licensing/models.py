@@ -65,6 +65,10 @@ class LicenceVersion(models.Model):
     derived_name_prefix = models.CharField(
         max_length=40, blank=True, help_text="A distributed derived model's name must begin with this"
     )
+    derived_name_covers_outputs = models.BooleanField(
+        default=False,
+        help_text="The naming rule also covers a model made with the materials' outputs or results (3.1 and later)",
+    )
     outputs_may_improve_other_models = models.BooleanField(
         help_text="False where the licence forbids using outputs to improve other large language models"
     )
@@ -102,6 +106,7 @@ class LicenceVersion(models.Model):
             notice_line=self.notice_line,
             attribution_display=self.attribution_display,
             derived_name_prefix=self.derived_name_prefix,
+            derived_name_covers_outputs=self.derived_name_covers_outputs,
             outputs_may_improve_other_models=self.outputs_may_improve_other_models,
             eu_multimodal_restriction=self.eu_multimodal_restriction,
             aup_version=self.aup_version,
@@ -120,6 +125,8 @@ class BaseModel(models.Model):
         null=True, blank=True,
         help_text="This model's own release date, where it differs from its licence version's (Code Llama 70B)")
     date_note = models.TextField(blank=True, help_text="Where the date comes from, and why it matters")
+    licence_note = models.TextField(
+        blank=True, help_text="Why the model is under this licence version, where Meta's own sources differ")
 
     class Meta:
         ordering = ["licence_version__release_date", "repo_id"]
@@ -314,6 +321,10 @@ class LicenceAcceptance(AppendOnlyModel):
     accepted_at = models.DateTimeField(auto_now_add=True)
     licence_sha256 = models.CharField(max_length=64, validators=[sha256_validator])
     aup_version = models.CharField(max_length=40)
+    aup_sha256 = models.CharField(
+        max_length=64, blank=True,
+        help_text="SHA-256 of the Acceptable Use Policy text accepted; blank where the catalogue held none",
+    )
     note = models.TextField(blank=True)
 
     class Meta:

@@ -212,15 +212,20 @@ def licence_accept(
     licence_sha256: str,
     aup_version: str,
     accepted_by: str,
+    aup_sha256: str | None = None,
     product: Product | None = None,
     user: object | None = None,
     note: str = "",
 ) -> LicenceAcceptance:
-    """Record that ``accepted_by`` accepted this version's licence and AUP, as identified by their hash/version.
+    """Record that ``accepted_by`` accepted this version's licence and AUP, each identified by its text's SHA-256.
 
-    The hash must be the catalogue's: accepting a text other than the one Corral knows is refused, so the
-    record always says which words were agreed to.
+    Both hashes must be the catalogue's current ones: accepting a text other than the one Corral knows is
+    refused, so the record always says which words were agreed to. A caller that shows the texts to a person
+    passes the AUP hash it showed (the REST API requires it); ``aup_sha256=None`` records the catalogue's current
+    one, for callers that show nothing (management commands, scripts). A version whose catalogue row holds no AUP
+    hash is accepted with a blank one.
     """
+    aup_sha256 = licence_version.aup_sha256 if aup_sha256 is None else aup_sha256.lower()
     errors: dict[str, str] = {}
     if licence_sha256.lower() != licence_version.licence_sha256:
         errors["licence_sha256"] = (
@@ -231,6 +236,12 @@ def licence_accept(
         errors["aup_version"] = (
             f"{licence_version.name} incorporates Acceptable Use Policy {licence_version.aup_version!r}, "
             f"not {aup_version!r}."
+        )
+    if aup_sha256 != licence_version.aup_sha256:
+        errors["aup_sha256"] = (
+            f"Does not match the text of Acceptable Use Policy {licence_version.aup_version!r} in the catalogue "
+            + (f"(expected {licence_version.aup_sha256})." if licence_version.aup_sha256
+               else "(it holds no hash for it: leave this blank).")
         )
     if product is not None:
         if product.organisation_id != organisation.pk:
@@ -248,6 +259,7 @@ def licence_accept(
             accepted_by=accepted_by,
             licence_sha256=licence_sha256.lower(),
             aup_version=aup_version,
+            aup_sha256=aup_sha256,
             note=note,
         )
         audit_record(
@@ -259,6 +271,7 @@ def licence_accept(
                 "licence_version": licence_version.slug,
                 "licence_sha256": acceptance.licence_sha256,
                 "aup_version": aup_version,
+                "aup_sha256": aup_sha256,
                 "product": product and product.pk,
             },
         )

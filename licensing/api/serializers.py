@@ -22,9 +22,17 @@ from licensing.models import (
 
 
 class BaseModelSerializer(serializers.ModelSerializer):
+    test_month = serializers.SerializerMethodField(
+        help_text="By the model's own release date, where it has one: the month the 700M test looks at")
+
     class Meta:
         model = BaseModel
-        fields = ["id", "repo_id", "multimodal"]
+        fields = ["id", "repo_id", "multimodal", "release_date", "test_month", "date_note", "licence_note"]
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_test_month(self, obj: BaseModel) -> str | None:
+        month = obj.test_month()
+        return month.strftime("%Y-%m") if month else None
 
 
 class LicenceVersionSerializer(serializers.ModelSerializer):
@@ -36,9 +44,9 @@ class LicenceVersionSerializer(serializers.ModelSerializer):
         fields = [
             "id", "slug", "name", "licence_name", "release_date", "release_date_label", "test_month",
             "date_ambiguous", "date_note", "mau_threshold", "notice_line", "attribution_display",
-            "derived_name_prefix", "outputs_may_improve_other_models", "eu_multimodal_restriction",
-            "licence_url", "licence_sha256", "licence_source", "aup_version", "aup_url", "aup_sha256",
-            "base_models",
+            "derived_name_prefix", "derived_name_covers_outputs", "outputs_may_improve_other_models",
+            "eu_multimodal_restriction", "licence_url", "licence_sha256", "licence_source", "aup_version", "aup_url",
+            "aup_sha256", "base_models",
         ]
 
     def get_test_month(self, obj: LicenceVersion) -> str:
@@ -146,12 +154,18 @@ class AcceptanceSerializer(TenantCreateMixin, serializers.ModelSerializer):
     licence_sha256 = serializers.CharField(
         validators=[sha256_validator], help_text="SHA-256 of the licence text accepted (see /licences/)"
     )
+    # Required like licence_sha256: the client says which AUP text it showed. Blank only for a version whose
+    # catalogue row pins no AUP text (the service checks it against the catalogue either way).
+    aup_sha256 = serializers.CharField(
+        validators=[sha256_validator], allow_blank=True,
+        help_text="SHA-256 of the Acceptable Use Policy text accepted (the version's aup_sha256 in /licences/)",
+    )
 
     class Meta:
         model = LicenceAcceptance
         fields = [
-            "id", "organisation", "licence_version", "product", "licence_sha256", "aup_version", "note",
-            "accepted_by", "accepted_at",
+            "id", "organisation", "licence_version", "product", "licence_sha256", "aup_version", "aup_sha256",
+            "note", "accepted_by", "accepted_at",
         ]
         read_only_fields = ["id", "accepted_by", "accepted_at"]
 
@@ -183,6 +197,8 @@ class NameCheckSerializer(serializers.Serializer):
     ok = serializers.BooleanField()
     rule = serializers.CharField()
     message = serializers.CharField()
+    reading = serializers.CharField(
+        allow_blank=True, help_text="The reading Corral used where the licence text does not decide; else empty")
 
 
 class ObligationsSerializer(serializers.Serializer):
@@ -192,6 +208,9 @@ class ObligationsSerializer(serializers.Serializer):
     notice_text = serializers.CharField()
     attribution_display = serializers.CharField(allow_null=True)
     derived_name_prefix = serializers.CharField(allow_null=True)
+    derived_name_covers_outputs = serializers.BooleanField()
+    derived_name_rule = serializers.CharField(allow_null=True)
+    derived_name_reading = serializers.CharField(allow_blank=True)
     outputs_may_improve_other_models = serializers.BooleanField()
     eu_multimodal_restriction = serializers.BooleanField()
     redistribute_licence_copy = serializers.BooleanField()
@@ -200,4 +219,6 @@ class ObligationsSerializer(serializers.Serializer):
     aup_accepted = serializers.BooleanField()
     licence_accepted = serializers.BooleanField()
     date_ambiguous = serializers.BooleanField()
+    licence_required = serializers.CharField(allow_blank=True)
+    aup_required = serializers.CharField(allow_blank=True)
     derived_model_name_check = NameCheckSerializer(allow_null=True)

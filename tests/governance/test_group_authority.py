@@ -237,7 +237,7 @@ def test_it_keeps_a_product_bound_key_to_its_product(group_of_two) -> None:
         format="json")
     assert deployment.status_code == 400 and "product" in deployment.json()
     acceptance = {"licence_version": version.slug, "licence_sha256": version.licence_sha256,
-                  "aup_version": version.aup_version}
+                  "aup_version": version.aup_version, "aup_sha256": version.aup_sha256}
     for body in ({**acceptance, "product": other.pk}, acceptance):
         refused = bound.post("/api/v1/acceptances/", body, format="json")
         assert refused.status_code == 400 and "product" in refused.json(), refused.content

@@ -9,7 +9,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from governance.models import ApiKey, AuditEvent
-from licensing.models import LicenceAcceptance, MetaGrant, Product
+from licensing.models import LicenceAcceptance, LicenceVersion, MetaGrant, Product
 from tests.factories import GroupFactory, MembershipFactory, OrganisationFactory, ProductFactory, UserFactory, licence
 
 pytestmark = pytest.mark.django_db
@@ -227,41 +227,105 @@ def test_it_serves_the_obligations_and_notice_file(owner_org, client_for) -> Non
 def test_it_records_an_acceptance_and_the_obligations_reflect_it(owner_org, product, client_for) -> None:
     client = client_for(owner_org, ["read", "write"])
     version = product.licence_version
-    response = client.post(
-        "/api/v1/acceptances/",
-        {"licence_version": version.slug, "licence_sha256": version.licence_sha256,
-         "aup_version": version.aup_version, "product": product.pk},
-        format="json",
-    )
+    before = client.get(f"/api/v1/products/{product.pk}/obligations/").json()
+    response = client.post("/api/v1/acceptances/", {**acceptance_body(version), "product": product.pk}, format="json")
     assert response.status_code == 201, response.content
     assert response.json()["accepted_by"].startswith("api-key:crl_")
+    assert response.json()["aup_sha256"] == version.aup_sha256
     obligations = client.get(f"/api/v1/products/{product.pk}/obligations/").json()
+    assert before["aup_required"].endswith(f"with SHA-256 {version.aup_sha256} must be accepted.")
     assert obligations["licence_accepted"] is True and obligations["aup_accepted"] is True
+    assert obligations["licence_required"] == obligations["aup_required"] == ""
     assert AuditEvent.objects.filter(action="licence.accepted").count() == 1
+
+
+def acceptance_body(version: LicenceVersion, **overrides: object) -> dict[str, object]:
+    body = {"licence_version": version.slug, "licence_sha256": version.licence_sha256,
+            "aup_version": version.aup_version, "aup_sha256": version.aup_sha256}
+    body.update(overrides)
+    return body
 
 
 def test_it_refuses_an_acceptance_of_another_text(owner_org, product, client_for) -> None:
     version = product.licence_version
     response = client_for(owner_org, ["read", "write"]).post(
         "/api/v1/acceptances/",
-        {"licence_version": version.slug, "licence_sha256": "0" * 64, "aup_version": "llama-2"},
+        acceptance_body(version, licence_sha256="0" * 64, aup_version="llama-2", aup_sha256="0" * 64),
         format="json",
     )
     assert response.status_code == 400
-    assert set(response.json()) == {"licence_sha256", "aup_version"}
+    assert set(response.json()) == {"licence_sha256", "aup_version", "aup_sha256"}
     assert LicenceAcceptance.objects.count() == 0
+
+
+MISSING = object()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"aup_sha256": MISSING}, "This field is required."),  # as from a client written before the field
+        ({"aup_sha256": None}, "This field may not be null."),
+        ({"aup_sha256": ["f" * 64]}, "Not a valid string."),
+        ({"aup_sha256": "f456a3f5"}, "Must be a SHA-256"),
+        ({"aup_sha256": "F" * 64}, "Must be a SHA-256"),  # upper case is refused here as for licence_sha256
+        ({"aup_sha256": "1" * 64}, "Does not match the text of Acceptable Use Policy 'llama-3.1'"),
+        ({"aup_sha256": ""}, "Does not match the text of Acceptable Use Policy 'llama-3.1'"),
+    ],
+)
+def test_it_refuses_a_bad_aup_hash_naming_the_field_and_changes_nothing(
+    change, message, owner_org, product, client_for
+) -> None:
+    """The AUP hash is required and checked like licence_sha256: 400 naming aup_sha256, and what was already
+    recorded stays as it was (acceptances are append-only)."""
+    client = client_for(owner_org, ["read", "write"])
+    version = product.licence_version
+    recorded = client.post("/api/v1/acceptances/", acceptance_body(version), format="json").json()
+    body = acceptance_body(version, **change)
+    body = {key: value for key, value in body.items() if value is not MISSING}
+
+    response = client.post("/api/v1/acceptances/", body, format="json")
+
+    assert response.status_code == 400
+    assert set(response.json()) == {"aup_sha256"}
+    assert message in response.json()["aup_sha256"][0]
+    assert list(LicenceAcceptance.objects.values("id", "licence_sha256", "aup_version", "aup_sha256", "note")) == [
+        {"id": recorded["id"], "licence_sha256": version.licence_sha256, "aup_version": "llama-3.1",
+         "aup_sha256": version.aup_sha256, "note": ""}]
+    assert AuditEvent.objects.filter(action="licence.accepted").count() == 1
+
+
+def test_it_refuses_the_earlier_aup_text_once_the_catalogue_pins_a_new_one(owner_org, product, client_for) -> None:
+    """Hand-computed: Acme accepted Llama 3.1 with AUP hash f456a3f5...; the catalogue pins "c" * 64. The
+    obligations say the AUP must be accepted again, naming "c" * 64; accepting the old hash again is a 400 naming
+    aup_sha256; accepting "c" * 64 counts."""
+    client = client_for(owner_org, ["read", "write"])
+    version = product.licence_version
+    old_hash = version.aup_sha256
+    assert client.post("/api/v1/acceptances/", acceptance_body(version), format="json").status_code == 201
+    LicenceVersion.objects.filter(pk=version.pk).update(aup_sha256="c" * 64)
+
+    stale = client.get(f"/api/v1/products/{product.pk}/obligations/").json()
+    refused = client.post("/api/v1/acceptances/", acceptance_body(version, aup_sha256=old_hash), format="json")
+    accepted = client.post("/api/v1/acceptances/", acceptance_body(version, aup_sha256="c" * 64), format="json")
+    fresh = client.get(f"/api/v1/products/{product.pk}/obligations/").json()
+
+    assert (stale["licence_accepted"], stale["aup_accepted"]) == (True, False)
+    assert "c" * 64 in stale["aup_required"] and "again" in stale["aup_required"]
+    assert refused.status_code == 400 and set(refused.json()) == {"aup_sha256"}
+    assert accepted.status_code == 201, accepted.content
+    assert (fresh["aup_accepted"], fresh["aup_required"]) == (True, "")
 
 
 def test_acceptances_are_append_only_over_the_api(owner_org, product, client_for) -> None:
     client = client_for(owner_org, ["read", "write"])
     version = product.licence_version
-    created = client.post(
-        "/api/v1/acceptances/",
-        {"licence_version": version.slug, "licence_sha256": version.licence_sha256, "aup_version": version.aup_version},
-        format="json",
-    ).json()
+    created = client.post("/api/v1/acceptances/", acceptance_body(version), format="json").json()
     assert client.patch(f"/api/v1/acceptances/{created['id']}/", {"note": "x"}, format="json").status_code == 405
+    assert client.put(f"/api/v1/acceptances/{created['id']}/", acceptance_body(version, aup_sha256="c" * 64),
+                      format="json").status_code == 405
     assert client.delete(f"/api/v1/acceptances/{created['id']}/").status_code == 405
+    assert LicenceAcceptance.objects.get().aup_sha256 == version.aup_sha256
 
 
 def test_acceptances_of_other_tenants_are_invisible(owner_org, outsider_org, product, client_for) -> None:
@@ -273,12 +337,8 @@ def test_acceptances_of_other_tenants_are_invisible(owner_org, outsider_org, pro
     outsider = client_for(outsider_org, ["read", "write"])
     assert outsider.get("/api/v1/acceptances/").json()["count"] == 0
     assert outsider.get(f"/api/v1/acceptances/{acceptance.pk}/").status_code == 404
-    response = outsider.post(
-        "/api/v1/acceptances/",
-        {"licence_version": version.slug, "licence_sha256": version.licence_sha256,
-         "aup_version": version.aup_version, "product": product.pk},
-        format="json",
-    )
+    response = outsider.post("/api/v1/acceptances/", {**acceptance_body(version), "product": product.pk},
+                             format="json")
     assert response.status_code == 400 and "product" in response.json()
 
 

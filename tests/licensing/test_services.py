@@ -8,8 +8,16 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from governance.models import AuditEvent
-from licensing.models import AffiliateGroup, BaseModel, LicenceAcceptance, MetaGrant, Organisation, Product
-from licensing.selectors import acceptance_state, grants_in_force, product_obligations_get
+from licensing.models import (
+    AffiliateGroup,
+    BaseModel,
+    LicenceAcceptance,
+    LicenceVersion,
+    MetaGrant,
+    Organisation,
+    Product,
+)
+from licensing.selectors import acceptance_state, acceptance_states, grants_in_force, product_obligations_get
 from licensing.services import (
     grant_record,
     licence_accept,
@@ -53,6 +61,15 @@ def grant(group: AffiliateGroup, **overrides: object) -> MetaGrant:
     }
     fields.update(overrides)
     return grant_record(**fields)  # type: ignore[arg-type]
+
+
+AUP_3_1_SHA256 = "f456a3f5b15ab588c84d06cf095a245bfee0bbc1620b48ed00af2cca4a711735"  # models/llama3_1/USE_POLICY.md
+
+
+def catalogue_row_update(version: LicenceVersion, **fields: object) -> None:
+    """Change a catalogue row as an admin or a catalogue load would, and keep ``version`` in step."""
+    LicenceVersion.objects.filter(pk=version.pk).update(**fields)
+    version.refresh_from_db()
 
 
 def error_fields(excinfo: pytest.ExceptionInfo[ValidationError]) -> set[str]:
@@ -301,21 +318,71 @@ def test_it_records_an_acceptance_of_the_catalogue_text() -> None:
 
     acceptance = licence_accept(
         organisation=product.organisation, licence_version=version, licence_sha256=version.licence_sha256.upper(),
-        aup_version="llama-3.1", accepted_by=ACTOR, product=product, note="signed off",
+        aup_version="llama-3.1", aup_sha256=version.aup_sha256.upper(), accepted_by=ACTOR, product=product,
+        note="signed off",
     )
 
     acceptance.refresh_from_db()
     assert acceptance.organisation == product.organisation
     assert acceptance.product == product
     assert acceptance.licence_sha256 == version.licence_sha256
+    assert acceptance.aup_sha256 == version.aup_sha256 == AUP_3_1_SHA256
     assert (acceptance.aup_version, acceptance.accepted_by, acceptance.note) == ("llama-3.1", ACTOR, "signed off")
     assert acceptance.accepted_at is not None
     [event] = audit_events("licence.accepted", acceptance)
     assert event.actor == ACTOR
     assert event.data == {
         "licence_version": "llama-3.1", "licence_sha256": version.licence_sha256, "aup_version": "llama-3.1",
-        "product": product.pk,
+        "aup_sha256": AUP_3_1_SHA256, "product": product.pk,
     }
+
+
+def test_it_records_the_catalogues_aup_hash_for_a_caller_that_shows_none() -> None:
+    organisation = OrganisationFactory()
+
+    acceptance = accept(organisation, "llama-3.1")  # no aup_sha256: a command or script, not a person's screen
+
+    assert acceptance.aup_sha256 == AUP_3_1_SHA256
+
+
+def test_it_refuses_an_acceptance_of_another_aup_text() -> None:
+    """Llama 3.1, section 1.b.iv: use must "adhere to the Acceptable Use Policy for the Llama Materials (...),
+    which is hereby incorporated by reference into this Agreement". The AUP is part of what is agreed to, so its
+    text is pinned like the licence's.
+
+    Hand-computed: the client shows the Llama 3.3 AUP text (another hash) for a Llama 3.1 acceptance: refused,
+    naming aup_sha256, and nothing is recorded.
+    """
+    organisation = OrganisationFactory()
+    version = licence("llama-3.1")
+
+    with pytest.raises(ValidationError) as excinfo:
+        licence_accept(
+            organisation=organisation, licence_version=version, licence_sha256=version.licence_sha256,
+            aup_version="llama-3.1", aup_sha256=licence("llama-3.3").aup_sha256, accepted_by=ACTOR,
+        )
+
+    assert error_fields(excinfo) == {"aup_sha256"}
+    assert AUP_3_1_SHA256 in excinfo.value.message_dict["aup_sha256"][0]
+    assert not LicenceAcceptance.objects.filter(organisation=organisation).exists()
+
+
+def test_it_accepts_a_blank_aup_hash_only_where_the_catalogue_pins_none() -> None:
+    organisation = OrganisationFactory()
+    version = licence("llama-3.1")
+    catalogue_row_update(version, aup_sha256="")
+
+    recorded = licence_accept(organisation=organisation, licence_version=version,
+                              licence_sha256=version.licence_sha256, aup_version="llama-3.1", aup_sha256="",
+                              accepted_by=ACTOR)
+    with pytest.raises(ValidationError) as excinfo:
+        licence_accept(organisation=organisation, licence_version=version, licence_sha256=version.licence_sha256,
+                       aup_version="llama-3.1", aup_sha256=AUP_3_1_SHA256, accepted_by=ACTOR)
+
+    assert recorded.aup_sha256 == ""
+    assert error_fields(excinfo) == {"aup_sha256"}
+    state = acceptance_state(organisation=organisation, licence_version=version)
+    assert (state.aup_accepted, state.aup_basis) == (True, "aup_version")
 
 
 def test_it_refuses_an_acceptance_of_another_licence_text() -> None:
@@ -484,6 +551,12 @@ def test_it_reports_an_acceptance_of_the_version_for_that_organisation_only() ->
 
 
 def test_it_asks_again_once_the_catalogue_pins_a_new_licence_text() -> None:
+    """Llama 3.1: "By clicking "I Accept" below or by using or distributing any portion or element of the Llama
+    Materials, you agree to be bound by this Agreement." What was agreed to is the text accepted.
+
+    Hand-computed: Acme accepted the text with hash bf2eac60...; the catalogue now pins "b" * 64. The licence is
+    no longer accepted and the state names the new hash; the AUP (unchanged) still is.
+    """
     organisation = OrganisationFactory()
     accept(organisation, "llama-3.1")
     version = licence("llama-3.1")
@@ -493,6 +566,49 @@ def test_it_asks_again_once_the_catalogue_pins_a_new_licence_text() -> None:
     state = acceptance_state(organisation=organisation, licence_version=version)
 
     assert (state.licence_accepted, state.aup_accepted, state.last_accepted_at) == (False, True, None)
+    assert "b" * 64 in state.licence_required and "again" in state.licence_required
+    assert state.aup_required == ""
+
+
+def test_it_asks_again_for_the_aup_once_the_catalogue_pins_a_new_aup_text() -> None:
+    """Llama 3.1, section 1.b.iv: the Acceptable Use Policy "is hereby incorporated by reference into this
+    Agreement"; the AUP itself says "The most recent copy of this policy can be found at" its URL, so its text
+    can change under the same version name.
+
+    Hand-computed: Acme accepted Llama 3.1 with AUP hash f456a3f5...; the catalogue then pins a new AUP text
+    "c" * 64, still called llama-3.1. The earlier acceptance no longer counts as AUP acceptance and the state
+    names "c" * 64; the licence stays accepted; the earlier record is unchanged. A new acceptance of "c" * 64
+    counts.
+    """
+    organisation = OrganisationFactory()
+    earlier = accept(organisation, "llama-3.1")
+    version = licence("llama-3.1")
+    catalogue_row_update(version, aup_sha256="c" * 64)
+
+    state = acceptance_state(organisation=organisation, licence_version=version)
+    [listed] = acceptance_states(organisation_ids=[organisation.pk]).values()
+
+    assert (state.licence_accepted, state.aup_accepted) == (True, False)
+    assert "c" * 64 in state.aup_required and "llama-3.1" in state.aup_required and "again" in state.aup_required
+    assert listed == state
+    earlier.refresh_from_db()
+    assert (earlier.aup_version, earlier.aup_sha256) == ("llama-3.1", AUP_3_1_SHA256)
+
+    licence_accept(organisation=organisation, licence_version=version, licence_sha256=version.licence_sha256,
+                   aup_version="llama-3.1", aup_sha256="c" * 64, accepted_by=ACTOR)
+
+    again = acceptance_state(organisation=organisation, licence_version=version)
+    assert (again.licence_accepted, again.aup_accepted, again.aup_required) == (True, True, "")
+    assert LicenceAcceptance.objects.filter(organisation=organisation).count() == 2
+
+
+def test_it_names_the_hashes_to_accept_when_nothing_is_accepted() -> None:
+    version = licence("llama-4")
+
+    state = acceptance_state(organisation=OrganisationFactory(), licence_version=version)
+
+    assert version.licence_sha256 in state.licence_required and "again" not in state.licence_required
+    assert version.aup_sha256 in state.aup_required and "again" not in state.aup_required
 
 
 @pytest.mark.parametrize(
