@@ -68,6 +68,7 @@ class AcceptanceForm(forms.Form):
 
     licence_sha256 = forms.CharField(widget=forms.HiddenInput(), max_length=64)
     aup_version = forms.CharField(widget=forms.HiddenInput(), max_length=40)
+    aup_sha256 = forms.CharField(widget=forms.HiddenInput(), max_length=64, required=False)
     confirm = forms.BooleanField(
         label="I have read and accept the licence and its Acceptable Use Policy on behalf of the organisation.",
         error_messages={"required": "Tick the box to confirm you accept the licence and the policy."},

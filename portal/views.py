@@ -229,7 +229,8 @@ def product_detail(request: HttpRequest, pk: int) -> HttpResponse:
     product = _product_or_404(access, pk)
     version = product.licence_version
     accept_form = forms.AcceptanceForm(initial={"licence_sha256": version.licence_sha256,
-                                                "aup_version": version.aup_version})
+                                                "aup_version": version.aup_version,
+                                                "aup_sha256": version.aup_sha256})
     return _product_page(request, access, product, accept_form)
 
 
@@ -285,7 +286,8 @@ def product_accept(request: HttpRequest, pk: int) -> HttpResponse:
             licensing_services.licence_accept(
                 organisation=product.organisation, licence_version=product.licence_version, product=product,
                 licence_sha256=form.cleaned_data["licence_sha256"], aup_version=form.cleaned_data["aup_version"],
-                accepted_by=access.label, user=request.user, note=form.cleaned_data["note"])
+                aup_sha256=form.cleaned_data["aup_sha256"] or None, accepted_by=access.label, user=request.user,
+                note=form.cleaned_data["note"])
         except ValidationError as exc:
             forms.add_service_errors(form, exc)
         else:

@@ -654,10 +654,12 @@ def access_check(*, organisation: Organisation, licence_version: LicenceVersion,
     state = acceptance_state(organisation=organisation, licence_version=licence_version)
     if not state.licence_accepted:
         return rules.Decision(False, "licence_not_accepted",
-                              f"{organisation.name} has not accepted the {licence_version.name} licence.")
+                              f"{organisation.name} has not accepted the {licence_version.name} licence"
+                              f"{' (text ' + state.licence_required + ')' if state.licence_required else ''}.")
     if not state.aup_accepted:
         return rules.Decision(False, "aup_not_accepted",
-                              f"{organisation.name} has not accepted the {licence_version.name} Acceptable Use Policy.")
+                              f"{organisation.name} has not accepted the {licence_version.name} Acceptable Use Policy"
+                              f"{' (text ' + state.aup_required + ')' if state.aup_required else ''}.")
     key = _decision_cache_key(organisation.group_id)
     decisions = None if fresh else cache.get(key)
     if decisions is None:
