@@ -126,6 +126,10 @@ class TestedMonth:
     figures: list[dict[str, Any]]
     coverage: dict[str, Any]
 
+    @property
+    def declared(self) -> list[dict[str, Any]]:
+        return [f for f in self.figures if f.get("source") == "declared"]
+
 
 def tested_months(statuses: list[ComplianceStatus]) -> list[TestedMonth]:
     """The calendar months the group's statuses were decided on (licence-accurate test months, last month),
