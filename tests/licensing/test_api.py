@@ -485,3 +485,19 @@ def test_an_admin_sets_the_domicile_and_others_cannot(owner_org, outsider_org, c
     assert set(bad.json()) == {"eu_domiciled"}
     owner_org.refresh_from_db()
     assert owner_org.eu_domiciled is True
+
+
+def test_the_evidence_report_lists_a_product_not_built_on_llama(owner_org, product, client_for) -> None:
+    ProductFactory(organisation=owner_org, name="Search", licence_version=None)
+    client = client_for(owner_org, ["read"])
+    url = f"/api/v1/groups/{owner_org.group_id}/evidence/?month=2026-01"
+
+    report = client.get(url).json()
+    csv = client.get(f"{url}&format=csv").content.decode()
+    html = client.get(f"{url}&format=html").content.decode()
+
+    [org] = report["organisations"]
+    assert [(p["name"], p["licence_version"]) for p in org["products"]] == [("Owner Chat", "llama-3.1"),
+                                                                          ("Search", None)]
+    assert "mau,product,Search,,2026-01" in csv
+    assert "Search (not built on Llama)" in html

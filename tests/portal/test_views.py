@@ -388,3 +388,17 @@ def test_it_puts_an_exemption_without_evidence_back_next_to_the_field(tenancy: T
     assert own_llama.status_code == 400
     assert "builds on Llama itself (Acme Chat)" in own_llama.context["exemption_form"].non_field_errors()[0]
     assert not Exemption.objects.exists()
+
+
+def test_the_overview_and_group_pages_take_a_product_not_built_on_llama(tenancy: Tenancy, login: Any,
+                                                                       product: Product) -> None:
+    ProductFactory(organisation=tenancy.organisation, name="Acme Search", licence_version=None,
+                   status=Product.Status.LIVE)
+    owner = login("owner")
+
+    overview = owner.get("/")
+    group = owner.get(f"/groups/{tenancy.organisation.group_id}/")
+
+    assert overview.status_code == 200 and group.status_code == 200
+    assert [row.version.slug for row in group.context["figures"].versions] == ["llama-3.1"]
+    assert "Acme Search" in group.content.decode()
