@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import re
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from inference.models import Deployment, GpuQuota
 from licensing.eu_multimodal import LEVEL as EU_MULTIMODAL
 from licensing.eu_multimodal import eu_multimodal_refusal
 from licensing.models import BaseModel, LicenceVersion, Organisation, Product
+
+logger = logging.getLogger(__name__)
 
 DTYPES = {"auto", "float16", "bfloat16", "float32"}
 QUANTIZATIONS = {"", "awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors"}
@@ -307,7 +310,7 @@ def _alert_dispatch(alert_id: int) -> None:
     try:
         dispatch_alert.delay(alert_id)
     except Exception:  # the alert row is durable; beat's sweep of undispatched alerts delivers it
-        pass
+        logger.exception("could not queue alert %s for delivery", alert_id)
 
 
 def reconcile_soon() -> None:

@@ -2,7 +2,6 @@ from django import forms
 from django.contrib import admin, messages
 
 from governance.audit import audit_record
-
 from licensing.models import (
     AffiliateGroup,
     BaseModel,

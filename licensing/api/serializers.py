@@ -7,7 +7,6 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from config.fields import SlugRelatedField
-
 from licensing.models import (
     AffiliateGroup,
     BaseModel,
