@@ -21,6 +21,7 @@ from inference.models import Deployment, GpuQuota
 from licensing.eu_multimodal import LEVEL as EU_MULTIMODAL
 from licensing.eu_multimodal import eu_multimodal_refusal
 from licensing.models import BaseModel, LicenceVersion, Organisation, Product
+from licensing.selectors import organisation_exemption
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +167,12 @@ def _check_licence(organisation: Organisation, product: Product, base_model: Bas
     refusal = eu_multimodal_refusal_for(organisation, base_model)
     if refusal:
         raise ValidationError({"base_model": refusal})
+    exemption = organisation_exemption(organisation=organisation)
+    if exemption is not None:
+        raise ValidationError({"licence": (
+            f"{organisation.name} records that it receives Llama only as part of an integrated end user product "
+            f"from {exemption.supplier} (clause 1.b.ii): running a Llama model on the pool receives the materials "
+            f"themselves. Withdraw the exemption first.")})
     decision = access_check(organisation=organisation, licence_version=version)
     if not decision.allowed:
         raise ValidationError({"licence": f"{decision.detail} ({decision.reason})"})

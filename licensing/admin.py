@@ -137,9 +137,9 @@ class ProductAdminForm(forms.ModelForm):
         data = super().clean()
         organisation = data.get("organisation") or getattr(self.instance, "organisation", None)
         if organisation is not None and not self.errors:
-            # The services' rules (base model of the version, the EU clause, an exemption in force) hold here too.
+            # The services' rules (the base model of the version, the EU clause) hold here too.
             product_check(organisation=organisation, licence_version=data.get("licence_version"),
-                          base_model=data.get("base_model"), status=data.get("status", Product.Status.DEVELOPMENT),
+                          base_model=data.get("base_model"),
                           check_base_model="base_model" in self.changed_data or self.instance.pk is None)
         return data
 

@@ -132,9 +132,10 @@ def exemption_record(*, organisation: Organisation, supplier: str, evidence: str
     """Record that the organisation receives Llama only "as part of an integrated end user product" from
     another licensee (clause 1.b.ii), so Section 2's 700M clause does not apply to it.
 
-    Refused without evidence, while another exemption is in force, and while the organisation builds on Llama
-    itself (a product built on Llama in development or live, or a deployment on the pool): then it receives the
-    materials directly, as a licensee.
+    Refused without evidence, while another exemption is in force, and while the organisation runs Llama models
+    on the pool: then it receives the materials themselves, not only as part of someone's product (and while the
+    exemption is in force, a deployment is refused). Its products may be built on Llama: the integrated product
+    it received is one, and its other obligations (the AUP, the Notice) still hold; only Section 2 does not.
     """
     supplier, evidence = (supplier or "").strip(), (evidence or "").strip()
     limit = Exemption._meta.get_field("supplier").max_length
@@ -147,16 +148,12 @@ def exemption_record(*, organisation: Organisation, supplier: str, evidence: str
         errors["supplier"] = f"At most {limit} characters."
     if errors:
         raise ValidationError(errors)
-    own = list(organisation.products.filter(licence_version__isnull=False)
-               .exclude(status=Product.Status.RETIRED).values_list("name", flat=True)[:5])
-    if own:
+    deployed = list(organisation.deployments.filter(deleted=False).values_list("served_model_name", flat=True)[:5])
+    if deployed:
         raise ValidationError(
-            f"{organisation.name} builds on Llama itself ({', '.join(own)}): it is a licensee for those, and "
-            f"clause 1.b.ii covers only what it receives as part of another licensee's integrated end user product. "
-            f"Retire them, or record them as not built on Llama, first.")
-    if organisation.deployments.filter(deleted=False).exists():
-        raise ValidationError(f"{organisation.name} runs Llama models on the pool: it receives the materials "
-                              f"directly, not as part of an integrated end user product. Delete the deployments first.")
+            f"{organisation.name} runs Llama models on the pool ({', '.join(deployed)}): it receives the Llama "
+            f"Materials themselves, not only as part of another licensee's integrated end user product. Delete the "
+            f"deployments first.")
     with transaction.atomic():
         Organisation.objects.select_for_update().filter(pk=organisation.pk).first()  # one recording at a time
         current = Exemption.objects.filter(organisation=organisation, withdrawn_at__isnull=True).first()
@@ -193,8 +190,7 @@ def exemption_withdraw(*, organisation: Organisation, withdrawn_by: str) -> Exem
 
 
 def product_check(*, organisation: Organisation, licence_version: LicenceVersion | None,
-                  base_model: BaseModel | None, status: str = Product.Status.DEVELOPMENT,
-                  check_base_model: bool = True) -> None:
+                  base_model: BaseModel | None, check_base_model: bool = True) -> None:
     """The rules a product's licence version and base model follow, as a ValidationError naming the field.
 
     ``check_base_model``: whether the base model is being chosen now (an unchanged one is not judged again, so
@@ -211,14 +207,6 @@ def product_check(*, organisation: Organisation, licence_version: LicenceVersion
         raise ValidationError({"base_model": (
             f"{base_model.repo_id} is released under {base_model.licence_version.name}, not {licence_version.name}."
         )})
-    if status != Product.Status.RETIRED:
-        exemption = Exemption.objects.filter(organisation=organisation, withdrawn_at__isnull=True).first()
-        if exemption is not None:
-            raise ValidationError({"licence_version": (
-                f"{organisation.name} records that it receives Llama only as part of an integrated end user product "
-                f"from {exemption.supplier} (clause 1.b.ii): a product it builds on Llama makes it a licensee in its "
-                f"own right. Withdraw the exemption first, or register the product without a licence version."
-            )})
     if check_base_model and base_model is not None:
         refusal = eu_multimodal_refusal(
             version_name=licence_version.name, licence_name=licence_version.licence_name,
@@ -251,7 +239,7 @@ def product_create(
     name = name.strip()
     if not name:
         raise ValidationError({"name": "A product needs a name."})
-    product_check(organisation=organisation, licence_version=licence_version, base_model=base_model, status=status)
+    product_check(organisation=organisation, licence_version=licence_version, base_model=base_model)
     _check_unique_name(organisation, name)
     with transaction.atomic():
         product = Product.objects.create(
@@ -293,9 +281,8 @@ def product_update(*, product: Product, actor: str, **changes: object) -> Produc
         raise ValidationError({"licence_version": (
             "The product has deployments on the pool, which run a Llama model: delete them before recording the "
             "product as not built on Llama.")})
-    status = str(changes.get("status", product.status))
     product_check(organisation=product.organisation, licence_version=licence_version, base_model=base_model,
-                  status=status, check_base_model="base_model" in changes)
+                  check_base_model="base_model" in changes)
     if "name" in changes:
         _check_unique_name(product.organisation, str(changes["name"]), exclude_pk=product.pk)
     before = {field: _plain(getattr(product, field)) for field in changes}

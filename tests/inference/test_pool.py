@@ -22,7 +22,7 @@ from inference import reconciler
 from inference.models import GPU, Deployment, GpuAllocation, GpuQuota, Node, Replica
 from inference.services import deployment_delete, deployment_request, deployment_scale, validate_extra_args
 from licensing.models import BaseModel
-from licensing.services import licence_accept, organisation_domicile_set
+from licensing.services import exemption_record, exemption_withdraw, licence_accept, organisation_domicile_set
 from tests.factories import ProductFactory, licence
 
 FAKE = Path(__file__).with_name("fake_vllm.py")
@@ -112,6 +112,22 @@ def test_it_refuses_a_deployment_for_a_product_not_built_on_llama(tenant, client
     assert "not built on Llama" in info.value.message_dict["product"][0]
     assert response.status_code == 400 and set(response.json()) == {"product"}
     assert not Deployment.objects.exists()
+
+
+@pytest.mark.django_db
+def test_it_refuses_a_deployment_while_the_organisation_is_exempt_under_1_b_ii(tenant) -> None:
+    """Clause 1.b.ii exempts an organisation that receives Llama "from a Licensee as part of an integrated end user
+    product": running a Llama model on the pool receives the materials themselves, so it is refused while the
+    exemption is in force, and allowed again once it is withdrawn."""
+    organisation, _, _ = tenant
+    exemption_record(organisation=organisation, supplier="Globex", evidence="Agreement 17", recorded_by="test")
+
+    with pytest.raises(ValidationError) as info:
+        request(tenant)
+    assert set(info.value.message_dict) == {"licence"} and "1.b.ii" in info.value.message_dict["licence"][0]
+    assert not Deployment.objects.exists()
+    exemption_withdraw(organisation=organisation, withdrawn_by="test")
+    assert request(tenant).state == "pending"
 
 
 @pytest.mark.django_db

@@ -461,12 +461,22 @@ def test_the_exemption_is_the_organisations_admins_to_change(owner_org, outsider
     assert not Exemption.objects.exists()
 
 
-def test_an_exemption_is_refused_while_the_organisation_builds_on_llama(owner_org, product, client_for) -> None:
+def test_an_exemption_is_refused_while_the_organisation_runs_llama_on_the_pool(owner_org, product,
+                                                                               client_for) -> None:
+    from inference.models import Deployment
+    from licensing.models import BaseModel
+
+    Deployment.objects.create(
+        organisation=owner_org, product=product, licence_version=product.licence_version, model_source="x/y",
+        base_model=BaseModel.objects.get(repo_id="meta-llama/Llama-3.1-8B-Instruct"), served_model_name="chat",
+        created_by="test")
+
     response = client_for(owner_org, ["read", "admin"]).post(
         exemption_url(owner_org), {"supplier": "Globex", "evidence": "Agreement 17"}, format="json")
 
     assert response.status_code == 400
-    assert "builds on Llama itself (Owner Chat)" in response.json()["non_field_errors"][0]
+    assert "runs Llama models on the pool (chat)" in response.json()["non_field_errors"][0]
+    assert not Exemption.objects.exists()
 
 
 def test_an_admin_sets_the_domicile_and_others_cannot(owner_org, outsider_org, client_for) -> None:

@@ -827,42 +827,39 @@ def test_it_refuses_a_second_exemption_while_one_is_in_force_and_takes_a_new_one
     assert [e.supplier for e in Exemption.objects.order_by("id")] == ["Globex", "Initech"]
 
 
-def test_it_refuses_the_exemption_to_an_organisation_that_builds_on_llama_itself() -> None:
-    """The clause covers what is received "as part of an integrated end user product": an organisation with a
-    product of its own built on Llama 3.1 receives the materials directly, as a licensee. A retired one or a
-    product not built on Llama does not stand in the way."""
-    organisation = OrganisationFactory()
-    chat = ProductFactory(organisation=organisation, name="Chat", licence_version=licence("llama-3.1"))
-    ProductFactory(organisation=organisation, name="Search", licence_version=None)
+def test_it_refuses_the_exemption_to_an_organisation_running_llama_on_the_pool() -> None:
+    """Clause 1.b.ii covers Llama Materials received "from a Licensee as part of an integrated end user product":
+    an organisation running Llama-3.1-8B on the pool receives the weights themselves. Once the deployment is
+    deleted the exemption can be recorded."""
+    from inference.models import Deployment
 
-    with pytest.raises(ValidationError, match=r"builds on Llama itself \(Chat\)"):
+    organisation = OrganisationFactory()
+    product = ProductFactory(organisation=organisation, licence_version=licence("llama-3.1"))
+    deployment = Deployment.objects.create(
+        organisation=organisation, product=product, licence_version=licence("llama-3.1"), model_source="x/y",
+        base_model=base_model("meta-llama/Llama-3.1-8B-Instruct"), served_model_name="chat", created_by="test")
+
+    with pytest.raises(ValidationError, match=r"runs Llama models on the pool \(chat\)"):
         exemption_record(organisation=organisation, supplier="Globex", evidence="Agreement 17", recorded_by=ACTOR)
-    product_update(product=chat, actor=ACTOR, status=Product.Status.RETIRED)
+    assert not Exemption.objects.exists()
+    Deployment.objects.filter(pk=deployment.pk).update(deleted=True)
     exemption = exemption_record(organisation=organisation, supplier="Globex", evidence="Agreement 17",
                                  recorded_by=ACTOR)
 
     assert exemption.in_force
 
 
-def test_it_refuses_a_product_built_on_llama_while_the_exemption_is_in_force() -> None:
-    """An exempt organisation receives Llama "as part of an integrated end user product" only: registering (or
-    reviving) a product of its own built on Llama is refused, naming the field; one not built on Llama is not."""
+def test_an_exempt_organisation_still_records_its_products_built_on_llama() -> None:
+    """1.b.ii: "Section 2 of this Agreement will not apply to you", and only Section 2: the integrated product the
+    organisation received is built on Llama 3.1, is recorded as such and keeps its obligations (the Notice)."""
     organisation = OrganisationFactory()
-    retired = ProductFactory(organisation=organisation, licence_version=licence("llama-3.1"),
-                             status=Product.Status.RETIRED)
     exemption_record(organisation=organisation, supplier="Globex", evidence="Agreement 17", recorded_by=ACTOR)
 
-    with pytest.raises(ValidationError) as created:
-        product_create(organisation=organisation, name="Chat", licence_version=licence("llama-3.1"), actor=ACTOR)
-    with pytest.raises(ValidationError) as revived:
-        product_update(product=retired, actor=ACTOR, status=Product.Status.LIVE)
-    search = product_create(organisation=organisation, name="Search", actor=ACTOR)
+    product = product_create(organisation=organisation, name="Globex Assistant", licence_version=licence("llama-3.1"),
+                             actor=ACTOR)
 
-    assert error_fields(created) == {"licence_version"} and "1.b.ii" in created.value.messages[0]
-    assert error_fields(revived) == {"licence_version"}
-    assert list(organisation.products.order_by("name").values_list("name", "status")) == [
-        (retired.name, "retired"), ("Search", "development")]
-    assert not search.built_on_llama
+    assert product.built_on_llama
+    assert product_obligations_get(product=product).notice_text.startswith("Llama 3.1 is licensed")
 
 
 def test_it_finds_the_exemptions_of_a_group_by_organisation() -> None:

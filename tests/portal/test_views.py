@@ -376,17 +376,16 @@ def test_it_lets_only_admins_record_and_withdraw_an_exemption(who: str, tenancy:
     assert Exemption.objects.get().in_force
 
 
-def test_it_puts_an_exemption_without_evidence_back_next_to_the_field(tenancy: Tenancy, login: Any,
-                                                                      product: Product) -> None:
+def test_it_puts_an_exemption_without_evidence_back_next_to_the_field(objects: Objects, login: Any) -> None:
     owner = login("owner")
-    url = f"/organisations/{tenancy.organisation.pk}/exemption/"
+    url = f"/organisations/{objects.tenancy.organisation.pk}/exemption/"
 
     missing = owner.post(url, {"supplier": "Globex", "evidence": " "})
-    own_llama = owner.post(url, {"supplier": "Globex", "evidence": "Agreement 17"})
+    deployed = owner.post(url, {"supplier": "Globex", "evidence": "Agreement 17"})
 
     assert missing.status_code == 400 and missing.context["exemption_form"].errors["evidence"]
-    assert own_llama.status_code == 400
-    assert "builds on Llama itself (Acme Chat)" in own_llama.context["exemption_form"].non_field_errors()[0]
+    assert deployed.status_code == 400
+    assert "runs Llama models on the pool (acme-chat)" in deployed.context["exemption_form"].non_field_errors()[0]
     assert not Exemption.objects.exists()
 
 
