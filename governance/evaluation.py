@@ -94,7 +94,19 @@ class Status:
     @property
     def label(self) -> str:
         """What a person reads: "below (partial coverage)" is never a clean pass."""
+        if self.state == EXEMPT:
+            return "exempt (1.b.ii)"
         return f"{self.state} (partial coverage)" if self.partial_coverage else self.state
+
+
+def exempt(*, threshold: int, rule: str, suppliers: list[str]) -> Status:
+    """Clause 1.b.ii: "If you receive Llama Materials, or any derivative works thereof, from a Licensee as part of
+    an integrated end user product, then Section 2 of this Agreement will not apply to you." Given when every
+    organisation of the group recorded that it receives Llama only that way: no 700M verdict applies."""
+    return Status(EXEMPT, None, None, threshold, rule,
+                  "Exempt under clause 1.b.ii: every organisation of the group receives the Llama Materials only as "
+                  f"part of an integrated end user product (from {', '.join(sorted(set(suppliers)))}), so Section 2's "
+                  "700M clause does not apply to it.")
 
 
 def classify(

@@ -178,6 +178,7 @@ class ComplianceState(models.TextChoices):
     OVER = "over", "Over"
     GRANTED = "granted", "Granted"
     UNKNOWN = "unknown", "Unknown"
+    EXEMPT = "exempt", "Exempt (clause 1.b.ii)"
 
 
 class EvaluationRule(models.TextChoices):
@@ -332,6 +333,8 @@ class ComplianceStatus(models.Model):
     @property
     def label(self) -> str:
         """The state as a person reads it: a below that does not cover the whole group is never a clean pass."""
+        if self.state == ComplianceState.EXEMPT:
+            return "exempt (1.b.ii)"
         return f"{self.state} (partial coverage)" if self.partial_coverage else self.state
 
     @property

@@ -279,7 +279,13 @@ class Invitation(models.Model):
 
 
 class Product(models.Model):
-    """Something an organisation ships that is built on a Llama model."""
+    """A product or service an organisation makes available, built on a Llama model or not.
+
+    Every product is metered and counts towards the 700M clause, which counts "the monthly active users of the
+    products or services made available by or for Licensee, or Licensee's affiliates": all of them, not only
+    those built on Llama. A product without a licence version has no licence obligations and cannot be
+    deployed on the pool or called at the gateway.
+    """
 
     class Status(models.TextChoices):
         DEVELOPMENT = "development", "In development"
@@ -289,7 +295,10 @@ class Product(models.Model):
     organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="products")
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
-    licence_version = models.ForeignKey(LicenceVersion, on_delete=models.PROTECT, related_name="products")
+    licence_version = models.ForeignKey(
+        LicenceVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="products",
+        help_text="The Llama licence it is built under; empty for a product or service not built on Llama",
+    )
     base_model = models.ForeignKey(
         BaseModel, on_delete=models.PROTECT, null=True, blank=True, related_name="products"
     )
@@ -300,10 +309,19 @@ class Product(models.Model):
 
     class Meta:
         ordering = ["organisation__name", "name"]
-        constraints = [models.UniqueConstraint(fields=["organisation", "name"], name="unique_product_name_per_org")]
+        constraints = [
+            models.UniqueConstraint(fields=["organisation", "name"], name="unique_product_name_per_org"),
+            # A base model is released under a licence version: a product not built on Llama has neither.
+            models.CheckConstraint(condition=models.Q(licence_version__isnull=False) | models.Q(base_model__isnull=True),
+                                   name="product_base_model_needs_licence_version"),
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def built_on_llama(self) -> bool:
+        return self.licence_version_id is not None
 
 
 class LicenceAcceptance(AppendOnlyModel):
@@ -362,3 +380,39 @@ class MetaGrant(AppendOnlyModel):
 
     def __str__(self) -> str:
         return f"{self.reference} ({self.group})"
+
+
+class Exemption(models.Model):
+    """Clause 1.b.ii: the organisation receives the Llama Materials only "as part of an integrated end user
+    product" from another licensee, so Section 2 (the 700M clause) does not apply to it.
+
+    Recorded with its evidence and never edited or deleted: withdrawing sets ``withdrawn_at``/``withdrawn_by``
+    once (a conditional update), and a new exemption is a new row. At most one is in force per organisation.
+    """
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="exemptions")
+    supplier = models.CharField(max_length=200, help_text="The licensee the integrated end-user product comes from")
+    evidence = models.TextField(help_text="What shows it: the agreement, the product, the supplier's confirmation")
+    recorded_by = models.CharField(max_length=200)
+    recorded_at = models.DateTimeField(auto_now_add=True)
+    withdrawn_at = models.DateTimeField(null=True, blank=True)
+    withdrawn_by = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-recorded_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["organisation"], condition=models.Q(withdrawn_at__isnull=True),
+                                    name="one_exemption_in_force_per_organisation"),
+            models.CheckConstraint(condition=~models.Q(evidence="") & ~models.Q(supplier=""),
+                                   name="exemption_has_evidence_and_supplier"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organisation} receives Llama from {self.supplier} (1.b.ii)"
+
+    @property
+    def in_force(self) -> bool:
+        return self.withdrawn_at is None
+
+    def delete(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AppendOnlyError("Exemptions are kept: withdraw one instead.")

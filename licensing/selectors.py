@@ -9,6 +9,7 @@ from django.db.models import Exists, F, Max, OuterRef, Q, QuerySet
 
 from licensing.models import (
     AffiliateGroup,
+    Exemption,
     GroupAdmin,
     LicenceAcceptance,
     LicenceVersion,
@@ -99,7 +100,18 @@ def grants_in_force(*, group: AffiliateGroup, on: dt.date, licence_version: Lice
     return grants.distinct()
 
 
-def product_obligations_get(*, product: Product) -> Obligations:
+NOT_BUILT_ON_LLAMA = (
+    "Not built on Llama: no Llama licence obligations (no Notice file, attribution, naming rule or Acceptable Use "
+    "Policy). It is still metered and counted: the 700M clause counts the monthly active users of all \"the "
+    "products or services made available by or for Licensee, or Licensee's affiliates\" (section 2)."
+)
+
+
+def product_obligations_get(*, product: Product) -> Obligations | None:
+    """What the product's licence version obliges it to do; None for a product not built on Llama (it has no
+    licence, so no obligations: ``NOT_BUILT_ON_LLAMA`` says so)."""
+    if product.licence_version is None:
+        return None
     state = acceptance_state(organisation=product.organisation, licence_version=product.licence_version)
     return product_obligations(
         product.licence_version.terms(), licence_accepted=state.licence_accepted, aup_accepted=state.aup_accepted,
@@ -150,3 +162,20 @@ def group_authority(*, group: AffiliateGroup) -> GroupAuthority:
         organisations=organisations,
         member_usernames=usernames,
     )
+
+
+def organisation_exemption(*, organisation: Organisation) -> Exemption | None:
+    """The organisation's clause 1.b.ii exemption in force (it receives Llama only as part of another licensee's
+    integrated end user product, so Section 2's 700M clause does not apply to it), or None."""
+    return Exemption.objects.filter(organisation=organisation, withdrawn_at__isnull=True).first()
+
+
+def group_exemptions(*, group: AffiliateGroup) -> dict[int, Exemption]:
+    """The exemptions in force in the group, by organisation id: one query for a whole group's evaluation."""
+    return {e.organisation_id: e for e in Exemption.objects.filter(organisation__group=group,
+                                                                  withdrawn_at__isnull=True)}
+
+
+def exemption_history(*, organisation: Organisation) -> QuerySet[Exemption]:
+    """Every exemption the organisation recorded, newest first, withdrawn ones included."""
+    return Exemption.objects.filter(organisation=organisation)

@@ -9,6 +9,7 @@ import logging
 import secrets
 import smtplib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -22,9 +23,11 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from governance.audit import audit_record
+from licensing.eu_multimodal import eu_multimodal_refusal
 from licensing.models import (
     AffiliateGroup,
     BaseModel,
+    Exemption,
     GroupAdmin,
     Invitation,
     LicenceAcceptance,
@@ -90,16 +93,140 @@ def organisation_create(*, name: str, group_name: str, actor: str, eu_domiciled:
     return organisation
 
 
-def _check_base_model(licence_version: LicenceVersion, base_model: BaseModel | None) -> None:
-    if base_model is not None and base_model.licence_version_id != licence_version.pk:
+# --- the organisation's own facts ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DomicileChange:
+    organisation: Organisation
+    changed: bool
+    drained: list[Any]  # the deployments (inference.models.Deployment) the EU clause no longer allows
+
+
+def organisation_domicile_set(*, organisation: Organisation, eu_domiciled: object, actor: str) -> DomicileChange:
+    """Record whether the organisation's principal place of business is in the EU, and apply it at once.
+
+    Moving into the EU drains every running deployment the Llama 3.2 / 3.3 / 4 AUPs no longer allow it (their
+    multimodal models) and raises an alert per version saying why; a domicile already in the EU drains again
+    whatever slipped through (safe to run twice). Products stay as recorded. The gateway refuses such a model
+    within its cache time (GATEWAY_CACHE_SECONDS) whatever the drain does.
+    """
+    if not isinstance(eu_domiciled, bool):
+        raise ValidationError({"eu_domiciled": "Must be true or false."})
+    with transaction.atomic():
+        locked = Organisation.objects.select_for_update().select_related("group").get(pk=organisation.pk)
+        changed = locked.eu_domiciled != eu_domiciled
+        if changed:
+            locked.eu_domiciled = eu_domiciled
+            locked.save(update_fields=["eu_domiciled"])
+            audit_record(action="organisation.domicile_changed", actor=actor, organisation=locked, obj=locked,
+                         data={"eu_domiciled": eu_domiciled, "previous": not eu_domiciled})
+        drained = _deployments_drain(locked, actor) if eu_domiciled else []
+    organisation.eu_domiciled = locked.eu_domiciled
+    return DomicileChange(organisation=locked, changed=changed, drained=drained)
+
+
+def _deployments_drain(organisation: Organisation, actor: str) -> list[Any]:
+    # The pool sits above licensing; its drain is called, not imported at module level, as the evaluation is
+    # (``_evaluation_schedule``), so licensing still loads without it.
+    from inference.services import deployments_drain_eu_multimodal
+
+    return deployments_drain_eu_multimodal(organisation=organisation, actor=actor)
+
+
+EVIDENCE_NEEDED = ("An exemption needs its evidence: what shows the organisation receives Llama only as part of "
+                   "an integrated end user product (the agreement, the product, the supplier's confirmation).")
+SUPPLIER_NEEDED = "Name the licensee the integrated end user product comes from."
+
+
+def exemption_record(*, organisation: Organisation, supplier: str, evidence: str, recorded_by: str) -> Exemption:
+    """Record that the organisation receives Llama only "as part of an integrated end user product" from
+    another licensee (clause 1.b.ii), so Section 2's 700M clause does not apply to it.
+
+    Refused without evidence, while another exemption is in force, and while the organisation runs Llama models
+    on the pool: then it receives the materials themselves, not only as part of someone's product (and while the
+    exemption is in force, a deployment is refused). Its products may be built on Llama: the integrated product
+    it received is one, and its other obligations (the AUP, the Notice) still hold; only Section 2 does not.
+    """
+    supplier, evidence = (supplier or "").strip(), (evidence or "").strip()
+    limit = Exemption._meta.get_field("supplier").max_length
+    errors: dict[str, str] = {}
+    if not evidence:
+        errors["evidence"] = EVIDENCE_NEEDED
+    if not supplier:
+        errors["supplier"] = SUPPLIER_NEEDED
+    elif len(supplier) > limit:
+        errors["supplier"] = f"At most {limit} characters."
+    if errors:
+        raise ValidationError(errors)
+    deployed = list(organisation.deployments.filter(deleted=False).values_list("served_model_name", flat=True)[:5])
+    if deployed:
         raise ValidationError(
-            {
-                "base_model": (
-                    f"{base_model.repo_id} is released under {base_model.licence_version.name}, "
-                    f"not {licence_version.name}."
-                )
-            }
-        )
+            f"{organisation.name} runs Llama models on the pool ({', '.join(deployed)}): it receives the Llama "
+            f"Materials themselves, not only as part of another licensee's integrated end user product. Delete the "
+            f"deployments first.")
+    with transaction.atomic():
+        Organisation.objects.select_for_update().filter(pk=organisation.pk).first()  # one recording at a time
+        current = Exemption.objects.filter(organisation=organisation, withdrawn_at__isnull=True).first()
+        if current is not None:
+            raise ValidationError(f"{organisation.name} already has an exemption in force (supplier "
+                                  f"{current.supplier}, recorded {current.recorded_at:%Y-%m-%d}): withdraw it first.")
+        exemption = Exemption.objects.create(organisation=organisation, supplier=supplier, evidence=evidence,
+                                             recorded_by=recorded_by)
+        audit_record(action="exemption.recorded", actor=recorded_by, organisation=organisation, obj=exemption,
+                     data={"clause": "1.b.ii", "supplier": supplier, "evidence": evidence})
+        transaction.on_commit(lambda: _evaluation_schedule(organisation.group_id), robust=True)
+    return exemption
+
+
+def exemption_withdraw(*, organisation: Organisation, withdrawn_by: str) -> Exemption:
+    """Withdraw the exemption in force: the record stays, marked withdrawn, and Section 2 applies again."""
+    with transaction.atomic():
+        current = Exemption.objects.select_for_update().filter(organisation=organisation,
+                                                               withdrawn_at__isnull=True).first()
+        if current is None:
+            raise ValidationError(f"{organisation.name} has no exemption in force.")
+        now = timezone.now()
+        # Conditional, so a concurrent withdrawal of the same record changes nothing a second time.
+        if Exemption.objects.filter(pk=current.pk, withdrawn_at__isnull=True).update(
+                withdrawn_at=now, withdrawn_by=withdrawn_by) != 1:
+            raise ValidationError(f"{organisation.name} has no exemption in force.")
+        current.refresh_from_db()
+        audit_record(action="exemption.withdrawn", actor=withdrawn_by, organisation=organisation, obj=current,
+                     data={"clause": "1.b.ii", "supplier": current.supplier,
+                           "recorded_at": current.recorded_at.isoformat()})
+        transaction.on_commit(lambda: _evaluation_schedule(organisation.group_id), robust=True)
+    return current
+
+
+# --- products -----------------------------------------------------------------------------------------------
+
+
+def product_check(*, organisation: Organisation, licence_version: LicenceVersion | None,
+                  base_model: BaseModel | None, check_base_model: bool = True) -> None:
+    """The rules a product's licence version and base model follow, as a ValidationError naming the field.
+
+    ``check_base_model``: whether the base model is being chosen now (an unchanged one is not judged again, so
+    a product recorded before its organisation moved to the EU can still be edited).
+    """
+    if licence_version is None:
+        if base_model is not None:
+            raise ValidationError({"licence_version": (
+                f"{base_model.repo_id} is released under {base_model.licence_version.name}: a product on it is built "
+                f"on Llama, so give its licence version ({base_model.licence_version.slug})."
+            )})
+        return  # a product or service not built on Llama: metered and counted, no licence to check
+    if base_model is not None and base_model.licence_version_id != licence_version.pk:
+        raise ValidationError({"base_model": (
+            f"{base_model.repo_id} is released under {base_model.licence_version.name}, not {licence_version.name}."
+        )})
+    if check_base_model and base_model is not None:
+        refusal = eu_multimodal_refusal(
+            version_name=licence_version.name, licence_name=licence_version.licence_name,
+            restricted=licence_version.eu_multimodal_restriction, multimodal=base_model.multimodal,
+            eu_domiciled=organisation.eu_domiciled)
+        if refusal:
+            raise ValidationError({"base_model": refusal})
 
 
 def _check_unique_name(organisation: Organisation, name: str, exclude_pk: int | None = None) -> None:
@@ -114,17 +241,18 @@ def product_create(
     *,
     organisation: Organisation,
     name: str,
-    licence_version: LicenceVersion,
     actor: str,
+    licence_version: LicenceVersion | None = None,
     base_model: BaseModel | None = None,
     launch_date: dt.date | None = None,
     status: str = Product.Status.DEVELOPMENT,
     description: str = "",
 ) -> Product:
+    """Register a product or service; without ``licence_version`` it is one not built on Llama."""
     name = name.strip()
     if not name:
         raise ValidationError({"name": "A product needs a name."})
-    _check_base_model(licence_version, base_model)
+    product_check(organisation=organisation, licence_version=licence_version, base_model=base_model)
     _check_unique_name(organisation, name)
     with transaction.atomic():
         product = Product.objects.create(
@@ -141,7 +269,8 @@ def product_create(
             actor=actor,
             organisation=organisation,
             obj=product,
-            data={"name": name, "licence_version": licence_version.slug, "status": status},
+            data={"name": name, "licence_version": licence_version.slug if licence_version else None,
+                  "base_model": base_model.repo_id if base_model else None, "status": status},
         )
     return product
 
@@ -154,13 +283,19 @@ def product_update(*, product: Product, actor: str, **changes: object) -> Produc
     unknown = set(changes) - _PRODUCT_EDITABLE
     if unknown:
         raise ValidationError({field: "This field cannot be changed." for field in sorted(unknown)})
-    licence_version = changes.get("licence_version", product.licence_version)
-    base_model = changes.get("base_model", product.base_model)
+    licence_version: LicenceVersion | None = changes.get("licence_version", product.licence_version)  # type: ignore[assignment]
+    base_model: BaseModel | None = changes.get("base_model", product.base_model)  # type: ignore[assignment]
     if "licence_version" in changes and "base_model" not in changes and base_model is not None:
-        if base_model.licence_version_id != licence_version.pk:  # type: ignore[union-attr]
+        if licence_version is None or base_model.licence_version_id != licence_version.pk:
             base_model = None  # the old base model belongs to the old version
             changes["base_model"] = None
-    _check_base_model(licence_version, base_model)  # type: ignore[arg-type]
+    if licence_version is None and product.licence_version_id is not None and \
+            product.deployments.filter(deleted=False).exists():
+        raise ValidationError({"licence_version": (
+            "The product has deployments on the pool, which run a Llama model: delete them before recording the "
+            "product as not built on Llama.")})
+    product_check(organisation=product.organisation, licence_version=licence_version, base_model=base_model,
+                  check_base_model="base_model" in changes)
     if "name" in changes:
         _check_unique_name(product.organisation, str(changes["name"]), exclude_pk=product.pk)
     before = {field: _plain(getattr(product, field)) for field in changes}
@@ -246,6 +381,8 @@ def licence_accept(
     if product is not None:
         if product.organisation_id != organisation.pk:
             errors["product"] = "The product belongs to another organisation."
+        elif product.licence_version is None:
+            errors["product"] = f"{product.name} is not built on Llama: it has no licence to accept."
         elif product.licence_version_id != licence_version.pk:
             errors["product"] = f"The product is built on {product.licence_version.name}, not {licence_version.name}."
     if errors:

@@ -45,10 +45,15 @@ class OrganisationChoiceMixin:
 class ProductForm(OrganisationChoiceMixin, forms.Form):
     organisation = forms.ModelChoiceField(queryset=Organisation.objects.none(), empty_label=None)
     name = forms.CharField(max_length=200)
-    licence_version = forms.ModelChoiceField(queryset=LicenceVersion.objects.all(), label="Llama licence version",
-                                             help_text="The licence the product is built under.")
+    licence_version = forms.ModelChoiceField(
+        queryset=LicenceVersion.objects.all(), label="Llama licence version", required=False,
+        empty_label="Not built on Llama",
+        help_text="The licence the product is built under. A product or service not built on Llama is metered and "
+                  "counted all the same: the 700M limit counts all the products and services of the organisation "
+                  "and its affiliates.")
     base_model = forms.ModelChoiceField(queryset=BaseModel.objects.select_related("licence_version"), required=False,
-                                        help_text="Must be released under the licence version chosen.")
+                                        help_text="Must be released under the licence version chosen (none for a "
+                                                  "product not built on Llama).")
     status = forms.ChoiceField(choices=Product.Status.choices, initial=Product.Status.DEVELOPMENT)
     launch_date = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
@@ -75,6 +80,22 @@ class AcceptanceForm(forms.Form):
     )
     note = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}),
                            help_text="Optional: e.g. the approval reference from counsel.")
+
+
+class DomicileForm(forms.Form):
+    eu_domiciled = forms.BooleanField(
+        required=False, label="Principal place of business in the European Union",
+        help_text="The Llama 3.2, 3.3 and 4 Acceptable Use Policies do not grant their multimodal models to a company "
+                  "whose principal place of business is in the EU: ticking this drains its deployments of such "
+                  "models at once.")
+
+
+class ExemptionForm(forms.Form):
+    supplier = forms.CharField(max_length=200, label="Supplier",
+                               help_text="The licensee whose integrated end user product includes Llama.")
+    evidence = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}),
+                               help_text="What shows the organisation receives Llama only as part of that product: "
+                                         "the agreement, the product, the supplier's confirmation.")
 
 
 class ApiKeyForm(OrganisationChoiceMixin, forms.Form):
@@ -189,7 +210,9 @@ class DeploymentForm(OrganisationChoiceMixin, forms.Form):
     def __init__(self, *args: Any, organisations: QuerySet[Organisation], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limit_organisations(organisations)
-        self.fields["product"].queryset = Product.objects.filter(organisation__in=organisations).select_related(
+        # A deployment serves a Llama model: only products built on Llama can have one.
+        self.fields["product"].queryset = Product.objects.filter(
+            organisation__in=organisations, licence_version__isnull=False).select_related(
             "organisation", "licence_version")
 
     def clean(self) -> dict[str, Any]:

@@ -60,7 +60,8 @@ class GroupRow:
 def versions_by_group(groups: list[AffiliateGroup]) -> dict[int, list[LicenceVersion]]:
     """The licence versions each group's products (in development or live) are built on: one query."""
     by_group: dict[int, dict[int, LicenceVersion]] = defaultdict(dict)
-    pairs = list(Product.objects.filter(organisation__group__in=groups, status__in=LIVE_STATUSES)
+    pairs = list(Product.objects.filter(organisation__group__in=groups, status__in=LIVE_STATUSES,
+                                        licence_version__isnull=False)  # a product not built on Llama has none
                  .values_list("organisation__group_id", "licence_version_id").distinct())
     versions = {v.pk: v for v in LicenceVersion.objects.filter(pk__in={v for _, v in pairs})}
     for group_id, version_id in pairs:

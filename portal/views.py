@@ -35,7 +35,7 @@ from inference import services as inference_services
 from inference.models import Deployment, GpuAllocation, Node, Replica
 from licensing import selectors as licensing_selectors
 from licensing import services as licensing_services
-from licensing.models import GroupAdmin, Invitation, LicenceAcceptance, Membership, Product
+from licensing.models import GroupAdmin, Invitation, LicenceAcceptance, Membership, Organisation, Product
 from licensing.obligations import NOTICE_FILENAME, notice_file_text
 from portal import forms
 from portal import selectors as portal_selectors
@@ -213,7 +213,9 @@ def product_create(request: HttpRequest) -> HttpResponse:
         except ValidationError as exc:
             forms.add_service_errors(form, exc)
         else:
-            messages.success(request, f"Product {product.name} created. Accept its licence to use it.")
+            messages.success(request, f"Product {product.name} created. Accept its licence to use it." if
+                             product.built_on_llama else f"Product {product.name} created: not built on Llama, "
+                                                         f"metered and counted towards the 700M limit.")
             return redirect("portal:product", pk=product.pk)
     return render(request, "portal/product_form.html", {"form": form, "product": None}, status=_status(form))
 
@@ -230,7 +232,7 @@ def product_detail(request: HttpRequest, pk: int) -> HttpResponse:
     version = product.licence_version
     accept_form = forms.AcceptanceForm(initial={"licence_sha256": version.licence_sha256,
                                                 "aup_version": version.aup_version,
-                                                "aup_sha256": version.aup_sha256})
+                                                "aup_sha256": version.aup_sha256} if version else None)
     return _product_page(request, access, product, accept_form)
 
 
@@ -239,7 +241,7 @@ def _product_page(request: HttpRequest, access: Access, product: Product, accept
     version = product.licence_version
     obligations = licensing_selectors.product_obligations_get(product=product)
     acceptances = (LicenceAcceptance.objects.filter(organisation=product.organisation, licence_version=version)
-                   .select_related("product", "accepted_by_user")[:20])
+                   .select_related("product", "accepted_by_user")[:20] if version else [])
     today = timezone.now().date()
     months = [portal_selectors.rules.previous_month(today), portal_selectors.rules.month_start(today)]
     mau = {m: mau_month_many(scopes=[product], month=m)[product.pk].estimate for m in months}
@@ -248,6 +250,7 @@ def _product_page(request: HttpRequest, access: Access, product: Product, accept
         "mau_last": mau[months[0]], "mau_this": mau[months[1]], "months": months,
         "deployments": Deployment.objects.filter(product=product, deleted=False),
         "can_write": access.can(Scope.WRITE, product.organisation_id), "accept_form": accept_form,
+        "not_built_on_llama": licensing_selectors.NOT_BUILT_ON_LLAMA,
     }, status=status)
 
 
@@ -281,7 +284,10 @@ def product_accept(request: HttpRequest, pk: int) -> HttpResponse:
     product = _product_or_404(access, pk)
     access.require(Scope.WRITE, product.organisation_id)
     form = forms.AcceptanceForm(request.POST)
-    if form.is_valid():
+    if product.licence_version is None:
+        form.is_valid()
+        form.add_error(None, f"{product.name} is not built on Llama: it has no licence to accept.")
+    elif form.is_valid():
         try:
             licensing_services.licence_accept(
                 organisation=product.organisation, licence_version=product.licence_version, product=product,
@@ -301,9 +307,97 @@ def product_accept(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 def product_notice(request: HttpRequest, pk: int) -> HttpResponse:
     product = _product_or_404(access_of(request), pk)
+    if product.licence_version is None:
+        raise Http404(f"{product.name} is not built on Llama: it has no Notice file to ship.")
     response = HttpResponse(notice_file_text(product.licence_version.terms()), content_type="text/plain; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{NOTICE_FILENAME}"'
     return response
+
+
+# --- organisations ----------------------------------------------------------------------------------------
+
+
+def _organisation_or_404(access: Access, pk: int) -> Organisation:
+    organisation = access.organisations().filter(pk=pk).select_related("group").first()
+    if organisation is None:
+        raise Http404("No such organisation.")
+    return organisation
+
+
+@login_required
+@require_GET
+def organisation_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """The organisation's facts the licence depends on: its EU domicile and a clause 1.b.ii exemption."""
+    access = access_of(request)
+    return _organisation_page(request, access, _organisation_or_404(access, pk))
+
+
+def _organisation_page(request: HttpRequest, access: Access, organisation: Organisation,
+                       exemption_form: forms.ExemptionForm | None = None, status: int = 200) -> HttpResponse:
+    can_admin = access.can(Scope.ADMIN, organisation.pk)
+    exemption = licensing_selectors.organisation_exemption(organisation=organisation)
+    return render(request, "portal/organisation_detail.html", {
+        "organisation": organisation, "can_admin": can_admin, "exemption": exemption,
+        "history": licensing_selectors.exemption_history(organisation=organisation)[:20],
+        "products": organisation.products.select_related("licence_version").order_by("name"),
+        "domicile_form": forms.DomicileForm(initial={"eu_domiciled": organisation.eu_domiciled}),
+        "exemption_form": exemption_form or (forms.ExemptionForm() if can_admin and exemption is None else None),
+    }, status=status)
+
+
+@login_required
+@require_POST
+def organisation_domicile(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    organisation = _organisation_or_404(access, pk)
+    access.require(Scope.ADMIN, organisation.pk)
+    form = forms.DomicileForm(request.POST)
+    form.is_valid()  # a checkbox: absent is "no"
+    result = licensing_services.organisation_domicile_set(
+        organisation=organisation, eu_domiciled=form.cleaned_data["eu_domiciled"], actor=access.label)
+    where = "in the European Union" if result.organisation.eu_domiciled else "outside the European Union"
+    messages.success(request, f"Recorded: {organisation.name}'s principal place of business is {where}."
+                     if result.changed else "Nothing changed.")
+    if result.drained:
+        messages.warning(request, f"Drained {len(result.drained)} deployment(s) of multimodal models the Acceptable "
+                                  f"Use Policy withholds from EU companies: "
+                                  f"{', '.join(d.served_model_name for d in result.drained)}. An alert says why.")
+    return redirect("portal:organisation", pk=organisation.pk)
+
+
+@login_required
+@require_POST
+def organisation_exemption(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    organisation = _organisation_or_404(access, pk)
+    access.require(Scope.ADMIN, organisation.pk)
+    form = forms.ExemptionForm(request.POST)
+    if form.is_valid():
+        try:
+            licensing_services.exemption_record(organisation=organisation, recorded_by=access.label,
+                                                **form.cleaned_data)
+        except ValidationError as exc:
+            forms.add_service_errors(form, exc)
+        else:
+            messages.success(request, f"Recorded: {organisation.name} receives Llama only as part of an integrated "
+                                      f"end user product (clause 1.b.ii).")
+            return redirect("portal:organisation", pk=organisation.pk)
+    return _organisation_page(request, access, organisation, exemption_form=form, status=400)
+
+
+@login_required
+@require_POST
+def organisation_exemption_withdraw(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    organisation = _organisation_or_404(access, pk)
+    access.require(Scope.ADMIN, organisation.pk)
+    try:
+        licensing_services.exemption_withdraw(organisation=organisation, withdrawn_by=access.label)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Withdrawn: section 2 (the 700M clause) applies to {organisation.name} again.")
+    return redirect("portal:organisation", pk=organisation.pk)
 
 
 # --- alerts, policy, webhooks -----------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from governance.models import (
 )
 from governance.selectors import daily_series, mau_month, mau_month_many, mau_rolling
 from licensing.models import AffiliateGroup, BaseModel, LicenceVersion, Membership, Organisation, Product
-from licensing.selectors import acceptance_state, grants_in_force
+from licensing.selectors import acceptance_state, grants_in_force, group_exemptions, organisation_exemption
 
 logger = logging.getLogger(__name__)
 
@@ -336,6 +336,9 @@ def group_evaluate(*, group: AffiliateGroup, today: dt.date | None = None) -> Gr
             "computed_at": now,
         })
         levels = tuple(policy.levels)
+        active = set(group.organisations.filter(status=Organisation.Status.ACTIVE).values_list("pk", flat=True))
+        exemptions = group_exemptions(group=group)
+        group_exempt = bool(active) and active <= set(exemptions)
         for version in group_versions(group=group):
             threshold = version.mau_threshold
             granted = grants_in_force(group=group, on=today, licence_version=version).exists()
@@ -354,6 +357,10 @@ def group_evaluate(*, group: AffiliateGroup, today: dt.date | None = None) -> Gr
                     projected_figure, threshold=threshold, levels=levels, granted=granted,
                     rule=EvaluationRule.PROJECTED), None),
             }
+            if group_exempt:  # clause 1.b.ii: no verdict, for every rule; the figures are still metered and shown
+                suppliers = [exemptions[pk].supplier for pk in active]
+                verdicts = {rule: Verdict(rules.exempt(threshold=threshold, rule=rule, suppliers=suppliers),
+                                          verdict.known) for rule, verdict in verdicts.items()}
             computed = {rule: verdict.status for rule, verdict in verdicts.items()}
             accurate_month = accurate.known.month if accurate.known else version.test_month()
             month_of = {EvaluationRule.LICENCE_ACCURATE: accurate_month, EvaluationRule.LAST_MONTH: last_month,
@@ -520,6 +527,8 @@ def _alerts_raise(group: AffiliateGroup, version: LicenceVersion, policy: GroupP
         active.add("forecast")
     if any(s.state == rules.GRANTED for s in statuses.values()):
         active -= {"over", "uncertain"}  # a grant covers it: nothing to escalate
+    if accurate.state == rules.EXEMPT:
+        active = set()  # clause 1.b.ii: the 700M clause does not apply, so its levels announce nothing
     now = timezone.now()
     for name in active ^ previously:
         AlertLevelState.objects.update_or_create(group=group, licence_version=version, level=name,
@@ -669,6 +678,13 @@ def access_check(*, organisation: Organisation, licence_version: LicenceVersion,
     found = decisions.get(licence_version.pk)
     if found is None:
         return rules.Decision(True, "unknown", "Allowed; this group and version have not been evaluated yet.")
+    if not found[0]:
+        # Clause 1.b.ii: an organisation that receives Llama only inside another licensee's integrated product is
+        # outside Section 2, whatever its group's figure (read only when the group's decision blocks).
+        exemption = organisation_exemption(organisation=organisation)
+        if exemption is not None:
+            return rules.Decision(True, "exempt", f"Exempt under clause 1.b.ii ({exemption.supplier}): Section 2's "
+                                                  f"700M clause does not apply to {organisation.name}.")
     return rules.Decision(*found)
 
 

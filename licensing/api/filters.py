@@ -31,12 +31,14 @@ class OrganisationFilter(django_filters.FilterSet):
 class ProductFilter(django_filters.FilterSet):
     name = django_filters.CharFilter(lookup_expr="icontains")
     licence_version = django_filters.CharFilter(field_name="licence_version__slug")
+    built_on_llama = django_filters.BooleanFilter(field_name="licence_version", lookup_expr="isnull", exclude=True,
+                                                  label="true: products built on Llama; false: the others")
     launched_after = django_filters.DateFilter(field_name="launch_date", lookup_expr="gte")
     launched_before = django_filters.DateFilter(field_name="launch_date", lookup_expr="lte")
 
     class Meta:
         model = Product
-        fields = ["name", "status", "organisation", "licence_version"]
+        fields = ["name", "status", "organisation", "licence_version", "built_on_llama"]
 
 
 class AcceptanceFilter(django_filters.FilterSet):

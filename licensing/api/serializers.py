@@ -7,10 +7,10 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from config.fields import SlugRelatedField
-
 from licensing.models import (
     AffiliateGroup,
     BaseModel,
+    Exemption,
     GroupAdmin,
     LicenceAcceptance,
     LicenceVersion,
@@ -19,6 +19,7 @@ from licensing.models import (
     Product,
     sha256_validator,
 )
+from licensing.services import EVIDENCE_NEEDED, SUPPLIER_NEEDED
 
 
 class BaseModelSerializer(serializers.ModelSerializer):
@@ -131,18 +132,22 @@ class TenantCreateMixin:
 
 class ProductSerializer(TenantCreateMixin, serializers.ModelSerializer):
     organisation = TenantOrganisationField(required=False)
-    licence_version = SlugRelatedField(slug_field="slug", queryset=LicenceVersion.objects.all())
+    licence_version = SlugRelatedField(
+        slug_field="slug", queryset=LicenceVersion.objects.all(), required=False, allow_null=True,
+        help_text="The Llama licence it is built under; null (or left out) for a product or service not built on "
+                  "Llama, which is metered and counted all the same")
     base_model = SlugRelatedField(
         slug_field="repo_id", queryset=BaseModel.objects.all(), required=False, allow_null=True
     )
+    built_on_llama = serializers.BooleanField(read_only=True)
 
     class Meta:
         model = Product
         fields = [
-            "id", "organisation", "name", "description", "licence_version", "base_model", "launch_date",
-            "status", "created_at", "updated_at",
+            "id", "organisation", "name", "description", "licence_version", "built_on_llama", "base_model",
+            "launch_date", "status", "created_at", "updated_at",
         ]
-        read_only_fields = ["id", "created_at", "updated_at"]
+        read_only_fields = ["id", "built_on_llama", "created_at", "updated_at"]
         # Uniqueness of (organisation, name) is checked by the service with a message naming the field.
         validators: list[Any] = []
 
@@ -203,6 +208,7 @@ class NameCheckSerializer(serializers.Serializer):
 
 class ObligationsSerializer(serializers.Serializer):
     product = serializers.IntegerField()
+    built_on_llama = serializers.BooleanField(help_text="Always true here; see NoObligationsSerializer")
     version = serializers.CharField()
     notice_filename = serializers.CharField()
     notice_text = serializers.CharField()
@@ -222,3 +228,50 @@ class ObligationsSerializer(serializers.Serializer):
     licence_required = serializers.CharField(allow_blank=True)
     aup_required = serializers.CharField(allow_blank=True)
     derived_model_name_check = NameCheckSerializer(allow_null=True)
+
+
+class NoObligationsSerializer(serializers.Serializer):
+    """The answer for a product or service not built on Llama: it has no licence, so no obligations."""
+
+    product = serializers.IntegerField()
+    built_on_llama = serializers.BooleanField(help_text="Always false here")
+    detail = serializers.CharField()
+
+
+class ExemptionSerializer(serializers.ModelSerializer):
+    """Clause 1.b.ii: the organisation receives Llama only as part of another licensee's integrated end user
+    product, so Section 2 (the 700M clause) does not apply to it."""
+
+    in_force = serializers.BooleanField(read_only=True)
+    supplier = serializers.CharField(
+        max_length=200, help_text="The licensee the integrated end user product comes from",
+        error_messages={"required": SUPPLIER_NEEDED, "blank": SUPPLIER_NEEDED})
+    evidence = serializers.CharField(
+        help_text="What shows it (required): the agreement, the product, the supplier's confirmation",
+        error_messages={"required": EVIDENCE_NEEDED, "blank": EVIDENCE_NEEDED})
+
+    class Meta:
+        model = Exemption
+        fields = ["id", "organisation", "supplier", "evidence", "in_force", "recorded_by", "recorded_at",
+                  "withdrawn_at", "withdrawn_by"]
+        read_only_fields = ["id", "organisation", "in_force", "recorded_by", "recorded_at", "withdrawn_at",
+                            "withdrawn_by"]
+
+
+class ExemptionStateSerializer(serializers.Serializer):
+    exempt = serializers.BooleanField(help_text="Whether an exemption is in force")
+    exemption = ExemptionSerializer(allow_null=True, help_text="The exemption in force, or null")
+    history = ExemptionSerializer(many=True, help_text="Every exemption recorded, newest first")
+
+
+class DomicileSerializer(serializers.Serializer):
+    eu_domiciled = serializers.BooleanField(
+        help_text="Principal place of business in the European Union. Moving into the EU drains the deployments "
+                  "of multimodal models whose Acceptable Use Policy withholds them (Llama 3.2, 3.3, 4)")
+
+
+class DomicileChangeSerializer(serializers.Serializer):
+    organisation = OrganisationSerializer()
+    changed = serializers.BooleanField()
+    drained_deployments = serializers.ListField(child=serializers.DictField(),
+                                                help_text="id and served_model_name of each deployment drained")

@@ -5,7 +5,7 @@ from typing import Any
 
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
 from rest_framework import mixins, permissions, viewsets
 from rest_framework.decorators import action
 from rest_framework import status
@@ -19,11 +19,16 @@ from licensing import selectors, services
 from licensing.api import filters
 from licensing.api.serializers import (
     AcceptanceSerializer,
+    DomicileChangeSerializer,
+    DomicileSerializer,
+    ExemptionSerializer,
+    ExemptionStateSerializer,
     GrantSerializer,
     GroupAdminSerializer,
     GroupManagementSerializer,
     GroupSerializer,
     LicenceVersionSerializer,
+    NoObligationsSerializer,
     ObligationsSerializer,
     OrganisationSerializer,
     ProductSerializer,
@@ -97,12 +102,57 @@ class GroupViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin, mixins.Re
 
 
 class OrganisationViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
-    """The caller's own organisation(s)."""
+    """The caller's own organisation(s). Its facts the licence depends on (the EU domicile, a clause 1.b.ii
+    exemption) are changed by its admins (``admin`` scope), never by a key bound to one product."""
 
     queryset = Organisation.objects.select_related("group")
     serializer_class = OrganisationSerializer
     tenant_field = "pk"
     filterset_class = filters.OrganisationFilter
+    write_scope = Scope.ADMIN
+    organisation_level_writes = True
+
+    @extend_schema(request=DomicileSerializer, responses=DomicileChangeSerializer)
+    @action(detail=True, methods=["post"])
+    def domicile(self, request: Request, pk: str | None = None) -> Response:
+        """Record whether the organisation's principal place of business is in the EU. Moving into the EU
+        drains its deployments of multimodal models the Llama 3.2 / 3.3 / 4 AUPs withhold, with an alert."""
+        organisation = self.get_object()
+        form = DomicileSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        change = services.organisation_domicile_set(
+            organisation=organisation, eu_domiciled=form.validated_data["eu_domiciled"], actor=self.principal.label)
+        return Response(DomicileChangeSerializer({
+            "organisation": change.organisation, "changed": change.changed,
+            "drained_deployments": [{"id": d.pk, "served_model_name": d.served_model_name} for d in change.drained],
+        }).data)
+
+    @extend_schema(methods=["GET"], responses=ExemptionStateSerializer)
+    @extend_schema(methods=["POST"], request=ExemptionSerializer, responses={201: ExemptionSerializer})
+    @action(detail=True, methods=["get", "post"])
+    def exemption(self, request: Request, pk: str | None = None) -> Response:
+        """Clause 1.b.ii: the organisation receives Llama only "as part of an integrated end user product" from
+        another licensee, so Section 2 (the 700M clause) does not apply to it. GET: the exemption in force and
+        every one recorded; POST: record one, with its evidence."""
+        organisation = self.get_object()
+        if request.method == "GET":
+            current = selectors.organisation_exemption(organisation=organisation)
+            return Response(ExemptionStateSerializer({
+                "exempt": current is not None, "exemption": current,
+                "history": selectors.exemption_history(organisation=organisation),
+            }).data)
+        form = ExemptionSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        exemption = services.exemption_record(organisation=organisation, recorded_by=self.principal.label,
+                                              **form.validated_data)
+        return Response(ExemptionSerializer(exemption).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=ExemptionSerializer)
+    @action(detail=True, methods=["post"], url_path="exemption/withdraw")
+    def exemption_withdraw(self, request: Request, pk: str | None = None) -> Response:
+        """Withdraw the exemption in force: the record stays, and Section 2 applies to the organisation again."""
+        exemption = services.exemption_withdraw(organisation=self.get_object(), withdrawn_by=self.principal.label)
+        return Response(ExemptionSerializer(exemption).data)
 
 
 class ProductViewSet(TenantViewSet, viewsets.ModelViewSet):
@@ -131,23 +181,35 @@ class ProductViewSet(TenantViewSet, viewsets.ModelViewSet):
                 "derived_model_name", OpenApiTypes.STR, description="Also check this derived model name"
             )
         ],
-        responses=ObligationsSerializer,
+        responses=PolymorphicProxySerializer(
+            component_name="ProductObligations", serializers=[ObligationsSerializer, NoObligationsSerializer],
+            resource_type_field_name=None),
     )
     @action(detail=True, methods=["get"])
     def obligations(self, request: Request, pk: str | None = None) -> Response:
-        """What the product's licence version obliges it to do, and whether its licence and AUP are accepted."""
+        """What the product's licence version obliges it to do, and whether its licence and AUP are accepted.
+
+        A product or service not built on Llama has none: ``built_on_llama`` is false and ``detail`` says so."""
         product = self.get_object()
         obligations = selectors.product_obligations_get(product=product)
+        if obligations is None:
+            return Response(NoObligationsSerializer(
+                {"product": product.pk, "built_on_llama": False, "detail": selectors.NOT_BUILT_ON_LLAMA}).data)
         name = request.query_params.get("derived_model_name")
         name_check = check_derived_model_name(product.licence_version.terms(), name) if name is not None else None
-        payload = {"product": product.pk, **asdict(obligations), "derived_model_name_check": name_check and asdict(name_check)}
+        payload = {"product": product.pk, "built_on_llama": True, **asdict(obligations),
+                   "derived_model_name_check": name_check and asdict(name_check)}
         return Response(ObligationsSerializer(payload).data)
 
     @extend_schema(responses={(200, "text/plain"): OpenApiTypes.STR})
     @action(detail=True, methods=["get"])
     def notice(self, request: Request, pk: str | None = None) -> HttpResponse:
-        """The "Notice" text file to ship with the product (licence section 1.b.iii)."""
+        """The "Notice" text file to ship with the product (licence section 1.b.iii). A product not built on Llama
+        has none: 404 saying so."""
         product = self.get_object()
+        if product.licence_version is None:
+            raise NotFound(f"{product.name} is not built on Llama: it has no Notice file to ship (section 1.b.iii "
+                           f"applies to the Llama Materials).")
         response = HttpResponse(notice_file_text(product.licence_version.terms()), content_type="text/plain; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="{NOTICE_FILENAME}"'
         return response

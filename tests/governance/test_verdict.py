@@ -201,3 +201,48 @@ def test_a_base_model_released_on_its_own_date_is_tested_on_its_own_month(acme) 
     assert (accurate.state, accurate.month) == ("over", dt.date(2023, 12, 1))
     assert "CodeLlama-70b-hf was released on 2024-01-29" in accurate.explanation
     assert "the version date: below" in accurate.explanation
+
+
+def test_a_group_whose_every_organisation_is_exempt_under_1_b_ii_has_no_verdict(acme) -> None:
+    """Clause 1.b.ii: "If you receive Llama Materials ... from a Licensee as part of an integrated end user
+    product, then Section 2 of this Agreement will not apply to you." One exempt organisation leaves its
+    affiliate a licensee (Section 2 counts the affiliates' products too): the group keeps its verdict, and
+    only the exempt organisation's own access says exempt. When both are exempt, no verdict applies."""
+    from licensing.services import exemption_record
+
+    group = acme["group"]
+    declared_figure_record(group=group, month=JUNE_2024, mau=5_000, evidence="report", declared_by="counsel")
+    exemption_record(organisation=acme["cloud"], supplier="Globex Assist", evidence="OEM agreement 2024-03",
+                     recorded_by="counsel")
+    group_evaluate(group=group, today=TODAY)
+    assert status(group, "licence_accurate").state == "over"
+    assert not access_check(organisation=acme["social"], licence_version=acme["version"], fresh=True).allowed
+    cloud = access_check(organisation=acme["cloud"], licence_version=acme["version"], fresh=True)
+    assert (cloud.allowed, cloud.reason) == (True, "exempt")
+    exemption_record(organisation=acme["social"], supplier="Globex Assist", evidence="OEM agreement 2024-03",
+                     recorded_by="counsel")
+    group_evaluate(group=group, today=TODAY)
+    accurate = status(group, "licence_accurate")
+    assert (accurate.state, accurate.label) == ("exempt", "exempt (1.b.ii)")
+    assert "Globex Assist" in accurate.explanation
+    body = acme["client"].get(f"/api/v1/groups/{group.pk}/compliance/").json()
+    assert {s["label"] for s in body["statuses"]} == {"exempt (1.b.ii)"}
+
+
+def test_an_unmetered_service_not_built_on_llama_still_leaves_coverage_partial(acme) -> None:
+    """Section 2 counts "the products or services made available by or for Licensee, or Licensee's affiliates",
+    not only Llama-based ones: a registered, live search service with no licence version that was not metered
+    makes the group's below "below (partial coverage)"; once metered, its users count in the figure."""
+    group = acme["group"]
+    service = product_create(organisation=acme["cloud"], name="Web Search", licence_version=None, actor="test",
+                             status=Product.Status.LIVE)
+    metering_since_november(acme["chat"])
+    activity_ingest(product=acme["chat"], day=DECEMBER_2024.replace(day=5), user_ids=users(0, 99))
+    activity_ingest(product=acme["search"], day=DECEMBER_2024.replace(day=6), user_ids=users(0, 9))
+    group_evaluate(group=group, today=TODAY)
+    partial = status(group)
+    assert (partial.label, partial.coverage["unmetered"]) == ("below (partial coverage)", ["Web Search (Acme Cloud)"])
+    activity_ingest(product=service, day=DECEMBER_2024.replace(day=8), user_ids=users(500, 1_499))
+    group_evaluate(group=group, today=TODAY)
+    counted = status(group)
+    assert (counted.state, counted.estimate) == ("over", 1_100)  # 100 + 1,000 people, the service's included

@@ -42,7 +42,9 @@ PORTAL_OBJECTS = {
     "webhook-delete": "webhook", "deployment": "deployment", "deployment-scale": "deployment",
     "deployment-delete": "deployment", "key-revoke": "api_key", "member-role": "membership",
     "member-remove": "membership", "group-admin-appoint": "group", "group-admin-remove": "group",
-    "group-management": "group", "invitation-revoke": "invitation",
+    "group-management": "group", "invitation-revoke": "invitation", "organisation": "organisation",
+    "organisation-domicile": "organisation", "organisation-exemption": "organisation",
+    "organisation-exemption-withdraw": "organisation",
 }
 
 
