@@ -381,6 +381,10 @@ LOGGING = {
 API_KEY_LAST_USED_RESOLUTION = timedelta(seconds=env_int("API_KEY_LAST_USED_RESOLUTION_SECONDS", 60))
 # How long a process may reuse a key's row; a revocation elsewhere takes effect within this time.
 API_KEY_CACHE_SECONDS = env_int("API_KEY_CACHE_SECONDS", 5)
+# How long a member invitation's one-time link works (docs/portal.md).
+INVITATION_EXPIRY_DAYS = env_int("INVITATION_EXPIRY_DAYS", 7)
+if not 1 <= INVITATION_EXPIRY_DAYS <= 90:
+    raise ImproperlyConfigured(f"INVITATION_EXPIRY_DAYS={INVITATION_EXPIRY_DAYS} must be between 1 and 90")
 
 # --- Metering -------------------------------------------------------------------------------------------
 # lgK 18 gives a 95% interval of +/-0.41% for a union of sketches, inside the +/-0.5% asked for at 700M.

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from governance.models import AuditEvent
@@ -95,6 +96,15 @@ def audit_verify() -> ChainVerification:
         expected_seq += 1
         checked += 1
     return ChainVerification(True, checked, None, "intact")
+
+
+def audit_events_visible(*, principal: Any) -> QuerySet[AuditEvent]:
+    """The entries a caller may read: those of their groups that concern one of their own organisations, or
+    the group as a whole; every entry of the groups they administer. A sibling organisation's keys, key
+    prefixes, scopes and deployments stay with that organisation (and the group's admins)."""
+    return AuditEvent.objects.filter(group__in=principal.group_ids()).filter(
+        Q(organisation__in=principal.organisation_ids()) | Q(organisation__isnull=True)
+        | Q(group__in=principal.admin_group_ids))
 
 
 _VERIFY_CACHE_KEY = "audit:verification"

@@ -12,21 +12,68 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import median
 
 BELOW, APPROACHING, UNCERTAIN, OVER, GRANTED, UNKNOWN = "below", "approaching", "uncertain", "over", "granted", "unknown"
+EXEMPT = "exempt"  # clause 1.b.ii: the licensee receives Llama only inside another licensee's integrated product
+
+
+DISTINCT_PEOPLE, SUM_OF_PRODUCTS = "distinct_people", "sum_of_products"
+BASIS_WORDS = {
+    DISTINCT_PEOPLE: "distinct people across every product and affiliate",
+    SUM_OF_PRODUCTS: "each product's monthly active users added up",
+}
 
 
 @dataclass(frozen=True)
 class Figure:
-    """A group's distinct users for a month (or window), with its 95% interval and where it comes from."""
+    """A group's monthly active users for a month (or window), with its 95% interval and where it comes from.
+
+    ``basis`` says how people were counted: once across all products and affiliates (``distinct_people``), or
+    once per product and added up (``sum_of_products``); a declared figure is counted by its declarant.
+    """
 
     estimate: int
     lower: int
     upper: int
     month: dt.date
-    source: str  # "metered" or "declared"
+    source: str  # "metered", "metered (partial month)" or "declared"
+    basis: str = DISTINCT_PEOPLE
+    detail: str = ""  # who declared it and on what evidence, for a declared figure
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Which of a group's products and services the metered figure of a month counts.
+
+    Section 2 counts every product or service "made available by or for Licensee, or Licensee's affiliates",
+    Llama-based or not. A metered figure is complete only when every product registered for the month was
+    metered in it and an officer attested that the registered list is complete; a declared figure is the
+    declarant's whole-group count.
+    """
+
+    month: dt.date
+    metered: tuple[str, ...] = ()
+    unmetered: tuple[str, ...] = ()
+    attested: bool = False
+    declared: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.declared or (self.attested and not self.unmetered)
+
+    def gap(self) -> str:
+        """The gap in plain words ("" when complete)."""
+        if self.complete:
+            return ""
+        parts = []
+        if self.unmetered:
+            parts.append(f"not metered in {self.month:%B %Y}: {', '.join(self.unmetered)}")
+        if not self.attested:
+            parts.append(f"no officer has attested that the registered products and services are all of the "
+                         f"group's for {self.month:%B %Y}")
+        return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -37,6 +84,29 @@ class Status:
     threshold: int
     rule: str
     explanation: str
+    considered: tuple[tuple[Figure, str], ...] = ()  # every figure of the month with the state it alone gives
+    coverage: Coverage | None = None
+
+    @property
+    def partial_coverage(self) -> bool:
+        return self.state == BELOW and self.coverage is not None and not self.coverage.complete
+
+    @property
+    def label(self) -> str:
+        """What a person reads: "below (partial coverage)" is never a clean pass."""
+        if self.state == EXEMPT:
+            return "exempt (1.b.ii)"
+        return f"{self.state} (partial coverage)" if self.partial_coverage else self.state
+
+
+def exempt(*, threshold: int, rule: str, suppliers: list[str]) -> Status:
+    """Clause 1.b.ii: "If you receive Llama Materials, or any derivative works thereof, from a Licensee as part of
+    an integrated end user product, then Section 2 of this Agreement will not apply to you." Given when every
+    organisation of the group recorded that it receives Llama only that way: no 700M verdict applies."""
+    return Status(EXEMPT, None, None, threshold, rule,
+                  "Exempt under clause 1.b.ii: every organisation of the group receives the Llama Materials only as "
+                  f"part of an integrated end user product (from {', '.join(sorted(set(suppliers)))}), so Section 2's "
+                  "700M clause does not apply to it.")
 
 
 def classify(
@@ -62,14 +132,17 @@ def classify(
     if figure is None:
         return Status(UNKNOWN, None, None, threshold, rule, "No metered or declared figure for the month tested.")
     where = f"{figure.source} MAU for {figure.month:%B %Y}"
+    if figure.source == DECLARED and figure.lower == figure.upper:
+        interval = f"the declared point figure {figure.estimate:,}"
+    else:
+        interval = f"its whole 95% interval ({figure.lower:,} to {figure.upper:,})"
     if figure.source == PARTIAL and figure.upper <= threshold:
         return Status(UNKNOWN, None, figure, threshold, rule,
                       f"Metering started during {figure.month:%B %Y}: the {figure.upper:,} users it saw cannot show "
                       f"the month was not over {threshold:,}. Declare the month's figure with its evidence.")
     if figure.lower > threshold:
         return Status(OVER, 1.0, figure, threshold, rule,
-                      f"The {where} is greater than {threshold:,} across its whole 95% interval "
-                      f"({figure.lower:,} to {figure.upper:,}).")
+                      f"The {where} is greater than {threshold:,} across {interval}.")
     if figure.upper > threshold:
         return Status(UNCERTAIN, 1.0, figure, threshold, rule,
                       f"The 95% interval of the {where} ({figure.lower:,} to {figure.upper:,}) contains "
@@ -83,7 +156,7 @@ def classify(
                   f"The {where} ({figure.estimate:,}, at most {figure.upper:,}) is below every alert level.")
 
 
-_SEVERITY = {BELOW: 0, APPROACHING: 1, UNKNOWN: 2, UNCERTAIN: 3, OVER: 4, GRANTED: -1}
+_SEVERITY = {BELOW: 0, APPROACHING: 1, UNKNOWN: 2, UNCERTAIN: 3, OVER: 4, GRANTED: -1, EXEMPT: -2}
 
 
 def severity(status: Status) -> tuple[int, float]:
@@ -100,27 +173,87 @@ def previous_month(day: dt.date) -> dt.date:
 
 
 PARTIAL = "metered (partial month)"
+DECLARED = "declared"
 
 
-def choose_figure(*, metered: Figure | None, declared: Figure | None, metering_started: dt.date | None) -> Figure | None:
-    """The figure for a month, read conservatively.
+def month_figures(*, metered: Figure | None, declared: list[Figure], metering_started: dt.date | None
+                  ) -> list[Figure]:
+    """Every figure available for a month: the metered one (labelled a partial month when metering started
+    during it) and each declaration, none replacing another."""
+    figures: list[Figure] = []
+    if metered is not None:
+        if metering_started is not None and metering_started <= metered.month:
+            figures.append(metered)
+        elif metered.estimate > 0:
+            figures.append(Figure(metered.estimate, metered.lower, metered.upper, metered.month, PARTIAL,
+                                  metered.basis))
+    return figures + list(declared)
 
-    - Metering covered the whole month: the metered figure, unless the organisation declared a higher one
-      (its affiliates' products may not all have been metered yet).
-    - Metering started during the month: the declared figure or the partial metered one, whichever is
-      higher; a partial month alone is labelled as such (it can show the threshold was passed, never that
-      it was not: see ``classify``).
-    - Neither: no figure.
+
+def classify_month(
+    figures: list[Figure],
+    *,
+    threshold: int,
+    levels: tuple[float, ...] = (0.5, 0.75, 0.9),
+    granted: bool = False,
+    rule: str,
+    month: dt.date | None = None,
+    coverage: Coverage | None = None,
+) -> Status:
+    """The status of a month from every figure for it: each is classified and the worst is kept.
+
+    No figure hides another: a declaration a little above a metered estimate cannot turn the metered
+    "uncertain" (its interval straddles the threshold) into "approaching", and a later declaration never
+    lowers what an earlier one, or the meter, shows. A partial month that cannot show "not over" says nothing
+    once another figure exists; alone it is "unknown". The explanation names the figure the status comes from
+    and lists the others with what each alone would give.
     """
-    if metered is not None and metering_started is not None and metering_started <= metered.month:
-        if declared is not None and declared.estimate > metered.estimate:
-            return declared
-        return metered
-    partial = None
-    if metered is not None and metered.estimate > 0:
-        partial = Figure(metered.estimate, metered.lower, metered.upper, metered.month, PARTIAL)
-    candidates = [f for f in (declared, partial) if f is not None]
-    return max(candidates, key=lambda f: f.estimate) if candidates else None
+    if granted:
+        status = classify(None, threshold=threshold, levels=levels, granted=True, rule=rule)
+        return _with(status, coverage=coverage)
+    if not figures:
+        when = f" ({month:%B %Y})" if month else ""
+        return Status(UNKNOWN, None, None, threshold, rule,
+                      f"No metered or declared figure for the month tested{when}: declare it with its evidence.",
+                      coverage=coverage)
+    classified = [(figure, classify(figure, threshold=threshold, levels=levels, rule=rule)) for figure in figures]
+    informative = [(f, s) for f, s in classified if not (f.source == PARTIAL and s.state == UNKNOWN)]
+    _, worst = max(informative or classified, key=lambda pair: severity(pair[1]))
+    considered = tuple((f, s.state) for f, s in classified)
+    others = [f"{_figure_words(f)}: {state}" for f, state in considered if f is not worst.figure]
+    explanation = worst.explanation
+    if others:
+        explanation += " Every figure for the month counts and the worst is kept; the others: " + "; ".join(others) + "."
+    return _with(worst, explanation=explanation, considered=considered, coverage=coverage)
+
+
+def _figure_words(figure: Figure) -> str:
+    if figure.lower == figure.upper:
+        words = f"{figure.source} {figure.estimate:,}"
+    else:
+        words = f"{figure.source} {figure.estimate:,} ({figure.lower:,} to {figure.upper:,})"
+    return f"{words}, {figure.detail}" if figure.detail else words
+
+
+def _with(status: Status, **changes: object) -> Status:
+    return replace(status, **changes)  # type: ignore[arg-type]
+
+
+def worst_of(statuses: list[tuple[Status, str]]) -> Status:
+    """The worst of several readings of one test (e.g. the month of each base model's release date), with the
+    note of the reading it came from; the others are named so counsel sees what was compared."""
+    status, note = max(statuses, key=lambda pair: severity(pair[0]))
+    if len(statuses) == 1:
+        return status if not note else _with(status, explanation=f"{status.explanation} {note}")
+    compared = "; ".join(f"{other_note or 'the version date'}: {other.state}" for other, other_note in statuses)
+    return _with(status, explanation=f"{status.explanation} {note} Readings compared, the worst kept: {compared}.")
+
+
+def sum_of_products(figures: list[Figure], *, month: dt.date) -> Figure:
+    """Each product's own figure added up: the most conservative reading of "monthly active users of the products
+    or services", where one person using two products counts twice. The interval adds the bounds."""
+    return Figure(sum(f.estimate for f in figures), sum(f.lower for f in figures), sum(f.upper for f in figures),
+                  month, "metered", SUM_OF_PRODUCTS)
 
 
 @dataclass(frozen=True)
@@ -141,12 +274,15 @@ def decide_access(
     licence_accepted: bool,
     aup_accepted: bool,
     organisation_active: bool = True,
+    on_unknown: str = "allow",
 ) -> Decision:
     """May the group use this version now? ``status`` is the licence-accurate one, the test the licence sets.
 
     Blocks (in ``enforce``, and in ``grace`` once ``grace_days`` have passed since ``crossed_on``) when the
     group is over or uncertain without a grant; always blocks a suspended organisation or an unaccepted
-    licence or AUP; ``monitor`` never blocks for the threshold, only alerts.
+    licence or AUP; ``monitor`` never blocks for the threshold, only alerts. A month with no figure
+    ("unknown") blocks only when the policy says so (``on_unknown="block"``, not in ``monitor``): the licence
+    does not say what to do without a figure, so the reading is the group's to choose.
     """
     if not organisation_active:
         return Decision(False, "organisation_suspended", "The organisation is suspended.")
@@ -154,9 +290,16 @@ def decide_access(
         return Decision(False, "licence_not_accepted", "The licence of this version has not been accepted.")
     if not aup_accepted:
         return Decision(False, "aup_not_accepted", "The Acceptable Use Policy of this version has not been accepted.")
+    if status.state == EXEMPT:
+        return Decision(True, "exempt", status.explanation)
     if status.state not in (OVER, UNCERTAIN):
         if status.state == UNKNOWN:
-            return Decision(True, "unknown", "Allowed; the licence-accurate test has no figure yet.")
+            if on_unknown == "block" and mode != "monitor":
+                return Decision(False, "unknown_figure", f"{status.explanation} The group's policy blocks a version "
+                                                         "whose tested month has no figure (on_unknown: block).")
+            return Decision(True, "unknown", f"Allowed (on_unknown: allow); {status.explanation}")
+        if status.partial_coverage and status.coverage is not None:
+            return Decision(True, "ok", f"{status.explanation} Below, with partial coverage: {status.coverage.gap()}.")
         return Decision(True, "ok", status.explanation)
     reason = "over_threshold" if status.state == OVER else "uncertain_threshold"
     detail = f"{status.explanation} No Meta grant covers this version; the licence requires one."

@@ -31,7 +31,8 @@ def evidence_report(*, group: AffiliateGroup, month: dt.date) -> dict[str, Any]:
     organisations = [
         {"id": org.pk, "name": org.name, "status": org.status, "mau": _figures(org_counts[org.pk].as_dict()),
          "products": [
-             {"id": product.pk, "name": product.name, "licence_version": product.licence_version.slug,
+             {"id": product.pk, "name": product.name,
+              "licence_version": product.licence_version.slug if product.licence_version else None,
               "status": product.status, "mau": _figures(product_counts[product.pk].as_dict())}
              for product in products_of[org.pk]]}
         for org in orgs

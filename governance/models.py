@@ -181,12 +181,23 @@ class ComplianceState(models.TextChoices):
     OVER = "over", "Over"
     GRANTED = "granted", "Granted"
     UNKNOWN = "unknown", "Unknown"
+    EXEMPT = "exempt", "Exempt (clause 1.b.ii)"
 
 
 class EvaluationRule(models.TextChoices):
     LICENCE_ACCURATE = "licence_accurate", "Licence-accurate snapshot (month before the version's release)"
     LAST_MONTH = "last_month", "Continuous monitoring: last complete calendar month"
     PROJECTED = "projected", "Continuous monitoring: month to date projected to month end"
+
+
+class CountingBasis(models.TextChoices):
+    DISTINCT_PEOPLE = "distinct_people", "Distinct people across all products and affiliates"
+    SUM_OF_PRODUCTS = "sum_of_products", "Each product's MAU added up (most conservative)"
+
+
+class OnUnknown(models.TextChoices):
+    ALLOW = "allow", "Allow, and alert so someone declares the month"
+    BLOCK = "block", "Block until the month has a figure"
 
 
 class GroupPolicy(models.Model):
@@ -206,6 +217,12 @@ class GroupPolicy(models.Model):
     email_enabled = models.BooleanField(default=True)
     email_recipients = models.JSONField(default=list, blank=True)
     webhooks_enabled = models.BooleanField(default=True)
+    counting_basis = models.CharField(
+        max_length=20, choices=CountingBasis.choices, default=CountingBasis.DISTINCT_PEOPLE,
+        help_text="How the metered figure counts a person who uses two products (the licence does not say)")
+    on_unknown = models.CharField(
+        max_length=10, choices=OnUnknown.choices, default=OnUnknown.ALLOW,
+        help_text="Whether a version whose tested month has no figure is blocked")
     updated_at = models.DateTimeField(auto_now=True)
 
     DEFAULT_LEVELS = [0.5, 0.75, 0.9]
@@ -220,6 +237,8 @@ class DeclaredFigure(models.Model):
     group = models.ForeignKey(AffiliateGroup, on_delete=models.PROTECT, related_name="declared_figures")
     month = models.DateField(help_text="First day of the month")
     mau = models.BigIntegerField()
+    lower = models.BigIntegerField(null=True, blank=True, help_text="Lower bound of the figure; none: a point")
+    upper = models.BigIntegerField(null=True, blank=True, help_text="Upper bound of the figure; none: a point")
     evidence = models.TextField(help_text="Where the figure comes from (report, system, reference)")
     declared_by = models.CharField(max_length=200)
     declared_at = models.DateTimeField(auto_now_add=True)
@@ -233,6 +252,54 @@ class DeclaredFigure(models.Model):
         super().save(*args, **kwargs)
 
 
+class CoverageAttestation(models.Model):
+    """An officer's statement that the group's registered products and services are all of the group's for a
+    month (section 2 counts every product or service of the licensee and its affiliates). Append-only."""
+
+    group = models.ForeignKey(AffiliateGroup, on_delete=models.PROTECT, related_name="attestations")
+    month = models.DateField(help_text="First day of the month")
+    statement = models.TextField(help_text="What was checked, by whom, against which list")
+    products = models.JSONField(default=list, help_text="The registered products and services attested, by name")
+    attested_by = models.CharField(max_length=200)
+    attested_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-attested_at", "-id"]
+
+    def save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not self._state.adding:
+            raise ValueError("Attestations are append-only: attest again.")
+        super().save(*args, **kwargs)
+
+
+class DeclarationProposal(models.Model):
+    """A figure an organisation of a group proposes to declare; it counts only once a group admin confirms it
+    (``declared_figure`` is then the ``DeclaredFigure`` it became)."""
+
+    class Status(models.TextChoices):
+        PROPOSED = "proposed", "Proposed"
+        CONFIRMED = "confirmed", "Confirmed"
+        REJECTED = "rejected", "Rejected"
+
+    group = models.ForeignKey(AffiliateGroup, on_delete=models.PROTECT, related_name="declaration_proposals")
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="+",
+                                     help_text="The proposing organisation")
+    month = models.DateField(help_text="First day of the month")
+    mau = models.BigIntegerField()
+    evidence = models.TextField()
+    proposed_by = models.CharField(max_length=200)
+    proposed_at = models.DateTimeField(auto_now_add=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PROPOSED)
+    decided_by = models.CharField(max_length=200, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_note = models.TextField(blank=True)
+    declared_figure = models.OneToOneField(DeclaredFigure, on_delete=models.PROTECT, null=True, blank=True,
+                                           related_name="proposal")
+
+    class Meta:
+        ordering = ["-proposed_at", "-id"]
+
+
 class ComplianceStatus(models.Model):
     """The current status of a group for a licence version under one rule, with what produced it."""
 
@@ -243,6 +310,9 @@ class ComplianceStatus(models.Model):
     level = models.FloatField(null=True, blank=True, help_text="Highest alert level reached, as a fraction")
     month = models.DateField(null=True, blank=True)
     source = models.CharField(max_length=40, blank=True, help_text="metered, metered (partial month), declared or none")
+    basis = models.CharField(max_length=20, blank=True, help_text="The counting basis of the figure used")
+    considered = models.JSONField(default=list, help_text="Every figure of the month, with the state each gives")
+    coverage = models.JSONField(default=dict, help_text="Products metered, not metered, attestation")
     estimate = models.BigIntegerField(null=True, blank=True)
     lower = models.BigIntegerField(null=True, blank=True)
     upper = models.BigIntegerField(null=True, blank=True)
@@ -258,6 +328,27 @@ class ComplianceStatus(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["group", "licence_version", "rule"], name="one_status_per_rule")
         ]
+
+    @property
+    def partial_coverage(self) -> bool:
+        return self.state == ComplianceState.BELOW and bool(self.coverage) and not self.coverage.get("complete", True)
+
+    @property
+    def label(self) -> str:
+        """The state as a person reads it: a below that does not cover the whole group is never a clean pass."""
+        if self.state == ComplianceState.EXEMPT:
+            return "exempt (1.b.ii)"
+        return f"{self.state} (partial coverage)" if self.partial_coverage else self.state
+
+    @property
+    def bases(self) -> dict:
+        """The metered figure of the month on both counting bases (distinct_people, sum_of_products)."""
+        return self.considered.get("bases", {}) if isinstance(self.considered, dict) else {}
+
+    @property
+    def figures(self) -> list:
+        """Every figure of the month with the state it alone gives."""
+        return self.considered.get("figures", []) if isinstance(self.considered, dict) else []
 
 
 class StatusChange(models.Model):

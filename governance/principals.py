@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from governance.models import ApiKey, Scope
-from licensing.models import Membership, Organisation
+from licensing.models import AffiliateGroup, GroupAdmin, Membership, Organisation
 
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     Membership.Role.VIEWER: frozenset({Scope.READ}),
@@ -25,6 +25,8 @@ class Principal:
     bound_product_id: int | None = None
     is_staff: bool = False
     _group_by_org: dict[int, int] = field(default_factory=dict)
+    #: Groups whose group-wide state (policy, declarations, webhooks, alert acknowledgements) this caller changes.
+    admin_group_ids: frozenset[int] = frozenset()
 
     def organisation_ids(self, scope: str | None = None) -> list[int]:
         return [org for org, scopes in self.scopes_by_org.items() if scope is None or scope in scopes]
@@ -32,33 +34,62 @@ class Principal:
     def group_ids(self) -> list[int]:
         return sorted(set(self._group_by_org.values()))
 
+    def is_group_admin(self, group_id: int) -> bool:
+        return group_id in self.admin_group_ids
+
     def has_scope(self, scope: str, organisation_id: int | None = None) -> bool:
         if organisation_id is None:
             return bool(self.organisation_ids(scope))
         return scope in self.scopes_by_org.get(organisation_id, frozenset())
 
 
+def _managing_organisation_ids(group_ids: set[int], groups: dict[int, AffiliateGroup] | None = None
+                               ) -> dict[int, int | None]:
+    """Each group's managing organisation (a group whose manager is unset is managed by its first one)."""
+    managers: dict[int, int | None] = {}
+    for group_id in group_ids:
+        group = (groups or {}).get(group_id) or AffiliateGroup.objects.get(pk=group_id)
+        managers[group_id] = group.managing_organisation_id_resolved()
+    return managers
+
+
 def principal_for_key(api_key: ApiKey) -> Principal:
+    """A key is a group admin when it holds ``admin`` in the group's managing organisation and is not bound
+    to one product."""
     org = api_key.organisation
+    admin_groups: frozenset[int] = frozenset()
+    if Scope.ADMIN in api_key.scopes and api_key.product_id is None:
+        if _managing_organisation_ids({org.group_id}, {org.group_id: org.group})[org.group_id] == org.pk:
+            admin_groups = frozenset({org.group_id})
     return Principal(
         label=f"api-key:{api_key.prefix}",
         scopes_by_org={org.pk: frozenset(api_key.scopes)},
         api_key=api_key,
         bound_product_id=api_key.product_id,
         _group_by_org={org.pk: org.group_id},
+        admin_group_ids=admin_groups,
     )
 
 
 def principal_for_user(user: Any) -> Principal:
     memberships = Membership.objects.filter(
         user=user, organisation__status=Organisation.Status.ACTIVE
-    ).select_related("organisation")
+    ).select_related("organisation__group")
+    memberships = list(memberships)
+    groups = {m.organisation.group_id: m.organisation.group for m in memberships}
+    managers = _managing_organisation_ids(set(groups), groups)
+    admin_groups = {m.organisation.group_id for m in memberships
+                    if m.role in (Membership.Role.ADMIN, Membership.Role.OWNER)
+                    and managers[m.organisation.group_id] == m.organisation_id}
+    # An appointed group admin keeps the role while a member of an active organisation of the group.
+    admin_groups |= set(GroupAdmin.objects.filter(user=user, group_id__in=groups).values_list("group_id", flat=True))
     return Principal(
         label=f"user:{user.get_username()}",
         scopes_by_org={m.organisation_id: ROLE_SCOPES[m.role] for m in memberships},
         user=user,
         is_staff=bool(user.is_staff),
         _group_by_org={m.organisation_id: m.organisation.group_id for m in memberships},
+        admin_group_ids=frozenset(admin_groups),
     )
 
 

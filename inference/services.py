@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import re
 from pathlib import Path
 
@@ -12,10 +13,17 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Sum
+from django.utils import timezone
 
 from governance.audit import audit_record
+from governance.models import Alert
 from inference.models import Deployment, GpuQuota
-from licensing.models import BaseModel, Organisation, Product
+from licensing.eu_multimodal import LEVEL as EU_MULTIMODAL
+from licensing.eu_multimodal import eu_multimodal_refusal
+from licensing.models import BaseModel, LicenceVersion, Organisation, Product
+from licensing.selectors import organisation_exemption
+
+logger = logging.getLogger(__name__)
 
 DTYPES = {"auto", "float16", "bfloat16", "float32"}
 QUANTIZATIONS = {"", "awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors"}
@@ -136,18 +144,35 @@ def _check_quota(organisation: Organisation, device: str, replicas: int, tensor_
                                                f"this needs {replicas} more."})
 
 
+def eu_multimodal_refusal_for(organisation: Organisation, base_model: BaseModel) -> str | None:
+    """The EU clause (licensing/eu_multimodal.py) for this organisation and model, from the catalogue."""
+    version = base_model.licence_version
+    return eu_multimodal_refusal(version_name=version.name, licence_name=version.licence_name,
+                                 restricted=version.eu_multimodal_restriction, multimodal=base_model.multimodal,
+                                 eu_domiciled=organisation.eu_domiciled)
+
+
 def _check_licence(organisation: Organisation, product: Product, base_model: BaseModel) -> None:
     from governance.services.evaluation import access_check
 
     version = product.licence_version
+    if version is None:
+        raise ValidationError({"product": f"{product.name} is not built on Llama: a deployment serves a Llama model, "
+                                          f"so it needs a product built on one (give the product its licence "
+                                          f"version first)."})
     if base_model.licence_version_id != version.pk:
         raise ValidationError({"base_model": f"{base_model.repo_id} is released under "
                                              f"{base_model.licence_version.name}; the product runs under "
                                              f"{version.name}."})
-    if base_model.multimodal and version.eu_multimodal_restriction and organisation.eu_domiciled:
-        raise ValidationError({"base_model": f"The {version.name} Acceptable Use Policy does not grant the rights to "
-                                             f"its multimodal models to a company whose principal place of "
-                                             f"business is in the European Union."})
+    refusal = eu_multimodal_refusal_for(organisation, base_model)
+    if refusal:
+        raise ValidationError({"base_model": refusal})
+    exemption = organisation_exemption(organisation=organisation)
+    if exemption is not None:
+        raise ValidationError({"licence": (
+            f"{organisation.name} records that it receives Llama only as part of an integrated end user product "
+            f"from {exemption.supplier} (clause 1.b.ii): running a Llama model on the pool receives the materials "
+            f"themselves. Withdraw the exemption first.")})
     decision = access_check(organisation=organisation, licence_version=version)
     if not decision.allowed:
         raise ValidationError({"licence": f"{decision.detail} ({decision.reason})"})
@@ -225,17 +250,74 @@ def deployment_scale(*, deployment: Deployment, replicas: int, actor: str) -> De
     return deployment
 
 
-def deployment_delete(*, deployment: Deployment, actor: str) -> Deployment:
+def deployment_delete(*, deployment: Deployment, actor: str, reason: str = "") -> Deployment:
     """Drain and stop every replica; the record stays (state stopped) for the audit trail."""
     with transaction.atomic():
         changed = Deployment.objects.filter(pk=deployment.pk, deleted=False).update(
-            deleted=True, state="draining", state_reason=f"deleted by {actor}")
+            deleted=True, state="draining", state_reason=reason or f"deleted by {actor}")
         if changed:
+            data = {"served_model_name": deployment.served_model_name}
+            if reason:
+                data["reason"] = reason
             audit_record(action="deployment.deleted", actor=actor, organisation=deployment.organisation,
-                         obj=deployment, data={"served_model_name": deployment.served_model_name})
+                         obj=deployment, data=data)
             transaction.on_commit(reconcile_soon)
     deployment.refresh_from_db()
     return deployment
+
+
+def deployments_drain_eu_multimodal(*, organisation: Organisation, actor: str) -> list[Deployment]:
+    """Drain the organisation's deployments the EU clause does not allow it (after a move into the EU), and
+    raise one alert per licence version saying why. Safe to run twice: drained deployments are not live."""
+    live = (Deployment.objects.filter(organisation=organisation, deleted=False)
+            .select_related("base_model__licence_version", "licence_version").order_by("pk"))
+    drained: dict[int, tuple[LicenceVersion, list[Deployment], str]] = {}
+    for deployment in live:
+        refusal = eu_multimodal_refusal_for(organisation, deployment.base_model)
+        if not refusal:
+            continue
+        deployment_delete(deployment=deployment, actor=actor,
+                          reason=f"Drained: {organisation.name} is domiciled in the EU. {refusal}")
+        version = deployment.base_model.licence_version
+        drained.setdefault(version.pk, (version, [], refusal))[1].append(deployment)
+    for version, deployments, refusal in drained.values():
+        _eu_multimodal_alert(organisation, version, deployments, refusal, actor)
+    return [d for _, deployments, _ in drained.values() for d in deployments]
+
+
+def _eu_multimodal_alert(organisation: Organisation, version: LicenceVersion, deployments: list[Deployment],
+                         refusal: str, actor: str) -> Alert | None:
+    """An alert of the group's for the version, as the evaluation raises them (audited, emailed, webhooks).
+
+    One per group, version and month (the alerts' unique rule): a second drain in the same month is in the
+    audit log (each ``deployment.deleted`` with its reason) but announces nothing new.
+    """
+    group = organisation.group
+    month = timezone.now().date().replace(day=1)
+    if Alert.objects.filter(group=group, licence_version=version, level=EU_MULTIMODAL, month=month,
+                            kind=Alert.Kind.RAISED).exists():
+        return None
+    names = ", ".join(d.served_model_name for d in deployments)
+    alert = Alert.objects.create(
+        group=group, licence_version=version, level=EU_MULTIMODAL, kind=Alert.Kind.RAISED, month=month,
+        figures={"organisation": {"id": organisation.pk, "name": organisation.name},
+                 "deployments": [{"id": d.pk, "served_model_name": d.served_model_name} for d in deployments]},
+        message=f"{group.name}, {version.name}: {organisation.name} is now domiciled in the EU, so its deployments "
+                f"of {version.name} multimodal models were drained ({names}). {refusal}")
+    audit_record(action="alert.raised", actor=actor, group=group, organisation=organisation, obj=alert,
+                 data={"licence_version": version.slug, "level": EU_MULTIMODAL, "month": month,
+                       "figures": alert.figures})
+    transaction.on_commit(lambda: _alert_dispatch(alert.pk))
+    return alert
+
+
+def _alert_dispatch(alert_id: int) -> None:
+    from governance.tasks import dispatch_alert
+
+    try:
+        dispatch_alert.delay(alert_id)
+    except Exception:  # the alert row is durable; beat's sweep of undispatched alerts delivers it
+        logger.exception("could not queue alert %s for delivery", alert_id)
 
 
 def reconcile_soon() -> None:

@@ -1,10 +1,13 @@
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
 
 from governance.audit import audit_record
-
 from licensing.models import (
     AffiliateGroup,
     BaseModel,
+    Exemption,
+    GroupAdmin,
+    Invitation,
     LicenceAcceptance,
     LicenceVersion,
     Membership,
@@ -12,6 +15,7 @@ from licensing.models import (
     Organisation,
     Product,
 )
+from licensing.services import organisation_domicile_set, product_check
 
 
 class BaseModelInline(admin.TabularInline):
@@ -41,12 +45,25 @@ class OrganisationInline(admin.TabularInline):
     show_change_link = True
 
 
+class GroupAdminInline(admin.TabularInline):
+    model = GroupAdmin
+    extra = 0
+    autocomplete_fields = ["user"]
+    readonly_fields = ["appointed_by", "appointed_at"]
+
+
 @admin.register(AffiliateGroup)
 class AffiliateGroupAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "created_at"]
+    list_display = ["name", "slug", "managing_organisation", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
-    inlines = [OrganisationInline]
+    inlines = [OrganisationInline, GroupAdminInline]
+
+    def save_formset(self, request, form, formset, change):  # type: ignore[no-untyped-def]
+        for instance in formset.save(commit=False):
+            if isinstance(instance, GroupAdmin) and not instance.appointed_by:
+                instance.appointed_by = f"user:{request.user.get_username()}"
+        super().save_formset(request, form, formset, change)
 
 
 class MembershipInline(admin.TabularInline):
@@ -55,13 +72,41 @@ class MembershipInline(admin.TabularInline):
     autocomplete_fields = ["user"]
 
 
+class ExemptionInline(admin.TabularInline):
+    """Recorded and withdrawn through the API or the portal (audited), so only shown here."""
+
+    model = Exemption
+    extra = 0
+    fields = readonly_fields = ["supplier", "evidence", "recorded_by", "recorded_at", "withdrawn_at", "withdrawn_by"]
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+
 @admin.register(Organisation)
 class OrganisationAdmin(admin.ModelAdmin):
     list_display = ["name", "group", "status", "eu_domiciled", "created_at"]
     list_filter = ["status", "group", "eu_domiciled"]
     search_fields = ["name", "slug", "group__name"]
     prepopulated_fields = {"slug": ["name"]}
-    inlines = [MembershipInline]
+    inlines = [MembershipInline, ExemptionInline]
+
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        # A change of domicile goes through its service: audited, and a move into the EU drains the multimodal
+        # deployments the AUP withholds from the organisation.
+        if not (change and "eu_domiciled" in form.changed_data):
+            super().save_model(request, obj, form, change)
+            return
+        eu_domiciled, obj.eu_domiciled = obj.eu_domiciled, form.initial["eu_domiciled"]
+        super().save_model(request, obj, form, change)
+        result = organisation_domicile_set(organisation=obj, eu_domiciled=eu_domiciled,
+                                           actor=f"user:{request.user.get_username()}")
+        if result.drained:
+            self.message_user(request, f"Drained {len(result.drained)} deployment(s) of multimodal models the "
+                                       f"AUP withholds from EU companies: "
+                                       f"{', '.join(d.served_model_name for d in result.drained)}.",
+                              level=messages.WARNING)
 
 
 @admin.register(Membership)
@@ -71,11 +116,68 @@ class MembershipAdmin(admin.ModelAdmin):
     search_fields = ["user__username", "user__email", "organisation__name"]
 
 
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    """Read only: invitations are created and revoked in the portal, which records both in the audit log (and
+    shows the link once); a change here would not be recorded."""
+
+    list_display = ["email", "organisation", "role", "created_by", "created_at", "expires_at", "accepted_at",
+                    "revoked_at"]
+    list_filter = ["role", "organisation"]
+    search_fields = ["email", "organisation__name", "created_by"]
+    exclude = ["token_hash"]
+    readonly_fields = ["organisation", "email", "role", "selector", "created_by", "created_at", "expires_at",
+                       "accepted_at", "accepted_by", "revoked_at", "revoked_by"]
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+
+class BuiltOnLlamaFilter(admin.SimpleListFilter):
+    title = "built on Llama"
+    parameter_name = "built_on_llama"
+
+    def lookups(self, request, model_admin):  # type: ignore[no-untyped-def]
+        return [("yes", "Built on Llama"), ("no", "Not built on Llama")]
+
+    def queryset(self, request, queryset):  # type: ignore[no-untyped-def]
+        if self.value() in ("yes", "no"):
+            return queryset.filter(licence_version__isnull=self.value() == "no")
+        return queryset
+
+
+class ProductAdminForm(forms.ModelForm):
+    class Meta:
+        model = Product
+        fields = "__all__"
+
+    def clean(self):  # type: ignore[no-untyped-def]
+        data = super().clean()
+        organisation = data.get("organisation") or getattr(self.instance, "organisation", None)
+        if organisation is not None and not self.errors:
+            # The services' rules (the base model of the version, the EU clause) hold here too.
+            product_check(organisation=organisation, licence_version=data.get("licence_version"),
+                          base_model=data.get("base_model"),
+                          check_base_model="base_model" in self.changed_data or self.instance.pk is None)
+        return data
+
+
 @admin.register(Product)
 class ProductAdmin(admin.ModelAdmin):
-    list_display = ["name", "organisation", "licence_version", "base_model", "status", "launch_date"]
-    list_filter = ["status", "licence_version", "organisation"]
+    form = ProductAdminForm
+    list_display = ["name", "organisation", "llama_licence", "base_model", "status", "launch_date"]
+    list_filter = ["status", BuiltOnLlamaFilter, "licence_version", "organisation"]
     search_fields = ["name", "organisation__name", "base_model__repo_id"]
+
+    @admin.display(description="Llama licence", ordering="licence_version__release_date")
+    def llama_licence(self, obj: Product) -> str:
+        return obj.licence_version.name if obj.licence_version else "Not built on Llama"
 
 
 class AppendOnlyAdmin(admin.ModelAdmin):

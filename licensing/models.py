@@ -65,6 +65,10 @@ class LicenceVersion(models.Model):
     derived_name_prefix = models.CharField(
         max_length=40, blank=True, help_text="A distributed derived model's name must begin with this"
     )
+    derived_name_covers_outputs = models.BooleanField(
+        default=False,
+        help_text="The naming rule also covers a model made with the materials' outputs or results (3.1 and later)",
+    )
     outputs_may_improve_other_models = models.BooleanField(
         help_text="False where the licence forbids using outputs to improve other large language models"
     )
@@ -102,6 +106,7 @@ class LicenceVersion(models.Model):
             notice_line=self.notice_line,
             attribution_display=self.attribution_display,
             derived_name_prefix=self.derived_name_prefix,
+            derived_name_covers_outputs=self.derived_name_covers_outputs,
             outputs_may_improve_other_models=self.outputs_may_improve_other_models,
             eu_multimodal_restriction=self.eu_multimodal_restriction,
             aup_version=self.aup_version,
@@ -116,6 +121,12 @@ class BaseModel(models.Model):
     licence_version = models.ForeignKey(LicenceVersion, on_delete=models.PROTECT, related_name="base_models")
     repo_id = models.CharField(max_length=200, unique=True, help_text="Hugging Face repo id, e.g. meta-llama/...")
     multimodal = models.BooleanField(default=False)
+    release_date = models.DateField(
+        null=True, blank=True,
+        help_text="This model's own release date, where it differs from its licence version's (Code Llama 70B)")
+    date_note = models.TextField(blank=True, help_text="Where the date comes from, and why it matters")
+    licence_note = models.TextField(
+        blank=True, help_text="Why the model is under this licence version, where Meta's own sources differ")
 
     class Meta:
         ordering = ["licence_version__release_date", "repo_id"]
@@ -123,12 +134,25 @@ class BaseModel(models.Model):
     def __str__(self) -> str:
         return self.repo_id
 
+    def test_month(self) -> dt.date | None:
+        """The month the 700M test looks at by this model's own release date; None where it has none."""
+        return test_month_for(self.release_date) if self.release_date else None
+
 
 class AffiliateGroup(models.Model):
-    """Organisations under common control. The 700M limit applies to the group as a whole."""
+    """Organisations under common control. The 700M limit applies to the group as a whole.
+
+    What the whole group is judged by (its policy, declared figures, webhooks, alert acknowledgements) is
+    changed only by the group's admins: the admins of its managing organisation and the people they appoint
+    (``GroupAdmin``). The other organisations' members read the group's figures and statuses.
+    """
 
     name = models.CharField(max_length=200, unique=True)
     slug = models.SlugField(max_length=200, unique=True)
+    managing_organisation = models.ForeignKey(
+        "Organisation", on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        help_text="Its admins are the group's admins; the group's first organisation unless transferred",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -136,6 +160,12 @@ class AffiliateGroup(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def managing_organisation_id_resolved(self) -> int | None:
+        """The managing organisation's id; a group whose manager is unset is managed by its first organisation."""
+        if self.managing_organisation_id is not None:
+            return self.managing_organisation_id
+        return self.organisations.order_by("pk").values_list("pk", flat=True).first()
 
 
 class Organisation(models.Model):
@@ -180,8 +210,82 @@ class Membership(models.Model):
         return f"{self.user} in {self.organisation} ({self.role})"
 
 
+class GroupAdmin(models.Model):
+    """A person a group admin appointed to administer the whole affiliate group (policy, declarations, ...).
+
+    The role holds while the person is a member of an active organisation of the group.
+    """
+
+    group = models.ForeignKey(AffiliateGroup, on_delete=models.CASCADE, related_name="admins")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="group_admin_roles")
+    appointed_by = models.CharField(max_length=200)
+    appointed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["appointed_at", "id"]
+        constraints = [models.UniqueConstraint(fields=["group", "user"], name="one_group_admin_role_per_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user} administers {self.group}"
+class Invitation(models.Model):
+    """An organisation's offer of a role to whoever holds the link, sent to an email address.
+
+    The link carries a token of two parts: ``selector`` (stored, to find the row) and a secret whose SHA-256 is
+    ``token_hash`` (compared in constant time); the token itself is never stored. It works once, until
+    ``expires_at``, unless revoked.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        ACCEPTED = "accepted", "Accepted"
+        REVOKED = "revoked", "Revoked"
+        EXPIRED = "expired", "Expired"
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField(help_text="Where the link was sent; the person accepting may use another account")
+    role = models.CharField(max_length=20, choices=Membership.Role.choices)
+    selector = models.CharField(max_length=16, unique=True, help_text="Non-secret start of the token")
+    token_hash = models.CharField(max_length=64, help_text="SHA-256 of the token")
+    created_by = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(accepted_at__isnull=True) | models.Q(revoked_at__isnull=True),
+                name="invitation_accepted_or_revoked_not_both",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.email} to {self.organisation} ({self.role})"
+
+    def state(self, now: dt.datetime) -> str:
+        if self.accepted_at is not None:
+            return self.State.ACCEPTED
+        if self.revoked_at is not None:
+            return self.State.REVOKED
+        if self.expires_at <= now:
+            return self.State.EXPIRED
+        return self.State.PENDING
+
+
 class Product(models.Model):
-    """Something an organisation ships that is built on a Llama model."""
+    """A product or service an organisation makes available, built on a Llama model or not.
+
+    Every product is metered and counts towards the 700M clause, which counts "the monthly active users of the
+    products or services made available by or for Licensee, or Licensee's affiliates": all of them, not only
+    those built on Llama. A product without a licence version has no licence obligations and cannot be
+    deployed on the pool or called at the gateway.
+    """
 
     class Status(models.TextChoices):
         DEVELOPMENT = "development", "In development"
@@ -191,7 +295,10 @@ class Product(models.Model):
     organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="products")
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
-    licence_version = models.ForeignKey(LicenceVersion, on_delete=models.PROTECT, related_name="products")
+    licence_version = models.ForeignKey(
+        LicenceVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="products",
+        help_text="The Llama licence it is built under; empty for a product or service not built on Llama",
+    )
     base_model = models.ForeignKey(
         BaseModel, on_delete=models.PROTECT, null=True, blank=True, related_name="products"
     )
@@ -202,10 +309,19 @@ class Product(models.Model):
 
     class Meta:
         ordering = ["organisation__name", "name"]
-        constraints = [models.UniqueConstraint(fields=["organisation", "name"], name="unique_product_name_per_org")]
+        constraints = [
+            models.UniqueConstraint(fields=["organisation", "name"], name="unique_product_name_per_org"),
+            # A base model is released under a licence version: a product not built on Llama has neither.
+            models.CheckConstraint(condition=models.Q(licence_version__isnull=False) | models.Q(base_model__isnull=True),
+                                   name="product_base_model_needs_licence_version"),
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def built_on_llama(self) -> bool:
+        return self.licence_version_id is not None
 
 
 class LicenceAcceptance(AppendOnlyModel):
@@ -223,6 +339,10 @@ class LicenceAcceptance(AppendOnlyModel):
     accepted_at = models.DateTimeField(auto_now_add=True)
     licence_sha256 = models.CharField(max_length=64, validators=[sha256_validator])
     aup_version = models.CharField(max_length=40)
+    aup_sha256 = models.CharField(
+        max_length=64, blank=True,
+        help_text="SHA-256 of the Acceptable Use Policy text accepted; blank where the catalogue held none",
+    )
     note = models.TextField(blank=True)
 
     class Meta:
@@ -260,3 +380,39 @@ class MetaGrant(AppendOnlyModel):
 
     def __str__(self) -> str:
         return f"{self.reference} ({self.group})"
+
+
+class Exemption(models.Model):
+    """Clause 1.b.ii: the organisation receives the Llama Materials only "as part of an integrated end user
+    product" from another licensee, so Section 2 (the 700M clause) does not apply to it.
+
+    Recorded with its evidence and never edited or deleted: withdrawing sets ``withdrawn_at``/``withdrawn_by``
+    once (a conditional update), and a new exemption is a new row. At most one is in force per organisation.
+    """
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="exemptions")
+    supplier = models.CharField(max_length=200, help_text="The licensee the integrated end-user product comes from")
+    evidence = models.TextField(help_text="What shows it: the agreement, the product, the supplier's confirmation")
+    recorded_by = models.CharField(max_length=200)
+    recorded_at = models.DateTimeField(auto_now_add=True)
+    withdrawn_at = models.DateTimeField(null=True, blank=True)
+    withdrawn_by = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-recorded_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["organisation"], condition=models.Q(withdrawn_at__isnull=True),
+                                    name="one_exemption_in_force_per_organisation"),
+            models.CheckConstraint(condition=~models.Q(evidence="") & ~models.Q(supplier=""),
+                                   name="exemption_has_evidence_and_supplier"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organisation} receives Llama from {self.supplier} (1.b.ii)"
+
+    @property
+    def in_force(self) -> bool:
+        return self.withdrawn_at is None
+
+    def delete(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AppendOnlyError("Exemptions are kept: withdraw one instead.")

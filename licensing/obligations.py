@@ -23,20 +23,56 @@ def attribution_required(terms: LicenceTerms) -> str | None:
     return terms.attribution_display or None
 
 
+MADE_WITH = ("materials", "outputs")
+
+
+def derived_name_rule(terms: LicenceTerms) -> str | None:
+    """The naming obligation of section 1.b.i in words, or None where the version sets none (Llama 2, Code Llama).
+
+    Llama 3.1 and later reach a model made with the Llama Materials "or any outputs or results" of them; Llama 3
+    names the Llama Materials only.
+    """
+    if not terms.derived_name_prefix:
+        return None
+    made_with = "the Llama Materials or any outputs or results of them" if terms.derived_name_covers_outputs \
+        else "the Llama Materials"
+    return (f"A model created, trained, fine tuned or otherwise improved with {made_with}, and distributed or made "
+            f'available, must have a name beginning with "{terms.derived_name_prefix}" (section 1.b.i).')
+
+
+def derived_name_outputs_reading(terms: LicenceTerms) -> str:
+    """How Corral reads the naming clause for a model made from outputs only, where the clause does not say.
+
+    Empty where the text decides: 3.1 and later name outputs, and Llama 2 and Code Llama set no naming rule.
+    """
+    if not terms.derived_name_prefix or terms.derived_name_covers_outputs:
+        return ""
+    return (f"{terms.version}'s naming clause names the Llama Materials, not their outputs. Corral applies it to a "
+            f"model made from outputs as well: the licence lets outputs improve no other large language model than "
+            f"{terms.version} or its derivative works (section 1.b.v), and such a model is made with the Llama "
+            f"Materials.")
+
+
 @dataclass(frozen=True)
 class NameCheck:
     name: str
     ok: bool
     rule: str
     message: str
+    reading: str = ""  # the reading Corral used where the licence text does not decide; empty where it does
 
 
-def check_derived_model_name(terms: LicenceTerms, name: str) -> NameCheck:
-    """Whether a distributed model created or improved with the materials is named as the licence asks.
+def check_derived_model_name(terms: LicenceTerms, name: str, *, made_with: str = "materials") -> NameCheck:
+    """Whether a model made with the materials (``made_with="materials"``) or with their outputs or results only
+    (``"outputs"``), and distributed or made available, is named as section 1.b.i asks.
 
-    Llama 3 asks for names that begin with "Llama 3"; 3.1 and later for names that begin with "Llama";
-    Llama 2 and Code Llama set no naming rule.
+    Llama 3.1 and later: the name must begin with "Llama", whether the model was made with the materials or with
+    their outputs. Llama 3: it must begin with "Llama 3"; the clause names the materials only, and for a model
+    made from outputs the check applies it too and says so in ``reading``. Llama 2 and Code Llama set no rule.
+    The clause covers only a model that is distributed or made available: the check answers for such a model.
     """
+    if made_with not in MADE_WITH:
+        raise ValueError(f"made_with must be one of {', '.join(MADE_WITH)}, not {made_with!r}.")
     cleaned = name.strip()
     prefix = terms.derived_name_prefix
     if not cleaned:
@@ -48,20 +84,16 @@ def check_derived_model_name(terms: LicenceTerms, name: str) -> NameCheck:
             rule="no_naming_rule",
             message=f"{terms.version} sets no naming rule for derived models.",
         )
+    reading = derived_name_outputs_reading(terms) if made_with == "outputs" else ""
     # The licence asks for the prefix "at the beginning" of the name. Separators count as spaces, and the
     # prefix must end on a word boundary: "Llama3.1-8B" begins with "Llama", "Llama 30B" does not begin with
     # "Llama 3", and "Llamafied" does not begin with the word "Llama".
     normalised = cleaned.replace("-", " ").replace("_", " ")
     if normalised.startswith(prefix) and _ends_on_boundary(prefix, normalised[len(prefix):]):
-        return NameCheck(
-            name=cleaned, ok=True, rule="name_prefix", message=f'The name begins with "{prefix}" as required.'
-        )
-    return NameCheck(
-        name=cleaned,
-        ok=False,
-        rule="name_prefix",
-        message=f'{terms.version} requires a distributed derived model\'s name to begin with "{prefix}".',
-    )
+        return NameCheck(name=cleaned, ok=True, rule="name_prefix", reading=reading,
+                         message=f'The name begins with "{prefix}" as required. {derived_name_rule(terms)}')
+    return NameCheck(name=cleaned, ok=False, rule="name_prefix", reading=reading,
+                     message=f"{terms.version}: {derived_name_rule(terms)}")
 
 
 def _ends_on_boundary(prefix: str, rest: str) -> bool:
@@ -82,6 +114,9 @@ class Obligations:
     notice_text: str
     attribution_display: str | None
     derived_name_prefix: str | None
+    derived_name_covers_outputs: bool
+    derived_name_rule: str | None
+    derived_name_reading: str
     outputs_may_improve_other_models: bool
     eu_multimodal_restriction: bool
     redistribute_licence_copy: bool
@@ -90,10 +125,13 @@ class Obligations:
     aup_accepted: bool
     licence_accepted: bool
     date_ambiguous: bool
+    licence_required: str  # what must be accepted, and why, while the licence is not; else empty
+    aup_required: str
 
 
 def product_obligations(
-    terms: LicenceTerms, *, licence_accepted: bool, aup_accepted: bool
+    terms: LicenceTerms, *, licence_accepted: bool, aup_accepted: bool, licence_required: str = "",
+    aup_required: str = "",
 ) -> Obligations:
     """Every obligation a product built on ``terms`` carries, with whether the licence and AUP are accepted."""
     return Obligations(
@@ -102,6 +140,9 @@ def product_obligations(
         notice_text=notice_file_text(terms),
         attribution_display=attribution_required(terms),
         derived_name_prefix=terms.derived_name_prefix or None,
+        derived_name_covers_outputs=terms.derived_name_covers_outputs,
+        derived_name_rule=derived_name_rule(terms),
+        derived_name_reading=derived_name_outputs_reading(terms),
         outputs_may_improve_other_models=terms.outputs_may_improve_other_models,
         eu_multimodal_restriction=terms.eu_multimodal_restriction,
         redistribute_licence_copy=True,
@@ -110,4 +151,6 @@ def product_obligations(
         aup_accepted=aup_accepted,
         licence_accepted=licence_accepted,
         date_ambiguous=terms.date_ambiguous,
+        licence_required=licence_required,
+        aup_required=aup_required,
     )

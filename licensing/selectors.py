@@ -7,26 +7,76 @@ from dataclasses import dataclass
 
 from django.db.models import Exists, F, Max, OuterRef, Q, QuerySet
 
-from licensing.models import AffiliateGroup, LicenceAcceptance, LicenceVersion, MetaGrant, Organisation, Product
+from licensing.models import (
+    AffiliateGroup,
+    Exemption,
+    GroupAdmin,
+    LicenceAcceptance,
+    LicenceVersion,
+    Membership,
+    MetaGrant,
+    Organisation,
+    Product,
+)
 from licensing.obligations import Obligations, product_obligations
 
 
 @dataclass(frozen=True)
 class AcceptanceState:
+    """Whether the catalogue's current licence and AUP texts of a version are accepted, and if not, what to accept.
+
+    An acceptance counts for the texts whose SHA-256 it recorded: once the catalogue pins a new text (a new
+    ``licence_sha256`` or ``aup_sha256``), earlier acceptances no longer count for it and it must be accepted
+    again. ``licence_required`` and ``aup_required`` say so, naming the hash to accept; they are empty once
+    accepted. Where the catalogue holds no AUP hash (a version an admin added without one), the AUP counts as
+    accepted by its version name, and ``aup_basis`` says so.
+    """
+
     licence_accepted: bool
     aup_accepted: bool
     last_accepted_at: dt.datetime | None
+    licence_required: str = ""
+    aup_required: str = ""
+    aup_basis: str = "aup_sha256"  # or "aup_version" where the catalogue pins no AUP text
 
 
 def acceptance_state(*, organisation: Organisation, licence_version: LicenceVersion) -> AcceptanceState:
-    """Whether the organisation accepted the catalogue's current text of this licence and its AUP."""
+    """Whether the organisation accepted the catalogue's current text of this licence and of its AUP."""
     records = LicenceAcceptance.objects.filter(organisation=organisation, licence_version=licence_version)
     licence = records.filter(licence_sha256=licence_version.licence_sha256).order_by("-accepted_at").first()
-    aup = records.filter(aup_version=licence_version.aup_version).order_by("-accepted_at").first()
+    aup_accepted = records.filter(_current_aup(licence_version)).exists()
+    return _state(licence_version, last_licence=licence.accepted_at if licence else None, aup_accepted=aup_accepted,
+                  anything_accepted=licence is not None or aup_accepted or records.exists())
+
+
+def _current_aup(version: LicenceVersion) -> Q:
+    """Acceptances of the AUP text the catalogue pins now for ``version``."""
+    if not version.aup_sha256:
+        return Q(aup_version=version.aup_version)
+    return Q(aup_version=version.aup_version, aup_sha256=version.aup_sha256)
+
+
+def _state(version: LicenceVersion, *, last_licence: dt.datetime | None, aup_accepted: bool,
+           anything_accepted: bool) -> AcceptanceState:
+    again = " again" if anything_accepted else ""
+    licence_required = "" if last_licence else (
+        f"The {version.licence_name} text with SHA-256 {version.licence_sha256} must be accepted{again}"
+        + (": the catalogue pins a text other than the one accepted before." if anything_accepted else ".")
+    )
+    aup_required = ""
+    if not aup_accepted:
+        pinned = f" with SHA-256 {version.aup_sha256}" if version.aup_sha256 else ""
+        aup_required = (
+            f"The Acceptable Use Policy {version.aup_version}{pinned} must be accepted{again}"
+            + (": the catalogue pins a text other than the one accepted before." if anything_accepted else ".")
+        )
     return AcceptanceState(
-        licence_accepted=licence is not None,
-        aup_accepted=aup is not None,
-        last_accepted_at=licence.accepted_at if licence else None,
+        licence_accepted=last_licence is not None,
+        aup_accepted=aup_accepted,
+        last_accepted_at=last_licence,
+        licence_required=licence_required,
+        aup_required=aup_required,
+        aup_basis="aup_sha256" if version.aup_sha256 else "aup_version",
     )
 
 
@@ -50,28 +100,82 @@ def grants_in_force(*, group: AffiliateGroup, on: dt.date, licence_version: Lice
     return grants.distinct()
 
 
-def product_obligations_get(*, product: Product) -> Obligations:
+NOT_BUILT_ON_LLAMA = (
+    "Not built on Llama: no Llama licence obligations (no Notice file, attribution, naming rule or Acceptable Use "
+    "Policy). It is still metered and counted: the 700M clause counts the monthly active users of all \"the "
+    "products or services made available by or for Licensee, or Licensee's affiliates\" (section 2)."
+)
+
+
+def product_obligations_get(*, product: Product) -> Obligations | None:
+    """What the product's licence version obliges it to do; None for a product not built on Llama (it has no
+    licence, so no obligations: ``NOT_BUILT_ON_LLAMA`` says so)."""
+    if product.licence_version is None:
+        return None
     state = acceptance_state(organisation=product.organisation, licence_version=product.licence_version)
     return product_obligations(
-        product.licence_version.terms(), licence_accepted=state.licence_accepted, aup_accepted=state.aup_accepted
+        product.licence_version.terms(), licence_accepted=state.licence_accepted, aup_accepted=state.aup_accepted,
+        licence_required=state.licence_required, aup_required=state.aup_required,
     )
 
 
 def acceptance_states(*, organisation_ids: list[int]) -> dict[tuple[int, int], AcceptanceState]:
     """``acceptance_state`` for every (organisation, licence version) the organisations accepted anything
-    of, in two queries: for pages that list many products. A pair missing from the answer accepted nothing."""
+    of, in three queries: for pages that list many products. A pair missing from the answer accepted nothing."""
     accepted = LicenceAcceptance.objects.filter(organisation_id__in=organisation_ids)
     licences = {
         (row["organisation_id"], row["licence_version_id"]): row["last"]
         for row in accepted.filter(licence_sha256=F("licence_version__licence_sha256"))
         .values("organisation_id", "licence_version_id").annotate(last=Max("accepted_at"))
     }
-    aups = set(
-        accepted.filter(aup_version=F("licence_version__aup_version")).values_list(
-            "organisation_id", "licence_version_id").distinct()
-    )
+    current_aup = Q(aup_version=F("licence_version__aup_version")) & (
+        Q(licence_version__aup_sha256="") | Q(aup_sha256=F("licence_version__aup_sha256")))
+    aups = set(accepted.filter(current_aup).values_list("organisation_id", "licence_version_id").distinct())
+    pairs = set(accepted.values_list("organisation_id", "licence_version_id").distinct())
+    versions = LicenceVersion.objects.in_bulk({version_id for _, version_id in pairs})
     return {
-        pair: AcceptanceState(licence_accepted=pair in licences, aup_accepted=pair in aups,
-                              last_accepted_at=licences.get(pair))
-        for pair in set(licences) | aups
+        pair: _state(versions[pair[1]], last_licence=licences.get(pair), aup_accepted=pair in aups,
+                     anything_accepted=True)
+        for pair in pairs
     }
+
+
+@dataclass(frozen=True)
+class GroupAuthority:
+    """Who changes what a whole group is judged by: the managing organisation's admins and appointed admins."""
+
+    managing_organisation: Organisation | None
+    appointed: list[GroupAdmin]
+    organisations: list[Organisation]
+    member_usernames: list[str]  # people who may be appointed: members of the group's active organisations
+
+
+def group_authority(*, group: AffiliateGroup) -> GroupAuthority:
+    organisations = list(group.organisations.order_by("name"))
+    managing_id = group.managing_organisation_id_resolved()
+    usernames = sorted(set(Membership.objects.filter(
+        organisation__group=group, organisation__status=Organisation.Status.ACTIVE
+    ).values_list("user__username", flat=True)))
+    return GroupAuthority(
+        managing_organisation=next((o for o in organisations if o.pk == managing_id), None),
+        appointed=list(GroupAdmin.objects.filter(group=group).select_related("user")),
+        organisations=organisations,
+        member_usernames=usernames,
+    )
+
+
+def organisation_exemption(*, organisation: Organisation) -> Exemption | None:
+    """The organisation's clause 1.b.ii exemption in force (it receives Llama only as part of another licensee's
+    integrated end user product, so Section 2's 700M clause does not apply to it), or None."""
+    return Exemption.objects.filter(organisation=organisation, withdrawn_at__isnull=True).first()
+
+
+def group_exemptions(*, group: AffiliateGroup) -> dict[int, Exemption]:
+    """The exemptions in force in the group, by organisation id: one query for a whole group's evaluation."""
+    return {e.organisation_id: e for e in Exemption.objects.filter(organisation__group=group,
+                                                                  withdrawn_at__isnull=True)}
+
+
+def exemption_history(*, organisation: Organisation) -> QuerySet[Exemption]:
+    """Every exemption the organisation recorded, newest first, withdrawn ones included."""
+    return Exemption.objects.filter(organisation=organisation)

@@ -30,6 +30,8 @@ class LicenceTerms:
     aup_version: str
     aup_url: str
     licence_url: str
+    # Llama 3.1 and later name "any outputs or results" of the materials in the naming clause; Llama 3 does not.
+    derived_name_covers_outputs: bool = False
 
     @property
     def test_month(self) -> dt.date:

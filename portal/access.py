@@ -92,6 +92,18 @@ class Access:
             raise PermissionDenied(f"Your role does not allow this ('{scope}' is needed in this group).")
 
 
+    def is_group_admin(self, group: AffiliateGroup | int) -> bool:
+        """Whether this person changes what the whole group is judged by: its policy, declarations, webhooks
+        and alert acknowledgements (an admin of the managing organisation, or an appointed group admin)."""
+        group_id = group if isinstance(group, int) else group.pk
+        return self.is_staff or self.principal.is_group_admin(group_id)
+
+    def require_group_admin(self, group: AffiliateGroup | int) -> None:
+        if not self.is_group_admin(group):
+            raise PermissionDenied("Only a group admin can change this: an admin of the group's managing "
+                                   "organisation, or someone they appointed group admin.")
+
+
 def access_of(request: Any) -> Access:
     """The signed-in person's access, computed once per request."""
     cached = getattr(request, "_portal_access", None)

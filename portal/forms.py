@@ -10,7 +10,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 
-from governance.models import GroupPolicy, Scope
+from governance.models import CountingBasis, GroupPolicy, OnUnknown, Scope
 from inference.models import Deployment
 from inference.services import DTYPES, QUANTIZATIONS
 from licensing.models import BaseModel, LicenceVersion, Membership, Organisation, Product
@@ -45,10 +45,15 @@ class OrganisationChoiceMixin:
 class ProductForm(OrganisationChoiceMixin, forms.Form):
     organisation = forms.ModelChoiceField(queryset=Organisation.objects.none(), empty_label=None)
     name = forms.CharField(max_length=200)
-    licence_version = forms.ModelChoiceField(queryset=LicenceVersion.objects.all(), label="Llama licence version",
-                                             help_text="The licence the product is built under.")
+    licence_version = forms.ModelChoiceField(
+        queryset=LicenceVersion.objects.all(), label="Llama licence version", required=False,
+        empty_label="Not built on Llama",
+        help_text="The licence the product is built under. A product or service not built on Llama is metered and "
+                  "counted all the same: the 700M limit counts all the products and services of the organisation "
+                  "and its affiliates.")
     base_model = forms.ModelChoiceField(queryset=BaseModel.objects.select_related("licence_version"), required=False,
-                                        help_text="Must be released under the licence version chosen.")
+                                        help_text="Must be released under the licence version chosen (none for a "
+                                                  "product not built on Llama).")
     status = forms.ChoiceField(choices=Product.Status.choices, initial=Product.Status.DEVELOPMENT)
     launch_date = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
@@ -68,12 +73,29 @@ class AcceptanceForm(forms.Form):
 
     licence_sha256 = forms.CharField(widget=forms.HiddenInput(), max_length=64)
     aup_version = forms.CharField(widget=forms.HiddenInput(), max_length=40)
+    aup_sha256 = forms.CharField(widget=forms.HiddenInput(), max_length=64, required=False)
     confirm = forms.BooleanField(
         label="I have read and accept the licence and its Acceptable Use Policy on behalf of the organisation.",
         error_messages={"required": "Tick the box to confirm you accept the licence and the policy."},
     )
     note = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}),
                            help_text="Optional: e.g. the approval reference from counsel.")
+
+
+class DomicileForm(forms.Form):
+    eu_domiciled = forms.BooleanField(
+        required=False, label="Principal place of business in the European Union",
+        help_text="The Llama 3.2, 3.3 and 4 Acceptable Use Policies do not grant their multimodal models to a company "
+                  "whose principal place of business is in the EU: ticking this drains its deployments of such "
+                  "models at once.")
+
+
+class ExemptionForm(forms.Form):
+    supplier = forms.CharField(max_length=200, label="Supplier",
+                               help_text="The licensee whose integrated end user product includes Llama.")
+    evidence = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}),
+                               help_text="What shows the organisation receives Llama only as part of that product: "
+                                         "the agreement, the product, the supplier's confirmation.")
 
 
 class ApiKeyForm(OrganisationChoiceMixin, forms.Form):
@@ -133,6 +155,12 @@ class PolicyForm(forms.Form):
     email_recipients = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}),
                                        help_text="One address per line.")
     webhooks_enabled = forms.BooleanField(required=False, label="Send alerts to webhooks")
+    counting_basis = forms.ChoiceField(
+        choices=CountingBasis.choices, label="Counting basis", required=False,
+        help_text="The licence does not say how a person using two products counts; both are always shown.")
+    on_unknown = forms.ChoiceField(
+        choices=OnUnknown.choices, label="When a tested month has no figure", required=False,
+        help_text="An alert asks for a declaration either way.")
 
     @classmethod
     def initial_for(cls, policy: GroupPolicy) -> dict[str, Any]:
@@ -141,7 +169,8 @@ class PolicyForm(forms.Form):
             "levels": ", ".join(f"{level * 100:g}" for level in policy.levels),
             "hysteresis": round(policy.hysteresis * 100, 4), "forecast_days": policy.forecast_days,
             "email_enabled": policy.email_enabled, "email_recipients": "\n".join(policy.email_recipients),
-            "webhooks_enabled": policy.webhooks_enabled,
+            "webhooks_enabled": policy.webhooks_enabled, "counting_basis": policy.counting_basis,
+            "on_unknown": policy.on_unknown,
         }
 
     def clean_levels(self) -> list[float]:
@@ -151,7 +180,7 @@ class PolicyForm(forms.Form):
         return [line.strip() for line in self.cleaned_data["email_recipients"].splitlines() if line.strip()]
 
     def as_policy_data(self) -> dict[str, Any]:
-        data = dict(self.cleaned_data)
+        data = {name: value for name, value in self.cleaned_data.items() if value != ""}  # omitted: unchanged
         data["hysteresis"] = data["hysteresis"] / 100
         return data
 
@@ -181,7 +210,9 @@ class DeploymentForm(OrganisationChoiceMixin, forms.Form):
     def __init__(self, *args: Any, organisations: QuerySet[Organisation], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limit_organisations(organisations)
-        self.fields["product"].queryset = Product.objects.filter(organisation__in=organisations).select_related(
+        # A deployment serves a Llama model: only products built on Llama can have one.
+        self.fields["product"].queryset = Product.objects.filter(
+            organisation__in=organisations, licence_version__isnull=False).select_related(
             "organisation", "licence_version")
 
     def clean(self) -> dict[str, Any]:
@@ -214,18 +245,35 @@ class AuditFilterForm(forms.Form):
         return data
 
 
-class MemberAddForm(OrganisationChoiceMixin, forms.Form):
+class InvitationForm(OrganisationChoiceMixin, forms.Form):
     organisation = forms.ModelChoiceField(queryset=Organisation.objects.none(), empty_label=None)
-    username = forms.CharField(max_length=150, help_text="Their Corral login. A new one gets an account with a "
-                                                         "password shown to you once.")
-    email = forms.EmailField(required=False, help_text="For a new account.")
+    email = forms.EmailField(help_text="Corral sends the link here (when it has a mail server) and shows it to you "
+                                       "once. Whoever opens it joins with their own account or a new one.")
     role = forms.ChoiceField(choices=Membership.Role.choices, initial=Membership.Role.MEMBER,
                              help_text="viewer: read; member: products and keys; admin: policies, webhooks, "
-                                       "members; owner: everything, including owners.")
+                                       "members; owner: everything, including owners. At most your own role.")
 
-    def __init__(self, *args: Any, organisations: QuerySet[Organisation], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, organisations: QuerySet[Organisation], roles: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limit_organisations(organisations)
+        self.fields["role"].choices = [(value, label) for value, label in Membership.Role.choices if value in roles]
+
+
+class InvitationSignupForm(forms.Form):
+    """A new account for the holder of an invitation link; its email address is the invitation's."""
+
+    username = forms.CharField(max_length=150, widget=forms.TextInput(attrs={"autocomplete": "username"}),
+                               help_text="What you will log in with.")
+    password = forms.CharField(strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+                               help_text="At least 8 characters, not only digits, not a common password.")
+    password_again = forms.CharField(label="Password again", strip=False,
+                                     widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("password") and data.get("password_again") and data["password"] != data["password_again"]:
+            self.add_error("password_again", "The two passwords differ.")
+        return data
 
 
 class MemberRoleForm(forms.Form):

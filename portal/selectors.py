@@ -16,7 +16,7 @@ from governance.models import Alert, ComplianceStatus, EvaluationRule, GroupFore
 from governance.selectors import Count as MauCount
 from governance.selectors import daily_series, mau_month, mau_month_many
 from inference.models import GPU, GpuAllocation, Replica, ReplicaState
-from licensing.models import AffiliateGroup, LicenceVersion, Product
+from licensing.models import AffiliateGroup, Invitation, LicenceVersion, Organisation, Product
 from portal.charts import Point
 
 DEFAULT_THRESHOLD = 700_000_000
@@ -60,7 +60,8 @@ class GroupRow:
 def versions_by_group(groups: list[AffiliateGroup]) -> dict[int, list[LicenceVersion]]:
     """The licence versions each group's products (in development or live) are built on: one query."""
     by_group: dict[int, dict[int, LicenceVersion]] = defaultdict(dict)
-    pairs = list(Product.objects.filter(organisation__group__in=groups, status__in=LIVE_STATUSES)
+    pairs = list(Product.objects.filter(organisation__group__in=groups, status__in=LIVE_STATUSES,
+                                        licence_version__isnull=False)  # a product not built on Llama has none
                  .values_list("organisation__group_id", "licence_version_id").distinct())
     versions = {v.pk: v for v in LicenceVersion.objects.filter(pk__in={v for _, v in pairs})}
     for group_id, version_id in pairs:
@@ -116,12 +117,48 @@ def _point(day: dt.date, estimate: Any) -> Point:
     return Point(day=day, estimate=estimate.estimate, lower=estimate.lower, upper=estimate.upper)
 
 
+@dataclass(frozen=True)
+class TestedMonth:
+    """One month the statuses read, with both counting bases, the declarations and the coverage."""
+
+    month: dt.date
+    rules: list[str]
+    bases: dict[str, Any]
+    figures: list[dict[str, Any]]
+    coverage: dict[str, Any]
+
+    @property
+    def declared(self) -> list[dict[str, Any]]:
+        return [f for f in self.figures if f.get("source") == "declared"]
+
+
+def tested_months(statuses: list[ComplianceStatus]) -> list[TestedMonth]:
+    """The calendar months the group's statuses were decided on (licence-accurate test months, last month),
+    each once: the figures of a month are the group's whatever the version."""
+    by_month: dict[dt.date, TestedMonth] = {}
+    for status in sorted(statuses, key=lambda s: (s.month or dt.date.min)):
+        if status.rule == EvaluationRule.PROJECTED or status.month is None:
+            continue
+        known = by_month.get(status.month)
+        if status.rule == EvaluationRule.LICENCE_ACCURATE:
+            label = f"{status.licence_version.name}: the licence's test"
+        else:
+            label = "monitoring: the last complete month"
+        if known is None:
+            by_month[status.month] = TestedMonth(status.month, [label], status.bases, status.figures,
+                                                 status.coverage or {})
+        elif label not in known.rules:
+            known.rules.append(label)
+    return sorted(by_month.values(), key=lambda m: m.month, reverse=True)
+
+
 @dataclass
 class GroupFigures:
     months: list[Point]
     rolling: list[Point]
     daily: list[Point]
     versions: list[VersionRow]
+    tested: list[TestedMonth]
     threshold: int
     organisations: list[dict[str, Any]]
     last_month: dt.date
@@ -163,8 +200,17 @@ def group_figures(*, group: AffiliateGroup, today: dt.date | None = None, months
         rolling=[_point(p.day, p.rolling) for p in series],
         daily=[_point(p.day, p.dau) for p in series],
         versions=_version_rows(versions, statuses),
+        tested=tested_months(statuses),
         threshold=threshold,
         organisations=breakdown,
         last_month=last_month,
         this_month=this_month,
     )
+
+
+def pending_invitations(*, organisations: QuerySet[Organisation]) -> QuerySet[Invitation]:
+    """Invitations of these organisations not yet accepted, withdrawn or expired (expired ones stay in the audit
+    log). Pass only the organisations the caller manages: an invitation names an address that may be anyone's."""
+    return (Invitation.objects.filter(organisation__in=organisations, accepted_at__isnull=True,
+                                      revoked_at__isnull=True, expires_at__gt=timezone.now())
+            .select_related("organisation").order_by("organisation__name", "email", "-created_at"))

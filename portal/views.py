@@ -8,14 +8,16 @@ import json
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import login as auth_login
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import IntegrityError
 from django.db.models import Prefetch, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -23,7 +25,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from governance import evidence
 from governance.api.compliance import PolicySerializer
-from governance.audit import audit_verify_cached
+from governance.audit import audit_events_visible, audit_verify_cached
 from governance.models import Alert, ApiKey, AuditEvent, GroupForecast, Scope, WebhookDelivery, WebhookEndpoint
 from governance.services import api_key_create, api_key_revoke
 from governance.services import evaluation as evaluation_services
@@ -33,7 +35,7 @@ from inference import services as inference_services
 from inference.models import Deployment, GpuAllocation, Node, Replica
 from licensing import selectors as licensing_selectors
 from licensing import services as licensing_services
-from licensing.models import LicenceAcceptance, Membership, Product
+from licensing.models import GroupAdmin, Invitation, LicenceAcceptance, Membership, Organisation, Product
 from licensing.obligations import NOTICE_FILENAME, notice_file_text
 from portal import forms
 from portal import selectors as portal_selectors
@@ -82,8 +84,60 @@ def group_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "group": group, "figures": figures, "policy": policy, "forecast": forecast, "alerts": alerts,
         "visible_org_ids": set(access.organisation_ids()),
         "can_evaluate": access.can_in_group(Scope.WRITE, group),
-        "writable": {group.pk} if access.can_in_group(Scope.WRITE, group) else set(),
+        "writable": {group.pk} if access.is_group_admin(group) else set(),
+        "is_group_admin": access.is_group_admin(group),
+        "months_to_declare": [{**m, "month_date": dt.datetime.strptime(m["month"], "%Y-%m").date()}
+                              for m in evaluation_services.months_to_declare(group=group) if m["month"]],
+        "authority": licensing_selectors.group_authority(group=group),
     })
+
+
+@login_required
+@require_POST
+def group_admin_appoint(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    group = access.group_or_404(pk)
+    access.require_group_admin(group)
+    try:
+        role = licensing_services.group_admin_appoint(group=group, username=request.POST.get("username", ""),
+                                                      actor=access.label)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"{role.user.get_username()} is now an admin of {group.name}.")
+    return redirect("portal:group", pk=group.pk)
+
+
+@login_required
+@require_POST
+def group_admin_remove(request: HttpRequest, pk: int, admin_pk: int) -> HttpResponse:
+    access = access_of(request)
+    group = access.group_or_404(pk)
+    access.require_group_admin(group)
+    role = get_object_or_404(GroupAdmin.objects.select_related("user", "group"), pk=admin_pk, group=group)
+    licensing_services.group_admin_remove(role=role, actor=access.label)
+    messages.success(request, f"{role.user.get_username()} is no longer an admin of {group.name}.")
+    return redirect("portal:group", pk=group.pk)
+
+
+@login_required
+@require_POST
+def group_management(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    group = access.group_or_404(pk)
+    access.require_group_admin(group)
+    organisation_id = request.POST.get("organisation", "")
+    organisation = group.organisations.filter(pk=organisation_id).first() if organisation_id.isdigit() else None
+    if organisation is None:
+        messages.error(request, "Choose an organisation of this group.")
+        return redirect("portal:group", pk=group.pk)
+    try:
+        licensing_services.group_management_transfer(group=group, organisation=organisation, actor=access.label)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"{organisation.name} now manages {group.name}; its admins are the group's admins.")
+    return redirect("portal:group", pk=group.pk)
 
 
 @login_required
@@ -159,7 +213,9 @@ def product_create(request: HttpRequest) -> HttpResponse:
         except ValidationError as exc:
             forms.add_service_errors(form, exc)
         else:
-            messages.success(request, f"Product {product.name} created. Accept its licence to use it.")
+            messages.success(request, f"Product {product.name} created. Accept its licence to use it." if
+                             product.built_on_llama else f"Product {product.name} created: not built on Llama, "
+                                                         f"metered and counted towards the 700M limit.")
             return redirect("portal:product", pk=product.pk)
     return render(request, "portal/product_form.html", {"form": form, "product": None}, status=_status(form))
 
@@ -175,7 +231,8 @@ def product_detail(request: HttpRequest, pk: int) -> HttpResponse:
     product = _product_or_404(access, pk)
     version = product.licence_version
     accept_form = forms.AcceptanceForm(initial={"licence_sha256": version.licence_sha256,
-                                                "aup_version": version.aup_version})
+                                                "aup_version": version.aup_version,
+                                                "aup_sha256": version.aup_sha256} if version else None)
     return _product_page(request, access, product, accept_form)
 
 
@@ -184,7 +241,7 @@ def _product_page(request: HttpRequest, access: Access, product: Product, accept
     version = product.licence_version
     obligations = licensing_selectors.product_obligations_get(product=product)
     acceptances = (LicenceAcceptance.objects.filter(organisation=product.organisation, licence_version=version)
-                   .select_related("product", "accepted_by_user")[:20])
+                   .select_related("product", "accepted_by_user")[:20] if version else [])
     today = timezone.now().date()
     months = [portal_selectors.rules.previous_month(today), portal_selectors.rules.month_start(today)]
     mau = {m: mau_month_many(scopes=[product], month=m)[product.pk].estimate for m in months}
@@ -193,6 +250,7 @@ def _product_page(request: HttpRequest, access: Access, product: Product, accept
         "mau_last": mau[months[0]], "mau_this": mau[months[1]], "months": months,
         "deployments": Deployment.objects.filter(product=product, deleted=False),
         "can_write": access.can(Scope.WRITE, product.organisation_id), "accept_form": accept_form,
+        "not_built_on_llama": licensing_selectors.NOT_BUILT_ON_LLAMA,
     }, status=status)
 
 
@@ -226,12 +284,16 @@ def product_accept(request: HttpRequest, pk: int) -> HttpResponse:
     product = _product_or_404(access, pk)
     access.require(Scope.WRITE, product.organisation_id)
     form = forms.AcceptanceForm(request.POST)
-    if form.is_valid():
+    if product.licence_version is None:
+        form.is_valid()
+        form.add_error(None, f"{product.name} is not built on Llama: it has no licence to accept.")
+    elif form.is_valid():
         try:
             licensing_services.licence_accept(
                 organisation=product.organisation, licence_version=product.licence_version, product=product,
                 licence_sha256=form.cleaned_data["licence_sha256"], aup_version=form.cleaned_data["aup_version"],
-                accepted_by=access.label, user=request.user, note=form.cleaned_data["note"])
+                aup_sha256=form.cleaned_data["aup_sha256"] or None, accepted_by=access.label, user=request.user,
+                note=form.cleaned_data["note"])
         except ValidationError as exc:
             forms.add_service_errors(form, exc)
         else:
@@ -245,9 +307,97 @@ def product_accept(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 def product_notice(request: HttpRequest, pk: int) -> HttpResponse:
     product = _product_or_404(access_of(request), pk)
+    if product.licence_version is None:
+        raise Http404(f"{product.name} is not built on Llama: it has no Notice file to ship.")
     response = HttpResponse(notice_file_text(product.licence_version.terms()), content_type="text/plain; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{NOTICE_FILENAME}"'
     return response
+
+
+# --- organisations ----------------------------------------------------------------------------------------
+
+
+def _organisation_or_404(access: Access, pk: int) -> Organisation:
+    organisation = access.organisations().filter(pk=pk).select_related("group").first()
+    if organisation is None:
+        raise Http404("No such organisation.")
+    return organisation
+
+
+@login_required
+@require_GET
+def organisation_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """The organisation's facts the licence depends on: its EU domicile and a clause 1.b.ii exemption."""
+    access = access_of(request)
+    return _organisation_page(request, access, _organisation_or_404(access, pk))
+
+
+def _organisation_page(request: HttpRequest, access: Access, organisation: Organisation,
+                       exemption_form: forms.ExemptionForm | None = None, status: int = 200) -> HttpResponse:
+    can_admin = access.can(Scope.ADMIN, organisation.pk)
+    exemption = licensing_selectors.organisation_exemption(organisation=organisation)
+    return render(request, "portal/organisation_detail.html", {
+        "organisation": organisation, "can_admin": can_admin, "exemption": exemption,
+        "history": licensing_selectors.exemption_history(organisation=organisation)[:20],
+        "products": organisation.products.select_related("licence_version").order_by("name"),
+        "domicile_form": forms.DomicileForm(initial={"eu_domiciled": organisation.eu_domiciled}),
+        "exemption_form": exemption_form or (forms.ExemptionForm() if can_admin and exemption is None else None),
+    }, status=status)
+
+
+@login_required
+@require_POST
+def organisation_domicile(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    organisation = _organisation_or_404(access, pk)
+    access.require(Scope.ADMIN, organisation.pk)
+    form = forms.DomicileForm(request.POST)
+    form.is_valid()  # a checkbox: absent is "no"
+    result = licensing_services.organisation_domicile_set(
+        organisation=organisation, eu_domiciled=form.cleaned_data["eu_domiciled"], actor=access.label)
+    where = "in the European Union" if result.organisation.eu_domiciled else "outside the European Union"
+    messages.success(request, f"Recorded: {organisation.name}'s principal place of business is {where}."
+                     if result.changed else "Nothing changed.")
+    if result.drained:
+        messages.warning(request, f"Drained {len(result.drained)} deployment(s) of multimodal models the Acceptable "
+                                  f"Use Policy withholds from EU companies: "
+                                  f"{', '.join(d.served_model_name for d in result.drained)}. An alert says why.")
+    return redirect("portal:organisation", pk=organisation.pk)
+
+
+@login_required
+@require_POST
+def organisation_exemption(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    organisation = _organisation_or_404(access, pk)
+    access.require(Scope.ADMIN, organisation.pk)
+    form = forms.ExemptionForm(request.POST)
+    if form.is_valid():
+        try:
+            licensing_services.exemption_record(organisation=organisation, recorded_by=access.label,
+                                                **form.cleaned_data)
+        except ValidationError as exc:
+            forms.add_service_errors(form, exc)
+        else:
+            messages.success(request, f"Recorded: {organisation.name} receives Llama only as part of an integrated "
+                                      f"end user product (clause 1.b.ii).")
+            return redirect("portal:organisation", pk=organisation.pk)
+    return _organisation_page(request, access, organisation, exemption_form=form, status=400)
+
+
+@login_required
+@require_POST
+def organisation_exemption_withdraw(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    organisation = _organisation_or_404(access, pk)
+    access.require(Scope.ADMIN, organisation.pk)
+    try:
+        licensing_services.exemption_withdraw(organisation=organisation, withdrawn_by=access.label)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Withdrawn: section 2 (the 700M clause) applies to {organisation.name} again.")
+    return redirect("portal:organisation", pk=organisation.pk)
 
 
 # --- alerts, policy, webhooks -----------------------------------------------------------------------------
@@ -266,8 +416,8 @@ def alert_list(request: HttpRequest) -> HttpResponse:
     if group_id and group_id.isdigit():
         alerts = alerts.filter(group_id=int(group_id))
     page = _page(request, alerts)
-    writable = {g.pk for g in groups if access.can_in_group(Scope.WRITE, g)}
-    administered = {g.pk for g in groups if access.can_in_group(Scope.ADMIN, g)}
+    administered = {g.pk for g in groups if access.is_group_admin(g)}
+    writable = administered  # acknowledging an alert is the group admins' call
     return render(request, "portal/alert_list.html", {
         "page": page, "groups": groups, "writable": writable, "administered": administered, "show": show,
         "group_id": group_id,
@@ -281,7 +431,7 @@ def alert_acknowledge(request: HttpRequest, pk: int) -> HttpResponse:
     alert = Alert.objects.filter(pk=pk, group__in=access.groups()).select_related("group").first()
     if alert is None:
         raise Http404("No such alert.")
-    access.require_in_group(Scope.WRITE, alert.group)
+    access.require_group_admin(alert.group)
     evaluation_services.alert_acknowledge(alert=alert, actor=access.label)
     messages.success(request, "Alert acknowledged.")
     return redirect(request.POST.get("next") if _safe_next(request) else reverse("portal:alerts"))
@@ -302,9 +452,9 @@ def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
     access = access_of(request)
     group = access.group_or_404(pk)
     policy = evaluation_services.group_policy_get(group=group)
-    can_edit = access.can_in_group(Scope.ADMIN, group)
+    can_edit = access.is_group_admin(group)
     if request.method == "POST":
-        access.require_in_group(Scope.ADMIN, group)
+        access.require_group_admin(group)
     form = forms.PolicyForm(request.POST or None, initial=forms.PolicyForm.initial_for(policy))
     if request.method == "POST" and form.is_valid():
         checked = PolicySerializer(policy, data=form.as_policy_data())
@@ -341,11 +491,11 @@ def _webhook_or_404(access: Access, pk: int) -> WebhookEndpoint:
 def webhook_list(request: HttpRequest, pk: int) -> HttpResponse:
     access = access_of(request)
     group = access.group_or_404(pk)
-    can_edit = access.can_in_group(Scope.ADMIN, group)
+    can_edit = access.is_group_admin(group)
     form = forms.WebhookForm(request.POST or None)
     created = secret = None
     if request.method == "POST":
-        access.require_in_group(Scope.ADMIN, group)
+        access.require_group_admin(group)
         if form.is_valid():
             try:
                 created, secret = webhook_services.webhook_endpoint_create(
@@ -369,7 +519,7 @@ def webhook_detail(request: HttpRequest, pk: int) -> HttpResponse:
     deliveries = WebhookDelivery.objects.filter(endpoint=endpoint).prefetch_related("attempt_log")
     return render(request, "portal/webhook_detail.html", {
         "endpoint": endpoint, "page": _page(request, deliveries, 25),
-        "can_edit": access.can_in_group(Scope.ADMIN, endpoint.group_id),
+        "can_edit": access.is_group_admin(endpoint.group_id),
     })
 
 
@@ -380,7 +530,7 @@ def webhook_test(request: HttpRequest, pk: int) -> HttpResponse:
 
     access = access_of(request)
     endpoint = _webhook_or_404(access, pk)
-    access.require_in_group(Scope.ADMIN, endpoint.group_id)
+    access.require_group_admin(endpoint.group_id)
     delivery = webhook_services.webhook_test_event(endpoint=endpoint, actor=access.label)
     try:
         deliver_webhook.delay(delivery.pk)
@@ -395,7 +545,7 @@ def webhook_test(request: HttpRequest, pk: int) -> HttpResponse:
 def webhook_toggle(request: HttpRequest, pk: int) -> HttpResponse:
     access = access_of(request)
     endpoint = _webhook_or_404(access, pk)
-    access.require_in_group(Scope.ADMIN, endpoint.group_id)
+    access.require_group_admin(endpoint.group_id)
     webhook_services.webhook_endpoint_update(endpoint=endpoint, actor=access.label, active=not endpoint.active)
     messages.success(request, "Endpoint resumed." if endpoint.active else "Endpoint paused.")
     return redirect("portal:webhook", pk=endpoint.pk)
@@ -406,7 +556,7 @@ def webhook_toggle(request: HttpRequest, pk: int) -> HttpResponse:
 def webhook_delete(request: HttpRequest, pk: int) -> HttpResponse:
     access = access_of(request)
     endpoint = _webhook_or_404(access, pk)
-    access.require_in_group(Scope.ADMIN, endpoint.group_id)
+    access.require_group_admin(endpoint.group_id)
     group_id = endpoint.group_id
     webhook_services.webhook_endpoint_delete(endpoint=endpoint, actor=access.label)
     messages.success(request, "Endpoint deleted.")
@@ -584,7 +734,7 @@ def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 def audit_list(request: HttpRequest) -> HttpResponse:
     access = access_of(request)
     groups = access.groups().order_by("name")
-    events = AuditEvent.objects.all() if access.is_staff else AuditEvent.objects.filter(group__in=groups)
+    events = AuditEvent.objects.all() if access.is_staff else audit_events_visible(principal=access.principal)
     form = forms.AuditFilterForm(request.GET or None, groups=groups)
     if form.is_valid():
         data = form.cleaned_data
@@ -616,35 +766,89 @@ def _is_owner(access: Access, organisation_id: int) -> bool:
         user=access.user, organisation_id=organisation_id, role=Membership.Role.OWNER).exists()
 
 
+def _role_in(access: Access, organisation_id: int) -> str:
+    """The caller's role in the organisation; staff act as owners, as in the Django admin."""
+    if access.is_staff:
+        return Membership.Role.OWNER
+    role = Membership.objects.filter(user=access.user, organisation_id=organisation_id).values_list(
+        "role", flat=True).first()
+    return role or ""
+
+
+def _grantable_roles(access: Access, manageable: QuerySet) -> list[str]:
+    """Roles the caller may invite to some organisation they manage (the service checks each organisation)."""
+    if access.is_staff:
+        return list(licensing_services.ROLE_ORDER)
+    held = Membership.objects.filter(user=access.user, organisation__in=manageable).values_list("role", flat=True)
+    return max((licensing_services.roles_up_to(role) for role in held), key=len, default=[])
+
+
+@never_cache
 @login_required
 @require_http_methods(["GET", "POST"])
 def member_list(request: HttpRequest) -> HttpResponse:
-    """People of the caller's organisations and their roles; admins and owners add, change and remove them
-    (only an owner touches the owner role, and an organisation always keeps one owner)."""
+    """People of the caller's organisations and their roles. Admins and owners invite people by email address (at
+    most their own role), revoke pending invitations, change roles and remove members (only an owner touches the
+    owner role, and an organisation always keeps one owner).
+
+    Inviting answers the same whatever the address: no account is looked up, and nobody joins until they accept.
+    The link is in the one response that created the invitation (and in the email) and nowhere else.
+    """
     access = access_of(request)
     manageable = access.organisations(Scope.ADMIN)
-    form = added = secret = None
+    form = invited = link = None
+    emailed = False
     if manageable.exists():
-        form = forms.MemberAddForm(request.POST or None, organisations=manageable)
+        roles = _grantable_roles(access, manageable)
+        form = forms.InvitationForm(request.POST or None, organisations=manageable, roles=roles)
     if request.method == "POST":
         if form is None:
-            raise PermissionDenied("Your role does not allow managing members.")
+            raise PermissionDenied("Your role does not allow inviting people.")
         if form.is_valid():
             data = form.cleaned_data
             try:
-                added, secret = licensing_services.membership_add(
-                    organisation=data["organisation"], username=data["username"], email=data["email"],
-                    role=data["role"], actor=access.label, actor_is_owner=_is_owner(access, data["organisation"].pk))
+                invited, token = licensing_services.invitation_create(
+                    organisation=data["organisation"], email=data["email"], role=data["role"], actor=access.label,
+                    actor_role=_role_in(access, data["organisation"].pk))
             except ValidationError as exc:
                 forms.add_service_errors(form, exc)
             else:
-                form = forms.MemberAddForm(organisations=manageable)
+                link = _invitation_link(token)
+                emailed = licensing_services.invitation_email_send(invitation=invited, link=link)
+                form = forms.InvitationForm(organisations=manageable, roles=roles)
     members = (Membership.objects.filter(organisation__in=access.organisation_ids())
                .select_related("user", "organisation").order_by("organisation__name", "user__username"))
+    invitations = portal_selectors.pending_invitations(organisations=manageable) if form is not None else []
     return render(request, "portal/member_list.html", {
-        "page": _page(request, members), "form": form, "added": added, "secret": secret,
+        "page": _page(request, members), "form": form, "invited": invited, "link": link, "emailed": emailed,
+        "invitations": invitations, "lifetime_days": licensing_services.invitation_lifetime().days,
         "manage_ids": set(manageable.values_list("pk", flat=True)), "roles": Membership.Role.choices,
     }, status=_status(form) if form is not None else 200)
+
+
+def _invitation_link(token: str) -> str:
+    # SITE_URL, not the request's host: the emailed link must not follow a forged Host header.
+    return f"{settings.SITE_URL.rstrip('/')}{reverse('portal:invitation-link', args=[token])}"
+
+
+@login_required
+@require_POST
+def invitation_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    invitation = (Invitation.objects.filter(pk=pk, organisation__in=access.organisations())
+                  .select_related("organisation").first())
+    if invitation is None:
+        raise Http404("No such invitation.")
+    access.require(Scope.ADMIN, invitation.organisation_id)
+    try:
+        licensing_services.invitation_revoke(invitation=invitation, actor=access.label,
+                                             actor_role=_role_in(access, invitation.organisation_id))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"The invitation of {invitation.email} to {invitation.organisation.name} is "
+                                  f"revoked: its link no longer works.")
+    return redirect("portal:members")
 
 
 def _membership_or_404(access: Access, pk: int) -> Membership:
@@ -690,3 +894,110 @@ def member_remove(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         messages.success(request, f"{membership.user.get_username()} was removed from {membership.organisation.name}.")
     return redirect("portal:members")
+
+
+# --- invitations: the invitee's side ------------------------------------------------------------------------
+#
+# The link's URL holds the token. Its one view puts the token in the session and redirects to a URL without it,
+# where everything else happens (as Django's password reset does): no later page, login redirect, Referer or
+# django.request warning for a 4xx answer carries the token. Opening the link needs no login: the token is the
+# credential.
+
+INVITATION_SESSION_KEY = "_corral_invitation_token"
+NO_INVITATION = "No invitation is open here: open the link of your invitation again, checking that it was copied whole."
+
+
+@never_cache
+@require_GET
+def invitation_link(request: HttpRequest, token: str) -> HttpResponse:
+    """Keep a token that opens an invitation (in any state: the next page says which) in the session. A token
+    that opens none is worthless, so its 404 may be logged; and no session is created for it."""
+    if licensing_services.invitation_for_token(token=token) is None:
+        return _invitation_page(request, problem=NO_INVITATION, status=404)
+    request.session[INVITATION_SESSION_KEY] = token
+    response = redirect("portal:invitation")
+    response["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def _invitation_page(request: HttpRequest, *, invitation: Invitation | None = None, problem: str = "",
+                     signup_form: forms.InvitationSignupForm | None = None, error: str = "",
+                     status: int = 200) -> HttpResponse:
+    if invitation is not None and not request.user.is_authenticated and signup_form is None:
+        signup_form = forms.InvitationSignupForm()
+    return render(request, "portal/invitation.html", {
+        "invitation": invitation, "problem": problem, "signup_form": signup_form, "error": error,
+        "inviter": invitation.created_by.removeprefix("user:") if invitation else "",
+        "email_differs": bool(invitation and request.user.is_authenticated
+                              and (request.user.email or "").lower() != invitation.email.lower()),
+    }, status=status)
+
+
+def _unusable(request: HttpRequest, exc: licensing_services.InvitationUnusable) -> HttpResponse:
+    request.session.pop(INVITATION_SESSION_KEY, None)
+    return _invitation_page(request, problem=f"{exc} Ask an admin of the organisation for a new one.", status=410)
+
+
+def _open_invitation(request: HttpRequest) -> Invitation | HttpResponse:
+    """The pending invitation of the link opened in this session, or the page saying there is none (404) or it can
+    no longer be used (410)."""
+    token = request.session.get(INVITATION_SESSION_KEY, "")
+    actor = access_of(request).label if request.user.is_authenticated else "anonymous"
+    try:
+        return licensing_services.invitation_open(token=token, actor=actor)
+    except Invitation.DoesNotExist:
+        request.session.pop(INVITATION_SESSION_KEY, None)
+        return _invitation_page(request, problem=NO_INVITATION, status=404)
+    except licensing_services.InvitationUnusable as exc:
+        return _unusable(request, exc)
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def invitation_detail(request: HttpRequest) -> HttpResponse:
+    """What the invitation offers. Signed in, the person accepts it as themselves (POST); signed out, they log in
+    and come back, or create an account (``invitation_signup``). Whoever holds the link may accept it: the link
+    is the proof, as the email address it was sent to is for a new account."""
+    opened = _open_invitation(request)
+    if isinstance(opened, HttpResponse):
+        return opened
+    if request.method == "GET":
+        return _invitation_page(request, invitation=opened)
+    if not request.user.is_authenticated:
+        return redirect(f"{reverse('portal:login')}?next={request.path}")
+    try:
+        membership = licensing_services.invitation_accept(invitation=opened, user=request.user)
+    except ValidationError as exc:
+        return _invitation_page(request, invitation=opened, error=" ".join(exc.messages), status=400)
+    except licensing_services.InvitationUnusable as exc:
+        return _unusable(request, exc)
+    request.session.pop(INVITATION_SESSION_KEY, None)
+    messages.success(request, f"You joined {membership.organisation.name} as {membership.get_role_display().lower()}.")
+    return redirect("portal:overview")
+
+
+@never_cache
+@require_POST
+def invitation_signup(request: HttpRequest) -> HttpResponse:
+    """A new account for the holder of the link, with the invitation's email address, accepting it at once."""
+    if request.user.is_authenticated:
+        return redirect("portal:invitation")  # accept as yourself, or log out first
+    opened = _open_invitation(request)
+    if isinstance(opened, HttpResponse):
+        return opened
+    form = forms.InvitationSignupForm(request.POST)
+    if form.is_valid():
+        try:
+            membership = licensing_services.invitation_accept_new_account(
+                invitation=opened, username=form.cleaned_data["username"], password=form.cleaned_data["password"])
+        except ValidationError as exc:
+            forms.add_service_errors(form, exc)
+        except licensing_services.InvitationUnusable as exc:
+            return _unusable(request, exc)
+        else:
+            auth_login(request, membership.user, backend="django.contrib.auth.backends.ModelBackend")
+            request.session.pop(INVITATION_SESSION_KEY, None)
+            messages.success(request, f"Welcome, {membership.user.get_username()}: you joined "
+                                      f"{membership.organisation.name} as {membership.get_role_display().lower()}.")
+            return redirect("portal:overview")
+    return _invitation_page(request, invitation=opened, signup_form=form, status=400)

@@ -8,7 +8,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -17,12 +17,14 @@ from rest_framework.response import Response
 
 from governance import evidence
 from governance.api.tenancy import GroupTenancy, TenantViewSet
-from governance.audit import audit_verify_cached
+from governance.audit import audit_events_visible, audit_verify_cached
 from governance.models import (
     AccessDecision,
     Alert,
     AuditEvent,
     ComplianceStatus,
+    CoverageAttestation,
+    DeclarationProposal,
     DeclaredFigure,
     DeliveryAttempt,
     GroupForecast,
@@ -33,18 +35,34 @@ from governance.models import (
     WebhookEndpoint,
 )
 from governance.services import evaluation as evaluation_services
-from licensing.models import AffiliateGroup
+from licensing.models import AffiliateGroup, Organisation
 
 # --- serializers --------------------------------------------------------------------------------------------
 
 
 class ComplianceStatusSerializer(serializers.ModelSerializer):
     licence_version = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    label = serializers.SerializerMethodField(help_text='The state as a person reads it: "below (partial coverage)" '
+                                                        "when the metered figure does not cover the whole group")
+    bases = serializers.SerializerMethodField(help_text="The metered figure on both counting bases, side by side")
+    figures = serializers.SerializerMethodField(help_text="Every figure of the month and the state each alone gives")
 
     class Meta:
         model = ComplianceStatus
-        fields = ["licence_version", "rule", "state", "level", "month", "source", "estimate", "lower", "upper",
-                  "threshold", "explanation", "since", "evaluated_at"]
+        fields = ["licence_version", "rule", "state", "label", "level", "month", "source", "basis", "estimate",
+                  "lower", "upper", "threshold", "bases", "figures", "coverage", "explanation", "since",
+                  "evaluated_at"]
+
+    def get_label(self, obj: ComplianceStatus) -> str:
+        return obj.label
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_bases(self, obj: ComplianceStatus) -> dict[str, Any]:
+        return obj.bases
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_figures(self, obj: ComplianceStatus) -> list[dict[str, Any]]:
+        return obj.figures
 
 
 class StatusChangeSerializer(serializers.ModelSerializer):
@@ -81,7 +99,7 @@ class PolicySerializer(serializers.ModelSerializer):
     class Meta:
         model = GroupPolicy
         fields = ["mode", "grace_days", "levels", "hysteresis", "forecast_days", "email_enabled", "email_recipients",
-                  "webhooks_enabled", "updated_at"]
+                  "webhooks_enabled", "counting_basis", "on_unknown", "updated_at"]
         read_only_fields = ["updated_at"]
 
     def validate_levels(self, value: list[float]) -> list[float]:
@@ -94,16 +112,75 @@ class DeclaredFigureSerializer(serializers.ModelSerializer):
     month = serializers.RegexField(r"^2[0-9]{3}-(0[1-9]|1[0-2])$", help_text="YYYY-MM (2000 onwards)",
                                    write_only=True)
     mau = serializers.IntegerField(min_value=0, max_value=10**12)
+    lower = serializers.IntegerField(min_value=0, max_value=10**12, required=False, allow_null=True,
+                                     help_text="Lower bound of the figure (omit both bounds for a point figure)")
+    upper = serializers.IntegerField(min_value=0, max_value=10**12, required=False, allow_null=True,
+                                     help_text="Upper bound of the figure")
 
     class Meta:
         model = DeclaredFigure
-        fields = ["id", "month", "mau", "evidence", "declared_by", "declared_at"]
+        fields = ["id", "month", "mau", "lower", "upper", "evidence", "declared_by", "declared_at"]
         read_only_fields = ["id", "declared_by", "declared_at"]
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        lower, upper, mau = data.get("lower"), data.get("upper"), data.get("mau")
+        if lower is not None and mau is not None and lower > mau:
+            raise serializers.ValidationError({"lower": [f"Must be at most the figure ({mau:,}); got {lower:,}."]})
+        if upper is not None and mau is not None and upper < mau:
+            raise serializers.ValidationError({"upper": [f"Must be at least the figure ({mau:,}); got {upper:,}."]})
+        if lower is not None and upper is not None and lower > upper:
+            raise serializers.ValidationError({"lower": [f"Must be at most upper ({upper:,}); got {lower:,}."]})
+        return data
 
     def to_representation(self, instance: DeclaredFigure) -> dict[str, Any]:
         data = super().to_representation(instance)
         data["month"] = instance.month.strftime("%Y-%m")
         return data
+
+
+class AttestationSerializer(serializers.ModelSerializer):
+    month = serializers.RegexField(r"^2[0-9]{3}-(0[1-9]|1[0-2])$", help_text="YYYY-MM (2000 onwards)")
+    statement = serializers.CharField(max_length=5000, help_text="What was checked, by whom, against which list")
+
+    class Meta:
+        model = CoverageAttestation
+        fields = ["id", "month", "statement", "products", "attested_by", "attested_at"]
+        read_only_fields = ["id", "products", "attested_by", "attested_at"]
+
+    def to_representation(self, instance: CoverageAttestation) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        data["month"] = instance.month.strftime("%Y-%m")
+        return data
+
+
+class DeclarationProposalSerializer(serializers.ModelSerializer):
+    month = serializers.RegexField(r"^2[0-9]{3}-(0[1-9]|1[0-2])$", help_text="YYYY-MM (2000 onwards)")
+    mau = serializers.IntegerField(min_value=0, max_value=10**12)
+    group = serializers.PrimaryKeyRelatedField(queryset=AffiliateGroup.objects.none(), required=False)
+    declared_figure = serializers.PrimaryKeyRelatedField(read_only=True)
+
+    class Meta:
+        model = DeclarationProposal
+        fields = ["id", "group", "organisation", "month", "mau", "evidence", "proposed_by", "proposed_at", "status",
+                  "decided_by", "decided_at", "decision_note", "declared_figure"]
+        read_only_fields = ["id", "organisation", "proposed_by", "proposed_at", "status", "decided_by",
+                            "decided_at", "decision_note", "declared_figure"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        view = self.context.get("view")
+        if view is not None and not getattr(view, "swagger_fake_view", False):
+            self.fields["group"].queryset = AffiliateGroup.objects.filter(
+                organisations__in=view.writable_organisation_ids()).distinct()
+
+    def to_representation(self, instance: DeclarationProposal) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        data["month"] = instance.month.strftime("%Y-%m")
+        return data
+
+
+class DecisionSerializer(serializers.Serializer):
+    note = serializers.CharField(required=False, allow_blank=True, max_length=2000)
 
 
 class AlertSerializer(serializers.ModelSerializer):
@@ -125,7 +202,7 @@ class WebhookEndpointSerializer(serializers.ModelSerializer):
 
     def to_representation(self, instance: WebhookEndpoint) -> dict[str, Any]:
         data = super().to_representation(instance)
-        if not self.context.get("show_full_url", True):
+        if instance.group_id not in self.context.get("full_url_groups", {instance.group_id}):
             # A webhook URL's path can itself be a credential (Slack's are): readers see only its origin.
             from urllib.parse import urlsplit
 
@@ -144,8 +221,7 @@ class WebhookEndpointCreateSerializer(serializers.Serializer):
         super().__init__(*args, **kwargs)
         view = self.context.get("view")
         if view is not None and not getattr(view, "swagger_fake_view", False):
-            self.fields["group"].queryset = AffiliateGroup.objects.filter(
-                organisations__in=view.writable_organisation_ids()).distinct()
+            self.fields["group"].queryset = view.administered_groups()
 
 
 class WebhookCreatedSerializer(WebhookEndpointSerializer):
@@ -193,9 +269,14 @@ class GroupComplianceViewSet(GroupTenancy, TenantViewSet):
     filter_backends: list[Any] = []  # detail actions only: no list to filter or order (?ordering= was a 500)
 
     def required_scope(self, request: Request) -> str | None:
-        if self.action in ("policy", "declarations") and request.method not in ("GET", "HEAD", "OPTIONS"):
+        if self.action in ("policy", "declarations", "attestations") and request.method not in ("GET", "HEAD",
+                                                                                                 "OPTIONS"):
             return Scope.ADMIN  # both can unblock the gate: a policy mode, or a declared figure
         return super().required_scope(request)
+
+    def needs_group_admin(self, request: Request) -> bool:
+        # Evaluating again changes nothing the group is judged by: it recomputes from the recorded figures.
+        return self.action != "evaluate" and super().needs_group_admin(request)
 
     @extend_schema(responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["get"])
@@ -208,6 +289,7 @@ class GroupComplianceViewSet(GroupTenancy, TenantViewSet):
         return Response({
             "group": group.pk,
             "statuses": ComplianceStatusSerializer(statuses, many=True).data,
+            "months_to_declare": evaluation_services.months_to_declare(group=group),
             "decisions": AccessDecisionSerializer(
                 AccessDecision.objects.filter(group=group).select_related("licence_version"), many=True).data,
             "forecast": ForecastSerializer(forecast).data if forecast else None,
@@ -257,8 +339,26 @@ class GroupComplianceViewSet(GroupTenancy, TenantViewSet):
         month = dt.datetime.strptime(form.validated_data["month"], "%Y-%m").date()
         figure = evaluation_services.declared_figure_record(
             group=group, month=month, mau=form.validated_data["mau"], evidence=form.validated_data["evidence"],
-            declared_by=self.principal.label)
+            declared_by=self.principal.label, lower=form.validated_data.get("lower"),
+            upper=form.validated_data.get("upper"))
         return Response(DeclaredFigureSerializer(figure).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(methods=["GET"], responses=AttestationSerializer(many=True))
+    @extend_schema(methods=["POST"], request=AttestationSerializer, responses={201: AttestationSerializer})
+    @action(detail=True, methods=["get", "post"])
+    def attestations(self, request: Request, pk: str | None = None) -> Response:
+        """Attest that the group's registered products and services are all of them for a month (group admins);
+        a metered "below" without it reads "below (partial coverage)". Append-only."""
+        group = self.get_object()
+        if request.method == "GET":
+            page = self.paginate_queryset(CoverageAttestation.objects.filter(group=group))
+            return self.get_paginated_response(AttestationSerializer(page, many=True).data)
+        form = AttestationSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        month = dt.datetime.strptime(form.validated_data["month"], "%Y-%m").date()
+        attestation = evaluation_services.coverage_attest(
+            group=group, month=month, statement=form.validated_data["statement"], attested_by=self.principal.label)
+        return Response(AttestationSerializer(attestation).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
         parameters=[OpenApiParameter("month", OpenApiTypes.STR, required=True, description="YYYY-MM"),
@@ -282,6 +382,60 @@ class GroupComplianceViewSet(GroupTenancy, TenantViewSet):
         if kind != "json":
             raise ValidationError({"format": ["One of json, csv, html."]})
         return Response(report)
+
+
+class DeclarationProposalViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
+    """Figures an organisation of a group proposes to declare for a month. Any organisation admin of the group
+    may propose; a group admin confirms (the figure is then declared) or rejects. Until then it counts for
+    nothing."""
+
+    queryset = DeclarationProposal.objects.select_related("group", "organisation")
+    serializer_class = DeclarationProposalSerializer
+    tenant_field = "group__organisations"
+    write_scope = Scope.ADMIN
+    filterset_fields = ["group", "status"]
+
+    def needs_group_admin(self, request: Request) -> bool:
+        return self.action in ("confirm", "reject")
+
+    @extend_schema(request=DeclarationProposalSerializer, responses={201: DeclarationProposalSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Propose a figure (``admin`` scope in an organisation of the group)."""
+        form = DeclarationProposalSerializer(data=request.data, context=self.get_serializer_context())
+        form.is_valid(raise_exception=True)
+        group = form.validated_data.get("group")
+        writable = self.writable_organisation_ids()
+        if group is None:
+            groups = AffiliateGroup.objects.filter(organisations__in=writable).distinct()
+            if groups.count() != 1:
+                raise ValidationError({"group": ["Required: this credential is an admin in more than one group."]})
+            group = groups.get()
+        organisation = Organisation.objects.filter(group=group, pk__in=writable).order_by("pk").first()
+        proposal = evaluation_services.declaration_propose(
+            group=group, organisation=organisation, month=dt.datetime.strptime(form.validated_data["month"],
+                                                                               "%Y-%m").date(),
+            mau=form.validated_data["mau"], evidence=form.validated_data["evidence"], proposed_by=self.principal.label)
+        return Response(DeclarationProposalSerializer(proposal).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=DecisionSerializer, responses=DeclarationProposalSerializer)
+    @action(detail=True, methods=["post"])
+    def confirm(self, request: Request, pk: str | None = None) -> Response:
+        """Confirm the proposal: its figure is declared for the group (group admins only)."""
+        return self._decide(request, confirm=True)
+
+    @extend_schema(request=DecisionSerializer, responses=DeclarationProposalSerializer)
+    @action(detail=True, methods=["post"])
+    def reject(self, request: Request, pk: str | None = None) -> Response:
+        """Reject the proposal; it stays on record (group admins only)."""
+        return self._decide(request, confirm=False)
+
+    def _decide(self, request: Request, *, confirm: bool) -> Response:
+        proposal = self.get_object()
+        form = DecisionSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        proposal = evaluation_services.declaration_proposal_decide(
+            proposal=proposal, confirm=confirm, actor=self.principal.label, note=form.validated_data.get("note", ""))
+        return Response(DeclarationProposalSerializer(proposal).data)
 
 
 class AlertViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
@@ -311,12 +465,10 @@ class WebhookEndpointViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin,
     tenant_field = "group__organisations"
     write_scope = Scope.ADMIN
 
-    def writable_organisation_ids(self) -> list[int]:
-        return self.principal.organisation_ids(Scope.ADMIN)
-
     def get_serializer_context(self) -> dict[str, Any]:
         context = super().get_serializer_context()
-        context["show_full_url"] = self.principal.has_scope(Scope.ADMIN) and not self.principal.bound_product_id
+        # A webhook URL's path can itself be a credential (Slack's are): only the group's admins see it whole.
+        context["full_url_groups"] = self.principal.admin_group_ids
         return context
 
     @extend_schema(request=WebhookEndpointCreateSerializer, responses={201: WebhookCreatedSerializer})
@@ -327,7 +479,7 @@ class WebhookEndpointViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin,
         form.is_valid(raise_exception=True)
         group = form.validated_data.get("group")
         if group is None:
-            groups = AffiliateGroup.objects.filter(organisations__in=self.writable_organisation_ids()).distinct()
+            groups = self.administered_groups()
             if groups.count() != 1:
                 raise ValidationError({"group": ["Required: this credential can administer more than one group."]})
             group = groups.get()
@@ -399,7 +551,8 @@ class AuditEventViewSet(TenantViewSet, mixins.ListModelMixin):
     filterset_fields = ["action", "organisation"]
 
     def scope_queryset(self, queryset: QuerySet) -> QuerySet:
-        return queryset.distinct().order_by("-seq")
+        visible = audit_events_visible(principal=self.principal).values("pk")
+        return queryset.filter(pk__in=visible).distinct().order_by("-seq")
 
     @extend_schema(responses=OpenApiTypes.OBJECT)
     @action(detail=False, methods=["get"])

@@ -44,9 +44,7 @@ class ApiKeyCreateSerializer(TenantCreateMixin, serializers.Serializer):
         super().__init__(*args, **kwargs)
         view = self.context.get("view")
         if view is not None and not getattr(view, "swagger_fake_view", False):
-            self.fields["product"].queryset = Product.objects.filter(
-                organisation__in=view.writable_organisation_ids()
-            )
+            self.fields["product"].queryset = view.writable_products()
 
     def validate_expires_at(self, value: Any) -> Any:
         if value is not None and value <= timezone.now():

@@ -3,6 +3,11 @@
 Every tenant viewset derives from ``TenantViewSet``: its queryset is cut down to the caller's organisations
 before anything else happens, so another tenant's object is a 404 for every method (its existence is not
 revealed). Subclasses narrow further through ``scope_queryset`` and never override ``get_queryset``.
+
+A key bound to one product reaches that product only: a viewset whose rows belong to a product names the path
+to it (``product_field``), and the queryset, the products a write may name (``writable_products``) and the
+objects it may change are cut down to the bound product here. Writes that change the whole organisation
+(``organisation_level_writes``) or the whole group are refused to bound keys (governance/permissions.py).
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ from rest_framework import viewsets
 from rest_framework.exceptions import NotAuthenticated
 
 from governance.models import Scope
-from licensing.models import AffiliateGroup, Organisation
 from governance.principals import Principal, principal_of
+from licensing.models import AffiliateGroup, Organisation, Product
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
@@ -23,6 +28,11 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 class TenantViewSet(viewsets.GenericViewSet):
     #: Lookup from the model to its organisation's id, e.g. "organisation" or "product__organisation".
     tenant_field: str = "organisation"
+    #: Lookup from the model to its product's id ("product", "pk" for products, "deployment__product"), for
+    #: rows that belong to a product: a product-bound key sees and changes only its own product's rows.
+    product_field: str | None = None
+    #: Writes here change the organisation as a whole (keys, webhooks): refused to product-bound keys.
+    organisation_level_writes: bool = False
     read_scope: str = Scope.READ
     write_scope: str = Scope.WRITE
 
@@ -40,7 +50,10 @@ class TenantViewSet(viewsets.GenericViewSet):
         queryset = super().get_queryset()
         if getattr(self, "swagger_fake_view", False):  # schema generation has no caller
             return queryset.none()
-        queryset = queryset.filter(**{f"{self.tenant_field}__in": self.principal.organisation_ids()})
+        principal = self.principal
+        queryset = queryset.filter(**{f"{self.tenant_field}__in": principal.organisation_ids()})
+        if principal.bound_product_id and self.product_field:
+            queryset = queryset.filter(**{self.product_field: principal.bound_product_id})
         return self.scope_queryset(queryset)
 
     def scope_queryset(self, queryset: QuerySet) -> QuerySet:
@@ -58,13 +71,23 @@ class TenantViewSet(viewsets.GenericViewSet):
     def writable_organisation_ids(self) -> list[int]:
         return self.principal.organisation_ids(self.write_scope)
 
+    def writable_products(self) -> QuerySet[Product]:
+        """The products a write may name: those of organisations where the caller holds the write scope, and
+        only the bound product for a product-bound key (any other id is "does not exist")."""
+        products = Product.objects.filter(organisation__in=self.writable_organisation_ids())
+        if self.principal.bound_product_id:
+            products = products.filter(pk=self.principal.bound_product_id)
+        return products
+
 
 class GroupTenancy:
     """For objects reached through an affiliate group: visible to callers in any organisation of the group.
 
     A scope is checked in the organisations of the object's own group (``organisation_ids_of``): a user who is
-    an admin in one group and a viewer in another cannot write in the second. Keys bound to one product act
-    on that product only, so they may read group objects but never change them.
+    an admin in one group and a viewer in another cannot write in the second. Writes that change what the
+    whole group is judged by (``needs_group_admin``, by default every write) need the group-level role: an
+    admin of the group's managing organisation, or a person appointed group admin. Keys bound to one product
+    act on that product only, so they may read group objects but never change them.
     """
 
     tenant_field = "organisations"
@@ -72,6 +95,16 @@ class GroupTenancy:
     def scope_queryset(self, queryset: QuerySet) -> QuerySet:
         return queryset.distinct()  # a group reached through several of the caller's organisations
 
+    def needs_group_admin(self, request: Any) -> bool:
+        """Hook: whether this request changes group-wide state (every write, unless a view says otherwise)."""
+        return request.method not in SAFE_METHODS
+
+    def group_id_of(self, obj: Any) -> int:
+        return obj.pk if isinstance(obj, AffiliateGroup) else obj.group_id
+
     def organisation_ids_of(self, obj: Any) -> list[int]:
-        group_id = obj.pk if isinstance(obj, AffiliateGroup) else obj.group_id
-        return list(Organisation.objects.filter(group_id=group_id).values_list("pk", flat=True))
+        return list(Organisation.objects.filter(group_id=self.group_id_of(obj)).values_list("pk", flat=True))
+
+    def administered_groups(self) -> QuerySet[AffiliateGroup]:
+        """The groups whose group-wide state the caller may change (a write naming another is "does not exist")."""
+        return AffiliateGroup.objects.filter(pk__in=self.principal.admin_group_ids)  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ router.register("products", metering.ProductMeteringViewSet, basename="product-m
 router.register("organisations", metering.OrganisationMeteringViewSet, basename="organisation-metering")
 router.register("groups", metering.GroupMeteringViewSet, basename="group-metering")
 router.register("groups", compliance.GroupComplianceViewSet, basename="group-compliance")
+router.register("declaration-proposals", compliance.DeclarationProposalViewSet, basename="declaration-proposal")
 router.register("alerts", compliance.AlertViewSet, basename="alert")
 router.register("webhooks", compliance.WebhookEndpointViewSet, basename="webhook")
 router.register("audit", compliance.AuditEventViewSet, basename="audit")

@@ -15,7 +15,6 @@ from governance.api.filters import ApiKeyFilter
 from governance.api.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeySerializer
 from governance.api.tenancy import TenantViewSet
 from governance.models import ApiKey, Scope
-from licensing.models import Product
 
 
 class ApiKeyViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
@@ -25,6 +24,8 @@ class ApiKeyViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMi
     serializer_class = ApiKeySerializer
     filterset_class = ApiKeyFilter
     write_scope = Scope.ADMIN
+    product_field = "product"  # a product-bound key sees the keys of its product only
+    organisation_level_writes = True  # and creates or revokes none
     ordering_fields = ["created_at", "last_used_at"]
 
     def scope_queryset(self, queryset: QuerySet) -> QuerySet:
@@ -42,11 +43,6 @@ class ApiKeyViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMi
         beyond = sorted(set(data["scopes"]) - set(granted))
         if beyond:
             raise PermissionDenied(f"This credential cannot grant scopes it does not hold: {', '.join(beyond)}.")
-        if principal.bound_product_id:
-            product = data.get("product")
-            if product is not None and product.pk != principal.bound_product_id:
-                raise PermissionDenied("This key is bound to one product and can only create keys for it.")
-            data["product"] = Product.objects.get(pk=principal.bound_product_id)
         try:
             api_key, full_key = services.api_key_create(created_by=principal.label, **data)
         except ValueError as exc:

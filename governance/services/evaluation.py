@@ -8,11 +8,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Min
+from django.db.models import Min, Q
 from django.utils import timezone
 
 from governance import evaluation as rules
@@ -23,6 +25,8 @@ from governance.models import (
     Alert,
     AlertLevelState,
     ComplianceStatus,
+    CoverageAttestation,
+    DeclarationProposal,
     DeclaredFigure,
     EvaluationRule,
     GroupForecast,
@@ -30,9 +34,9 @@ from governance.models import (
     Rollup,
     StatusChange,
 )
-from governance.selectors import daily_series, mau_month, mau_rolling
-from licensing.models import AffiliateGroup, LicenceVersion, Membership, Organisation, Product
-from licensing.selectors import acceptance_state, grants_in_force
+from governance.selectors import daily_series, mau_month, mau_month_many, mau_rolling
+from licensing.models import AffiliateGroup, BaseModel, LicenceVersion, Membership, Organisation, Product
+from licensing.selectors import acceptance_state, grants_in_force, group_exemptions, organisation_exemption
 
 logger = logging.getLogger(__name__)
 
@@ -66,17 +70,99 @@ def group_policy_update(*, policy: GroupPolicy, actor: str, **changes: object) -
         policy.save()
         audit_record(action="policy.updated", actor=actor, group=policy.group, obj=policy,
                      data={"before": before, "after": changes})
+        # The mode, the counting basis and on_unknown change the verdict: evaluate again at once.
+        transaction.on_commit(lambda: evaluation_schedule(group_id=policy.group_id, urgent=True), robust=True)
     return policy
 
 
+def _not_future(month: dt.date, *, field: str = "month") -> dt.date:
+    month = month.replace(day=1)
+    this_month = rules.month_start(timezone.now().date())
+    if month > this_month:
+        raise ValidationError({field: f"{month:%Y-%m} is in the future (this month is {this_month:%Y-%m})."})
+    return month
+
+
 def declared_figure_record(*, group: AffiliateGroup, month: dt.date, mau: int, evidence: str,
-                           declared_by: str) -> DeclaredFigure:
+                           declared_by: str, lower: int | None = None, upper: int | None = None) -> DeclaredFigure:
+    """Record a figure for a month, with its own bounds where it has them (none: a point). Every declaration
+    of a month counts: a later one is shown next to the others and never lowers the status they give."""
+    month = _not_future(month)
+    if lower is not None and lower > mau:
+        raise ValidationError({"lower": f"Must be at most the figure ({mau:,}); got {lower:,}."})
+    if upper is not None and upper < mau:
+        raise ValidationError({"upper": f"Must be at least the figure ({mau:,}); got {upper:,}."})
+    if not evidence.strip():
+        raise ValidationError({"evidence": "Say where the figure comes from."})
     with transaction.atomic():
-        figure = DeclaredFigure.objects.create(group=group, month=month.replace(day=1), mau=mau, evidence=evidence,
-                                               declared_by=declared_by)
+        figure = DeclaredFigure.objects.create(group=group, month=month, mau=mau, lower=lower, upper=upper,
+                                               evidence=evidence, declared_by=declared_by)
         audit_record(action="figure.declared", actor=declared_by, group=group, obj=figure,
-                     data={"month": figure.month, "mau": mau, "evidence": evidence})
+                     data={"month": figure.month, "mau": mau, "lower": lower, "upper": upper, "evidence": evidence})
+        transaction.on_commit(lambda: evaluation_schedule(group_id=group.pk, urgent=True), robust=True)
     return figure
+
+
+def coverage_attest(*, group: AffiliateGroup, month: dt.date, statement: str, attested_by: str
+                    ) -> CoverageAttestation:
+    """An officer attests that the products and services registered for the month are all of the group's. The
+    attestation names them; a product registered later for that month is not covered by it."""
+    month = _not_future(month)
+    if not statement.strip():
+        raise ValidationError({"statement": "Say what was checked, by whom, against which list."})
+    products = [{"id": p.pk, "name": p.name, "organisation": p.organisation.name}
+                for p in _registered_products(group, month)]
+    with transaction.atomic():
+        attestation = CoverageAttestation.objects.create(group=group, month=month, statement=statement,
+                                                         products=products, attested_by=attested_by)
+        audit_record(action="coverage.attested", actor=attested_by, group=group, obj=attestation,
+                     data={"month": month, "statement": statement, "products": products})
+        transaction.on_commit(lambda: evaluation_schedule(group_id=group.pk, urgent=True), robust=True)
+    return attestation
+
+
+def months_to_declare(*, group: AffiliateGroup) -> list[dict[str, str]]:
+    """The months a figure must be declared for: those a licence-accurate status found no figure for."""
+    unknown = ComplianceStatus.objects.filter(group=group, rule=EvaluationRule.LICENCE_ACCURATE,
+                                              state=rules.UNKNOWN).select_related("licence_version")
+    return [{"licence_version": s.licence_version.slug, "version_name": s.licence_version.name,
+             "month": s.month.strftime("%Y-%m") if s.month else ""}
+            for s in unknown.order_by("licence_version__release_date")]
+
+
+def declaration_propose(*, group: AffiliateGroup, organisation: Organisation, month: dt.date, mau: int,
+                        evidence: str, proposed_by: str) -> DeclarationProposal:
+    """An organisation of the group proposes a figure; it counts once a group admin confirms it."""
+    if organisation.group_id != group.pk:
+        raise ValidationError({"organisation": "Must be an organisation of this affiliate group."})
+    with transaction.atomic():
+        proposal = DeclarationProposal.objects.create(
+            group=group, organisation=organisation, month=month.replace(day=1), mau=mau, evidence=evidence,
+            proposed_by=proposed_by)
+        audit_record(action="figure.proposed", actor=proposed_by, group=group, organisation=organisation,
+                     obj=proposal, data={"month": proposal.month, "mau": mau, "evidence": evidence})
+    return proposal
+
+
+def declaration_proposal_decide(*, proposal: DeclarationProposal, confirm: bool, actor: str, note: str = ""
+                                ) -> DeclarationProposal:
+    """Confirm (the figure is declared, as if the group admin had declared it) or reject a proposal, once."""
+    with transaction.atomic():
+        locked = DeclarationProposal.objects.select_for_update(of=("self",)).select_related("group", "organisation").get(
+            pk=proposal.pk)
+        if locked.status != DeclarationProposal.Status.PROPOSED:
+            raise ValidationError({"status": f"This proposal was already {locked.status} by {locked.decided_by}."})
+        if confirm:
+            locked.declared_figure = declared_figure_record(
+                group=locked.group, month=locked.month, mau=locked.mau, evidence=locked.evidence,
+                declared_by=f"{actor} (proposed by {locked.proposed_by})")
+        locked.status = DeclarationProposal.Status.CONFIRMED if confirm else DeclarationProposal.Status.REJECTED
+        locked.decided_by, locked.decided_at, locked.decision_note = actor, timezone.now(), note
+        locked.save(update_fields=["status", "decided_by", "decided_at", "decision_note", "declared_figure"])
+        audit_record(action=f"figure.proposal_{locked.status}", actor=actor, group=locked.group,
+                     organisation=locked.organisation, obj=locked,
+                     data={"month": locked.month, "mau": locked.mau, "note": note})
+    return locked
 
 
 # --- figures ------------------------------------------------------------------------------------------------
@@ -103,22 +189,108 @@ def metering_started(*, group: AffiliateGroup) -> dt.date | None:
     return min(days) if days else None
 
 
-def _metered(group: AffiliateGroup, month: dt.date) -> rules.Figure:
-    count = mau_month(scope=group, month=month).estimate
-    return rules.Figure(count.estimate, count.lower, count.upper, month, "metered")
+def _declared(group: AffiliateGroup, month: dt.date) -> list[rules.Figure]:
+    """Every declaration for the month, oldest first: a later one is shown next to the others, never instead."""
+    return [
+        rules.Figure(d.mau, d.mau if d.lower is None else d.lower, d.mau if d.upper is None else d.upper, month,
+                     rules.DECLARED, rules.DECLARED,
+                     detail=f"declared by {d.declared_by} on {d.declared_at:%Y-%m-%d}")
+        for d in DeclaredFigure.objects.filter(group=group, month=month).order_by("declared_at", "id")
+    ]
 
 
-def _declared(group: AffiliateGroup, month: dt.date) -> rules.Figure | None:
-    declared = DeclaredFigure.objects.filter(group=group, month=month).order_by("-declared_at", "-id").first()
-    if declared is None:
+def _month_end(month: dt.date) -> dt.date:
+    return (month + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class MonthFigures:
+    """What is known of a group's month: the metered figure on both counting bases, the declarations, and the
+    coverage of the metered figure. ``figures`` are those the policy's basis classifies."""
+
+    month: dt.date
+    distinct: rules.Figure | None
+    summed: rules.Figure | None
+    declared: list[rules.Figure]
+    coverage: rules.Coverage
+    figures: list[rules.Figure]
+    basis: str
+
+
+def _registered_products(group: AffiliateGroup, month: dt.date) -> list[Product]:
+    """Products and services the group should have metered in the month: live or retired ones launched by its
+    end (or with no launch date: they may have had users), Llama-based or not."""
+    return list(Product.objects.filter(organisation__group=group).select_related("organisation").filter(
+        Q(status__in=[Product.Status.LIVE, Product.Status.RETIRED])
+        & (Q(launch_date__isnull=True) | Q(launch_date__lte=_month_end(month)))).order_by("organisation__name", "name"))
+
+
+def _attested_product_ids(group: AffiliateGroup, month: dt.date) -> set[int] | None:
+    attestation = CoverageAttestation.objects.filter(group=group, month=month).order_by("-attested_at", "-id").first()
+    if attestation is None:
         return None
-    return rules.Figure(declared.mau, declared.mau, declared.mau, month, "declared")
+    return {item["id"] for item in attestation.products}
 
 
-def month_figure(*, group: AffiliateGroup, month: dt.date, started: dt.date | None) -> rules.Figure | None:
-    month_end = (month + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
-    metered = _metered(group, month) if started is not None and started <= month_end else None
-    return rules.choose_figure(metered=metered, declared=_declared(group, month), metering_started=started)
+def month_figures(*, group: AffiliateGroup, month: dt.date, started: dt.date | None, basis: str) -> MonthFigures:
+    declared = _declared(group, month)
+    distinct = summed = None
+    products = list(Product.objects.filter(organisation__group=group).select_related("organisation")
+                    .order_by("organisation__name", "name"))
+    per_product: dict[int, Any] = {}
+    if started is not None and started <= _month_end(month):
+        count = mau_month(scope=group, month=month).estimate
+        distinct = rules.Figure(count.estimate, count.lower, count.upper, month, "metered", rules.DISTINCT_PEOPLE)
+        per_product = {pk: c.estimate for pk, c in mau_month_many(scopes=products, month=month).items()}
+        summed = rules.sum_of_products(
+            [rules.Figure(e.estimate, e.lower, e.upper, month, "metered") for e in per_product.values()], month=month)
+    metered_ids = {pk for pk, estimate in per_product.items() if estimate.estimate > 0}
+    expected = {p.pk: p for p in _registered_products(group, month)}
+    attested_ids = _attested_product_ids(group, month)
+    names = {p.pk: f"{p.name} ({p.organisation.name})" for p in products}
+    coverage = rules.Coverage(
+        month=month,
+        metered=tuple(names[pk] for pk in names if pk in metered_ids),
+        unmetered=tuple(names[pk] for pk in expected if pk not in metered_ids),
+        attested=attested_ids is not None and set(expected) <= attested_ids,
+        declared=bool(declared),
+    )
+    chosen = summed if basis == rules.SUM_OF_PRODUCTS else distinct
+    figures = rules.month_figures(metered=chosen, declared=declared, metering_started=started)
+    return MonthFigures(month, distinct, summed, declared, coverage, figures, basis)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: rules.Status
+    known: MonthFigures | None  # None for the projected rule (a rolling window, not a calendar month)
+
+
+def _month_verdict(known: MonthFigures, *, policy: GroupPolicy, threshold: int, granted: bool, rule: str) -> Verdict:
+    status = rules.classify_month(known.figures, threshold=threshold, levels=tuple(policy.levels), granted=granted,
+                                  rule=rule, month=known.month, coverage=known.coverage)
+    return Verdict(status, known)
+
+
+def _test_months(group: AffiliateGroup, version: LicenceVersion) -> list[tuple[dt.date, str]]:
+    """The months the licence-accurate test reads for a version, each with the reading that gives it.
+
+    The version's own month first. Where the licence text does not fix the date (Code Llama ships under the
+    Llama 2 text, which names the Llama 2 date), the month before too; and where a base model the group uses
+    was released on its own date (Code Llama 70B, months after 7B-34B), that model's month.
+    """
+    months = [(version.test_month(), "")]
+    if version.date_ambiguous:
+        months.append((rules.previous_month(version.test_month()),
+                       f"The licence text may name an earlier date ({version.date_note})"))
+    used = BaseModel.objects.filter(licence_version=version, release_date__isnull=False).filter(
+        Q(products__organisation__group=group) | Q(deployments__organisation__group=group)).distinct()
+    for base in used.order_by("release_date", "repo_id"):
+        month = base.test_month()
+        if month is not None and month not in {m for m, _ in months}:
+            months.append((month, f"{base.repo_id} was released on {base.release_date:%Y-%m-%d}, so its own test "
+                                  f"month is {month:%B %Y}{': ' + base.date_note if base.date_note else ''}"))
+    return months
 
 
 # --- evaluation ---------------------------------------------------------------------------------------------
@@ -148,12 +320,15 @@ def group_evaluate(*, group: AffiliateGroup, today: dt.date | None = None) -> Gr
         policy = GroupPolicy.objects.select_for_update().get(group=group)
         started = metering_started(group=group)
         this_month, last_month = rules.month_start(today), rules.previous_month(today)
-        last_month_figure = month_figure(group=group, month=last_month, started=started)
-        projected_figure = None
-        if started is not None and started <= today:
-            rolling = mau_rolling(scope=group, ending=today, days=30).estimate
-            # A calendar month is a 28-31-day window: the rolling 30 days to today is the month-end projection.
-            projected_figure = rules.Figure(rolling.estimate, rolling.lower, rolling.upper, this_month, "metered")
+        basis = policy.counting_basis
+        months: dict[dt.date, MonthFigures] = {}
+
+        def known(month: dt.date) -> MonthFigures:
+            if month not in months:
+                months[month] = month_figures(group=group, month=month, started=started, basis=basis)
+            return months[month]
+
+        projected_figure = _projected(group, today, started, basis)
         forecast = _forecast(group, today, started)
         GroupForecast.objects.update_or_create(group=group, defaults={
             "method": forecast.method, "points": forecast.points, "daily_growth": forecast.daily_growth,
@@ -161,51 +336,67 @@ def group_evaluate(*, group: AffiliateGroup, today: dt.date | None = None) -> Gr
             "computed_at": now,
         })
         levels = tuple(policy.levels)
+        active = set(group.organisations.filter(status=Organisation.Status.ACTIVE).values_list("pk", flat=True))
+        exemptions = group_exemptions(group=group)
+        group_exempt = bool(active) and active <= set(exemptions)
         for version in group_versions(group=group):
             threshold = version.mau_threshold
             granted = grants_in_force(group=group, on=today, licence_version=version).exists()
-            accurate_month = version.test_month()
-            accurate_figure = month_figure(group=group, month=accurate_month, started=started)
-            accurate = rules.classify(accurate_figure, threshold=threshold, levels=levels, granted=granted,
-                                      rule=EvaluationRule.LICENCE_ACCURATE)
-            if version.date_ambiguous:
-                # The licence text does not fix which release date (and so which month) it tests: evaluate the
-                # month before too and keep the worse result, saying so, rather than guess.
-                earlier = rules.previous_month(accurate_month)
-                other = rules.classify(month_figure(group=group, month=earlier, started=started),
-                                       threshold=threshold, levels=levels, granted=granted,
-                                       rule=EvaluationRule.LICENCE_ACCURATE)
-                if rules.severity(other) > rules.severity(accurate):
-                    accurate, accurate_month = other, earlier
-            computed = {
-                EvaluationRule.LICENCE_ACCURATE: accurate,
-                EvaluationRule.LAST_MONTH: rules.classify(
-                    last_month_figure, threshold=threshold, levels=levels, granted=granted,
-                    rule=EvaluationRule.LAST_MONTH),
-                EvaluationRule.PROJECTED: rules.classify(
+            # The licence-accurate test: every month a reading of the licence points at, the worst kept.
+            readings = [(_month_verdict(known(month), policy=policy, threshold=threshold, granted=granted,
+                                        rule=EvaluationRule.LICENCE_ACCURATE), note)
+                        for month, note in _test_months(group, version)]
+            worst = rules.worst_of([(verdict.status, note) for verdict, note in readings])
+            accurate = next(v for v, _ in readings if v.status.figure is worst.figure
+                            and v.status.state == worst.state)
+            verdicts = {
+                EvaluationRule.LICENCE_ACCURATE: Verdict(worst, accurate.known),
+                EvaluationRule.LAST_MONTH: _month_verdict(known(last_month), policy=policy, threshold=threshold,
+                                                          granted=granted, rule=EvaluationRule.LAST_MONTH),
+                EvaluationRule.PROJECTED: Verdict(rules.classify(
                     projected_figure, threshold=threshold, levels=levels, granted=granted,
-                    rule=EvaluationRule.PROJECTED),
+                    rule=EvaluationRule.PROJECTED), None),
             }
-            if version.date_ambiguous:
-                computed[EvaluationRule.LICENCE_ACCURATE] = _ambiguous_note(computed[EvaluationRule.LICENCE_ACCURATE],
-                                                                            version)
-            months = {EvaluationRule.LICENCE_ACCURATE: accurate_month, EvaluationRule.LAST_MONTH: last_month,
-                      EvaluationRule.PROJECTED: this_month}
-            stored = {rule: _status_store(group, version, rule, status, now, today, month=months[rule])
-                      for rule, status in computed.items()}
+            if group_exempt:  # clause 1.b.ii: no verdict, for every rule; the figures are still metered and shown
+                suppliers = [exemptions[pk].supplier for pk in active]
+                verdicts = {rule: Verdict(rules.exempt(threshold=threshold, rule=rule, suppliers=suppliers),
+                                          verdict.known) for rule, verdict in verdicts.items()}
+            computed = {rule: verdict.status for rule, verdict in verdicts.items()}
+            accurate_month = accurate.known.month if accurate.known else version.test_month()
+            month_of = {EvaluationRule.LICENCE_ACCURATE: accurate_month, EvaluationRule.LAST_MONTH: last_month,
+                        EvaluationRule.PROJECTED: this_month}
+            stored = {rule: _status_store(group, version, rule, verdict, now, today, month=month_of[rule], basis=basis)
+                      for rule, verdict in verdicts.items()}
             statuses += stored.values()
             decisions.append(_decision_store(group, version, policy, computed[EvaluationRule.LICENCE_ACCURATE],
                                              stored[EvaluationRule.LICENCE_ACCURATE], today, now))
             alerts += _alerts_raise(group, version, policy, projected_figure, computed, forecast, today, this_month)
+            if computed[EvaluationRule.LICENCE_ACCURATE].state == rules.UNKNOWN:
+                # Once per version (its test month): someone must declare the month's figure.
+                alert = _alert_once(group, version, "unknown", Alert.Kind.RAISED, accurate_month,
+                                    _figures(None, computed, forecast, threshold),
+                                    f"{group.name}, {version.name}: {computed[EvaluationRule.LICENCE_ACCURATE].explanation}",
+                                    rule=EvaluationRule.LICENCE_ACCURATE)
+                if alert:
+                    alerts.append(alert)
         for alert in alerts:
             transaction.on_commit(lambda alert_id=alert.pk: _alert_dispatch(alert_id))
     cache.delete(_decision_cache_key(group.pk))
     return GroupEvaluation(group, statuses, decisions, GroupForecast.objects.filter(group=group).first(), alerts)
 
 
-def _ambiguous_note(status: rules.Status, version: LicenceVersion) -> rules.Status:
-    return rules.Status(status.state, status.level, status.figure, status.threshold, status.rule,
-                        f"{status.explanation} Note: {version.date_note}")
+def _projected(group: AffiliateGroup, today: dt.date, started: dt.date | None, basis: str) -> rules.Figure | None:
+    """The rolling 30 days to today: a calendar month is a 28-31-day window, so this is the month-end projection."""
+    if started is None or started > today:
+        return None
+    this_month = rules.month_start(today)
+    if basis == rules.SUM_OF_PRODUCTS:
+        counts = [mau_rolling(scope=product, ending=today, days=30).estimate
+                  for product in Product.objects.filter(organisation__group=group)]
+        return rules.sum_of_products([rules.Figure(c.estimate, c.lower, c.upper, this_month, "metered")
+                                      for c in counts], month=this_month)
+    rolling = mau_rolling(scope=group, ending=today, days=30).estimate
+    return rules.Figure(rolling.estimate, rolling.lower, rolling.upper, this_month, "metered")
 
 
 def _forecast(group: AffiliateGroup, today: dt.date, started: dt.date | None) -> rules.Forecast:
@@ -221,21 +412,45 @@ def _forecast(group: AffiliateGroup, today: dt.date, started: dt.date | None) ->
 _BLOCKING = (rules.OVER, rules.UNCERTAIN)
 
 
-def _status_store(group: AffiliateGroup, version: LicenceVersion, rule: str, status: rules.Status,
-                  now: dt.datetime, today: dt.date, *, month: dt.date) -> ComplianceStatus:
+def _figure_json(figure: rules.Figure | None) -> dict[str, Any] | None:
+    if figure is None:
+        return None
+    return {"estimate": figure.estimate, "lower": figure.lower, "upper": figure.upper, "source": figure.source,
+            "basis": figure.basis, "month": figure.month.isoformat(), "detail": figure.detail}
+
+
+def _coverage_json(coverage: rules.Coverage | None) -> dict[str, Any]:
+    if coverage is None:
+        return {}
+    return {"month": coverage.month.isoformat(), "complete": coverage.complete, "metered": list(coverage.metered),
+            "unmetered": list(coverage.unmetered), "attested": coverage.attested, "declared": coverage.declared,
+            "gap": coverage.gap()}
+
+
+def _status_store(group: AffiliateGroup, version: LicenceVersion, rule: str, verdict: Verdict,
+                  now: dt.datetime, today: dt.date, *, month: dt.date, basis: str) -> ComplianceStatus:
     """Store one status; history and audit only when the state changes.
 
     Dates follow the evaluated day (``today``), so a re-evaluation of the past dates its changes right, and
     ``crossed_on`` keeps the first day of a stretch over or uncertain: going from uncertain to over does not
     restart a grace period.
     """
+    status = verdict.status
     figure = status.figure
     changed_at = now if today == now.date() else dt.datetime.combine(today, dt.time.min, tzinfo=dt.UTC)
+    considered = [{**(_figure_json(f) or {}), "state": state} for f, state in status.considered]
+    if verdict.known is not None:  # both counting bases, side by side, whichever the policy used
+        bases = {"distinct_people": _figure_json(verdict.known.distinct),
+                 "sum_of_products": _figure_json(verdict.known.summed)}
+    else:
+        bases = {basis: _figure_json(figure)}
     values = {
         "state": status.state, "level": status.level, "month": figure.month if figure else month,
         "source": figure.source if figure else "none", "estimate": figure.estimate if figure else None,
         "lower": figure.lower if figure else None, "upper": figure.upper if figure else None,
         "threshold": status.threshold, "explanation": status.explanation, "evaluated_at": now,
+        "basis": figure.basis if figure else basis, "coverage": _coverage_json(status.coverage),
+        "considered": {"figures": considered, "bases": bases},
     }
     current = ComplianceStatus.objects.filter(group=group, licence_version=version, rule=rule).first()
     previous_state = current.state if current else ""
@@ -272,7 +487,7 @@ def _decision_store(group: AffiliateGroup, version: LicenceVersion, policy: Grou
     # are checked when a caller asks (access_check).
     decision = rules.decide_access(
         status=status, mode=policy.mode, grace_days=policy.grace_days, crossed_on=stored.crossed_on, today=today,
-        licence_accepted=True, aup_accepted=True,
+        licence_accepted=True, aup_accepted=True, on_unknown=policy.on_unknown,
     )
     row, created = AccessDecision.objects.get_or_create(
         group=group, licence_version=version,
@@ -312,6 +527,8 @@ def _alerts_raise(group: AffiliateGroup, version: LicenceVersion, policy: GroupP
         active.add("forecast")
     if any(s.state == rules.GRANTED for s in statuses.values()):
         active -= {"over", "uncertain"}  # a grant covers it: nothing to escalate
+    if accurate.state == rules.EXEMPT:
+        active = set()  # clause 1.b.ii: the 700M clause does not apply, so its levels announce nothing
     now = timezone.now()
     for name in active ^ previously:
         AlertLevelState.objects.update_or_create(group=group, licence_version=version, level=name,
@@ -333,11 +550,11 @@ def _alerts_raise(group: AffiliateGroup, version: LicenceVersion, policy: GroupP
 
 
 def _alert_once(group: AffiliateGroup, version: LicenceVersion, level: str, kind: str, month: dt.date,
-                figures: dict, message: str) -> Alert | None:
+                figures: dict, message: str, *, rule: str = EvaluationRule.PROJECTED) -> Alert | None:
     if Alert.objects.filter(group=group, licence_version=version, level=level, month=month, kind=kind).exists():
         return None
     alert = Alert.objects.create(group=group, licence_version=version, level=level, kind=kind, month=month,
-                                 rule=EvaluationRule.PROJECTED, figures=figures, message=message)
+                                 rule=rule, figures=figures, message=message)
     audit_record(action=f"alert.{kind}", actor="evaluation", group=group, obj=alert,
                  data={"licence_version": version.slug, "level": level, "month": month, "figures": figures})
     return alert
@@ -446,10 +663,12 @@ def access_check(*, organisation: Organisation, licence_version: LicenceVersion,
     state = acceptance_state(organisation=organisation, licence_version=licence_version)
     if not state.licence_accepted:
         return rules.Decision(False, "licence_not_accepted",
-                              f"{organisation.name} has not accepted the {licence_version.name} licence.")
+                              f"{organisation.name} has not accepted the {licence_version.name} licence"
+                              f"{' (text ' + state.licence_required + ')' if state.licence_required else ''}.")
     if not state.aup_accepted:
         return rules.Decision(False, "aup_not_accepted",
-                              f"{organisation.name} has not accepted the {licence_version.name} Acceptable Use Policy.")
+                              f"{organisation.name} has not accepted the {licence_version.name} Acceptable Use Policy"
+                              f"{' (text ' + state.aup_required + ')' if state.aup_required else ''}.")
     key = _decision_cache_key(organisation.group_id)
     decisions = None if fresh else cache.get(key)
     if decisions is None:
@@ -459,6 +678,13 @@ def access_check(*, organisation: Organisation, licence_version: LicenceVersion,
     found = decisions.get(licence_version.pk)
     if found is None:
         return rules.Decision(True, "unknown", "Allowed; this group and version have not been evaluated yet.")
+    if not found[0]:
+        # Clause 1.b.ii: an organisation that receives Llama only inside another licensee's integrated product is
+        # outside Section 2, whatever its group's figure (read only when the group's decision blocks).
+        exemption = organisation_exemption(organisation=organisation)
+        if exemption is not None:
+            return rules.Decision(True, "exempt", f"Exempt under clause 1.b.ii ({exemption.supplier}): Section 2's "
+                                                  f"700M clause does not apply to {organisation.name}.")
     return rules.Decision(*found)
 
 

@@ -56,7 +56,7 @@ class DeploymentSerializer(TenantCreateMixin, serializers.ModelSerializer):
         super().__init__(*args, **kwargs)
         view = self.context.get("view")
         if view is not None and not getattr(view, "swagger_fake_view", False):
-            self.fields["product"].queryset = Product.objects.filter(organisation__in=view.writable_organisation_ids())
+            self.fields["product"].queryset = view.writable_products()
 
 
 class ScaleSerializer(serializers.Serializer):

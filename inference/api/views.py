@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 import django_filters
-from django.db.models import Sum
+from django.db.models import QuerySet, Sum
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
@@ -25,6 +25,7 @@ from inference.api.serializers import (
     UsageTotalsSerializer,
 )
 from inference.models import GPU, Deployment, GatewayLimit, GpuQuota, Node, TokenUsage
+from licensing.models import Product
 
 
 class UsageFilter(FilterSet):
@@ -72,6 +73,7 @@ class DeploymentViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveMod
         "replica_set__node", "replica_set__gpu_allocations__gpu")
     serializer_class = DeploymentSerializer
     filterset_fields = ["state", "product", "device", "deleted"]
+    product_field = "product"
 
     def scope_queryset(self, queryset: Any) -> Any:
         # A deleted deployment leaves its URL at once (404, as DELETE promises), while its replicas drain;
@@ -144,5 +146,5 @@ class StaffDeploymentViewSet(viewsets.ReadOnlyModelViewSet):
     permission_classes = [IsStaffSession]
     filterset_fields = ["state", "organisation", "device"]
 
-    def writable_organisation_ids(self) -> list[int]:
-        return []  # read-only: staff change deployments in the admin
+    def writable_products(self) -> QuerySet[Product]:
+        return Product.objects.none()  # read-only: staff change deployments in the admin

@@ -8,7 +8,9 @@ Everything outside /v1 goes to ``app`` (Django). On each request, in order:
 2. read the body (at most GATEWAY_MAX_BODY_BYTES) and check it: `model`, caps on `max_tokens` and `n`;
 3. find the deployment among the key's organisation's (and product's, for a product-bound key): another
    tenant's model is the same 404 as a missing one;
-4. the licence gate: the group's access decision for the deployment's licence version (403 with the reason);
+4. the licence gates: the EU clause of the 3.2 / 3.3 / 4 AUPs for a multimodal model and an organisation
+   domiciled in the EU, then the group's access decision for the deployment's licence version (403 with the
+   reason);
 5. reserve the rate limits of key and organisation (limits.py; 429 with Retry-After);
 6. relay to a healthy replica (routing.py), retrying another one once if the connection cannot be made,
    streaming chunk by chunk; usage is asked of vLLM on streams and passed on only if the client asked;
@@ -42,6 +44,8 @@ from inference.gateway.directory import BackendUnavailable, DeploymentInfo, Dire
 from inference.gateway.limits import LimiterUnavailable, LocalLimiter, RedisLimiter
 from inference.gateway.routing import LeastOutstanding, Strategy
 from inference.gateway.usage import UsageMeter
+from licensing.eu_multimodal import LEVEL as EU_MULTIMODAL
+from licensing.eu_multimodal import eu_multimodal_refusal
 
 logger = logging.getLogger("corral.gateway")
 
@@ -333,6 +337,12 @@ class Gateway:
             user = header_user.decode("utf-8", "replace") if header_user else (key.default_user or None)
 
         deployment = await self._deployment(key, model)
+        refusal = eu_multimodal_refusal(
+            version_name=deployment.version_name, licence_name=deployment.licence_name,
+            restricted=deployment.eu_multimodal_restriction, multimodal=deployment.multimodal,
+            eu_domiciled=key.organisation_eu_domiciled)
+        if refusal:
+            raise GatewayError(403, refusal, type="permission_error", param="model", code=EU_MULTIMODAL)
         try:
             gate = (self.directory.fresh(("gate", key.organisation_id, deployment.licence_version_id))
                     or await self.directory.gate(key.organisation_id, deployment.licence_version_id))

@@ -2,8 +2,8 @@
 
 Keys, the deployments a key may name, and licence decisions are looked up with the ORM in a small thread
 pool and kept for GATEWAY_CACHE_SECONDS, so a request normally costs no query at all, and a change (a key
-revoked, a deployment scaled, a group's status turning `over`, a Meta grant) applies within that time in
-every gateway process. Concurrent requests for the same missing entry share one lookup. A lookup that fails
+revoked, a deployment scaled, a group's status turning `over`, a Meta grant, an organisation's move into the
+EU) applies within that time in every gateway process. Concurrent requests for the same missing entry share one lookup. A lookup that fails
 or takes longer than GATEWAY_BACKEND_TIMEOUT_SECONDS raises ``BackendUnavailable``: the gateway answers 503
 rather than serve from an expired entry (fail closed).
 """
@@ -37,6 +37,7 @@ class KeyInfo:
     key_hash: str
     organisation_id: int
     organisation_active: bool
+    organisation_eu_domiciled: bool  # the EU clause of the 3.2 / 3.3 / 4 AUPs, refreshed with the key
     group_id: int
     product_id: int | None
     inference: bool
@@ -67,6 +68,11 @@ class DeploymentInfo:
     created: int
     max_model_len: int
     upstreams: tuple[Upstream, ...]
+    # What the EU clause needs of the model (licensing/eu_multimodal.py), read from the catalogue.
+    version_name: str = ""
+    licence_name: str = ""
+    eu_multimodal_restriction: bool = False
+    multimodal: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +106,7 @@ def load_key(prefix: str) -> KeyInfo | None:
         return KeyInfo(
             id=key.pk, prefix=key.prefix, key_hash=key.key_hash, organisation_id=key.organisation_id,
             organisation_active=key.organisation.status == Organisation.Status.ACTIVE,
+            organisation_eu_domiciled=key.organisation.eu_domiciled,
             group_id=key.organisation.group_id, product_id=key.product_id,
             inference=Scope.INFERENCE in key.scopes, revoked=key.revoked_at is not None, expires_at=key.expires_at,
             default_user=key.default_user,
@@ -122,6 +129,7 @@ def _deployment_info(deployment: Any) -> DeploymentInfo:
     from inference.models import ReplicaState
     from inference.services import replica_key
 
+    version = deployment.base_model.licence_version
     upstreams = tuple(
         Upstream(r.pk, r.endpoint.rstrip("/"), f"Bearer {replica_key(r.pk, r.key_salt)}")
         for r in deployment.replica_set.all()
@@ -131,7 +139,9 @@ def _deployment_info(deployment: Any) -> DeploymentInfo:
         id=deployment.pk, organisation_id=deployment.organisation_id, product_id=deployment.product_id,
         licence_version_id=deployment.licence_version_id, served_model_name=deployment.served_model_name,
         state=deployment.state, created=int(deployment.created_at.timestamp()),
-        max_model_len=deployment.max_model_len, upstreams=upstreams)
+        max_model_len=deployment.max_model_len, upstreams=upstreams,
+        version_name=version.name, licence_name=version.licence_name,
+        eu_multimodal_restriction=version.eu_multimodal_restriction, multimodal=deployment.base_model.multimodal)
 
 
 def load_deployments(organisation_id: int) -> dict[str, DeploymentInfo]:
@@ -141,7 +151,7 @@ def load_deployments(organisation_id: int) -> dict[str, DeploymentInfo]:
     close_old_connections()
     try:
         deployments = (Deployment.objects.filter(organisation_id=organisation_id, deleted=False)
-                       .prefetch_related("replica_set"))
+                       .select_related("base_model__licence_version").prefetch_related("replica_set"))
         return {d.served_model_name: _deployment_info(d) for d in deployments}
     finally:
         _close_connections()

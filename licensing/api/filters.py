@@ -1,6 +1,6 @@
 import django_filters
 
-from config.filters import DateFilter, DateTimeFilter, FilterSet
+from config.filters import BooleanFilter, DateFilter, DateTimeFilter, FilterSet
 from licensing.models import AffiliateGroup, LicenceAcceptance, LicenceVersion, MetaGrant, Organisation, Product
 
 
@@ -32,12 +32,14 @@ class OrganisationFilter(FilterSet):
 class ProductFilter(FilterSet):
     name = django_filters.CharFilter(lookup_expr="icontains")
     licence_version = django_filters.CharFilter(field_name="licence_version__slug")
+    built_on_llama = BooleanFilter(field_name="licence_version", lookup_expr="isnull", exclude=True,
+                                   label="true: products built on Llama; false: the others")
     launched_after = DateFilter(field_name="launch_date", lookup_expr="gte")
     launched_before = DateFilter(field_name="launch_date", lookup_expr="lte")
 
     class Meta:
         model = Product
-        fields = ["name", "status", "organisation", "licence_version"]
+        fields = ["name", "status", "organisation", "licence_version", "built_on_llama"]
 
 
 class AcceptanceFilter(FilterSet):

@@ -7,10 +7,11 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from config.fields import SlugRelatedField
-
 from licensing.models import (
     AffiliateGroup,
     BaseModel,
+    Exemption,
+    GroupAdmin,
     LicenceAcceptance,
     LicenceVersion,
     MetaGrant,
@@ -18,12 +19,21 @@ from licensing.models import (
     Product,
     sha256_validator,
 )
+from licensing.services import EVIDENCE_NEEDED, SUPPLIER_NEEDED
 
 
 class BaseModelSerializer(serializers.ModelSerializer):
+    test_month = serializers.SerializerMethodField(
+        help_text="By the model's own release date, where it has one: the month the 700M test looks at")
+
     class Meta:
         model = BaseModel
-        fields = ["id", "repo_id", "multimodal"]
+        fields = ["id", "repo_id", "multimodal", "release_date", "test_month", "date_note", "licence_note"]
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_test_month(self, obj: BaseModel) -> str | None:
+        month = obj.test_month()
+        return month.strftime("%Y-%m") if month else None
 
 
 class LicenceVersionSerializer(serializers.ModelSerializer):
@@ -35,9 +45,9 @@ class LicenceVersionSerializer(serializers.ModelSerializer):
         fields = [
             "id", "slug", "name", "licence_name", "release_date", "release_date_label", "test_month",
             "date_ambiguous", "date_note", "mau_threshold", "notice_line", "attribution_display",
-            "derived_name_prefix", "outputs_may_improve_other_models", "eu_multimodal_restriction",
-            "licence_url", "licence_sha256", "licence_source", "aup_version", "aup_url", "aup_sha256",
-            "base_models",
+            "derived_name_prefix", "derived_name_covers_outputs", "outputs_may_improve_other_models",
+            "eu_multimodal_restriction", "licence_url", "licence_sha256", "licence_source", "aup_version", "aup_url",
+            "aup_sha256", "base_models",
         ]
 
     def get_test_month(self, obj: LicenceVersion) -> str:
@@ -46,10 +56,36 @@ class LicenceVersionSerializer(serializers.ModelSerializer):
 
 class GroupSerializer(serializers.ModelSerializer):
     organisations = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
+    managing_organisation = serializers.SerializerMethodField(
+        help_text="Its admins are the group's admins (with the people they appointed)")
+    you_are_group_admin = serializers.SerializerMethodField(
+        help_text="Whether this credential may change the group's policy, declarations, webhooks and alerts")
 
     class Meta:
         model = AffiliateGroup
-        fields = ["id", "name", "slug", "organisations", "created_at"]
+        fields = ["id", "name", "slug", "organisations", "managing_organisation", "you_are_group_admin",
+                  "created_at"]
+
+    @extend_schema_field(OpenApiTypes.INT)
+    def get_managing_organisation(self, obj: AffiliateGroup) -> int | None:
+        return obj.managing_organisation_id_resolved()
+
+    def get_you_are_group_admin(self, obj: AffiliateGroup) -> bool:
+        view = self.context.get("view")
+        return bool(view is not None and obj.pk in view.principal.admin_group_ids)
+
+
+class GroupAdminSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username", max_length=150)
+
+    class Meta:
+        model = GroupAdmin
+        fields = ["id", "username", "appointed_by", "appointed_at"]
+        read_only_fields = ["id", "appointed_by", "appointed_at"]
+
+
+class GroupManagementSerializer(serializers.Serializer):
+    organisation = serializers.IntegerField(min_value=1, help_text="An organisation of this group")
 
 
 class OrganisationSerializer(serializers.ModelSerializer):
@@ -96,18 +132,22 @@ class TenantCreateMixin:
 
 class ProductSerializer(TenantCreateMixin, serializers.ModelSerializer):
     organisation = TenantOrganisationField(required=False)
-    licence_version = SlugRelatedField(slug_field="slug", queryset=LicenceVersion.objects.all())
+    licence_version = SlugRelatedField(
+        slug_field="slug", queryset=LicenceVersion.objects.all(), required=False, allow_null=True,
+        help_text="The Llama licence it is built under; null (or left out) for a product or service not built on "
+                  "Llama, which is metered and counted all the same")
     base_model = SlugRelatedField(
         slug_field="repo_id", queryset=BaseModel.objects.all(), required=False, allow_null=True
     )
+    built_on_llama = serializers.BooleanField(read_only=True)
 
     class Meta:
         model = Product
         fields = [
-            "id", "organisation", "name", "description", "licence_version", "base_model", "launch_date",
-            "status", "created_at", "updated_at",
+            "id", "organisation", "name", "description", "licence_version", "built_on_llama", "base_model",
+            "launch_date", "status", "created_at", "updated_at",
         ]
-        read_only_fields = ["id", "created_at", "updated_at"]
+        read_only_fields = ["id", "built_on_llama", "created_at", "updated_at"]
         # Uniqueness of (organisation, name) is checked by the service with a message naming the field.
         validators: list[Any] = []
 
@@ -119,12 +159,18 @@ class AcceptanceSerializer(TenantCreateMixin, serializers.ModelSerializer):
     licence_sha256 = serializers.CharField(
         validators=[sha256_validator], help_text="SHA-256 of the licence text accepted (see /licences/)"
     )
+    # Required like licence_sha256: the client says which AUP text it showed. Blank only for a version whose
+    # catalogue row pins no AUP text (the service checks it against the catalogue either way).
+    aup_sha256 = serializers.CharField(
+        validators=[sha256_validator], allow_blank=True,
+        help_text="SHA-256 of the Acceptable Use Policy text accepted (the version's aup_sha256 in /licences/)",
+    )
 
     class Meta:
         model = LicenceAcceptance
         fields = [
-            "id", "organisation", "licence_version", "product", "licence_sha256", "aup_version", "note",
-            "accepted_by", "accepted_at",
+            "id", "organisation", "licence_version", "product", "licence_sha256", "aup_version", "aup_sha256",
+            "note", "accepted_by", "accepted_at",
         ]
         read_only_fields = ["id", "accepted_by", "accepted_at"]
 
@@ -132,9 +178,7 @@ class AcceptanceSerializer(TenantCreateMixin, serializers.ModelSerializer):
         super().__init__(*args, **kwargs)
         view = self.context.get("view")
         if view is not None and not getattr(view, "swagger_fake_view", False):
-            self.fields["product"].queryset = Product.objects.filter(
-                organisation__in=view.writable_organisation_ids()
-            )
+            self.fields["product"].queryset = view.writable_products()
 
 
 class GrantSerializer(serializers.ModelSerializer):
@@ -158,15 +202,21 @@ class NameCheckSerializer(serializers.Serializer):
     ok = serializers.BooleanField()
     rule = serializers.CharField()
     message = serializers.CharField()
+    reading = serializers.CharField(
+        allow_blank=True, help_text="The reading Corral used where the licence text does not decide; else empty")
 
 
 class ObligationsSerializer(serializers.Serializer):
     product = serializers.IntegerField()
+    built_on_llama = serializers.BooleanField(help_text="Always true here; see NoObligationsSerializer")
     version = serializers.CharField()
     notice_filename = serializers.CharField()
     notice_text = serializers.CharField()
     attribution_display = serializers.CharField(allow_null=True)
     derived_name_prefix = serializers.CharField(allow_null=True)
+    derived_name_covers_outputs = serializers.BooleanField()
+    derived_name_rule = serializers.CharField(allow_null=True)
+    derived_name_reading = serializers.CharField(allow_blank=True)
     outputs_may_improve_other_models = serializers.BooleanField()
     eu_multimodal_restriction = serializers.BooleanField()
     redistribute_licence_copy = serializers.BooleanField()
@@ -175,4 +225,53 @@ class ObligationsSerializer(serializers.Serializer):
     aup_accepted = serializers.BooleanField()
     licence_accepted = serializers.BooleanField()
     date_ambiguous = serializers.BooleanField()
+    licence_required = serializers.CharField(allow_blank=True)
+    aup_required = serializers.CharField(allow_blank=True)
     derived_model_name_check = NameCheckSerializer(allow_null=True)
+
+
+class NoObligationsSerializer(serializers.Serializer):
+    """The answer for a product or service not built on Llama: it has no licence, so no obligations."""
+
+    product = serializers.IntegerField()
+    built_on_llama = serializers.BooleanField(help_text="Always false here")
+    detail = serializers.CharField()
+
+
+class ExemptionSerializer(serializers.ModelSerializer):
+    """Clause 1.b.ii: the organisation receives Llama only as part of another licensee's integrated end user
+    product, so Section 2 (the 700M clause) does not apply to it."""
+
+    in_force = serializers.BooleanField(read_only=True)
+    supplier = serializers.CharField(
+        max_length=200, help_text="The licensee the integrated end user product comes from",
+        error_messages={"required": SUPPLIER_NEEDED, "blank": SUPPLIER_NEEDED})
+    evidence = serializers.CharField(
+        help_text="What shows it (required): the agreement, the product, the supplier's confirmation",
+        error_messages={"required": EVIDENCE_NEEDED, "blank": EVIDENCE_NEEDED})
+
+    class Meta:
+        model = Exemption
+        fields = ["id", "organisation", "supplier", "evidence", "in_force", "recorded_by", "recorded_at",
+                  "withdrawn_at", "withdrawn_by"]
+        read_only_fields = ["id", "organisation", "in_force", "recorded_by", "recorded_at", "withdrawn_at",
+                            "withdrawn_by"]
+
+
+class ExemptionStateSerializer(serializers.Serializer):
+    exempt = serializers.BooleanField(help_text="Whether an exemption is in force")
+    exemption = ExemptionSerializer(allow_null=True, help_text="The exemption in force, or null")
+    history = ExemptionSerializer(many=True, help_text="Every exemption recorded, newest first")
+
+
+class DomicileSerializer(serializers.Serializer):
+    eu_domiciled = serializers.BooleanField(
+        help_text="Principal place of business in the European Union. Moving into the EU drains the deployments "
+                  "of multimodal models whose Acceptable Use Policy withholds them (Llama 3.2, 3.3, 4)")
+
+
+class DomicileChangeSerializer(serializers.Serializer):
+    organisation = OrganisationSerializer()
+    changed = serializers.BooleanField()
+    drained_deployments = serializers.ListField(child=serializers.DictField(),
+                                                help_text="id and served_model_name of each deployment drained")

@@ -53,6 +53,15 @@ def state_badge(state: str | None, label: str | None = None) -> dict[str, Any]:
     return {"state": state or "unknown", "label": label or (state or "not evaluated")}
 
 
+@register.inclusion_tag("portal/_state.html")
+def status_badge(status: Any) -> dict[str, Any]:
+    """A compliance status as a person reads it: its label, in the warning colour when it is a "below" that
+    does not cover the whole group (partial coverage)."""
+    if status is None:
+        return {"state": "unknown", "label": "not evaluated"}
+    return {"state": "partial" if status.partial_coverage else status.state, "label": status.label}
+
+
 @register.filter
 def ready_count(replicas: Any) -> int:
     """How many of a deployment's (prefetched) replicas are ready."""

@@ -342,12 +342,15 @@ def test_it_writes_history_and_audit_only_when_a_status_changes(estate: Estate) 
 
 
 class Watched:
-    """A group with one Llama 3.1 product and no data in its test month, so only recent traffic alerts."""
+    """A group with one Llama 3.1 product and a small declared figure for its test month, so only recent
+    traffic alerts (a test month without a figure raises its own "unknown" alert)."""
 
     def __init__(self) -> None:
         self.version = threshold("llama-3.1")
         self.product = ProductFactory(licence_version=self.version)
         self.group = self.product.organisation.group
+        declared_figure_record(group=self.group, month=JUNE_2024, mau=10, evidence="June 2024 report",
+                               declared_by="counsel")
 
     def ingest(self, day: dt.date, ids: list[str]) -> None:
         ingest(self.product, day, ids)

@@ -145,8 +145,8 @@ def test_a_key_cannot_mint_a_stronger_or_unbound_key(owner_org, client_for) -> N
     admin = client_for(owner_org, ["read", "admin"])
     refused = admin.post("/api/v1/keys/", {"name": "x", "scopes": ["read", "write"]}, format="json")
     assert refused.status_code == 403 and "write" in refused.json()["detail"]
-    bound = client_for(owner_org, ["read", "admin"], product=product)
+    bound = client_for(owner_org, ["read", "admin"], product=product)  # keys are organisation-wide writes
     created = bound.post("/api/v1/keys/", {"name": "child", "scopes": ["read"]}, format="json")
-    assert created.status_code == 201 and created.json()["product"] == product.pk
+    assert created.status_code == 403 and "bound to one product" in created.json()["detail"]
     assert bound.post("/api/v1/keys/", {"name": "y", "scopes": ["read"], "product": other.pk},
                       format="json").status_code == 403

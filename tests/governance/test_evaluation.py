@@ -22,8 +22,12 @@ from governance.evaluation import (
     Forecast,
     Status,
     active_levels,
-    choose_figure,
+    Coverage,
     classify,
+    classify_month,
+    month_figures,
+    sum_of_products,
+    worst_of,
     decide_access,
     forecast_crossing,
     level_rank,
@@ -148,49 +152,121 @@ def test_it_tests_the_calendar_month_before_the_release_date() -> None:
     assert previous_month(dt.date(2025, 1, 1)) == dt.date(2024, 12, 1)
 
 
-# --- choose_figure ------------------------------------------------------------------------------------------
+# --- every figure of the month, the worst kept -----------------------------------------------------------
+# Section 2: the licence is needed if the users "is greater than 700 million monthly active users in the
+# preceding calendar month". Each figure for the month is a reading of that number; none may hide another.
+
+
+def month_status(*, metered_figure: Figure | None, declarations: list[Figure], started: dt.date | None,
+                 threshold: int = THRESHOLD) -> Status:
+    figures = month_figures(metered=metered_figure, declared=declarations, metering_started=started)
+    return classify_month(figures, threshold=threshold, levels=(0.5, 0.75, 0.9), rule="licence_accurate",
+                          month=JUNE_2024)
+
+
+def test_a_declaration_never_hides_a_metered_interval_that_straddles_700_million() -> None:
+    """Hand case: metered 690M with 95% interval [680M, 705M], declared 695M. The metered interval contains
+    values "greater than 700 million" and values not: uncertain. The declared 695M alone is approaching (at or
+    above 90% of 700M). The worst is kept: uncertain."""
+    status = month_status(metered_figure=metered(690_000_000, 680_000_000, 705_000_000),
+                          declarations=[declared(695_000_000)], started=dt.date(2024, 1, 1))
+    assert (status.state, status.figure.source) == (UNCERTAIN, "metered")
+    assert [state for _, state in status.considered] == [UNCERTAIN, APPROACHING]
+    assert "declared 695,000,000: approaching" in status.explanation
+
+
+def test_a_later_lower_declaration_never_lowers_the_status() -> None:
+    """Declared 800M, then declared 1: "greater than 700 million" holds for the first, so the month is over;
+    the later figure is kept and shown next to it."""
+    status = month_status(metered_figure=None, declarations=[declared(800_000_000), declared(1)], started=None)
+    assert (status.state, status.figure.estimate) == (OVER, 800_000_000)
+    assert [(f.estimate, state) for f, state in status.considered] == [(800_000_000, OVER), (1, BELOW)]
+
+
+def test_a_declaration_with_bounds_is_classified_by_its_interval() -> None:
+    """Declared 690M with bounds [650M, 720M]: 720M is greater than 700M and 650M is not: uncertain."""
+    bounded = Figure(690_000_000, 650_000_000, 720_000_000, JUNE_2024, "declared", "declared")
+    assert month_status(metered_figure=None, declarations=[bounded], started=None).state == UNCERTAIN
+    point = declared(690_000_000)
+    assert month_status(metered_figure=None, declarations=[point], started=None).state == APPROACHING
 
 
 def test_it_uses_the_metered_figure_when_metering_started_on_the_first_day_of_the_month() -> None:
-    chosen = choose_figure(metered=metered(500, 500, 500), declared=declared(300), metering_started=JUNE_2024)
-    assert chosen is not None and (chosen.source, chosen.estimate) == ("metered", 500)
+    status = month_status(metered_figure=metered(500, 500, 500), declarations=[declared(300)], started=JUNE_2024,
+                          threshold=1000)
+    assert (status.figure.source, status.figure.estimate, status.state) == ("metered", 500, APPROACHING)
 
 
-def test_it_uses_the_metered_figure_when_metering_started_before_the_month() -> None:
-    chosen = choose_figure(metered=metered(500, 500, 500), declared=None, metering_started=dt.date(2024, 1, 15))
-    assert chosen is not None and chosen.source == "metered"
-
-
-def test_it_uses_the_declared_figure_when_metering_started_after_the_first_day() -> None:
-    chosen = choose_figure(metered=metered(500, 500, 500), declared=declared(900), metering_started=dt.date(2024, 6, 2))
-    assert chosen is not None and (chosen.source, chosen.estimate) == ("declared", 900)
-
-
-def test_it_keeps_a_higher_partial_month_over_a_lower_declaration() -> None:
-    chosen = choose_figure(metered=metered(950, 940, 960), declared=declared(900), metering_started=dt.date(2024, 6, 2))
-    assert chosen is not None and (chosen.source, chosen.estimate) == ("metered (partial month)", 950)
-
-
-def test_it_keeps_a_higher_declaration_over_a_full_metered_month() -> None:
-    chosen = choose_figure(metered=metered(500, 500, 500), declared=declared(900), metering_started=dt.date(2024, 1, 1))
-    assert chosen is not None and (chosen.source, chosen.estimate) == ("declared", 900)
+def test_a_declaration_fills_a_month_metering_started_during() -> None:
+    """A partial month cannot show the month was not over; once a declaration exists it says nothing."""
+    status = month_status(metered_figure=metered(500, 500, 500), declarations=[declared(300)],
+                          started=dt.date(2024, 6, 2), threshold=1000)
+    assert (status.figure.source, status.state) == ("declared", BELOW)
+    assert [f.source for f, _ in status.considered] == ["metered (partial month)", "declared"]
 
 
 def test_a_partial_month_can_prove_over_but_never_below() -> None:
-    partial = choose_figure(metered=metered(890_000_000, 880_000_000, 900_000_000), declared=None,
-                            metering_started=dt.date(2024, 6, 2))
-    assert classify(partial, threshold=THRESHOLD, rule="licence_accurate").state == "over"
-    small = choose_figure(metered=metered(500, 500, 500), declared=None, metering_started=dt.date(2024, 6, 2))
-    assert classify(small, threshold=THRESHOLD, rule="licence_accurate").state == "unknown"
+    over = month_status(metered_figure=metered(890_000_000, 880_000_000, 900_000_000), declarations=[],
+                        started=dt.date(2024, 6, 2))
+    assert (over.state, over.figure.source) == (OVER, "metered (partial month)")
+    small = month_status(metered_figure=metered(500, 500, 500), declarations=[], started=dt.date(2024, 6, 2))
+    assert small.state == UNKNOWN
+    with_declaration = month_status(metered_figure=metered(890_000_000, 880_000_000, 900_000_000),
+                                    declarations=[declared(100)], started=dt.date(2024, 6, 2))
+    assert with_declaration.state == OVER
 
 
-def test_it_has_no_figure_when_nothing_was_metered_or_declared() -> None:
-    assert choose_figure(metered=None, declared=None, metering_started=None) is None
+def test_it_has_no_figure_when_nothing_was_metered_or_declared_and_names_the_month() -> None:
+    status = month_status(metered_figure=None, declarations=[], started=None)
+    assert status.state == UNKNOWN and "June 2024" in status.explanation
 
 
-def test_it_uses_the_declared_figure_when_nothing_was_metered() -> None:
-    chosen = choose_figure(metered=None, declared=declared(900), metering_started=None)
-    assert chosen is not None and chosen.source == "declared"
+def test_a_below_without_complete_coverage_reads_partial_coverage() -> None:
+    """Section 2 counts "the products or services made available by or for Licensee, or Licensee's
+    affiliates": a metered below with a registered service unmetered is not a clean pass."""
+    gap = Coverage(JUNE_2024, metered=("Chat",), unmetered=("Search",), attested=True)
+    figures = [metered(100, 100, 100)]
+    status = classify_month(figures, threshold=THRESHOLD, rule="licence_accurate", coverage=gap)
+    assert (status.state, status.label) == (BELOW, "below (partial coverage)")
+    assert "not metered in June 2024: Search" in gap.gap()
+    unattested = Coverage(JUNE_2024, metered=("Chat",), attested=False)
+    assert classify_month(figures, threshold=THRESHOLD, rule="licence_accurate", coverage=unattested).label == \
+        "below (partial coverage)"
+    complete = Coverage(JUNE_2024, metered=("Chat",), attested=True)
+    assert classify_month(figures, threshold=THRESHOLD, rule="licence_accurate", coverage=complete).label == BELOW
+    decision = decide_access(status=classify_month(figures, threshold=THRESHOLD, rule="licence_accurate",
+                                                   coverage=gap), mode="enforce", grace_days=0, crossed_on=None,
+                             today=JUNE_2024, licence_accepted=True, aup_accepted=True)
+    assert decision.allowed and "partial coverage" in decision.detail  # it never blocks
+
+
+def test_the_sum_of_products_counts_a_person_once_per_product() -> None:
+    """The licence does not say how a person using two products counts; adding each product's MAU is the most
+    conservative reading: 400M + 350M = 750M, greater than 700M, where distinct people might be 600M."""
+    summed = sum_of_products([metered(400_000_000, 398_000_000, 402_000_000),
+                              metered(350_000_000, 348_000_000, 352_000_000)], month=JUNE_2024)
+    assert (summed.estimate, summed.lower, summed.upper, summed.basis) == (
+        750_000_000, 746_000_000, 754_000_000, "sum_of_products")
+    assert status_of(summed).state == OVER
+
+
+def test_the_worst_reading_of_the_tested_month_is_kept_and_named() -> None:
+    """Code Llama 70B was released on 2024-01-29: its own test month is December 2023. Below in the version's
+    month, over in the model's: over, saying which reading."""
+    june = status_of(declared(100))
+    december = status_of(Figure(800_000_000, 800_000_000, 800_000_000, dt.date(2023, 12, 1), "declared"))
+    worst = worst_of([(june, ""), (december, "CodeLlama-70b was released on 2024-01-29")])
+    assert worst.state == OVER and "CodeLlama-70b" in worst.explanation and "the version date: below" in worst.explanation
+
+
+def test_it_blocks_an_unknown_month_only_when_the_policy_says_so() -> None:
+    unknown = status_of(None)
+    common = dict(status=unknown, grace_days=0, crossed_on=None, today=JUNE_2024, licence_accepted=True,
+                  aup_accepted=True)
+    assert decide_access(mode="enforce", **common).allowed
+    blocked = decide_access(mode="enforce", on_unknown="block", **common)
+    assert (blocked.allowed, blocked.reason) == (False, "unknown_figure")
+    assert decide_access(mode="monitor", on_unknown="block", **common).allowed
 
 
 # --- decide_access ------------------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ from governance.selectors import dau
 from governance.services import api_key_revoke
 from governance.services.evaluation import declared_figure_record, group_evaluate
 from inference.gateway.app import Gateway
-from inference.models import GatewayLimit, Replica, TokenUsage
+from inference.models import Deployment, GatewayLimit, Replica, TokenUsage
 from inference.services import replica_key
+from licensing.models import BaseModel, Organisation
 from licensing.services import grant_record
 from tests.factories import ProductFactory, licence, make_key
 from tests.inference.fake_openai import PROMPT_TOKENS, FakeOpenAI
@@ -329,6 +330,48 @@ def test_a_group_over_the_threshold_is_blocked_within_5_seconds_and_served_again
         except openai.PermissionDeniedError:
             assert time.monotonic() - changed < 5
             time.sleep(0.1)
+
+
+def test_a_multimodal_model_is_refused_once_the_company_is_in_the_eu_within_the_cache_time(
+        gateway, owner_org, upstream, monkeypatch) -> None:
+    """Llama 3.2 AUP: "With respect to any multimodal models included in Llama 3.2, the rights granted under Section
+    1(a) of the Llama 3.2 Community License Agreement are not being granted to you if you are ... a company with a
+    principal place of business in, the European Union."
+
+    Acme serves Llama-3.2-11B-Vision-Instruct (multimodal) and Llama-3.2-1B-Instruct (text only). Once its
+    domicile is recorded in the EU (here straight in the database, so the gateway's own check is what answers,
+    not the drain), every request for the vision model is a 403 within GATEWAY_CACHE_SECONDS (the key's cached
+    entry carries the domicile); the text model is still served."""
+    monkeypatch.setattr("inference.services.reconcile_soon", lambda: None)
+    gateway.app.directory.ttl = 2.0  # the production default
+    vision = ready_deployment(owner_org, upstream.url, name="vision", slug="llama-3.2")
+    text = ready_deployment(owner_org, upstream.url, name="text", slug="llama-3.2", accept=False,
+                            product=vision.product)
+    Deployment.objects.filter(pk=vision.pk).update(
+        base_model=BaseModel.objects.get(repo_id="meta-llama/Llama-3.2-11B-Vision-Instruct"))
+    Deployment.objects.filter(pk=text.pk).update(
+        base_model=BaseModel.objects.get(repo_id="meta-llama/Llama-3.2-1B-Instruct"))
+    upstream.keys.update(replica_key(r.pk, r.key_salt) for d in (vision, text) for r in d.replica_set.all())
+    client = sdk(gateway, make_key(owner_org, ["inference"]))
+    client.chat.completions.create(model="vision", messages=MESSAGES, max_tokens=1)
+
+    Organisation.objects.filter(pk=owner_org.pk).update(eu_domiciled=True)
+    changed = time.monotonic()
+    while True:
+        try:
+            client.chat.completions.create(model="vision", messages=MESSAGES, max_tokens=1)
+        except openai.PermissionDeniedError as error:
+            refused = error
+            break
+        assert time.monotonic() - changed < 2.0 + 0.5, "the domicile did not take effect within the cache time"
+        time.sleep(0.05)
+
+    assert refused.status_code == 403 and refused.code == "eu_multimodal"
+    assert refused.body["param"] == "model" and refused.body["type"] == "permission_error"
+    assert "With respect to any multimodal models included in Llama 3.2" in refused.message
+    served = len(upstream.requests)
+    assert client.chat.completions.create(model="text", messages=MESSAGES, max_tokens=1).choices
+    assert len(upstream.requests) == served + 1  # the refused requests never reached vLLM
 
 
 def test_limits_on_requests_per_minute_answer_429_with_retry_after(gateway, tenant) -> None:

@@ -12,14 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.db import connections
 from django.utils import timezone
 
+from governance.models import Alert, AuditEvent, GroupPolicy
+from governance.services.evaluation import group_policy_get
 from inference import reconciler
 from inference.models import GPU, Deployment, GpuAllocation, GpuQuota, Node, Replica
 from inference.services import deployment_delete, deployment_request, deployment_scale, validate_extra_args
 from licensing.models import BaseModel
-from licensing.services import licence_accept
+from licensing.services import exemption_record, exemption_withdraw, licence_accept, organisation_domicile_set
 from tests.factories import ProductFactory, licence
 
 FAKE = Path(__file__).with_name("fake_vllm.py")
@@ -89,6 +92,42 @@ def test_it_refuses_a_3_2_vision_model_to_an_eu_company(tenant) -> None:
     text_only = request(tenant, product=product, served_model_name="small",
                         base_model=BaseModel.objects.get(repo_id="meta-llama/Llama-3.2-1B-Instruct"))
     assert text_only.state == "pending"
+
+
+@pytest.mark.django_db
+def test_it_refuses_a_deployment_for_a_product_not_built_on_llama(tenant, client_for, monkeypatch) -> None:
+    """A deployment serves a Llama model under the product's licence: a service not built on Llama (metered and
+    counted like any other, section 2) has no licence to run one under."""
+    monkeypatch.setattr("inference.services.reconcile_soon", lambda: None)
+    organisation, _, _ = tenant
+    search = ProductFactory(organisation=organisation, name="Search", licence_version=None)
+
+    with pytest.raises(ValidationError) as info:
+        request(tenant, product=search)
+    response = client_for(organisation, ["read", "write"]).post("/api/v1/deployments/", {
+        "product": search.pk, "base_model": "meta-llama/Llama-3.1-8B-Instruct", "served_model_name": "search"},
+        format="json")
+
+    assert set(info.value.message_dict) == {"product"}
+    assert "not built on Llama" in info.value.message_dict["product"][0]
+    assert response.status_code == 400 and set(response.json()) == {"product"}
+    assert not Deployment.objects.exists()
+
+
+@pytest.mark.django_db
+def test_it_refuses_a_deployment_while_the_organisation_is_exempt_under_1_b_ii(tenant) -> None:
+    """Clause 1.b.ii exempts an organisation that receives Llama "from a Licensee as part of an integrated end user
+    product": running a Llama model on the pool receives the materials themselves, so it is refused while the
+    exemption is in force, and allowed again once it is withdrawn."""
+    organisation, _, _ = tenant
+    exemption_record(organisation=organisation, supplier="Globex", evidence="Agreement 17", recorded_by="test")
+
+    with pytest.raises(ValidationError) as info:
+        request(tenant)
+    assert set(info.value.message_dict) == {"licence"} and "1.b.ii" in info.value.message_dict["licence"][0]
+    assert not Deployment.objects.exists()
+    exemption_withdraw(organisation=organisation, withdrawn_by="test")
+    assert request(tenant).state == "pending"
 
 
 @pytest.mark.django_db
@@ -341,3 +380,80 @@ def test_staff_see_and_manage_the_whole_pool_and_keys_never_do(tenant, client_fo
     admin_key = client_for(organisation, ["read", "write", "admin"])
     for path in ("/api/v1/pool/nodes/", "/api/v1/pool/gpus/", "/api/v1/pool/quotas/", "/api/v1/pool/deployments/"):
         assert admin_key.get(path).status_code == 403, path
+
+
+# --- the EU clause for running deployments ------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_moving_into_the_eu_drains_the_multimodal_deployments_and_raises_an_alert(tenant, client_for,
+                                                                                    monkeypatch) -> None:
+    """Llama 3.2 AUP: "With respect to any multimodal models included in Llama 3.2, the rights granted under Section
+    1(a) of the Llama 3.2 Community License Agreement are not being granted to you if you are ... a company with a
+    principal place of business in, the European Union."
+
+    Acme runs Llama-3.2-11B-Vision-Instruct (multimodal, 3.2: drained), Llama-3.2-1B-Instruct (text only: kept) and
+    Llama-3.1-8B-Instruct (3.1 carries no such clause: kept), then records that its principal place of business is
+    in the EU. One alert for Llama 3.2 names the drained deployment; the reconciler stops it."""
+    monkeypatch.setattr("inference.services.reconcile_soon", lambda: None)
+    organisation, _, _ = tenant
+    v32 = licence("llama-3.2")
+    licence_accept(organisation=organisation, licence_version=v32, licence_sha256=v32.licence_sha256,
+                   aup_version=v32.aup_version, accepted_by="test")
+    product = ProductFactory(organisation=organisation, licence_version=v32)
+    vision = request(tenant, product=product, served_model_name="vision",
+                     base_model=BaseModel.objects.get(repo_id="meta-llama/Llama-3.2-11B-Vision-Instruct"))
+    request(tenant, product=product, served_model_name="small",
+            base_model=BaseModel.objects.get(repo_id="meta-llama/Llama-3.2-1B-Instruct"))
+    request(tenant)  # "chat" on Llama 3.1
+    Replica.objects.create(deployment=vision, ordinal=0, state="ready", endpoint="http://127.0.0.1:9",
+                           key_salt="s", last_health_ok=True)
+
+    response = client_for(organisation, ["read", "admin"]).post(
+        f"/api/v1/organisations/{organisation.pk}/domicile/", {"eu_domiciled": True}, format="json")
+
+    assert response.status_code == 200, response.content
+    assert response.json()["drained_deployments"] == [{"id": vision.pk, "served_model_name": "vision"}]
+    live = Deployment.objects.filter(deleted=False).order_by("served_model_name")
+    assert [d.served_model_name for d in live] == ["chat", "small"]
+    [alert] = Alert.objects.filter(level="eu_multimodal")
+    assert (alert.group, alert.licence_version, alert.kind) == (organisation.group, v32, "raised")
+    assert alert.figures["deployments"] == [{"id": vision.pk, "served_model_name": "vision"}]
+    assert "(vision)" in alert.message and "multimodal models included in Llama 3.2" in alert.message
+    [deleted] = AuditEvent.objects.filter(action="deployment.deleted", object_id=str(vision.pk))
+    assert "European Union" in deleted.data["reason"]
+    assert AuditEvent.objects.filter(action="alert.raised", object_id=str(alert.pk)).exists()
+
+    reconciler.step_replica_rows()
+    reconciler.step_drain()
+    reconciler.step_deployment_states()
+    vision.refresh_from_db()
+    assert vision.state == "stopped"
+    assert list(vision.replica_set.values_list("state", flat=True)) == ["stopped"]
+
+    again = organisation_domicile_set(organisation=organisation, eu_domiciled=True, actor="test")
+    assert (again.changed, again.drained) == (False, [])
+    assert Alert.objects.filter(level="eu_multimodal").count() == 1
+
+
+@pytest.mark.django_db
+def test_the_eu_alert_is_dispatched_like_the_evaluations(tenant, monkeypatch, django_capture_on_commit_callbacks
+                                                         ) -> None:
+    monkeypatch.setattr("inference.services.reconcile_soon", lambda: None)
+    organisation, _, _ = tenant
+    v4 = licence("llama-4")
+    licence_accept(organisation=organisation, licence_version=v4, licence_sha256=v4.licence_sha256,
+                   aup_version=v4.aup_version, accepted_by="test")
+    request(tenant, product=ProductFactory(organisation=organisation, licence_version=v4), served_model_name="scout",
+            base_model=BaseModel.objects.get(repo_id="meta-llama/Llama-4-Scout-17B-16E-Instruct"))
+    policy = group_policy_get(group=organisation.group)
+    GroupPolicy.objects.filter(pk=policy.pk).update(email_enabled=True, email_recipients=["counsel@example.com"])
+
+    with django_capture_on_commit_callbacks(execute=True):
+        organisation_domicile_set(organisation=organisation, eu_domiciled=True, actor="test")
+
+    alert = Alert.objects.get(level="eu_multimodal")
+    assert alert.dispatched_at is not None and alert.emailed_at is not None
+    from django.core import mail
+
+    assert "Llama 4" in mail.outbox[-1].subject and mail.outbox[-1].to == ["counsel@example.com"]

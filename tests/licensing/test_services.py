@@ -8,12 +8,31 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from governance.models import AuditEvent
-from licensing.models import AffiliateGroup, BaseModel, LicenceAcceptance, MetaGrant, Organisation, Product
-from licensing.selectors import acceptance_state, grants_in_force, product_obligations_get
+from licensing.models import (
+    AffiliateGroup,
+    BaseModel,
+    Exemption,
+    LicenceAcceptance,
+    LicenceVersion,
+    MetaGrant,
+    Organisation,
+    Product,
+)
+from licensing.selectors import (
+    acceptance_state,
+    acceptance_states,
+    grants_in_force,
+    group_exemptions,
+    organisation_exemption,
+    product_obligations_get,
+)
 from licensing.services import (
+    exemption_record,
+    exemption_withdraw,
     grant_record,
     licence_accept,
     organisation_create,
+    organisation_domicile_set,
     product_create,
     product_delete,
     product_update,
@@ -53,6 +72,15 @@ def grant(group: AffiliateGroup, **overrides: object) -> MetaGrant:
     }
     fields.update(overrides)
     return grant_record(**fields)  # type: ignore[arg-type]
+
+
+AUP_3_1_SHA256 = "f456a3f5b15ab588c84d06cf095a245bfee0bbc1620b48ed00af2cca4a711735"  # models/llama3_1/USE_POLICY.md
+
+
+def catalogue_row_update(version: LicenceVersion, **fields: object) -> None:
+    """Change a catalogue row as an admin or a catalogue load would, and keep ``version`` in step."""
+    LicenceVersion.objects.filter(pk=version.pk).update(**fields)
+    version.refresh_from_db()
 
 
 def error_fields(excinfo: pytest.ExceptionInfo[ValidationError]) -> set[str]:
@@ -156,7 +184,8 @@ def test_it_creates_a_product_on_a_base_model_of_its_version() -> None:
     assert product.base_model.repo_id == "meta-llama/Llama-3.1-8B-Instruct"
     [event] = audit_events("product.created", product)
     assert event.organisation == organisation
-    assert event.data == {"name": "Chat", "licence_version": "llama-3.1", "status": "live"}
+    assert event.data == {"name": "Chat", "licence_version": "llama-3.1",
+                          "base_model": "meta-llama/Llama-3.1-8B-Instruct", "status": "live"}
 
 
 def test_it_refuses_a_base_model_of_another_version() -> None:
@@ -301,21 +330,71 @@ def test_it_records_an_acceptance_of_the_catalogue_text() -> None:
 
     acceptance = licence_accept(
         organisation=product.organisation, licence_version=version, licence_sha256=version.licence_sha256.upper(),
-        aup_version="llama-3.1", accepted_by=ACTOR, product=product, note="signed off",
+        aup_version="llama-3.1", aup_sha256=version.aup_sha256.upper(), accepted_by=ACTOR, product=product,
+        note="signed off",
     )
 
     acceptance.refresh_from_db()
     assert acceptance.organisation == product.organisation
     assert acceptance.product == product
     assert acceptance.licence_sha256 == version.licence_sha256
+    assert acceptance.aup_sha256 == version.aup_sha256 == AUP_3_1_SHA256
     assert (acceptance.aup_version, acceptance.accepted_by, acceptance.note) == ("llama-3.1", ACTOR, "signed off")
     assert acceptance.accepted_at is not None
     [event] = audit_events("licence.accepted", acceptance)
     assert event.actor == ACTOR
     assert event.data == {
         "licence_version": "llama-3.1", "licence_sha256": version.licence_sha256, "aup_version": "llama-3.1",
-        "product": product.pk,
+        "aup_sha256": AUP_3_1_SHA256, "product": product.pk,
     }
+
+
+def test_it_records_the_catalogues_aup_hash_for_a_caller_that_shows_none() -> None:
+    organisation = OrganisationFactory()
+
+    acceptance = accept(organisation, "llama-3.1")  # no aup_sha256: a command or script, not a person's screen
+
+    assert acceptance.aup_sha256 == AUP_3_1_SHA256
+
+
+def test_it_refuses_an_acceptance_of_another_aup_text() -> None:
+    """Llama 3.1, section 1.b.iv: use must "adhere to the Acceptable Use Policy for the Llama Materials (...),
+    which is hereby incorporated by reference into this Agreement". The AUP is part of what is agreed to, so its
+    text is pinned like the licence's.
+
+    Hand-computed: the client shows the Llama 3.3 AUP text (another hash) for a Llama 3.1 acceptance: refused,
+    naming aup_sha256, and nothing is recorded.
+    """
+    organisation = OrganisationFactory()
+    version = licence("llama-3.1")
+
+    with pytest.raises(ValidationError) as excinfo:
+        licence_accept(
+            organisation=organisation, licence_version=version, licence_sha256=version.licence_sha256,
+            aup_version="llama-3.1", aup_sha256=licence("llama-3.3").aup_sha256, accepted_by=ACTOR,
+        )
+
+    assert error_fields(excinfo) == {"aup_sha256"}
+    assert AUP_3_1_SHA256 in excinfo.value.message_dict["aup_sha256"][0]
+    assert not LicenceAcceptance.objects.filter(organisation=organisation).exists()
+
+
+def test_it_accepts_a_blank_aup_hash_only_where_the_catalogue_pins_none() -> None:
+    organisation = OrganisationFactory()
+    version = licence("llama-3.1")
+    catalogue_row_update(version, aup_sha256="")
+
+    recorded = licence_accept(organisation=organisation, licence_version=version,
+                              licence_sha256=version.licence_sha256, aup_version="llama-3.1", aup_sha256="",
+                              accepted_by=ACTOR)
+    with pytest.raises(ValidationError) as excinfo:
+        licence_accept(organisation=organisation, licence_version=version, licence_sha256=version.licence_sha256,
+                       aup_version="llama-3.1", aup_sha256=AUP_3_1_SHA256, accepted_by=ACTOR)
+
+    assert recorded.aup_sha256 == ""
+    assert error_fields(excinfo) == {"aup_sha256"}
+    state = acceptance_state(organisation=organisation, licence_version=version)
+    assert (state.aup_accepted, state.aup_basis) == (True, "aup_version")
 
 
 def test_it_refuses_an_acceptance_of_another_licence_text() -> None:
@@ -484,6 +563,12 @@ def test_it_reports_an_acceptance_of_the_version_for_that_organisation_only() ->
 
 
 def test_it_asks_again_once_the_catalogue_pins_a_new_licence_text() -> None:
+    """Llama 3.1: "By clicking "I Accept" below or by using or distributing any portion or element of the Llama
+    Materials, you agree to be bound by this Agreement." What was agreed to is the text accepted.
+
+    Hand-computed: Acme accepted the text with hash bf2eac60...; the catalogue now pins "b" * 64. The licence is
+    no longer accepted and the state names the new hash; the AUP (unchanged) still is.
+    """
     organisation = OrganisationFactory()
     accept(organisation, "llama-3.1")
     version = licence("llama-3.1")
@@ -493,6 +578,49 @@ def test_it_asks_again_once_the_catalogue_pins_a_new_licence_text() -> None:
     state = acceptance_state(organisation=organisation, licence_version=version)
 
     assert (state.licence_accepted, state.aup_accepted, state.last_accepted_at) == (False, True, None)
+    assert "b" * 64 in state.licence_required and "again" in state.licence_required
+    assert state.aup_required == ""
+
+
+def test_it_asks_again_for_the_aup_once_the_catalogue_pins_a_new_aup_text() -> None:
+    """Llama 3.1, section 1.b.iv: the Acceptable Use Policy "is hereby incorporated by reference into this
+    Agreement"; the AUP itself says "The most recent copy of this policy can be found at" its URL, so its text
+    can change under the same version name.
+
+    Hand-computed: Acme accepted Llama 3.1 with AUP hash f456a3f5...; the catalogue then pins a new AUP text
+    "c" * 64, still called llama-3.1. The earlier acceptance no longer counts as AUP acceptance and the state
+    names "c" * 64; the licence stays accepted; the earlier record is unchanged. A new acceptance of "c" * 64
+    counts.
+    """
+    organisation = OrganisationFactory()
+    earlier = accept(organisation, "llama-3.1")
+    version = licence("llama-3.1")
+    catalogue_row_update(version, aup_sha256="c" * 64)
+
+    state = acceptance_state(organisation=organisation, licence_version=version)
+    [listed] = acceptance_states(organisation_ids=[organisation.pk]).values()
+
+    assert (state.licence_accepted, state.aup_accepted) == (True, False)
+    assert "c" * 64 in state.aup_required and "llama-3.1" in state.aup_required and "again" in state.aup_required
+    assert listed == state
+    earlier.refresh_from_db()
+    assert (earlier.aup_version, earlier.aup_sha256) == ("llama-3.1", AUP_3_1_SHA256)
+
+    licence_accept(organisation=organisation, licence_version=version, licence_sha256=version.licence_sha256,
+                   aup_version="llama-3.1", aup_sha256="c" * 64, accepted_by=ACTOR)
+
+    again = acceptance_state(organisation=organisation, licence_version=version)
+    assert (again.licence_accepted, again.aup_accepted, again.aup_required) == (True, True, "")
+    assert LicenceAcceptance.objects.filter(organisation=organisation).count() == 2
+
+
+def test_it_names_the_hashes_to_accept_when_nothing_is_accepted() -> None:
+    version = licence("llama-4")
+
+    state = acceptance_state(organisation=OrganisationFactory(), licence_version=version)
+
+    assert version.licence_sha256 in state.licence_required and "again" not in state.licence_required
+    assert version.aup_sha256 in state.aup_required and "again" not in state.aup_required
 
 
 @pytest.mark.parametrize(
@@ -590,3 +718,292 @@ def test_a_new_group_comes_with_its_default_policy() -> None:
 
     policy = GroupPolicy.objects.get(group=organisation.group)
     assert (policy.mode, policy.levels, policy.grace_days, policy.forecast_days) == ("enforce", [0.5, 0.75, 0.9], 30, 90)
+
+
+# --- products and services not built on Llama (section 2 counts them all) -----------------------------------
+
+
+def test_it_registers_a_product_not_built_on_llama_with_no_obligations() -> None:
+    """Section 2 counts "the monthly active users of the products or services made available by or for Licensee,
+    or Licensee's affiliates": every product or service, so one not built on Llama is registered too. It has no
+    Llama licence, so no obligations and nothing to accept."""
+    organisation = OrganisationFactory()
+
+    product = product_create(organisation=organisation, name="Search", actor=ACTOR, status=Product.Status.LIVE)
+
+    product.refresh_from_db()
+    assert (product.licence_version, product.base_model, product.built_on_llama) == (None, None, False)
+    assert product_obligations_get(product=product) is None
+    [event] = audit_events("product.created", product)
+    assert event.data == {"name": "Search", "licence_version": None, "base_model": None, "status": "live"}
+    with pytest.raises(ValidationError) as excinfo:
+        accept(organisation, "llama-3.1", product=product)
+    assert error_fields(excinfo) == {"product"}
+    assert "not built on Llama" in excinfo.value.message_dict["product"][0]
+    assert not LicenceAcceptance.objects.exists()
+
+
+def test_it_refuses_a_llama_base_model_without_its_licence_version() -> None:
+    """A base model is a Llama model released under a version: a product on it is built on Llama."""
+    organisation = OrganisationFactory()
+
+    with pytest.raises(ValidationError) as excinfo:
+        product_create(organisation=organisation, name="Chat", actor=ACTOR,
+                       base_model=base_model("meta-llama/Llama-3.1-8B-Instruct"))
+
+    assert error_fields(excinfo) == {"licence_version"}
+    assert "llama-3.1" in excinfo.value.message_dict["licence_version"][0]
+    assert not organisation.products.exists()
+
+
+def test_it_counts_a_product_not_built_on_llama_in_the_groups_700m_test(settings) -> None:
+    """Section 2: "the monthly active users of the products or services made available by or for Licensee, or
+    Licensee's affiliates ... is greater than 700 million monthly active users in the preceding calendar month".
+
+    Hand-computed, with the Llama 3.1 threshold lowered to 4: in June 2024 (the month before the 3.1 release
+    date) Acme's Chat on Llama 3.1 has users u1, u2, u3; its affiliate's Search, not built on Llama, has u3, u4,
+    u5. The group's users are u1..u5: 5 > 4, so Llama 3.1's licence-accurate test is over. Counting only the
+    Llama product would give 3 (below)."""
+    from governance.models import ComplianceStatus
+    from governance.services import activity_ingest
+    from governance.services.evaluation import group_evaluate
+
+    settings.METERING_RETENTION_DAYS = 5000
+    LicenceVersion.objects.filter(slug="llama-3.1").update(mau_threshold=4)
+    group = GroupFactory()
+    acme, labs = OrganisationFactory(group=group), OrganisationFactory(group=group)
+    chat = product_create(organisation=acme, name="Chat", licence_version=licence("llama-3.1"), actor=ACTOR)
+    search = product_create(organisation=labs, name="Search", actor=ACTOR)
+    activity_ingest(product=chat, day=dt.date(2024, 6, 10), user_ids=["u1", "u2", "u3"])
+    activity_ingest(product=search, day=dt.date(2024, 6, 20), user_ids=["u3", "u4", "u5"])
+
+    group_evaluate(group=group, today=dt.date(2024, 7, 23))
+
+    statuses = ComplianceStatus.objects.filter(group=group, rule="licence_accurate")
+    assert [(s.licence_version.slug, s.month, s.estimate, s.state) for s in statuses] == [
+        ("llama-3.1", dt.date(2024, 6, 1), 5, "over")]  # one status per Llama version; none for Search
+
+
+def test_it_records_a_product_as_not_built_on_llama_dropping_its_base_model() -> None:
+    product = ProductFactory(licence_version=licence("llama-3.1"),
+                             base_model=base_model("meta-llama/Llama-3.1-8B-Instruct"))
+
+    product_update(product=product, actor=ACTOR, licence_version=None)
+
+    product.refresh_from_db()
+    assert (product.licence_version, product.base_model) == (None, None)
+    [event] = audit_events("product.updated", product)
+    assert event.data["after"] == {"licence_version": None, "base_model": None}
+
+
+def test_it_keeps_the_licence_version_of_a_product_with_deployments() -> None:
+    from inference.models import Deployment
+
+    product = ProductFactory(licence_version=licence("llama-3.1"))
+    Deployment.objects.create(organisation=product.organisation, product=product, licence_version=licence("llama-3.1"),
+                              base_model=base_model("meta-llama/Llama-3.1-8B-Instruct"), model_source="x/y",
+                              served_model_name="chat", created_by="test")
+
+    with pytest.raises(ValidationError) as excinfo:
+        product_update(product=product, actor=ACTOR, licence_version=None)
+
+    assert error_fields(excinfo) == {"licence_version"}
+    product.refresh_from_db()
+    assert product.licence_version == licence("llama-3.1")
+
+
+# --- the EU clause at product registration --------------------------------------------------------------------
+
+
+def test_it_refuses_an_eu_company_a_product_on_a_multimodal_model_quoting_the_clause() -> None:
+    """Llama 3.2 AUP: "With respect to any multimodal models included in Llama 3.2, the rights granted under
+    Section 1(a) of the Llama 3.2 Community License Agreement are not being granted to you if you are ... a company
+    with a principal place of business in, the European Union." An EU company registering a product on
+    Llama-3.2-11B-Vision-Instruct is refused, naming base_model; the text-only 1B is fine."""
+    organisation = OrganisationFactory(eu_domiciled=True)
+
+    with pytest.raises(ValidationError) as excinfo:
+        product_create(organisation=organisation, name="Vision", licence_version=licence("llama-3.2"), actor=ACTOR,
+                       base_model=base_model("meta-llama/Llama-3.2-11B-Vision-Instruct"))
+
+    assert error_fields(excinfo) == {"base_model"}
+    assert "With respect to any multimodal models included in Llama 3.2" in excinfo.value.message_dict["base_model"][0]
+    assert not organisation.products.exists()
+    text = product_create(organisation=organisation, name="Text", licence_version=licence("llama-3.2"), actor=ACTOR,
+                          base_model=base_model("meta-llama/Llama-3.2-1B-Instruct"))
+    assert text.pk is not None
+
+
+def test_it_lets_a_company_outside_the_eu_register_a_multimodal_product() -> None:
+    """The clause withholds the rights only from "a company with a principal place of business in, the European
+    Union": Llama 4 Scout for a company outside the EU is registered."""
+    product = product_create(organisation=OrganisationFactory(), name="Scout", licence_version=licence("llama-4"),
+                             actor=ACTOR, base_model=base_model("meta-llama/Llama-4-Scout-17B-16E-Instruct"))
+
+    assert product.base_model.multimodal
+
+
+def test_it_keeps_a_product_recorded_before_the_move_into_the_eu_editable_but_refuses_a_new_multimodal_model() -> None:
+    """What is already recorded does not change: a product registered on a multimodal model before the company
+    moved into the EU can still be edited; choosing a multimodal model for it now is refused."""
+    organisation = OrganisationFactory()
+    vision = product_create(organisation=organisation, name="Vision", licence_version=licence("llama-3.2"),
+                            actor=ACTOR, base_model=base_model("meta-llama/Llama-3.2-11B-Vision-Instruct"))
+    text = product_create(organisation=organisation, name="Text", licence_version=licence("llama-3.2"), actor=ACTOR,
+                          base_model=base_model("meta-llama/Llama-3.2-1B-Instruct"))
+    organisation.eu_domiciled = True
+    organisation.save()
+
+    product_update(product=vision, actor=ACTOR, description="Image captions")
+    with pytest.raises(ValidationError) as excinfo:
+        product_update(product=text, actor=ACTOR, base_model=base_model("meta-llama/Llama-3.2-90B-Vision-Instruct"))
+
+    assert error_fields(excinfo) == {"base_model"}
+    text.refresh_from_db()
+    assert text.base_model.repo_id == "meta-llama/Llama-3.2-1B-Instruct"
+
+
+# --- clause 1.b.ii: an integrated end user product ---------------------------------------------------------------
+
+def test_it_records_an_exemption_with_its_evidence_and_audits_it() -> None:
+    """Clause 1.b.ii: "If you receive Llama Materials, or any derivative works thereof, from a Licensee as part of an
+    integrated end user product, then Section 2 of this Agreement will not apply to you." Acme receives Llama
+    only inside Globex's assistant appliance: its exemption is in force, with the supplier and evidence."""
+    organisation = OrganisationFactory(name="Acme")
+
+    exemption = exemption_record(organisation=organisation, supplier="Globex", recorded_by=ACTOR,
+                                 evidence="Globex appliance agreement 2025-17, section 4")
+
+    assert organisation_exemption(organisation=organisation) == exemption
+    assert (exemption.supplier, exemption.evidence, exemption.recorded_by, exemption.in_force) == (
+        "Globex", "Globex appliance agreement 2025-17, section 4", ACTOR, True)
+    [event] = audit_events("exemption.recorded", exemption)
+    assert event.organisation == organisation
+    assert event.data == {"clause": "1.b.ii", "supplier": "Globex",
+                          "evidence": "Globex appliance agreement 2025-17, section 4"}
+
+
+@pytest.mark.parametrize("supplier, evidence, fields", [
+    ("Globex", "", {"evidence"}),
+    ("Globex", "   \n ", {"evidence"}),
+    ("", "Agreement 17", {"supplier"}),
+    ("", "", {"supplier", "evidence"}),
+    ("x" * 201, "Agreement 17", {"supplier"}),
+])
+def test_it_refuses_an_exemption_without_evidence_or_supplier_naming_the_field(supplier: str, evidence: str,
+                                                                               fields: set[str]) -> None:
+    """Clause 1.b.ii exempts only what is received "as part of an integrated end user product" from a licensee:
+    without evidence of it, or the licensee it comes from, nothing is recorded."""
+    organisation = OrganisationFactory()
+
+    with pytest.raises(ValidationError) as excinfo:
+        exemption_record(organisation=organisation, supplier=supplier, evidence=evidence, recorded_by=ACTOR)
+
+    assert error_fields(excinfo) == fields
+    assert not Exemption.objects.exists()
+    assert not AuditEvent.objects.filter(action="exemption.recorded").exists()
+
+
+def test_it_withdraws_an_exemption_keeping_the_record() -> None:
+    organisation = OrganisationFactory()
+    exemption = exemption_record(organisation=organisation, supplier="Globex", evidence="Agreement 17",
+                                 recorded_by=ACTOR)
+
+    withdrawn = exemption_withdraw(organisation=organisation, withdrawn_by="bob@example.com")
+
+    assert withdrawn.pk == exemption.pk
+    assert (withdrawn.in_force, withdrawn.withdrawn_by) == (False, "bob@example.com")
+    assert organisation_exemption(organisation=organisation) is None
+    assert audit_events("exemption.withdrawn", exemption)[0].actor == "bob@example.com"
+    with pytest.raises(ValidationError, match="no exemption in force"):
+        exemption_withdraw(organisation=organisation, withdrawn_by=ACTOR)
+    with pytest.raises(ValidationError, match="withdraw one instead"):
+        withdrawn.delete()
+    assert Exemption.objects.get().withdrawn_by == "bob@example.com"  # the second withdrawal changed nothing
+
+
+def test_it_refuses_a_second_exemption_while_one_is_in_force_and_takes_a_new_one_after_withdrawal() -> None:
+    organisation = OrganisationFactory()
+    exemption_record(organisation=organisation, supplier="Globex", evidence="Agreement 17", recorded_by=ACTOR)
+
+    with pytest.raises(ValidationError, match="already has an exemption in force"):
+        exemption_record(organisation=organisation, supplier="Initech", evidence="Agreement 3", recorded_by=ACTOR)
+    exemption_withdraw(organisation=organisation, withdrawn_by=ACTOR)
+    renewed = exemption_record(organisation=organisation, supplier="Initech", evidence="Agreement 3",
+                               recorded_by=ACTOR)
+
+    assert organisation_exemption(organisation=organisation) == renewed
+    assert [e.supplier for e in Exemption.objects.order_by("id")] == ["Globex", "Initech"]
+
+
+def test_it_refuses_the_exemption_to_an_organisation_running_llama_on_the_pool() -> None:
+    """Clause 1.b.ii covers Llama Materials received "from a Licensee as part of an integrated end user product":
+    an organisation running Llama-3.1-8B on the pool receives the weights themselves. Once the deployment is
+    deleted the exemption can be recorded."""
+    from inference.models import Deployment
+
+    organisation = OrganisationFactory()
+    product = ProductFactory(organisation=organisation, licence_version=licence("llama-3.1"))
+    deployment = Deployment.objects.create(
+        organisation=organisation, product=product, licence_version=licence("llama-3.1"), model_source="x/y",
+        base_model=base_model("meta-llama/Llama-3.1-8B-Instruct"), served_model_name="chat", created_by="test")
+
+    with pytest.raises(ValidationError, match=r"runs Llama models on the pool \(chat\)"):
+        exemption_record(organisation=organisation, supplier="Globex", evidence="Agreement 17", recorded_by=ACTOR)
+    assert not Exemption.objects.exists()
+    Deployment.objects.filter(pk=deployment.pk).update(deleted=True)
+    exemption = exemption_record(organisation=organisation, supplier="Globex", evidence="Agreement 17",
+                                 recorded_by=ACTOR)
+
+    assert exemption.in_force
+
+
+def test_an_exempt_organisation_still_records_its_products_built_on_llama() -> None:
+    """1.b.ii: "Section 2 of this Agreement will not apply to you", and only Section 2: the integrated product the
+    organisation received is built on Llama 3.1, is recorded as such and keeps its obligations (the Notice)."""
+    organisation = OrganisationFactory()
+    exemption_record(organisation=organisation, supplier="Globex", evidence="Agreement 17", recorded_by=ACTOR)
+
+    product = product_create(organisation=organisation, name="Globex Assistant", licence_version=licence("llama-3.1"),
+                             actor=ACTOR)
+
+    assert product.built_on_llama
+    assert product_obligations_get(product=product).notice_text.startswith("Llama 3.1 is licensed")
+
+
+def test_it_finds_the_exemptions_of_a_group_by_organisation() -> None:
+    group = GroupFactory()
+    exempt, other = OrganisationFactory(group=group), OrganisationFactory(group=group)
+    exemption = exemption_record(organisation=exempt, supplier="Globex", evidence="Agreement 17", recorded_by=ACTOR)
+    exemption_record(organisation=OrganisationFactory(), supplier="Globex", evidence="Agreement 9", recorded_by=ACTOR)
+
+    assert group_exemptions(group=group) == {exempt.pk: exemption}
+    assert organisation_exemption(organisation=other) is None
+
+
+# --- the organisation's domicile -------------------------------------------------------------------------------
+
+
+def test_it_records_a_change_of_domicile_once_and_audits_it() -> None:
+    organisation = OrganisationFactory()
+
+    first = organisation_domicile_set(organisation=organisation, eu_domiciled=True, actor=ACTOR)
+    again = organisation_domicile_set(organisation=organisation, eu_domiciled=True, actor=ACTOR)
+
+    organisation.refresh_from_db()
+    assert organisation.eu_domiciled is True
+    assert (first.changed, again.changed) == (True, False)
+    [event] = audit_events("organisation.domicile_changed", organisation)
+    assert event.data == {"eu_domiciled": True, "previous": False}
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_it_refuses_a_domicile_that_is_not_true_or_false(value: object) -> None:
+    organisation = OrganisationFactory()
+
+    with pytest.raises(ValidationError) as excinfo:
+        organisation_domicile_set(organisation=organisation, eu_domiciled=value, actor=ACTOR)
+
+    assert error_fields(excinfo) == {"eu_domiciled"}
+    organisation.refresh_from_db()
+    assert organisation.eu_domiciled is False

@@ -194,7 +194,8 @@ def test_it_walks_a_compliance_officer_through_the_portal(live_server: Any, worl
         ids = [f"notes-{batch}-{n}" for n in range(150)]
         response = api.post(f"/api/v1/products/{product_id}/activity", json={"day": today, "user_ids": ids})
         assert response.status_code == 202, response.text
-        alerts = api.get("/api/v1/alerts/").json()["results"]
+        # The month Llama 3.1's licence tests has no figure, so an "unknown" alert is there from the start.
+        alerts = [a for a in api.get("/api/v1/alerts/").json()["results"] if a["level"] != "unknown"]
         if alerts:
             break
     assert alerts, "no alert after 1,200 users against a threshold of 1,000"

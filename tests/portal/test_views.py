@@ -19,8 +19,9 @@ from governance.models import Alert, ApiKey, AuditEvent, GroupPolicy, WebhookDel
 from governance.services import api_key_create
 from governance.services import webhooks as webhook_services
 from inference.models import Deployment, GpuQuota
-from licensing.models import BaseModel, LicenceAcceptance, LicenceVersion, Product
-from licensing.services import licence_accept
+from licensing.models import BaseModel, Exemption, LicenceAcceptance, LicenceVersion, Organisation, Product
+from licensing.services import exemption_record, licence_accept
+from tests.factories import ProductFactory
 from tests.portal.conftest import Tenancy
 
 pytestmark = pytest.mark.django_db
@@ -102,7 +103,7 @@ CASES = [
                     "confirm": "on"},
          WRITERS, lambda o: LicenceAcceptance.objects.filter(product=o.product).exists()),
     Case("acknowledge an alert", lambda o: f"/alerts/{o.alert.pk}/acknowledge/", lambda o: {},
-         WRITERS, lambda o: Alert.objects.filter(pk=o.alert.pk, acknowledged_at__isnull=False).exists()),
+         ADMINS, lambda o: Alert.objects.filter(pk=o.alert.pk, acknowledged_at__isnull=False).exists()),
     Case("edit the alert policy", lambda o: f"/groups/{o.tenancy.organisation.group_id}/policy/",
          lambda o: {"mode": "monitor", "grace_days": 10, "levels": "60, 80", "hysteresis": 2, "forecast_days": 30,
                     "email_recipients": "", "webhooks_enabled": "on"},
@@ -132,6 +133,9 @@ CASES = [
          WRITERS, lambda o: ApiKey.objects.filter(name="new key").exists(), 200),
     Case("revoke a key", lambda o: f"/keys/{o.member_key.pk}/revoke/", lambda o: {},
          WRITERS, lambda o: ApiKey.objects.filter(pk=o.member_key.pk, revoked_at__isnull=False).exists()),
+    Case("record the EU domicile", lambda o: f"/organisations/{o.tenancy.organisation.pk}/domicile/",
+         lambda o: {"eu_domiciled": "on"},
+         ADMINS, lambda o: Organisation.objects.filter(pk=o.tenancy.organisation.pk, eu_domiciled=True).exists()),
 ]
 
 
@@ -163,7 +167,10 @@ def test_it_refuses_a_get_on_every_action_that_changes_state(objects: Objects, l
     for url in [f"/products/{objects.product.pk}/accept/", f"/alerts/{objects.alert.pk}/acknowledge/",
                 f"/webhooks/{objects.endpoint.pk}/test/", f"/webhooks/{objects.endpoint.pk}/delete/",
                 f"/deployments/{objects.deployment.pk}/delete/", f"/keys/{objects.member_key.pk}/revoke/",
-                f"/groups/{objects.tenancy.organisation.group_id}/evaluate/", "/logout/"]:
+                f"/groups/{objects.tenancy.organisation.group_id}/evaluate/", "/logout/",
+                f"/organisations/{objects.tenancy.organisation.pk}/domicile/",
+                f"/organisations/{objects.tenancy.organisation.pk}/exemption/",
+                f"/organisations/{objects.tenancy.organisation.pk}/exemption/withdraw/"]:
         assert client.get(url).status_code == 405, url
     assert WebhookEndpoint.objects.filter(pk=objects.endpoint.pk).exists()
 
@@ -233,6 +240,7 @@ OUTSIDER_PAGES = [
     lambda o: f"/products/{o.product.pk}/notice/",
     lambda o: f"/webhooks/{o.endpoint.pk}/",
     lambda o: f"/deployments/{o.deployment.pk}/",
+    lambda o: f"/organisations/{o.tenancy.organisation.pk}/",
 ]
 
 
@@ -275,3 +283,121 @@ def test_it_leaves_the_other_surfaces_where_they_were(client: Client) -> None:
     assert client.get("/healthz").status_code in (200, 503)
     assert client.get("/admin/").status_code == 302
     assert client.get("/api/v1/products/").status_code in (401, 403)
+
+
+# --- products not built on Llama, the organisation page -------------------------------------------------------
+
+
+def test_it_shows_both_kinds_of_product_and_says_plainly_one_has_no_obligations(tenancy: Tenancy, login: Any,
+                                                                               product: Product) -> None:
+    """Section 2 counts "the products or services made available by or for Licensee": a service not built on
+    Llama is listed with the others, metered, and its page says it has no licence obligations."""
+    search = ProductFactory(organisation=tenancy.organisation, name="Acme Search", licence_version=None,
+                            status=Product.Status.LIVE)
+    owner = login("owner")
+
+    listing = owner.get("/products/").content.decode()
+    page = owner.get(f"/products/{search.pk}/")
+    notice = owner.get(f"/products/{search.pk}/notice/")
+    accepted = owner.post(f"/products/{search.pk}/accept/", {"licence_sha256": "0" * 64, "aup_version": "x",
+                                                             "confirm": "on"})
+    deployment_form = owner.get("/deployments/new/").content.decode()
+
+    assert "Acme Chat" in listing and "Acme Search" in listing and "Not built on Llama" in listing
+    body = page.content.decode()
+    assert page.status_code == 200 and "No licence obligations" in body
+    assert "Not built on Llama: no Llama licence obligations" in body and "download the Notice file" not in body
+    assert notice.status_code == 404
+    assert accepted.status_code == 400 and "it has no licence to accept" in accepted.content.decode()
+    assert not LicenceAcceptance.objects.exists()
+    assert "Acme Chat" in deployment_form and "Acme Search" not in deployment_form  # only Llama products deploy
+
+
+def test_it_creates_and_edits_a_product_not_built_on_llama(tenancy: Tenancy, login: Any) -> None:
+    owner = login("owner")
+
+    form = owner.get("/products/new/").content.decode()
+    created = owner.post("/products/new/", {"organisation": tenancy.organisation.pk, "name": "Acme Search",
+                                            "licence_version": "", "status": "live"})
+    search = Product.objects.get(name="Acme Search")
+    edited = owner.post(f"/products/{search.pk}/edit/", {"name": "Acme Search", "licence_version": "",
+                                                         "status": "live", "description": "Web search"})
+    refused = owner.post("/products/new/", {"organisation": tenancy.organisation.pk, "name": "Acme Vision",
+                                            "licence_version": "",
+                                            "base_model": BaseModel.objects.get(
+                                                repo_id="meta-llama/Llama-3.2-11B-Vision-Instruct").pk,
+                                            "status": "live"})
+
+    assert "Not built on Llama" in form
+    assert created.status_code == 302 and search.licence_version is None
+    assert edited.status_code == 302 and Product.objects.get(pk=search.pk).description == "Web search"
+    assert refused.status_code == 400 and "llama-3.2" in refused.context["form"].errors["licence_version"][0]
+    assert not Product.objects.filter(name="Acme Vision").exists()
+
+
+def test_it_refuses_an_eu_company_a_multimodal_product_next_to_the_field(tenancy: Tenancy, login: Any) -> None:
+    """Llama 3.2 AUP: the rights to "any multimodal models included in Llama 3.2 ... are not being granted to you
+    if you are ... a company with a principal place of business in, the European Union"."""
+    Organisation.objects.filter(pk=tenancy.organisation.pk).update(eu_domiciled=True)
+
+    response = login("owner").post("/products/new/", {
+        "organisation": tenancy.organisation.pk, "name": "Acme Vision", "licence_version": _version("llama-3.2").pk,
+        "base_model": BaseModel.objects.get(repo_id="meta-llama/Llama-3.2-11B-Vision-Instruct").pk,
+        "status": "development"})
+
+    assert response.status_code == 400
+    assert "multimodal models included in Llama 3.2" in response.context["form"].errors["base_model"][0]
+    assert not Product.objects.exists()
+
+
+@pytest.mark.parametrize("who", ["owner", "admin", "member", "viewer", "outsider", "staff"])
+def test_it_lets_only_admins_record_and_withdraw_an_exemption(who: str, tenancy: Tenancy, login: Any) -> None:
+    """Clause 1.b.ii: "If you receive Llama Materials ... from a Licensee as part of an integrated end user product,
+    then Section 2 of this Agreement will not apply to you." Recorded and withdrawn by the organisation's admins."""
+    organisation = tenancy.organisation
+    client = login(who)
+
+    page = client.get(f"/organisations/{organisation.pk}/")
+    recorded = client.post(f"/organisations/{organisation.pk}/exemption/",
+                           {"supplier": "Globex", "evidence": "Appliance agreement 17"})
+
+    if who in ADMINS:
+        assert page.status_code == 200 and "Record the exemption" in page.content.decode()
+        assert recorded.status_code == 302
+        assert "exempt (1.b.ii)" in client.get(f"/organisations/{organisation.pk}/").content.decode()
+        assert client.post(f"/organisations/{organisation.pk}/exemption/withdraw/").status_code == 302
+        assert Exemption.objects.get().withdrawn_by == f"user:{who}"
+        return
+    expected = 404 if who == "outsider" else 403
+    assert page.status_code == (404 if who == "outsider" else 200)
+    assert recorded.status_code == expected and not Exemption.objects.exists()
+    exemption_record(organisation=organisation, supplier="Globex", evidence="Agreement 17", recorded_by="setup")
+    assert client.post(f"/organisations/{organisation.pk}/exemption/withdraw/").status_code == expected
+    assert Exemption.objects.get().in_force
+
+
+def test_it_puts_an_exemption_without_evidence_back_next_to_the_field(objects: Objects, login: Any) -> None:
+    owner = login("owner")
+    url = f"/organisations/{objects.tenancy.organisation.pk}/exemption/"
+
+    missing = owner.post(url, {"supplier": "Globex", "evidence": " "})
+    deployed = owner.post(url, {"supplier": "Globex", "evidence": "Agreement 17"})
+
+    assert missing.status_code == 400 and missing.context["exemption_form"].errors["evidence"]
+    assert deployed.status_code == 400
+    assert "runs Llama models on the pool (acme-chat)" in deployed.context["exemption_form"].non_field_errors()[0]
+    assert not Exemption.objects.exists()
+
+
+def test_the_overview_and_group_pages_take_a_product_not_built_on_llama(tenancy: Tenancy, login: Any,
+                                                                       product: Product) -> None:
+    ProductFactory(organisation=tenancy.organisation, name="Acme Search", licence_version=None,
+                   status=Product.Status.LIVE)
+    owner = login("owner")
+
+    overview = owner.get("/")
+    group = owner.get(f"/groups/{tenancy.organisation.group_id}/")
+
+    assert overview.status_code == 200 and group.status_code == 200
+    assert [row.version.slug for row in group.context["figures"].versions] == ["llama-3.1"]
+    assert "Acme Search" in group.content.decode()

@@ -29,6 +29,7 @@ METHODS = ("GET", "PUT", "PATCH", "DELETE", "POST")
 # The first path segments of an object URL under /api/v1/, and which of B's objects fills {id}.
 API_OBJECTS = {
     "acceptances": "acceptance", "alerts": "alert", "deployments": "deployment", "grants": "grant",
+    "declaration-proposals": "declaration_proposal",
     "groups": "group", "keys": "api_key", "organisations": "organisation", "products": "product",
     "webhooks": "webhook", "pool/deployments": "deployment", "pool/gateway-limits": "gateway_limit",
     "pool/gpus": "gpu", "pool/nodes": "node", "pool/quotas": "quota",
@@ -40,7 +41,10 @@ PORTAL_OBJECTS = {
     "alert-acknowledge": "alert", "webhook": "webhook", "webhook-test": "webhook", "webhook-toggle": "webhook",
     "webhook-delete": "webhook", "deployment": "deployment", "deployment-scale": "deployment",
     "deployment-delete": "deployment", "key-revoke": "api_key", "member-role": "membership",
-    "member-remove": "membership",
+    "member-remove": "membership", "group-admin-appoint": "group", "group-admin-remove": "group",
+    "group-management": "group", "invitation-revoke": "invitation", "organisation": "organisation",
+    "organisation-domicile": "organisation", "organisation-exemption": "organisation",
+    "organisation-exemption-withdraw": "organisation",
 }
 
 
@@ -248,6 +252,7 @@ def portal_urls(b: Tenant) -> list[str]:
     for pattern in portal_urlpatterns:
         route = str(pattern.pattern)
         if "<int:pk>" in route:
+            route = route.replace("<int:admin_pk>", str(b.objects["group_admin"].pk))
             urls.append("/" + route.replace("<int:pk>", str(b.objects[PORTAL_OBJECTS[pattern.name]].pk)))
         elif pattern.name not in ("logout", "login"):
             urls.append("/" + route)

@@ -15,12 +15,19 @@ from django.utils import timezone
 
 from governance.models import Alert, ApiKey, Scope, WebhookDelivery
 from governance.services import api_key_create, api_key_revoke
-from governance.services.evaluation import declared_figure_record, group_policy_get
+from governance.services.evaluation import declaration_propose, declared_figure_record, group_policy_get
 from governance.services.metering import activity_ingest
 from governance.services.webhooks import webhook_endpoint_create, webhook_test_event
 from inference.models import GPU, Deployment, GatewayLimit, GpuQuota, Node, Replica, ReplicaState, TokenUsage
 from licensing.models import BaseModel, LicenceVersion, Membership, Organisation
-from licensing.services import grant_record, licence_accept, organisation_create, product_create
+from licensing.services import (
+    grant_record,
+    group_admin_appoint,
+    invitation_create,
+    licence_accept,
+    organisation_create,
+    product_create,
+)
 
 # Every scope alone, then all together: the sweep tries each against the other tenant.
 SCOPE_SETS: tuple[tuple[str, ...], ...] = (*((scope,) for scope in Scope.values), tuple(Scope.values))
@@ -111,5 +118,13 @@ def build_tenant(name: str, *, staff: str = "staff:security-suite") -> Tenant:
         user = users.create_user(username=f"{name.lower()}-{role}", password="correct horse battery staple")
         Membership.objects.create(user=user, organisation=organisation, role=role)
         tenant.users[role] = user
+    o["invitation"], token = invitation_create(organisation=organisation, email=f"new@{name.lower()}.example.com",
+                                               role=Membership.Role.MEMBER, actor=staff, actor_role="owner")
+    tenant.secrets.append(token)
+    o["group_admin"] = group_admin_appoint(group=organisation.group, username=tenant.users["member"].username,
+                                           actor=staff)
+    o["declaration_proposal"] = declaration_propose(
+        group=organisation.group, organisation=organisation, month=today.replace(day=1) - dt.timedelta(days=70),
+        mau=4321, evidence="security suite", proposed_by=staff)
     assert WebhookDelivery.objects.filter(endpoint=endpoint).exists()
     return tenant

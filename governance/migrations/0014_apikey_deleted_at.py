@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('governance', '0009_apikey_default_user_apikey_max_concurrent_and_more'),
+        ('governance', '0013_exempt_state'),
     ]
 
     operations = [
