@@ -1,10 +1,11 @@
 """The JSON types of a request body, checked against the API's own OpenAPI schema before any view runs.
 
-DRF's fields coerce: a CharField takes 5 as "5", a BooleanField takes "yes", "on" or 1, an IntegerField takes
-"5" and 5.0, a FloatField "0.5". The schema, generated from the same serializers, says string, boolean,
-integer, number, and clients (and the schema fuzz) hold the API to it. Checking the types here, once for every
-operation, keeps the two in agreement without a strict copy of every DRF field; values, formats, lengths,
-required fields and business rules stay the serializers' job, with their own messages.
+DRF's fields coerce one scalar into another: a CharField takes 5 as "5", a BooleanField takes "yes", "on" or 1,
+an IntegerField takes "5" and 5.0, a FloatField "0.5". The schema, generated from the same serializers, says
+string, boolean, integer, number, and clients (and the schema fuzz) hold the API to it. Checking those here,
+once for every operation, keeps the two in agreement without a strict copy of every DRF field. Everything
+else stays the serializers' job, with their own messages: null, an array or object in a scalar's place (which
+they refuse anyway), values, formats, lengths, required fields and business rules.
 
 The schema is generated once per process, on the first JSON body (as /api/v1/schema/ generates it), and each
 operation's body schema is compiled into small checks: a 100,000-id batch is checked in milliseconds.
@@ -27,6 +28,9 @@ _NAMES = {"string": "a string", "integer": "an integer", "number": "a number", "
 # boolean is never taken for an integer, nor an integer for a string.
 _TYPES = {"string": frozenset({str}), "integer": frozenset({int}), "number": frozenset({int, float}),
           "boolean": frozenset({bool}), "array": frozenset({list}), "object": frozenset({dict})}
+
+_SCALAR_KINDS = {"string", "integer", "number", "boolean"}
+_SCALAR_TYPES = {str, int, float, bool}
 
 _lock = threading.Lock()
 _operations: list[tuple[re.Pattern[str], str, dict[str, Check]]] | None = None
@@ -119,18 +123,18 @@ def _compile_with_types(schema: dict[str, Any], components: dict[str, Any]) -> t
 
         return combined, types
     kind = schema.get("type")
-    if kind is None:
-        allowed = schema.get("enum")  # spectacular's BlankEnum and NullEnum: [""] and [null]
-        if allowed is None:
-            return (lambda value: None), None
-        return (lambda value: None if value in allowed else ("", f"one of {allowed}", _json_type(value))), None
+    if kind is None:  # any value (a node's labels), or spectacular's BlankEnum and NullEnum: the field decides
+        return (lambda value: None), None
     expected = _NAMES[kind]
     own = _TYPES[kind] | ({type(None)} if nullable else set())
     inner = _compile_inner(kind, schema, components)
+    coercible = kind in _SCALAR_KINDS
 
     def check(value: Any) -> tuple[str, str, str] | None:
         if type(value) not in own:
-            return "", expected, _json_type(value)
+            # Only one scalar for another is taken by DRF's fields; null, or an array or object where a scalar
+            # goes (or the reverse), the serializer refuses in its own words ("This field may not be null.").
+            return ("", expected, _json_type(value)) if coercible and type(value) in _SCALAR_TYPES else None
         return inner(value) if inner is not None and value is not None else None
 
     return check, own if inner is None else None

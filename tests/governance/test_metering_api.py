@@ -172,8 +172,8 @@ def test_it_shares_the_group_figure_with_an_affiliate_but_not_the_owners_product
 # --- refused input ------------------------------------------------------------------------------------------
 
 REFUSED_ACTIVITY = [
-    pytest.param('{"day": "@DAY@", "user_ids": "alice"}', "user_ids", "Must be an array", id="not-a-list"),
-    pytest.param('{"day": "@DAY@", "user_ids": {"alice": 1}}', "user_ids", "Must be an array", id="object"),
+    pytest.param('{"day": "@DAY@", "user_ids": "alice"}', "user_ids", "must be a list", id="not-a-list"),
+    pytest.param('{"day": "@DAY@", "user_ids": {"alice": 1}}', "user_ids", "must be a list", id="object"),
     pytest.param('{"day": "@DAY@", "user_ids": []}', "user_ids", "empty", id="empty-list"),
     pytest.param('{"day": "@DAY@"}', "user_ids", "", id="missing-ids"),
     pytest.param('{"day": "@DAY@", "user_ids": ["a", 1.5]}', "user_ids", "[1]", id="float"),

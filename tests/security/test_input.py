@@ -209,18 +209,22 @@ def request_properties() -> list[tuple[str, str, str, dict[str, Any]]]:
 
 def test_it_refuses_a_body_field_of_another_json_type_than_the_schema_says(tenant: Tenant) -> None:
     """A declaration's evidence sent as 5, a policy's webhooks_enabled as "yes", a webhook's active as 1 were
-    accepted (DRF's fields coerce them): the fuzz's "schema-violating request accepted"."""
+    accepted (DRF's fields coerce one scalar into another): the fuzz's "schema-violating request accepted".
+    An array where a scalar goes, or the reverse, the serializers refuse in their own words."""
     key, staff = clients(tenant)
     answers = {}
     for method, path, name, field in request_properties():
         client = staff if path.startswith(("/api/v1/pool/", "/api/v1/grants/")) else key
-        wrong = "1" if field.get("type") in ("integer", "number", "boolean") else 1
+        scalar = field.get("type") in ("string", "integer", "number", "boolean")
+        wrong = ("1" if field.get("type") != "string" else 1) if scalar else "1"
         response = client.generic(method, url_of(path, tenant), json.dumps({name: wrong}),
                                   content_type="application/json")
-        says = response.json().get(name, [""])[0] if response.status_code == 400 else response.status_code
-        answers[f"{method} {path} {name}"] = says
-    assert len(answers) > 150
-    assert {k: says for k, says in answers.items() if "must be" not in str(says).lower()} == {}
+        if response.status_code != 400:
+            answers[f"{method} {path} {name}"] = (response.status_code, response.content[:200])
+        elif scalar and not response.json().get(name, [""])[0].startswith("Must be"):
+            answers[f"{method} {path} {name}"] = response.json()
+    assert len(request_properties()) > 150
+    assert answers == {}
 
 
 @pytest.mark.parametrize("method, path, body, says", [
