@@ -56,3 +56,13 @@ def test_it_pages_declarations_as_the_schema_says(client_for: Any, owner_org: An
     assert client.post(url, {"month": "2024-06", "mau": 5, "evidence": "report"}, format="json").status_code == 201
     body = client.get(url).json()
     assert body["count"] == 1 and body["results"][0]["mau"] == 5
+
+
+def test_it_documents_the_nulls_it_answers() -> None:
+    """The full fuzz of 2026-12-05 after merging issue 15: a declaration proposal's declared_figure (until it is
+    confirmed) and a base model's test_month (without a release date) were answered null where the schema
+    said integer and string. A read-only relation is nullable whenever its model field is (config/openapi.py)."""
+    components = SchemaGenerator().get_schema(request=None, public=True)["components"]["schemas"]
+    assert components["DeclarationProposal"]["properties"]["declared_figure"].get("nullable") is True
+    assert components["BaseModel"]["properties"]["test_month"].get("nullable") is True
+    assert components["Alert"]["properties"]["licence_version"].get("nullable") is True
