@@ -374,6 +374,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    # django-axes writes two INFO lines for every log-in; its warnings (each failure, each lockout) stay.
+    "loggers": {"axes": {"level": "WARNING"}},
 }
 
 # --- Corral ---------------------------------------------------------------------------------------------
