@@ -9,12 +9,15 @@ for the image's file system:
      image's absolute paths (/app, /opt, /tmp, /var, /run, /srv) moved under that directory;
   3. builds the runtime stage from the build stage's result by its COPY --from lines only, so whatever the
      Dockerfile does not carry over is missing here too;
-  4. runs docker-compose.yml's migrate command against a fresh PostgreSQL database, under production settings
-     (secrets through *_FILE, as compose and the chart pass them);
-  5. starts the image's CMD (uvicorn), runs the image's HEALTHCHECK and compose's web health check if it has
-     one, and fetches /healthz, /login/, /admin/login/ and /api/v1/docs/ as a browser behind the TLS proxy
-     would (an allowed Host, X-Forwarded-Proto: https): each must be a 200, and so must every static file
-     they reference (and the files those stylesheets reference);
+  4. gives each process docker-compose.yml's environment for its service (${...} filled from .env.example, as
+     an operator following README has it; the secrets written to the /run/secrets files its *_FILE variables
+     name, each of which must be one of the service's compose secrets; Redis and PostgreSQL pointed at this
+     machine's) and runs compose's migrate command against a fresh PostgreSQL database;
+  5. starts the image's CMD (uvicorn) as the image's USER (a uid without write access to /app or the venv;
+     with compose's read_only, none to /var/lib/corral either), runs the image's HEALTHCHECK and compose's web
+     health check if it has one, and fetches /healthz, /login/, /admin/login/ and /api/v1/docs/ as a browser
+     behind the TLS proxy would (the first of ALLOWED_HOSTS as Host, X-Forwarded-Proto: https): each must be
+     a 200, and so must every static file they reference (and the files those stylesheets reference);
   6. starts compose's worker and beat commands and requires their compose health checks to pass (the beat
      check is first shown to fail before beat has run, so it is not a check that cannot fail).
 
@@ -51,7 +54,7 @@ import redis
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-HOST = "corral.example.com"  # the allowed host of the proof, as a TLS proxy would pass it on
+REQUEST_HOST = ""  # the first of ALLOWED_HOSTS, as the TLS proxy passes it on
 PAGES = ["/healthz", "/login/", "/admin/login/", "/api/v1/docs/"]
 # Top-level directories of the image that are moved under the stand-in root; the rest (/usr, /bin, /etc)
 # is the base image's, and this machine's Python stands in for it.
@@ -205,9 +208,10 @@ class Image:
         self.entrypoint: list[str] = []
         self.skipped_runs: list[str] = []
 
-    def prepare_runtime(self) -> None:
+    def prepare_runtime(self, *, read_only: bool) -> None:
         """What the runtime stage's skipped RUN lines do to the file system that matters to the application:
-        the directories made with `install -d`, owned by the image's user; /tmp writable by all."""
+        the directories made with `install -d`, owned by the image's user; /tmp writable by all (compose's
+        tmpfs). With compose's read_only, those directories lose their write bits as a read-only mount would."""
         uid, _, gid = self.user.partition(":")
         for command in self.skipped_runs:
             for part in re.split(r"&&|;", command):
@@ -220,10 +224,11 @@ class Image:
                 for target in targets:
                     path = self.host(target)
                     path.mkdir(parents=True, exist_ok=True)
-                    path.chmod(int(mode, 8))
+                    path.chmod(int(mode, 8) & ~0o222 if read_only else int(mode, 8))
                     if os.geteuid() == 0 and uid.isdigit():
                         os.chown(path, int(uid), int(gid or uid))
-                    say(f"  as the skipped RUN does: install -d {target} (mode {mode}, owner {self.user})")
+                    say(f"  as the skipped RUN does: install -d {target} (mode {mode}, owner {self.user})"
+                        + (", without write permission: compose runs the containers read_only" if read_only else ""))
         tmp = self.host("/tmp")
         tmp.mkdir(parents=True, exist_ok=True)
         tmp.chmod(0o1777)
@@ -429,6 +434,26 @@ def compose_test(test: list[str] | str) -> list[str]:
     raise ProofFailed(f"cannot run compose health check {test!r}")
 
 
+def compose_env(service: dict, dotenv: dict[str, str]) -> dict[str, str]:
+    """A service's environment as compose would set it: ${NAME}, ${NAME:-default} and ${NAME:?error} from the
+    .env file (here .env.example), $$ as $."""
+    raw = service.get("environment") or {}
+    if isinstance(raw, list):
+        raw = dict(item.split("=", 1) for item in raw)
+
+    def substitute(match: re.Match[str]) -> str:
+        name, operator, argument = match.group(1), match.group(2) or "", match.group(3) or ""
+        value = dotenv.get(name)
+        if operator.endswith("?") and not value:
+            raise ProofFailed(f"compose needs {name}: {argument}")
+        if operator.endswith("-") and not value:
+            return argument
+        return value or ""
+
+    return {key: re.sub(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}", substitute, "" if value is None else str(value))
+            .replace("$$", "$") for key, value in raw.items()}
+
+
 def compose_command(service: dict, image: Image) -> list[str]:
     command = service.get("command", image.cmd)
     argv = shlex.split(command) if isinstance(command, str) else list(command)
@@ -464,7 +489,7 @@ class References(HTMLParser):
 def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
     try:
-        connection.request("GET", path, headers={"Host": HOST, "X-Forwarded-Proto": "https",
+        connection.request("GET", path, headers={"Host": REQUEST_HOST, "X-Forwarded-Proto": "https",
                                                  "Accept": "text/html,*/*"})
         response = connection.getresponse()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
@@ -588,39 +613,64 @@ def prove(context: Path, work: Path) -> None:
         run_stage(stage, image, context, rules, built, final=index == len(stages) - 1)
     if image.cmd is None:
         raise ProofFailed("the image has no CMD")
+    compose = yaml.safe_load((context / "docker-compose.yml").read_text())["services"]
+    services = ("migrate", "web", "worker", "beat")
+    for required in services:
+        if required not in compose:
+            raise ProofFailed(f"docker-compose.yml has no {required} service")
     work.chmod(0o755)  # the image's user must reach its files, as in a container
-    image.prepare_runtime()
+    image.prepare_runtime(read_only=all(compose[name].get("read_only") for name in services))
     say(f"  the runtime's processes run as USER {image.user}"
         + ("" if os.geteuid() == 0 else " (not here: this proof is not running as root)"))
     timings["build"] = time.monotonic() - phase_started
 
-    compose = yaml.safe_load((context / "docker-compose.yml").read_text())["services"]
-    for required in ("migrate", "web", "worker", "beat"):
-        if required not in compose:
-            raise ProofFailed(f"docker-compose.yml has no {required} service")
-    secrets_dir = root / "run/secrets"
-    secrets_dir.mkdir(parents=True, exist_ok=True)
     server = os.environ.get("PROOF_POSTGRES", "postgres://postgres@127.0.0.1:5432")
     redis_url = os.environ.get("PROOF_REDIS_URL", "redis://127.0.0.1:6379/13")
     redis.Redis.from_url(redis_url).flushdb()
     processes = Processes(work)
     with fresh_database(server, os.environ.get("PROOF_DATABASE", "corral_image_proof")) as database_url:
-        values = {"secret_key": secrets.token_urlsafe(64), "database_url": database_url,
-                  "redis_url": redis_url, "celery_broker_url": redis_url}
-        for name, value in values.items():
-            (secrets_dir / name).write_text(value + "\n")
+        # What compose would pass each service, its ${...} filled from .env.example as README's operator does,
+        # less the two addresses that are compose's own service names (redis:6379) and the published port.
+        dotenv = dict(line.split("=", 1) for line in (context / ".env.example").read_text().splitlines()
+                      if "=" in line and not line.lstrip().startswith("#"))
+        secret_values = {"SECRET_KEY": secrets.token_urlsafe(64), "DATABASE_URL": database_url,
+                         "REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url, "EMAIL_HOST_PASSWORD": ""}
         port = free_port()
-        env = image.process_env({
-            "CORRAL_ENV": "production", "ALLOWED_HOSTS": HOST, "CSRF_TRUSTED_ORIGINS": f"https://{HOST}",
-            "SITE_URL": f"https://{HOST}", "TRUST_X_FORWARDED_PROTO": "true", "UVICORN_PORT": str(port),
-            "HOSTNAME": socket.gethostname(),
-            **{f"{name.upper()}_FILE": str(secrets_dir / name) for name in values},
-        })
+        envs = {}
+        for name in services:
+            service_env = compose_env(compose[name], dotenv)
+            mounted = {item if isinstance(item, str) else item["source"] for item in compose[name].get("secrets", [])}
+            for key, path in list(service_env.items()):
+                if not key.endswith("_FILE"):
+                    continue
+                setting = key.removesuffix("_FILE")
+                secret = PurePosixPath(path)
+                if secret.parent != PurePosixPath("/run/secrets") or secret.name not in mounted:
+                    raise ProofFailed(f"compose {name}: {key}={path} is not one of its secrets {sorted(mounted)}")
+                if setting not in secret_values:
+                    raise ProofFailed(f"compose {name}: this proof has no value for the secret {setting}")
+                target = image.host(path)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(secret_values[setting] + "\n")
+            for setting in ("REDIS_URL", "CELERY_BROKER_URL"):
+                if setting in service_env:
+                    service_env[setting] = redis_url
+            service_env = {key: image.translate(value) for key, value in service_env.items()}
+            envs[name] = image.process_env({**service_env, "UVICORN_PORT": str(port),
+                                             "HOSTNAME": socket.gethostname()})
+        for setting in ("CORRAL_ENV", "SECRET_KEY_FILE", "DATABASE_URL_FILE", "ALLOWED_HOSTS"):
+            if setting not in envs["web"]:
+                raise ProofFailed(f"compose's web service sets no {setting}")
+        global REQUEST_HOST
+        REQUEST_HOST = envs["web"]["ALLOWED_HOSTS"].split(",")[0].strip().lstrip(".")
+        say(f"  compose's environment with .env.example: CORRAL_ENV={envs['web']['CORRAL_ENV']}, "
+            f"ALLOWED_HOSTS={envs['web']['ALLOWED_HOSTS']}, secrets as "
+            + ", ".join(sorted(k for k in envs["web"] if k.endswith("_FILE"))))
         try:
             phase_started = time.monotonic()
             say("== 3. migrate (docker-compose.yml's migrate command), production settings ==")
             argv = compose_command(compose["migrate"], image)
-            code, output = run_check(argv, image, env, timeout=900)
+            code, output = run_check(argv, image, envs["migrate"], timeout=900)
             if code != 0:
                 raise ProofFailed(f"{' '.join(argv)} failed ({code}):\n{output[-3000:]}")
             say(f"  {' '.join(argv)}: ok, {output.count('Applying')} migrations applied")
@@ -630,7 +680,7 @@ def prove(context: Path, work: Path) -> None:
             say(f"== 4. web: the image's CMD on port {port} ==")
             argv = image.entrypoint + image.cmd
             say(f"  {' '.join(argv)}")
-            processes.start("web", argv, image, env)
+            processes.start("web", argv, image, envs["web"])
 
             def listening() -> tuple[bool, str]:
                 processes.alive("web")
@@ -647,7 +697,7 @@ def prove(context: Path, work: Path) -> None:
             for name, argv in checks:
                 if argv is None:
                     raise ProofFailed(f"{name}: none")
-                code, output = run_check(argv, image, env)
+                code, output = run_check(argv, image, envs["web"])
                 if code != 0:
                     raise ProofFailed(f"{name} {argv} failed ({code}): {output[-1500:]}")
                 say(f"  {name} {' '.join(argv)}: ok")
@@ -658,19 +708,19 @@ def prove(context: Path, work: Path) -> None:
             phase_started = time.monotonic()
             say("== 5. worker and beat (docker-compose.yml's commands and health checks) ==")
             beat_test = compose_test(compose["beat"]["healthcheck"]["test"])
-            code, output = run_check(beat_test, image, env)
+            code, output = run_check(beat_test, image, envs["beat"])
             if code == 0:
                 raise ProofFailed(f"the beat health check passes before beat ever ran: {output}")
             say(f"  beat health check before beat ran: fails, as it must ({output.splitlines()[-1]})")
             for name in ("worker", "beat"):
                 argv = compose_command(compose[name], image)
                 say(f"  {name}: {' '.join(argv)}")
-                processes.start(name, argv, image, env)
+                processes.start(name, argv, image, envs[name])
             test = compose_test(compose["worker"]["healthcheck"]["test"])
 
             def worker_healthy() -> tuple[bool, str]:
                 processes.alive("worker")
-                code, output = run_check(test, image, env)
+                code, output = run_check(test, image, envs["worker"])
                 return code == 0, output
 
             _, output = wait_until("worker healthy", worker_healthy, 90, 2)
@@ -684,7 +734,7 @@ def prove(context: Path, work: Path) -> None:
 
             wait_until("beat sending a task", beat_sent, 60, 1)
             processes.stop("beat")
-            code, output = run_check(beat_test, image, env)
+            code, output = run_check(beat_test, image, envs["beat"])
             if code != 0:
                 raise ProofFailed(f"beat health check after beat ran: {output}")
             say(f"  beat sent its first task; after it stopped, its health check: ok ({output.splitlines()[-1]})")
