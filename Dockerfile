@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Corral's production image. The web process (uvicorn), the Celery worker and Celery beat all run from it:
 # docker-compose.yml and the Helm chart (deploy/helm/corral) only change the command.
 # .ci/image-proof.py builds and starts this image's layout without a Docker engine on every CI run.
