@@ -21,7 +21,7 @@ from tests.factories import GroupFactory, OrganisationFactory, ProductFactory
 pytestmark = pytest.mark.django_db
 
 DATA = Path(__file__).parent / "data"
-MAU_KEYS = {"month", "estimate", "lower", "upper", "confidence", "method", "lg_k", "sources"}
+MAU_KEYS = {"month", "estimate", "lower", "upper", "confidence", "method", "lg_k", "sources", "excluded"}
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
@@ -395,6 +395,7 @@ def test_it_answers_the_mau_with_its_interval_and_sources(product, ingester, tea
     assert "HLL" in answer["method"]
     assert answer["sources"]["id_batches"] == 1
     assert answer["sources"]["ids_received"] == 500
+    assert answer["sources"]["quarantined"] == 0 and answer["excluded"] == []
     # Another month of the same product is empty.
     assert _figure(_mau(teammate, "products", product.pk, _month(_today() + dt.timedelta(days=40)))) == (0, 0, 0)
 
