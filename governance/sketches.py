@@ -173,14 +173,14 @@ def _hll_array_bytes(tgt_type: str, lg_k: int) -> int:
     return {"HLL_4": k // 2, "HLL_6": (k * 3 >> 2) + 1, "HLL_8": k}[tgt_type]
 
 
-def check_image(data: bytes, *, stored: bool = False) -> SketchHeader:
+def check_image(data: bytes) -> SketchHeader:
     """The header of an HLL image whose structure datasketches-cpp can read without reading out of bounds.
 
     datasketches-cpp 5.2.0 trusts the counts in an image: a list claiming more than 8 coupons is copied into an
-    8-slot array (a heap overflow, then an abort), a set's or an aux table's size is a shift by an unchecked
-    byte, an aux table on an HLL_8 array is read as if the array were HLL_4. Every count and length is checked
-    here, in Python, before the library sees the bytes. ``stored``: also check the derived fields of an HLL
-    array (Corral wrote them; an upload's are recomputed in the sandbox and need not be right).
+    8-slot array (a heap overflow, then an abort), a set's or an exception table's size is a shift by an
+    unchecked byte, an exception table on an HLL_8 array is read as if the array were HLL_4. Every count and
+    length is checked here, in Python, before the library sees the bytes. (The derived fields of an HLL array,
+    its harmonic sums, are not: Corral never takes them from an image, see Union and ``rebuilt``.)
     """
     header = read_header(data)
     size, lg_k, flags = len(data), header.lg_k, data[5]
@@ -213,8 +213,7 @@ def check_image(data: bytes, *, stored: bool = False) -> SketchHeader:
         array_bytes = _hll_array_bytes(header.tgt_type, lg_k)
         _need(size, _HLL_START + array_bytes, f"an lgK {lg_k} {header.tgt_type} array")
         cur_min = data[6]
-        hip, kxq0, kxq1 = struct.unpack_from("<3d", data, 8)
-        at_cur_min, aux_count = struct.unpack_from("<2I", data, 32)
+        (aux_count,) = struct.unpack_from("<I", data, 36)
         k = 1 << lg_k
         if cur_min > MAX_REGISTER_VALUE:
             raise InvalidSketch(f"has a minimum register value of {cur_min}; hashing never sets more than "
@@ -233,12 +232,6 @@ def check_image(data: bytes, *, stored: bool = False) -> SketchHeader:
                 _need(size, _HLL_START + array_bytes + 4 * (1 << lg_aux), f"an exception table of 2^{lg_aux} slots")
         if header.tgt_type == "HLL_4":
             _check_exceptions(data, lg_k, aux_count, compact)
-        # The derived fields set the estimate of a sketch that a union copies rather than merges: an infinite or
-        # negative harmonic sum there is an infinite or zero count. Each register adds between 2^-63 and 1.
-        if stored and not (all(map(math.isfinite, (hip, kxq0, kxq1))) and hip >= 0 and kxq0 >= 0 and kxq1 >= 0
-                           and 0 < kxq0 + kxq1 <= k and at_cur_min <= k):
-            raise UnreadableSketch("has derived fields no register array can have (harmonic sum "
-                                   f"{kxq0 + kxq1!r} for {k} registers, {at_cur_min} at the minimum)")
     return header
 
 
@@ -274,7 +267,7 @@ def _need(size: int, expected: int, what: str) -> None:
 
 def load(data: bytes) -> hll_sketch:
     """A stored sketch, deserialized once its structure is checked (``check_image``), or InvalidSketch."""
-    check_image(data, stored=True)
+    check_image(data)
     try:
         return hll_sketch.deserialize(data)
     except (ValueError, IndexError, RuntimeError, MemoryError, TypeError) as exc:
@@ -332,19 +325,30 @@ class Union:
     the sketches in ascending lgK and reading the estimate after every update that may change the union's lgK
     refreshes that flag, and gives the same registers as Java (tests/governance/test_sketches.py checks it
     against exact counts). Callers that stream sketches from the database order them by lgK for this.
+
+    A union copies its first HLL array whole, with the harmonic sums the image claims; only merging register by
+    register recomputes them. A mutated sum of zero read as an infinite count and took a group's figures down,
+    so when a stored image is the only HLL array of a union it is merged a second time (``rebuilt``).
     """
 
     def __init__(self, lg_max_k: int) -> None:
         self._union = hll_union(lg_max_k)
         self._first_lg_k: int | None = None
         self._last_lg_k = 0
+        self._arrays = 0  # HLL-array inputs
+        self._copied: hll_sketch | None = None  # the first of them, when it came from stored bytes
 
     def add(self, item: hll_sketch | bytes) -> None:
-        sketch = load(bytes(item)) if isinstance(item, (bytes, bytearray, memoryview)) else item
+        stored = isinstance(item, (bytes, bytearray, memoryview))
+        sketch = load(bytes(item)) if stored else item
         lg_k = sketch.lg_config_k
         if lg_k < self._last_lg_k:
             raise ValueError(f"sketches must come in ascending lgK: {lg_k} after {self._last_lg_k}")
         self._last_lg_k = lg_k
+        if _is_array(sketch):
+            self._arrays += 1
+            if self._arrays == 1 and stored:
+                self._copied = sketch
         try:
             self._union.update(sketch)
             # Reading the estimate refreshes the stale flag; only an input that may have changed the union's
@@ -358,18 +362,32 @@ class Union:
             raise InvalidSketch(f"cannot be merged: {exc}") from exc
 
     def result(self) -> hll_sketch:
+        if self._arrays == 1 and self._copied is not None:
+            self._union.update(self._copied)  # merged, where it had been copied: its sums are now recomputed
+            self._union.get_estimate()
         return self._union.get_result(HOT_TYPE)
+
+
+def _is_array(sketch: hll_sketch) -> bool:
+    """Whether a sketch is in HLL (register array) mode: its compact size is at least its array's (a list or set
+    of the same lgK is always smaller, at most 12 + 3/8 of 2^lgK bytes)."""
+    tgt = _TGT_NAMES[{tgt_hll_type.HLL_4: 0, tgt_hll_type.HLL_6: 1, tgt_hll_type.HLL_8: 2}[sketch.tgt_type]]
+    return sketch.get_compact_serialization_bytes() >= _HLL_START + _hll_array_bytes(tgt, sketch.lg_config_k)
 
 
 def union(sketches: Iterable[hll_sketch | bytes], lg_max_k: int) -> hll_sketch:
     """The union of sketches or their bytes (checked by ``load``). Its lgK is the smallest of ``lg_max_k`` and
     the inputs'."""
-    items = [load(bytes(item)) if isinstance(item, (bytes, bytearray, memoryview)) else item for item in sketches]
-    items.sort(key=lambda sketch: sketch.lg_config_k)
+    items = [bytes(item) if isinstance(item, (bytearray, memoryview)) else item for item in sketches]
+    items.sort(key=lambda item: item[3] if isinstance(item, bytes) and len(item) > 3 else _lg_k_of(item))
     merged = Union(lg_max_k)
-    for sketch in items:
-        merged.add(sketch)
+    for item in items:
+        merged.add(item)
     return merged.result()
+
+
+def _lg_k_of(item: hll_sketch | bytes) -> int:
+    return item.lg_config_k if isinstance(item, hll_sketch) else 0  # bytes too short for a header: load refuses
 
 
 def empty(lg_k: int) -> hll_sketch:
@@ -465,8 +483,11 @@ def estimate_of(sketch: hll_sketch) -> Estimate:
 
 
 def stored_estimate(data: bytes) -> Estimate:
-    """The figure of one stored sketch, or InvalidSketch (UnreadableSketch) saying why it cannot be one."""
-    estimate = estimate_of(load(data))
+    """The figure of one stored sketch, read from its registers (``rebuilt``), or InvalidSketch
+    (UnreadableSketch) saying why it cannot be one: it does not deserialize, gives no finite count, or counts
+    more people than there are."""
+    sketch = load(data)
+    estimate = estimate_of(rebuilt(sketch, sketch.lg_config_k))
     if estimate.estimate > WORLD_POPULATION:
         raise UnreadableSketch(f"counts {estimate.estimate:,} distinct users, more than the world's population "
                                f"({WORLD_POPULATION:,})")

@@ -254,6 +254,22 @@ def _utf8_encodable(value: str) -> bool:
     return True
 
 
+def product_metering_policy_get(*, product: Product) -> ProductMeteringPolicy:
+    """The product's metering policy; an unsaved one (no ceiling) until the organisation sets it."""
+    return ProductMeteringPolicy.objects.filter(product=product).first() or ProductMeteringPolicy(product=product)
+
+
+def product_metering_policy_update(*, policy: ProductMeteringPolicy, actor: str,
+                                   **changes: object) -> ProductMeteringPolicy:
+    from governance.audit import audit_record
+
+    with transaction.atomic():
+        policy, _ = ProductMeteringPolicy.objects.update_or_create(product=policy.product, defaults=changes)
+        audit_record(action="product.metering_policy_changed", actor=actor, organisation=policy.product.organisation,
+                     obj=policy, data={"product": policy.product_id, **changes})
+    return policy
+
+
 def upload_rules(*, product: Product) -> UploadRules:
     """What an upload for ``product`` must satisfy (docs/metering.md, "Bad input"): the minimum lgK, and the
     most distinct users a product-day may have, the world's population or the product's own ceiling."""
