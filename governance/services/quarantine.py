@@ -86,7 +86,7 @@ def rollup_quarantine(*, rollup_id: int, reason: str) -> bool:
         if row.scope == S.PRODUCT_DAY:
             _write(live, sketches.empty(settings.METERING_LG_K))
         else:
-            unreadable_below |= _rebuild(live)
+            unreadable_below |= _rebuild(live, kept=True)
         for ancestor in above:
             if ancestor in locked:
                 unreadable_below |= _rebuild(locked[ancestor])
@@ -173,10 +173,11 @@ def _below(row: Rollup) -> Any:
     return live.filter(scope=S.GROUP_DAY, scope_id=row.scope_id, **days)
 
 
-def _rebuild(row: Rollup) -> dict[int, str]:
+def _rebuild(row: Rollup, *, kept: bool = False) -> dict[int, str]:
     """Write into ``row`` the union of the readable rollups below it. Returns those that could not be read.
 
-    A row whose own bytes cannot be read either is kept in a flagged copy before it is overwritten."""
+    A row whose own bytes cannot be read either is kept in a flagged copy before it is overwritten (unless
+    ``kept``: the caller just did)."""
     images, unreadable = [], {}
     for pk, image in _below(row).values_list("pk", "sketch"):
         try:
@@ -186,7 +187,8 @@ def _rebuild(row: Rollup) -> dict[int, str]:
         else:
             images.append(bytes(image))
     try:
-        sketches.stored_estimate(bytes(row.sketch))
+        if not kept:
+            sketches.stored_estimate(bytes(row.sketch))
     except sketches.InvalidSketch as exc:
         _keep_copy(row, f"{exc}; rebuilt from the rollups below it")
     _write(row, sketches.union(images, settings.METERING_LG_K))
