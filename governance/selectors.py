@@ -38,16 +38,13 @@ def month_bounds(month: dt.date) -> tuple[dt.date, dt.date]:
     return first, first.replace(day=calendar.monthrange(first.year, first.month)[1])
 
 
-def _in_scope(parts: QuerySet[ActivityPart], scope: Scope) -> QuerySet[ActivityPart]:
+def _pending_parts(scope: Scope, start: dt.date, end: dt.date) -> QuerySet[ActivityPart]:
+    parts = ActivityPart.objects.filter(day__gte=start, day__lte=end, quarantined_at__isnull=True)
     if isinstance(scope, Product):
         return parts.filter(product=scope)
     if isinstance(scope, Organisation):
         return parts.filter(product__organisation=scope)
     return parts.filter(product__organisation__group=scope)
-
-
-def _pending_parts(scope: Scope, start: dt.date, end: dt.date) -> QuerySet[ActivityPart]:
-    return _in_scope(ActivityPart.objects.filter(day__gte=start, day__lte=end, quarantined_at__isnull=True), scope)
 
 
 def _live_rollups(**lookups: Any) -> QuerySet[Rollup]:

@@ -80,8 +80,8 @@ def rollup_quarantine(*, rollup_id: int, reason: str) -> bool:
     with transaction.atomic():
         locked = _lock([key, *above])
         live = locked.get(key)
-        if live is None or live.pk != rollup_id:
-            return False  # quarantined (and replaced) by a concurrent reader
+        if live is None or live.pk != rollup_id or _readable(live):
+            return False  # quarantined, or rebuilt as a rollup above another one, by a concurrent reader
         _keep_copy(live, reason)
         if row.scope == S.PRODUCT_DAY:
             _write(live, sketches.empty(settings.METERING_LG_K))
@@ -186,13 +186,21 @@ def _rebuild(row: Rollup, *, kept: bool = False) -> dict[int, str]:
             unreadable[pk] = str(exc)
         else:
             images.append(bytes(image))
-    try:
-        if not kept:
+    if not kept:
+        try:
             sketches.stored_estimate(bytes(row.sketch))
-    except sketches.InvalidSketch as exc:
-        _keep_copy(row, f"{exc}; rebuilt from the rollups below it")
+        except sketches.InvalidSketch as exc:
+            _keep_copy(row, f"{exc}; rebuilt from the rollups below it")
     _write(row, sketches.union(images, settings.METERING_LG_K))
     return unreadable
+
+
+def _readable(row: Rollup) -> bool:
+    try:
+        sketches.stored_estimate(bytes(row.sketch))
+    except sketches.InvalidSketch:
+        return False
+    return True
 
 
 def _keep_copy(row: Rollup, reason: str) -> None:
