@@ -241,3 +241,14 @@ def test_settling_rebuilds_a_rollup_it_cannot_read(acme: Any, settings: Any) -> 
     estimate = sketches.stored_estimate(bytes(live.sketch))
     assert estimate.lower <= 30_000 <= estimate.upper
     assert Rollup.objects.filter(scope=S.GROUP_DAY, quarantined_at__isnull=False).count() == 1
+
+
+def test_sketches_accepted_before_the_minimum_lgk_still_count(acme: Any, reader: Any) -> None:
+    """Nothing already accepted is lost: an lgK-10 upload stored before the minimum is readable, so it counts."""
+    _legacy_rollups(acme, D1, forgeries.hll(range(40_000), 10))
+    _legacy_part(acme, D2, forgeries.hll(range(30_000, 60_000), 10))
+    answer = reader.get(f"/api/v1/groups/{acme.organisation.group_id}/mau?month={MONTH}").json()
+    assert answer["lg_k"] == 10 and answer["lower"] <= 60_000 <= answer["upper"] and answer["excluded"] == []
+    while metering_compact_step():
+        pass
+    assert not ActivityPart.objects.exists() and not Rollup.objects.filter(quarantined_at__isnull=False).exists()
