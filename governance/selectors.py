@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,12 +131,17 @@ def excluded_sketches(*, scope: Scope, start: dt.date, end: dt.date) -> list[dic
 
 @dataclass
 class Count:
-    """A distinct count over a period, with the sources that fed it and the quarantined sketches it leaves out."""
+    """A distinct count over a period, with the sources that fed it and the quarantined sketches it leaves out
+    (read when first asked for: pages that show only the estimate do not pay for the query)."""
 
     period: dict[str, Any]
     estimate: sketches.Estimate
     sources: dict[str, int] = field(default_factory=dict)
-    excluded: list[dict[str, Any]] = field(default_factory=list)
+    read_excluded: Callable[[], list[dict[str, Any]]] = field(default=list, repr=False)
+
+    @functools.cached_property
+    def excluded(self) -> list[dict[str, Any]]:
+        return self.read_excluded()
 
     def as_dict(self) -> dict[str, Any]:
         e = self.estimate
@@ -183,7 +190,7 @@ def _union_count(scope: Scope, rollups: QuerySet[Rollup], start: dt.date, end: d
 
 def _count(scope: Scope, period: dict[str, Any], rollups: QuerySet[Rollup], start: dt.date, end: dt.date) -> Count:
     estimate, sources = _union_count(scope, rollups, start, end)
-    return Count(period, estimate, sources, excluded_sketches(scope=scope, start=start, end=end))
+    return Count(period, estimate, sources, lambda: excluded_sketches(scope=scope, start=start, end=end))
 
 
 def mau_month(*, scope: Scope, month: dt.date) -> Count:
@@ -281,14 +288,15 @@ def mau_month_many(*, scopes: list[Scope], month: dt.date) -> dict[int, Count]:
         rollups_by_scope: dict[int, list[Rollup]] = {pk: [] for pk in ids}
         for rollup in _live_rollups(scope=_MONTH_SCOPE[kind], scope_id__in=ids, period=start):
             rollups_by_scope[rollup.scope_id].append(rollup)
-        excluded = _excluded_by_scope(kind, ids, start, end)
+        excluded = functools.cache(lambda: _excluded_by_scope(kind, ids, start, end))  # once, for all of them
         counts = {}
         for pk in ids:
             rollups, parts = rollups_by_scope[pk], parts_by_scope[pk]
             items = ([_Stored("rollup", r.pk, bytes(r.sketch)) for r in rollups]
                      + [_Stored("part", p["pk"], bytes(p["sketch"])) for p in parts])
             _merged, estimate = _merge(items, quarantine=quarantine)
-            counts[pk] = Count({"month": start.strftime("%Y-%m")}, estimate, _tally(rollups, parts), excluded[pk])
+            counts[pk] = Count({"month": start.strftime("%Y-%m")}, estimate, _tally(rollups, parts),
+                               functools.partial(lambda pk: excluded()[pk], pk))
         return counts
 
     return _reading(read)
