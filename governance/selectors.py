@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 
 from governance import sketches
-from governance.models import ActivityPart, ActivitySource, Rollup
+from governance.models import ActivityPart, ActivitySource, ProductMeteringPolicy, Rollup
 from licensing.models import AffiliateGroup, Organisation, Product
 
 _DAY_SCOPE = {Product: Rollup.Scope.PRODUCT_DAY, Organisation: Rollup.Scope.ORGANISATION_DAY,
@@ -227,6 +227,11 @@ def product_day_sketch(*, product: Product, day: dt.date) -> bytes | None:
         return sketches.serialize(merged)
 
     return _reading(read)
+
+
+def product_metering_policy(*, product: Product) -> ProductMeteringPolicy:
+    """The product's metering policy; an unsaved one (no ceiling) until its organisation sets one."""
+    return ProductMeteringPolicy.objects.filter(product=product).first() or ProductMeteringPolicy(product=product)
 
 
 @dataclass(frozen=True)

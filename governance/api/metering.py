@@ -23,7 +23,6 @@ from governance.services.metering import (
     IDEMPOTENCY_KEY,
     IDEMPOTENCY_KEY_RULE,
     Answer,
-    product_metering_policy_get,
     product_metering_policy_update,
     request_fingerprint,
 )
@@ -256,7 +255,7 @@ class ProductMeteringViewSet(MauActions, TenantViewSet):
     def metering_policy(self, request: Request, pk: str | None = None) -> Response:
         """The product's ceiling on what its uploaded sketches may count; changing it needs the ``admin`` scope."""
         product = self.get_object()
-        policy = product_metering_policy_get(product=product)
+        policy = selectors.product_metering_policy(product=product)
         if request.method in SAFE_METHODS:
             return Response(MeteringPolicySerializer(policy).data)
         form = MeteringPolicySerializer(policy, data=request.data, partial=request.method == "PATCH")

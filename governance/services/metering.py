@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from governance import sketches
 from governance.models import ActivityPart, ActivitySource, IdempotencyRecord, ProductMeteringPolicy, Rollup
+from governance.selectors import product_day_sketch
 from governance.sketch_sandbox import SketchRejected, UploadRules, check_in_sandbox
 from licensing.models import Product
 
@@ -254,11 +255,6 @@ def _utf8_encodable(value: str) -> bool:
     return True
 
 
-def product_metering_policy_get(*, product: Product) -> ProductMeteringPolicy:
-    """The product's metering policy; an unsaved one (no ceiling) until the organisation sets it."""
-    return ProductMeteringPolicy.objects.filter(product=product).first() or ProductMeteringPolicy(product=product)
-
-
 def product_metering_policy_update(*, policy: ProductMeteringPolicy, actor: str,
                                    **changes: object) -> ProductMeteringPolicy:
     from governance.audit import audit_record
@@ -295,8 +291,6 @@ def sketch_ingest(
     Every check of the bytes runs in the sandbox (governance/sketch_sandbox.py), with what the product-day
     already holds: the sketch alone and the product-day with it must read finite and plausible.
     """
-    from governance.selectors import product_day_sketch
-
     day_validate(day)
     if sketch_format != "hll":
         raise ValidationError({"format": f"{sketch_format!r} is not supported; use \"hll\" (DataSketches HLL)."})
