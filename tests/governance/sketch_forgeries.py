@@ -21,11 +21,11 @@ def hll(ids: Iterable[object], lg_k: int, tgt: tgt_hll_type = tgt_hll_type.HLL_4
     return bytes(sketch.serialize_compact() if compact else sketch.serialize_updatable())
 
 
-def zero_harmonic_sum(lg_k: int = 12, users: int = 50_000) -> bytes:
+def zero_harmonic_sum(lg_k: int = 12, users: int = 50_000, tgt: tgt_hll_type = tgt_hll_type.HLL_8) -> bytes:
     """An HLL-array sketch whose stored harmonic sums (kxq0, kxq1) were mutated to zero: the library copies them
     into a union and reads the count as infinite (``OverflowError: cannot convert float infinity to integer``).
     The old sandbox stored such an upload as it came, and every read of its product and group failed."""
-    image = bytearray(hll(range(users), lg_k, tgt_hll_type.HLL_8, compact=False))
+    image = bytearray(hll(range(users), lg_k, tgt, compact=False))
     struct.pack_into("<2d", image, 16, 0.0, 0.0)
     return bytes(image)
 

@@ -194,8 +194,9 @@ def test_it_decodes_only_base64() -> None:
 # --- images that cannot be trusted -------------------------------------------------------------------------
 
 
-def test_it_reads_a_sketch_with_a_forged_harmonic_sum_from_its_registers() -> None:
-    image = forgeries.zero_harmonic_sum(users=60_000)
+@pytest.mark.parametrize("tgt", forgeries.TGT_TYPES)
+def test_it_reads_a_sketch_with_a_forged_harmonic_sum_from_its_registers(tgt) -> None:
+    image = forgeries.zero_harmonic_sum(users=60_000, tgt=tgt)
     # What the library makes of it, read as a merged sketch (the composite estimator, which takes the sum as
     # stored, as the union that copies it does): an infinite count, the OverflowError that took a group down.
     merged = bytearray(image)
