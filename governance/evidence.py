@@ -69,6 +69,8 @@ def evidence_report(*, group: AffiliateGroup, month: dt.date) -> dict[str, Any]:
         "generated_at": timezone.now().isoformat(),
         "mau": group_count,
         "organisations": organisations,
+        # Stored sketches that cannot be read: kept, quarantined, and left out of every figure above.
+        "excluded": _named(group_count["excluded"], {p.pk: p.name for p in all_products}),
         "statuses": statuses,
         "forecast": {"method": forecast.method, "crossing_date": _iso(forecast.crossing_date),
                      "earliest": _iso(forecast.earliest), "latest": _iso(forecast.latest),
@@ -85,7 +87,12 @@ def _iso(value: dt.date | None) -> str | None:
 
 
 def _figures(count: dict[str, Any]) -> dict[str, Any]:
-    return {key: count[key] for key in ("estimate", "lower", "upper", "confidence", "lg_k")}
+    return {**{key: count[key] for key in ("estimate", "lower", "upper", "confidence", "lg_k")},
+            "excluded": len(count["excluded"])}
+
+
+def _named(excluded: list[dict[str, Any]], names: dict[int, str]) -> list[dict[str, Any]]:
+    return [{**entry, "product_name": names.get(entry["product"], "")} for entry in excluded]
 
 
 def evidence_csv(report: dict[str, Any]) -> str:
@@ -111,6 +118,9 @@ def evidence_csv(report: dict[str, Any]) -> str:
     for a in report["alerts"]:
         writer.writerow(["alert", a["kind"], a["level"], a["licence_version"], a["created_at"], "", "", "", "",
                          a["message"]])
+    for e in report["excluded"]:
+        writer.writerow(["excluded", e["kind"], e["product_name"], "", e["day"], "", "", "", "",
+                         f'quarantined {e["quarantined_at"]}: {e["reason"]}'])
     for g in report["grants"]:
         writer.writerow(["grant", g["reference"], " ".join(g["licence_versions"]), "", g["valid_from"], "", "", "",
                          "", f'valid until {g["valid_until"] or "open"}; revoked={g["revoked"]}'])
