@@ -12,7 +12,9 @@ from django.utils import timezone
 
 from governance.audit import audit_verify_cached
 from governance.models import Alert, AuditEvent, ComplianceStatus, GroupForecast
+from governance.services import evaluation as evaluation_services
 from governance.selectors import mau_month, mau_month_many
+from licensing.selectors import group_exemptions
 from licensing.models import AffiliateGroup, MetaGrant, Organisation, Product
 
 
@@ -77,6 +79,10 @@ def evidence_report(*, group: AffiliateGroup, month: dt.date) -> dict[str, Any]:
                      "computed_at": forecast.computed_at.isoformat()} if forecast else None,
         "alerts": alerts,
         "grants": grants,
+        "counting": evaluation_services.month_counting(group=group, month=month),
+        "exemptions": [{"organisation": e.organisation.name, "supplier": e.supplier, "evidence": e.evidence,
+                        "recorded_by": e.recorded_by, "recorded_at": e.recorded_at.isoformat()}
+                       for e in group_exemptions(group=group).values()],
         "audit_chain": {"head_seq": head.seq if head else 0, "head_hash": head.hash if head else None,
                         "verified": chain.ok, "checked": chain.checked, "reason": chain.reason},
     }
@@ -112,6 +118,21 @@ def evidence_csv(report: dict[str, Any]) -> str:
             p = product["mau"]
             writer.writerow(["mau", "product", product["name"], product["licence_version"], report["month"],
                              p["estimate"], p["lower"], p["upper"], p["confidence"], product["status"]])
+    counting = report["counting"]
+    for basis, figure in counting["bases"].items():
+        if figure is not None:
+            used = "used by the statuses" if basis == counting["counting_basis"] else "shown beside it"
+            writer.writerow(["basis", basis, report["group"]["name"], "", report["month"], figure["estimate"],
+                             figure["lower"], figure["upper"], 0.95, used])
+    for figure in counting["declared"]:
+        writer.writerow(["declared", "group", report["group"]["name"], "", report["month"], figure["estimate"],
+                         figure["lower"], figure["upper"], "", figure["detail"]])
+    coverage = counting["coverage"]
+    writer.writerow(["coverage", "complete" if coverage["complete"] else "partial", report["group"]["name"], "",
+                     report["month"], "", "", "", "", coverage["gap"] or "every registered product metered, attested"])
+    for e in report["exemptions"]:
+        writer.writerow(["exemption", "1.b.ii", e["organisation"], "", e["recorded_at"], "", "", "", "",
+                         f'{e["supplier"]}: {e["evidence"]}'])
     for s in report["statuses"]:
         writer.writerow(["status", s["rule"], report["group"]["name"], s["licence_version"], s["month"],
                          s["estimate"], s["lower"], s["upper"], 0.95, f'{s["state"]}: {s["explanation"]}'])

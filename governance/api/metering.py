@@ -19,6 +19,7 @@ from governance import selectors, sketches
 from governance.api.tenancy import SAFE_METHODS, GroupTenancy, TenantViewSet
 from governance.models import ProductMeteringPolicy, Scope
 from governance.services import IdempotencyConflict, activity_ingest, sketch_ingest
+from governance.services import evaluation as evaluation_services
 from governance.services.metering import (
     IDEMPOTENCY_KEY,
     IDEMPOTENCY_KEY_RULE,
@@ -188,7 +189,10 @@ class MauActions:
             days = _parse_window(request.query_params.get("days"))
             return Response(selectors.mau_rolling(scope=scope, ending=ending, days=days).as_dict())
         month = _parse_month(request.query_params.get("month"))
-        return Response(selectors.mau_month(scope=scope, month=month).as_dict())
+        answer = selectors.mau_month(scope=scope, month=month).as_dict()
+        if isinstance(scope, AffiliateGroup):
+            answer.update(evaluation_services.month_counting(group=scope, month=month))
+        return Response(answer)
 
     @extend_schema(
         parameters=[OpenApiParameter("day", OpenApiTypes.DATE, required=True)], responses=CountOutput
