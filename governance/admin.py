@@ -60,6 +60,7 @@ from governance.models import (  # noqa: E402 - grouped with the evaluation admi
     GroupForecast,
     GroupPolicy,
     IdempotencyRecord,
+    ProductMeteringPolicy,
     Rollup,
     StatusChange,
     WebhookDelivery,
@@ -152,18 +153,26 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin):
 
 @admin.register(ActivityPart)
 class ActivityPartAdmin(ReadOnlyAdmin):
-    list_display = ["product", "day", "source", "lg_k", "items", "created_at"]
-    list_filter = ["source"]
-    search_fields = ["product__name"]
+    list_display = ["product", "day", "source", "lg_k", "items", "created_at", "quarantined_at"]
+    list_filter = ["source", ("quarantined_at", admin.EmptyFieldListFilter)]
+    search_fields = ["product__name", "quarantine_reason"]
     exclude = ["sketch"]
 
 
 @admin.register(Rollup)
 class RollupAdmin(ReadOnlyAdmin):
-    list_display = ["scope", "scope_id", "period", "lg_k", "id_batches", "sketch_uploads", "ids_received", "updated_at"]
-    list_filter = ["scope"]
-    search_fields = ["scope_id"]
+    list_display = ["scope", "scope_id", "period", "lg_k", "id_batches", "sketch_uploads", "ids_received", "updated_at",
+                    "quarantined_at"]
+    list_filter = ["scope", ("quarantined_at", admin.EmptyFieldListFilter)]
+    search_fields = ["scope_id", "quarantine_reason"]
     exclude = ["sketch"]
+
+
+@admin.register(ProductMeteringPolicy)
+class ProductMeteringPolicyAdmin(admin.ModelAdmin):
+    list_display = ["product", "max_daily_users", "updated_at"]
+    search_fields = ["product__name", "product__organisation__name"]
+    autocomplete_fields = ["product"]
 
 
 @admin.register(IdempotencyRecord)

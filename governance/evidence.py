@@ -12,7 +12,9 @@ from django.utils import timezone
 
 from governance.audit import audit_verify_cached
 from governance.models import Alert, AuditEvent, ComplianceStatus, GroupForecast
+from governance.services import evaluation as evaluation_services
 from governance.selectors import mau_month, mau_month_many
+from licensing.selectors import group_exemptions
 from licensing.models import AffiliateGroup, MetaGrant, Organisation, Product
 
 
@@ -69,12 +71,18 @@ def evidence_report(*, group: AffiliateGroup, month: dt.date) -> dict[str, Any]:
         "generated_at": timezone.now().isoformat(),
         "mau": group_count,
         "organisations": organisations,
+        # Stored sketches that cannot be read: kept, quarantined, and left out of every figure above.
+        "excluded": _named(group_count["excluded"], {p.pk: p.name for p in all_products}),
         "statuses": statuses,
         "forecast": {"method": forecast.method, "crossing_date": _iso(forecast.crossing_date),
                      "earliest": _iso(forecast.earliest), "latest": _iso(forecast.latest),
                      "computed_at": forecast.computed_at.isoformat()} if forecast else None,
         "alerts": alerts,
         "grants": grants,
+        "counting": evaluation_services.month_counting(group=group, month=month),
+        "exemptions": [{"organisation": e.organisation.name, "supplier": e.supplier, "evidence": e.evidence,
+                        "recorded_by": e.recorded_by, "recorded_at": e.recorded_at.isoformat()}
+                       for e in group_exemptions(group=group).values()],
         "audit_chain": {"head_seq": head.seq if head else 0, "head_hash": head.hash if head else None,
                         "verified": chain.ok, "checked": chain.checked, "reason": chain.reason},
     }
@@ -85,7 +93,12 @@ def _iso(value: dt.date | None) -> str | None:
 
 
 def _figures(count: dict[str, Any]) -> dict[str, Any]:
-    return {key: count[key] for key in ("estimate", "lower", "upper", "confidence", "lg_k")}
+    return {**{key: count[key] for key in ("estimate", "lower", "upper", "confidence", "lg_k")},
+            "excluded": len(count["excluded"])}
+
+
+def _named(excluded: list[dict[str, Any]], names: dict[int, str]) -> list[dict[str, Any]]:
+    return [{**entry, "product_name": names.get(entry["product"], "")} for entry in excluded]
 
 
 def evidence_csv(report: dict[str, Any]) -> str:
@@ -105,12 +118,30 @@ def evidence_csv(report: dict[str, Any]) -> str:
             p = product["mau"]
             writer.writerow(["mau", "product", product["name"], product["licence_version"], report["month"],
                              p["estimate"], p["lower"], p["upper"], p["confidence"], product["status"]])
+    counting = report["counting"]
+    for basis, figure in counting["bases"].items():
+        if figure is not None:
+            used = "used by the statuses" if basis == counting["counting_basis"] else "shown beside it"
+            writer.writerow(["basis", basis, report["group"]["name"], "", report["month"], figure["estimate"],
+                             figure["lower"], figure["upper"], 0.95, used])
+    for figure in counting["declared"]:
+        writer.writerow(["declared", "group", report["group"]["name"], "", report["month"], figure["estimate"],
+                         figure["lower"], figure["upper"], "", figure["detail"]])
+    coverage = counting["coverage"]
+    writer.writerow(["coverage", "complete" if coverage["complete"] else "partial", report["group"]["name"], "",
+                     report["month"], "", "", "", "", coverage["gap"] or "every registered product metered, attested"])
+    for e in report["exemptions"]:
+        writer.writerow(["exemption", "1.b.ii", e["organisation"], "", e["recorded_at"], "", "", "", "",
+                         f'{e["supplier"]}: {e["evidence"]}'])
     for s in report["statuses"]:
         writer.writerow(["status", s["rule"], report["group"]["name"], s["licence_version"], s["month"],
                          s["estimate"], s["lower"], s["upper"], 0.95, f'{s["state"]}: {s["explanation"]}'])
     for a in report["alerts"]:
         writer.writerow(["alert", a["kind"], a["level"], a["licence_version"], a["created_at"], "", "", "", "",
                          a["message"]])
+    for e in report["excluded"]:
+        writer.writerow(["excluded", e["kind"], e["product_name"], "", e["day"], "", "", "", "",
+                         f'quarantined {e["quarantined_at"]}: {e["reason"]}'])
     for g in report["grants"]:
         writer.writerow(["grant", g["reference"], " ".join(g["licence_versions"]), "", g["valid_from"], "", "", "",
                          "", f'valid until {g["valid_until"] or "open"}; revoked={g["revoked"]}'])

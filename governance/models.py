@@ -124,9 +124,17 @@ class ActivityPart(models.Model):
     lg_k = models.PositiveSmallIntegerField()
     items = models.PositiveIntegerField(default=0, help_text="Ids in the batch (0 for an uploaded sketch)")
     created_at = models.DateTimeField(auto_now_add=True)
+    quarantined_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="Set when the sketch cannot be read: kept, never compacted, left out of every figure")
+    quarantine_reason = models.CharField(max_length=300, blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["product", "day"])]
+        indexes = [
+            models.Index(fields=["product", "day"]),
+            models.Index(fields=["product", "day"], condition=models.Q(quarantined_at__isnull=False),
+                         name="quarantined_parts"),
+        ]
 
 
 class Rollup(models.Model):
@@ -150,11 +158,34 @@ class Rollup(models.Model):
     gateway_flushes = models.PositiveIntegerField(default=0)
     ids_received = models.PositiveBigIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
+    # A rollup whose sketch cannot be read is copied into a flagged row (the bytes are kept) and the live row
+    # is rebuilt from the rollups below it (governance/services/quarantine.py). Every read takes live rows only.
+    quarantined_at = models.DateTimeField(null=True, blank=True, help_text="Set on the kept copy of an unreadable "
+                                          "rollup; the live row (empty here) was rebuilt without it")
+    quarantine_reason = models.CharField(max_length=300, blank=True)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["scope", "scope_id", "period"], name="one_rollup_per_scope_period")
+            models.UniqueConstraint(fields=["scope", "scope_id", "period"],
+                                    condition=models.Q(quarantined_at__isnull=True), name="one_live_rollup_per_period")
         ]
+        indexes = [
+            models.Index(fields=["scope", "scope_id", "period"], condition=models.Q(quarantined_at__isnull=False),
+                         name="quarantined_rollups"),
+        ]
+
+
+class ProductMeteringPolicy(models.Model):
+    """What an organisation allows a product's uploaded sketches to claim (docs/metering.md, "Bad input")."""
+
+    product = models.OneToOneField(Product, on_delete=models.CASCADE, related_name="metering_policy")
+    max_daily_users = models.PositiveBigIntegerField(
+        null=True, blank=True,
+        help_text="Most distinct users the product can have in a UTC day; an upload counting more is refused")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"metering policy of {self.product}"
 
 
 class IdempotencyRecord(models.Model):

@@ -16,11 +16,18 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.filters import iso_date
-from governance import selectors
-from governance.api.tenancy import GroupTenancy, TenantViewSet
-from governance.models import Scope
+from governance import selectors, sketches
+from governance.api.tenancy import SAFE_METHODS, GroupTenancy, TenantViewSet
+from governance.models import ProductMeteringPolicy, Scope
 from governance.services import IdempotencyConflict, activity_ingest, sketch_ingest
-from governance.services.metering import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_RULE, Answer, request_fingerprint
+from governance.services import evaluation as evaluation_services
+from governance.services.metering import (
+    IDEMPOTENCY_KEY,
+    IDEMPOTENCY_KEY_RULE,
+    Answer,
+    product_metering_policy_update,
+    request_fingerprint,
+)
 from licensing.models import AffiliateGroup, Organisation, Product
 
 MAX_SERIES_DAYS = 400
@@ -48,13 +55,24 @@ class ActivityInput(serializers.Serializer):
 class SketchInput(serializers.Serializer):
     day = serializers.DateField(help_text="UTC day, YYYY-MM-DD")
     format = serializers.CharField(default="hll", help_text='"hll": an Apache DataSketches HLL sketch')
-    sketch = serializers.CharField(help_text="Base64 of the serialized sketch (any lgK 4..21, HLL_4/6/8)")
+    sketch = serializers.CharField(help_text=f"Base64 of the serialized sketch (lgK {sketches.MIN_UPLOAD_LG_K} to "
+                                             f"{sketches.MAX_LG_K}, HLL_4/6/8)")
 
 
 class AcceptedOutput(serializers.Serializer):
     accepted = serializers.IntegerField()
     day = serializers.DateField()
     product = serializers.IntegerField()
+
+
+class ExcludedOutput(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=["part", "rollup"], help_text="An uploaded or pending part, or the "
+                                   "stored total of the product-day")
+    id = serializers.IntegerField()
+    product = serializers.IntegerField()
+    day = serializers.DateField()
+    reason = serializers.CharField()
+    quarantined_at = serializers.DateTimeField()
 
 
 class CountOutput(serializers.Serializer):
@@ -65,7 +83,22 @@ class CountOutput(serializers.Serializer):
     confidence = serializers.FloatField()
     method = serializers.CharField()
     lg_k = serializers.IntegerField()
-    sources = serializers.DictField(child=serializers.IntegerField())
+    sources = serializers.DictField(child=serializers.IntegerField(), help_text="Requests by kind, ids received, "
+                                    "parts not yet compacted, and quarantined sketches the figure leaves out")
+    excluded = ExcludedOutput(many=True, help_text="The stored sketches that cannot be read and that this figure "
+                              "therefore leaves out (docs/metering.md, \"Quarantine\")")
+
+
+class MeteringPolicySerializer(serializers.ModelSerializer):
+    max_daily_users = serializers.IntegerField(
+        min_value=1, max_value=sketches.WORLD_POPULATION, allow_null=True, required=False,
+        help_text="Most distinct users the product can have in a UTC day: an uploaded sketch that counts more, "
+                  "alone or with what the day already holds, is refused. Empty: only the world's population.")
+
+    class Meta:
+        model = ProductMeteringPolicy
+        fields = ["max_daily_users", "updated_at"]
+        read_only_fields = ["updated_at"]
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -156,7 +189,10 @@ class MauActions:
         if ending is not None:
             return Response(selectors.mau_rolling(scope=scope, ending=ending, days=days).as_dict())
         month = _parse_month(request.query_params.get("month"))
-        return Response(selectors.mau_month(scope=scope, month=month).as_dict())
+        answer = selectors.mau_month(scope=scope, month=month).as_dict()
+        if isinstance(scope, AffiliateGroup):
+            answer.update(evaluation_services.month_counting(group=scope, month=month))
+        return Response(answer)
 
     @extend_schema(
         parameters=[OpenApiParameter("day", OpenApiTypes.DATE, required=True)], responses=CountOutput
@@ -189,6 +225,7 @@ class MauActions:
         if (end - start).days + 1 > MAX_SERIES_DAYS:
             raise ValidationError({"to": [f"A series covers at most {MAX_SERIES_DAYS} days."]})
         points = selectors.daily_series(scope=scope, start=start, end=end, window=window)
+        excluded = selectors.excluded_sketches(scope=scope, start=start - dt.timedelta(days=window - 1), end=end)
         return Response(
             {
                 "from": start.isoformat(), "to": end.isoformat(), "window_days": window, "confidence": 0.95,
@@ -196,6 +233,7 @@ class MauActions:
                     {"day": p.day.isoformat(), "dau": _estimate_dict(p.dau), "rolling": _estimate_dict(p.rolling)}
                     for p in points
                 ],
+                "excluded": excluded,
             }
         )
 
@@ -209,6 +247,25 @@ class ProductMeteringViewSet(MauActions, TenantViewSet):
     def scope_queryset(self, queryset: QuerySet) -> QuerySet:
         bound = self.principal.bound_product_id
         return queryset.filter(pk=bound) if bound else queryset
+
+    def required_scope(self, request: Request) -> str | None:
+        if self.action == "metering_policy" and request.method not in SAFE_METHODS:
+            return Scope.ADMIN  # the ceiling decides which uploads count: not for an ingestion key
+        return super().required_scope(request)
+
+    @extend_schema(methods=["GET"], responses=MeteringPolicySerializer)
+    @extend_schema(methods=["PUT", "PATCH"], request=MeteringPolicySerializer, responses=MeteringPolicySerializer)
+    @action(detail=True, methods=["get", "put", "patch"], url_path="metering-policy")
+    def metering_policy(self, request: Request, pk: str | None = None) -> Response:
+        """The product's ceiling on what its uploaded sketches may count; changing it needs the ``admin`` scope."""
+        product = self.get_object()
+        policy = selectors.product_metering_policy(product=product)
+        if request.method in SAFE_METHODS:
+            return Response(MeteringPolicySerializer(policy).data)
+        form = MeteringPolicySerializer(policy, data=request.data, partial=request.method == "PATCH")
+        form.is_valid(raise_exception=True)
+        policy = product_metering_policy_update(policy=policy, actor=self.principal.label, **form.validated_data)
+        return Response(MeteringPolicySerializer(policy).data)
 
     @extend_schema(request=ActivityInput, responses={
         202: AcceptedOutput, 409: OpenApiResponse(description="Idempotency-Key reused with another request")})

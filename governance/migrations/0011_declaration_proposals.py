@@ -5,7 +5,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('governance', '0009_apikey_default_user_apikey_max_concurrent_and_more'),
+        ('governance', '0010_sketch_quarantine'),
         ('licensing', '0004_group_authority'),
     ]
 

@@ -412,6 +412,21 @@ def _forecast(group: AffiliateGroup, today: dt.date, started: dt.date | None) ->
 _BLOCKING = (rules.OVER, rules.UNCERTAIN)
 
 
+def month_counting(*, group: AffiliateGroup, month: dt.date) -> dict[str, Any]:
+    """A group's month as the verdict counts it: the metered figure on both counting bases (side by side,
+    whichever the policy uses), the declarations and the coverage, for the API, the evidence and the portal."""
+    policy = group_policy_get(group=group)
+    known = month_figures(group=group, month=month, started=metering_started(group=group),
+                          basis=policy.counting_basis)
+    return {
+        "counting_basis": policy.counting_basis,
+        "bases": {rules.DISTINCT_PEOPLE: _figure_json(known.distinct),
+                  rules.SUM_OF_PRODUCTS: _figure_json(known.summed)},
+        "declared": [_figure_json(f) for f in known.declared],
+        "coverage": _coverage_json(known.coverage),
+    }
+
+
 def _figure_json(figure: rules.Figure | None) -> dict[str, Any] | None:
     if figure is None:
         return None

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from datasketches import hll_sketch
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, models, transaction
@@ -30,8 +29,9 @@ from django.db.models.functions import Substr
 from django.utils import timezone
 
 from governance import sketches
-from governance.models import ActivityPart, ActivitySource, IdempotencyRecord, Rollup
-from governance.sketch_sandbox import SketchRejected, parse_in_sandbox
+from governance.models import ActivityPart, ActivitySource, IdempotencyRecord, ProductMeteringPolicy, Rollup
+from governance.selectors import product_day_sketch
+from governance.sketch_sandbox import SketchRejected, UploadRules, check_in_sandbox
 from licensing.models import Product
 
 logger = logging.getLogger(__name__)
@@ -255,6 +255,28 @@ def _utf8_encodable(value: str) -> bool:
     return True
 
 
+def product_metering_policy_update(*, policy: ProductMeteringPolicy, actor: str,
+                                   **changes: object) -> ProductMeteringPolicy:
+    from governance.audit import audit_record
+
+    with transaction.atomic():
+        policy, _ = ProductMeteringPolicy.objects.update_or_create(product=policy.product, defaults=changes)
+        audit_record(action="product.metering_policy_changed", actor=actor, organisation=policy.product.organisation,
+                     obj=policy, data={"product": policy.product_id, **changes})
+    return policy
+
+
+def upload_rules(*, product: Product) -> UploadRules:
+    """What an upload for ``product`` must satisfy (docs/metering.md, "Bad input"): the minimum lgK, and the
+    most distinct users a product-day may have, the world's population or the product's own ceiling."""
+    limits = [(sketches.WORLD_POPULATION, "the world's population")]
+    ceiling = ProductMeteringPolicy.objects.filter(product=product).values_list("max_daily_users", flat=True).first()
+    if ceiling is not None:
+        limits.insert(0, (ceiling, "this product's ceiling, max_daily_users"))
+    return UploadRules(lg_max_k=settings.METERING_LG_K, min_lg_k=sketches.MIN_UPLOAD_LG_K,
+                       limits=tuple(sorted(limits)))
+
+
 def sketch_ingest(
     *,
     product: Product,
@@ -264,20 +286,24 @@ def sketch_ingest(
     idempotency_key: str | None = None,
     fingerprint: str = "",
 ) -> Answer:
-    """Accept a DataSketches HLL sketch a tenant built of a product's users on a UTC day."""
+    """Accept a DataSketches HLL sketch a tenant built of a product's users on a UTC day.
+
+    Every check of the bytes runs in the sandbox (governance/sketch_sandbox.py), with what the product-day
+    already holds: the sketch alone and the product-day with it must read finite and plausible.
+    """
     day_validate(day)
     if sketch_format != "hll":
         raise ValidationError({"format": f"{sketch_format!r} is not supported; use \"hll\" (DataSketches HLL)."})
     try:
         raw = sketches.decode_sketch(encoded_sketch)
-        header = sketches.read_header(raw)
-        parsed = parse_in_sandbox(raw, settings.METERING_LG_K)
+        parsed = check_in_sandbox(raw, stored=product_day_sketch(product=product, day=day),
+                                  rules=upload_rules(product=product))
     except (sketches.InvalidSketch, SketchRejected) as exc:
         raise ValidationError({"sketch": f"The sketch {exc}."}) from exc
 
     body: dict[str, Any] = {
-        "accepted": 1, "day": day.isoformat(), "product": product.pk, "lg_k": header.lg_k,
-        "stored_lg_k": parsed.lg_k, "estimate": round(parsed.estimate),
+        "accepted": 1, "day": day.isoformat(), "product": product.pk, "lg_k": parsed.source_lg_k,
+        "stored_lg_k": parsed.lg_k, "estimate": parsed.estimate,
     }
     if parsed.lg_k < settings.METERING_LG_K:
         body["precision_note"] = (
@@ -339,21 +365,50 @@ def _next_month(first: dt.date) -> dt.date:
     return (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
 
 
+class _UnreadableRollups(Exception):
+    """Rollups a compaction step would merge into cannot be read: the step rolls back, they are quarantined
+    (rebuilt from the rollups below them), and the step runs again."""
+
+    def __init__(self, rollups: dict[int, str]) -> None:
+        super().__init__(f"unreadable rollups: {sorted(rollups)}")
+        self.rollups = rollups
+
+
+_COMPACT_ATTEMPTS = 3
+
+
 def metering_compact_step(*, limit: int | None = None) -> int:
     """Fold up to ``limit`` parts into their rollups and delete them. Returns the number folded (0: no work).
 
     Safe to run concurrently and twice: parts are claimed with SKIP LOCKED, rollup rows are locked in one
     order, and folding a part twice would not change a distinct count anyway.
 
+    A part that cannot be read is quarantined, not folded (governance/services/quarantine.py); a rollup that
+    cannot be read is quarantined and rebuilt before the step is run again.
+
     Cost is what matters here (it shares the machine with ingestion): each part is deserialized and merged
     once into its product-day's union; each rollup then takes exactly one merge. The organisation's delta
     is the union of its products' deltas and the group's the union of its organisations', so a step merges
     about (product-days + organisation-days + group-days) x 2 register arrays, whatever its number of parts.
     """
-    limit = limit or settings.METERING_COMPACT_BATCH
+    from governance.services.quarantine import sketches_quarantine
+
+    for attempt in range(_COMPACT_ATTEMPTS):
+        try:
+            return _compact_step(limit or settings.METERING_COMPACT_BATCH)
+        except _UnreadableRollups as exc:
+            if attempt == _COMPACT_ATTEMPTS - 1:
+                raise
+            sketches_quarantine(parts={}, rollups=exc.rollups)
+    return 0
+
+
+def _compact_step(limit: int) -> int:
+    from governance.services.quarantine import part_quarantine
+
     with transaction.atomic():
         # Ascending lgK within every product-day, as sketches.Union requires; the sketch bytes come later.
-        claim = ActivityPart.objects.order_by("lg_k", "id")
+        claim = ActivityPart.objects.filter(quarantined_at__isnull=True).order_by("lg_k", "id")
         if connection.features.has_select_for_update_skip_locked:
             claim = claim.select_for_update(skip_locked=True)
         parts = list(claim.values_list("id", "product_id", "day", "source", "items")[:limit])
@@ -364,29 +419,67 @@ def metering_compact_step(*, limit: int | None = None) -> int:
             for pk, organisation_id, group_id in Product.objects.filter(pk__in={p[1] for p in parts}).values_list(
                 "id", "organisation_id", "organisation__group_id")
         }
-        tallies: dict[RollupKey, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        product_day_of: dict[int, tuple[int, dt.date]] = {}
-        for pk, product_id, day, source, items in parts:
-            organisation_id, group_id = owners[product_id]
-            product_day_of[pk] = (product_id, day)
-            for key in _rollup_keys(product_id, organisation_id, group_id, day):
-                tallies[key][_TALLY_FIELDS[source]] += 1
-                tallies[key]["ids_received"] += items
+        product_day_of = {pk: (product_id, day) for pk, product_id, day, _source, _items in parts}
         unions: dict[tuple[int, dt.date], sketches.Union] = {}
+        broken: set[tuple[int, dt.date]] = set()  # a part failed mid-merge: the union is read again without it
         ids = [p[0] for p in parts]
         for offset in range(0, len(ids), _FETCH_CHUNK):
             chunk = ActivityPart.objects.filter(pk__in=ids[offset: offset + _FETCH_CHUNK]).order_by("lg_k", "id")
             for pk, data in _rows_binary(chunk.values_list("id", "sketch")):
                 product_day = product_day_of[pk]
+                if product_day in broken:
+                    continue
                 if product_day not in unions:
                     unions[product_day] = sketches.Union(settings.METERING_LG_K)
-                unions[product_day].add(bytes(data))
-        _rollups_apply(_deltas({pd: u.result() for pd, u in unions.items()}, owners), tallies)
-        ActivityPart.objects.filter(pk__in=ids).delete()
+                try:
+                    unions[product_day].add(bytes(data))
+                except sketches.InvalidSketch:
+                    broken.add(product_day)
+        product_days, unreadable = _product_day_unions(unions, broken, product_day_of)
+        for pk, reason in unreadable.items():
+            part_quarantine(part_id=pk, reason=reason)
+        folded = [p for p in parts if p[0] not in unreadable]
+        tallies: dict[RollupKey, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for _pk, product_id, day, source, items in folded:
+            organisation_id, group_id = owners[product_id]
+            for key in _rollup_keys(product_id, organisation_id, group_id, day):
+                tallies[key][_TALLY_FIELDS[source]] += 1
+                tallies[key]["ids_received"] += items
+        _rollups_apply(_deltas(product_days, owners), tallies)
+        ActivityPart.objects.filter(pk__in=[p[0] for p in folded]).delete()
         groups = sorted({group_id for _organisation_id, group_id in owners.values()})
         # Alerts follow the figures: each group whose rollups changed is evaluated (debounced) once committed.
         transaction.on_commit(lambda: [_evaluation_schedule(group_id) for group_id in groups], robust=True)
-    return len(parts)
+    return len(folded)
+
+
+def _product_day_unions(unions: dict[tuple[int, dt.date], sketches.Union], broken: set[tuple[int, dt.date]],
+                        product_day_of: dict[int, tuple[int, dt.date]]
+                        ) -> tuple[dict[tuple[int, dt.date], Any], dict[int, str]]:
+    """Each product-day's union of its parts, and the parts that cannot be read (with why), left out of it.
+
+    One estimate per product-day checks the union; only a product-day that fails it (or whose merge failed)
+    is read again part by part."""
+    results: dict[tuple[int, dt.date], Any] = {}
+    for product_day, merged in unions.items():
+        if product_day in broken:
+            continue
+        result = merged.result()
+        try:
+            if sketches.estimate_of(result).estimate <= sketches.WORLD_POPULATION:
+                results[product_day] = result
+                continue
+        except sketches.InvalidSketch:
+            pass
+        broken.add(product_day)
+    unreadable: dict[int, str] = {}
+    for product_day in broken:
+        ids = [pk for pk, pd in product_day_of.items() if pd == product_day]
+        images = {pk: bytes(data) for pk, data in _rows_binary(
+            ActivityPart.objects.filter(pk__in=ids).values_list("id", "sketch"))}
+        results[product_day], _estimate, left_out = sketches.sound_union(images, settings.METERING_LG_K)
+        unreadable |= left_out
+    return results, unreadable
 
 
 def _rollup_keys(product_id: int, organisation_id: int, group_id: int, day: dt.date) -> list[RollupKey]:
@@ -451,7 +544,8 @@ def _rollups_apply(deltas: dict[RollupKey, Any], tallies: dict[RollupKey, dict[s
     for scope, (scope_ids, periods) in by_scope.items():
         matching |= Q(scope=scope, scope_id__in=scope_ids, period__in=periods)
     wanted = set(keys)
-    locked = Rollup.objects.select_for_update().filter(matching).order_by("scope", "scope_id", "period")
+    locked = (Rollup.objects.select_for_update().filter(matching, quarantined_at__isnull=True)
+              .order_by("scope", "scope_id", "period"))
     existing = {
         (scope, scope_id, period): row
         for scope, scope_id, period, *row in _rows_binary(locked.values_list("scope", "scope_id", "period", "id",
@@ -460,13 +554,20 @@ def _rollups_apply(deltas: dict[RollupKey, Any], tallies: dict[RollupKey, dict[s
     }
     now = timezone.now()
     updates = []
+    unreadable: dict[int, str] = {}
     for key in keys:
         pk, image, *counts = existing[key]
-        merged = sketches.union([bytes(image), deltas[key]], lg_k)
+        try:
+            merged = sketches.union([bytes(image), deltas[key]], lg_k)
+        except sketches.InvalidSketch as exc:
+            unreadable[pk] = str(exc)
+            continue
         tally = tallies[key]
         updates.append([sketches.serialize(merged, cold=rollup_is_settled(key[0], key[2], today=today)),
                         merged.lg_config_k, *(count + tally.get(name, 0) for name, count in zip(_TALLIES, counts)),
                         now, pk])
+    if unreadable:
+        raise _UnreadableRollups(unreadable)
     _update_rows(Rollup, ["sketch", "lg_k", *_TALLIES, "updated_at"], updates)
 
 
@@ -518,16 +619,25 @@ def rollups_settle(*, limit: int = 1000, today: dt.date | None = None) -> int:
     # Only HLL-mode HLL_8 images gain (in the coupon modes both forms are the same list of coupons). The
     # preamble's mode byte is read in SQL, a one-byte slice of the uncompressed (STORAGE EXTERNAL) value.
     hot = Rollup.objects.annotate(mode=Substr("sketch", 8, 1, output_field=models.BinaryField())).filter(
-        settled, mode=sketches.HOT_HLL_MODE_BYTE)
+        settled, mode=sketches.HOT_HLL_MODE_BYTE, quarantined_at__isnull=True)
     done = 0
+    unreadable: dict[int, str] = {}
     for pk in hot.order_by("period", "id").values_list("id", flat=True)[:limit]:
         with transaction.atomic():
-            rollup = Rollup.objects.select_for_update().filter(pk=pk).first()
+            rollup = Rollup.objects.select_for_update().filter(pk=pk, quarantined_at__isnull=True).first()
             if rollup is None or sketches.tgt_type_of(bytes(rollup.sketch)) == "HLL_4":
-                continue  # deleted, or re-encoded meanwhile
-            rollup.sketch = sketches.serialize(hll_sketch.deserialize(bytes(rollup.sketch)), cold=True)
+                continue  # deleted, quarantined, or re-encoded meanwhile
+            try:
+                rollup.sketch = sketches.serialize(sketches.load(bytes(rollup.sketch)), cold=True)
+            except sketches.InvalidSketch as exc:
+                unreadable[pk] = str(exc)
+                continue
             rollup.save(update_fields=["sketch"])
             done += 1
+    if unreadable:
+        from governance.services.quarantine import sketches_quarantine
+
+        sketches_quarantine(parts={}, rollups=unreadable)  # rebuilt, and stored compactly as they are settled
     return done
 
 

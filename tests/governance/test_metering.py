@@ -475,15 +475,15 @@ def test_a_coarse_upload_is_accepted_and_says_it_widens_the_interval() -> None:
     from governance.services import sketch_ingest
 
     product = ProductFactory()
-    coarse = hll_sketch(10, tgt_hll_type.HLL_8)
-    for i in range(50_000):
+    coarse = hll_sketch(12, tgt_hll_type.HLL_8)  # the coarsest accepted (sketches.MIN_UPLOAD_LG_K)
+    for i in range(60_000):  # one draw: 50,000 happens to fall just outside lgK 12's interval
         coarse.update(i)
     answer = sketch_ingest(product=product, day=DAY, encoded_sketch=base64.b64encode(coarse.serialize_compact()).decode())
-    assert answer.status_code == 202 and answer.body["stored_lg_k"] == 10
-    assert "lgK 10" in answer.body["precision_note"]
-    ingest(product, range(50_000))
+    assert answer.status_code == 202 and answer.body["stored_lg_k"] == 12
+    assert "lgK 12" in answer.body["precision_note"]
+    ingest(product, range(60_000))
     count = mau_month(scope=product, month=DAY).estimate
-    assert count.lg_k == 10 and count.lower <= 50_000 <= count.upper
+    assert count.lg_k == 12 and count.lower <= 60_000 <= count.upper
     fine = hll_sketch(18, tgt_hll_type.HLL_4)
     fine.update("x")
     other = sketch_ingest(product=ProductFactory(), day=DAY, encoded_sketch=base64.b64encode(fine.serialize_compact()).decode())

@@ -14,14 +14,15 @@ from datasketches import cpc_sketch, hll_sketch, tgt_hll_type, update_theta_sket
 from django.core.cache import cache
 from django.utils import timezone
 
-from governance.models import ActivityPart, IdempotencyRecord, Rollup
+from governance.models import ActivityPart, AuditEvent, IdempotencyRecord, Rollup
 from governance.services import metering_compact_step
 from tests.factories import GroupFactory, OrganisationFactory, ProductFactory
+from tests.governance import sketch_forgeries as forgeries
 
 pytestmark = pytest.mark.django_db
 
 DATA = Path(__file__).parent / "data"
-MAU_KEYS = {"month", "estimate", "lower", "upper", "confidence", "method", "lg_k", "sources"}
+MAU_KEYS = {"month", "estimate", "lower", "upper", "confidence", "method", "lg_k", "sources", "excluded"}
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
@@ -317,10 +318,30 @@ REFUSED_SKETCHES = [
     pytest.param(lambda: {"day": (_today() + dt.timedelta(days=1)).isoformat()}, "day", "future", id="future"),
     pytest.param(lambda: {"day": (_today() - dt.timedelta(days=31)).isoformat()}, "day", "retention", id="old"),
     pytest.param(lambda: {"sketch": base64.b64encode((DATA / "crashing_hll4.bin").read_bytes()).decode()},
-                 "sketch", "", id="crashing-hll4"),
+                 "sketch", "marks 1 registers as exceptions but has 0", id="crashing-hll4"),
     pytest.param(lambda: {"sketch": base64.b64encode((DATA / "crashing_set_count.bin").read_bytes()).decode()},
-                 "sketch", "", id="crashing-set-count"),
+                 "sketch", "claims 10 coupons but holds 50", id="crashing-set-count"),
+    pytest.param(lambda: {"sketch": base64.b64encode(forgeries.world_beater()).decode()}, "sketch",
+                 "has lgK 4; uploads need lgK 12 or more", id="lgk4-world-beater"),
+    pytest.param(lambda: {"sketch": base64.b64encode(forgeries.overflowing_list()).decode()}, "sketch",
+                 "claims 129 coupons in list mode, which holds at most 8", id="overflowing-list"),
+    pytest.param(lambda: {"sketch": base64.b64encode(_over_the_world()).decode()}, "sketch",
+                 "above the world's population (8,200,000,000)", id="more-than-everyone"),
+    pytest.param(lambda: {"sketch": base64.b64encode(_impossible_registers()).decode()}, "sketch",
+                 "has a register value of 74; DataSketches never writes more than 63", id="register-74"),
 ]
+
+
+def _over_the_world() -> bytes:
+    image = bytearray(_hll(range(50_000), lg_k=12))
+    image[6] = 45  # every register 45 or more: about 3 x 10^12 people in a day
+    return bytes(image)
+
+
+def _impossible_registers() -> bytes:
+    image = bytearray(_hll(range(50_000), lg_k=12))
+    image[6] = 60
+    return bytes(image)
 
 
 @pytest.mark.parametrize("change, field, says", REFUSED_SKETCHES)
@@ -349,6 +370,66 @@ def test_it_survives_sketches_that_crash_the_parser_and_keeps_accepting(product,
     response = _post_sketch(ingester, product, day, _hll(range(50)))
     assert response.status_code == 202, response.content
     assert _figure(_mau(teammate, "products", product.pk, _month(day))) == (50, 50, 50)
+
+
+def test_it_answers_the_reported_uploads_with_a_400_or_with_finite_figures_on_every_read(
+    owner_org, product, ingester, client_for
+) -> None:
+    """The report: a mutated lgK-12 sketch, then an lgK-8 one the next day, each answered 202, broke every MAU read
+    of the product and group for good (OverflowError in estimate_of); a 48-byte lgK-4 sketch was accepted with
+    an estimate of 1,315,310,629,985,920 and put its group over."""
+    reader = client_for(owner_org, ["read", "write"])
+    group_id, day1, day2 = owner_org.group_id, _last_month(10), _last_month(11)
+    mutated = _post_sketch(ingester, product, day1, forgeries.zero_harmonic_sum(lg_k=12, users=60_000))
+    assert mutated.status_code == 202, mutated.content  # its mutated sums recomputed from its registers
+    coarse = _post_sketch(ingester, product, day2, forgeries.hll(range(5_000), 8))
+    assert coarse.status_code == 400
+    assert "has lgK 8; uploads need lgK 12 or more, as at 700M users an lgK 8 sketch's 95% interval is 614.8M to " \
+           "797.3M (lgK 12: 677.8M to 723.0M)" in _says(coarse.json(), "sketch")
+    tiny = _post_sketch(ingester, product, day2, forgeries.world_beater())
+    assert tiny.status_code == 400 and "has lgK 4; uploads need lgK 12" in _says(tiny.json(), "sketch")
+
+    for compacted in (False, True):
+        if compacted:
+            while metering_compact_step():
+                pass
+        for kind, pk in (("products", product.pk), ("organisations", owner_org.pk), ("groups", group_id)):
+            for query in (f"mau?month={_month(day1)}", f"mau?ending={day2}&days=30", f"dau?day={day1}",
+                          f"mau/daily?from={day1}&to={day2}"):
+                response = reader.get(f"/api/v1/{kind}/{pk}/{query}")
+                assert response.status_code == 200, (kind, query, response.content)
+            month = reader.get(f"/api/v1/{kind}/{pk}/mau?month={_month(day1)}").json()
+            assert month["lower"] <= 60_000 <= month["upper"] and month["excluded"] == []
+    evaluation = reader.post(f"/api/v1/groups/{group_id}/evaluate/")
+    assert evaluation.status_code == 200
+    assert "over" not in {status["state"] for status in evaluation.json()["statuses"]}
+    assert reader.get(f"/api/v1/groups/{group_id}/evidence/?month={_month(day1)}").status_code == 200
+
+
+def test_it_lets_an_admin_set_a_products_ceiling_and_refuses_uploads_above_it(
+    owner_org, outsider_org, product, ingester, teammate, client_for
+) -> None:
+    url, day = f"/api/v1/products/{product.pk}/metering-policy", _last_month(9)
+    admin = client_for(owner_org, ["read", "admin"])
+    assert teammate.get(url).json() == {"max_daily_users": None, "updated_at": None}
+    for refused in (ingester, teammate, client_for(owner_org, ["read", "write"])):
+        assert refused.put(url, {"max_daily_users": 1000}, format="json").status_code == 403
+    assert client_for(outsider_org).get(url).status_code == 404
+    bad = admin.put(url, {"max_daily_users": 0}, format="json")
+    assert bad.status_code == 400 and "max_daily_users" in bad.json()
+    assert admin.put(url, {"max_daily_users": 1000}, format="json").json()["max_daily_users"] == 1000
+
+    above = _post_sketch(ingester, product, day, _hll(range(1001), lg_k=18))
+    assert above.status_code == 400
+    assert "counts 1,001 distinct users for one product and day, above this product's ceiling, max_daily_users " \
+           "(1,000)" in _says(above.json(), "sketch")
+    assert _post_sketch(ingester, product, day, _hll(range(600), lg_k=18)).status_code == 202
+    more = _post_sketch(ingester, product, day, _hll(range(600, 1200), lg_k=18))
+    assert more.status_code == 400 and "already recorded, to 1,200" in _says(more.json(), "sketch")
+    assert _post_sketch(ingester, product, day, _hll(range(300, 900), lg_k=18)).status_code == 202  # 900 in all
+    assert admin.patch(url, {"max_daily_users": None}, format="json").json()["max_daily_users"] is None
+    assert _post_sketch(ingester, product, day, _hll(range(600, 1200), lg_k=18)).status_code == 202
+    assert AuditEvent.objects.filter(action="product.metering_policy_changed").count() == 2
 
 
 def test_it_accepts_an_empty_sketch_and_counts_nobody(product, ingester, teammate) -> None:
@@ -395,6 +476,7 @@ def test_it_answers_the_mau_with_its_interval_and_sources(product, ingester, tea
     assert "HLL" in answer["method"]
     assert answer["sources"]["id_batches"] == 1
     assert answer["sources"]["ids_received"] == 500
+    assert answer["sources"]["quarantined"] == 0 and answer["excluded"] == []
     # Another month of the same product is empty.
     assert _figure(_mau(teammate, "products", product.pk, _month(_today() + dt.timedelta(days=40)))) == (0, 0, 0)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import collections
 import random
+import struct
 
 import pytest
 from datasketches import cpc_sketch, hll_sketch, tgt_hll_type, update_theta_sketch
 
 from governance import sketches
+from tests.governance import sketch_forgeries as forgeries
 
 
 def _hll(ids, lg_k: int = 18, tgt=tgt_hll_type.HLL_4) -> hll_sketch:
@@ -187,3 +189,91 @@ def test_it_decodes_only_base64() -> None:
     assert sketches.decode_sketch(base64.b64encode(b"abc").decode()) == b"abc"
     with pytest.raises(sketches.InvalidSketch, match="base64"):
         sketches.decode_sketch("not base64!")
+
+
+# --- images that cannot be trusted -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tgt", forgeries.TGT_TYPES)
+def test_it_reads_a_sketch_with_a_forged_harmonic_sum_from_its_registers(tgt) -> None:
+    image = forgeries.zero_harmonic_sum(users=60_000, tgt=tgt)
+    # What the library makes of it, read as a merged sketch (the composite estimator, which takes the sum as
+    # stored, as the union that copies it does): an infinite count, the OverflowError that took a group down.
+    merged = bytearray(image)
+    merged[5] |= 0x10
+    assert hll_sketch.deserialize(bytes(merged)).get_estimate() == float("inf")
+    for estimate in (sketches.estimate_of(sketches.union([image], 18)), sketches.stored_estimate(image)):
+        assert estimate.lower <= 60_000 <= estimate.upper
+    rebuilt = sketches.rebuilt(hll_sketch.deserialize(image), 18)
+    assert rebuilt.lg_config_k == 12 and sketches.estimate_of(rebuilt) == sketches.stored_estimate(image)
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        pytest.param(forgeries.overflowing_list(), "129 coupons in list mode, which holds at most 8", id="list"),
+        pytest.param(forgeries.hll(range(5), 12)[:20], "truncated: a list of 5 coupons needs 28 bytes", id="short"),
+        pytest.param(forgeries.hll(range(50_000), 12)[:1000], "truncated: an lgK 12 HLL_4 array", id="array"),
+        pytest.param(bytes([10]) + forgeries.hll(range(5), 12)[1:], "10 preamble ints", id="pre-ints"),
+    ],
+)
+def test_it_refuses_an_image_whose_counts_the_library_would_trust(image: bytes, message: str) -> None:
+    with pytest.raises(sketches.InvalidSketch, match=message):
+        sketches.load(image)
+
+
+def test_it_refuses_an_exception_token_without_an_exception_table() -> None:
+    # One register set to the HLL_4 token 15 with no table: datasketches-cpp follows a null pointer.
+    image = bytearray(forgeries.hll(range(50_000), 15))
+    image[40 + 100] |= 0x0F
+    with pytest.raises(sketches.InvalidSketch, match=r"marks \d+ registers as exceptions but has \d+"):
+        sketches.check_image(bytes(image))
+
+
+def test_it_refuses_a_count_its_coupons_disagree_with() -> None:
+    image = bytearray(forgeries.hll(range(300), 12, compact=False))  # a set, count at bytes 8-11
+    struct.pack_into("<I", image, 8, 10)
+    header = sketches.check_image(bytes(image))
+    with pytest.raises(sketches.InvalidSketch, match="claims 10 coupons but holds 300"):
+        sketches.coupons_of(bytes(image), header)
+
+
+@pytest.mark.parametrize("lg_k", [4, 8, 12, 18, 21])
+@pytest.mark.parametrize("n", [0, 5, 300, 100_000])
+def test_it_passes_every_image_datasketches_writes(lg_k: int, n: int) -> None:
+    for tgt in forgeries.TGT_TYPES:
+        for compact in (True, False):
+            image = forgeries.hll((f"u{i}" for i in range(n)), lg_k, tgt, compact=compact)
+            sketches.check_image(image)
+            assert sketches.stored_estimate(image).estimate == sketches.estimate_of(hll_sketch.deserialize(image)).estimate
+
+
+def test_a_coupon_image_holds_the_same_people() -> None:
+    for n in (0, 3, 7, 8, 300):
+        image = forgeries.hll(range(n), 12, compact=False)
+        header = sketches.check_image(image)
+        rewritten = sketches.coupon_image(sketches.coupons_of(image, header), header)
+        assert sketches.stored_estimate(rewritten).estimate == n
+
+
+def test_a_sketch_of_more_people_than_there_are_is_unreadable() -> None:
+    with pytest.raises(sketches.UnreadableSketch, match="more than the world's population"):
+        sketches.stored_estimate(forgeries.world_beater())
+
+
+def test_a_sound_union_leaves_out_what_cannot_be_read_and_says_why() -> None:
+    good = {f"good-{i}": sketches.serialize(sketches.sketch_from_ids(range(i * 1000, (i + 1) * 1000), 18))
+            for i in range(3)}
+    bad = {"huge": forgeries.world_beater(), "list": forgeries.overflowing_list(),
+           "short": forgeries.hll(range(50_000), 12)[:1000]}
+    merged, estimate, left_out = sketches.sound_union({**good, **bad}, 18)
+    assert set(left_out) == set(bad)
+    assert estimate.estimate == 3000 and merged.lg_config_k == 18  # the lgK-4 forgery did not coarsen the union
+    assert sketches.sound_union(good, 18)[2] == {}
+
+
+def test_the_minimum_upload_precision_is_explained_in_figures() -> None:
+    assert sketches.interval_at(12) == (677_752_293, 723_011_890)
+    low, high = sketches.interval_at(4)
+    assert low < 420_000_000 and high > 1_190_000_000
+    assert "lgK 12: 677.8M to 723.0M" in sketches.interval_note(8, 12)

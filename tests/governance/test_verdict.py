@@ -108,6 +108,18 @@ def test_both_counting_bases_appear_and_the_policy_chooses_which_decides(acme) -
     assert (summed.state, summed.basis, summed.estimate) == ("over", "sum_of_products", 1100)
     bad = client.patch(f"/api/v1/groups/{group.pk}/policy/", {"counting_basis": "guess"}, format="json")
     assert bad.status_code == 400 and "counting_basis" in bad.json()
+    # The MAU answer and the evidence report show both numbers too.
+    mau = client.get(f"/api/v1/groups/{group.pk}/mau/?month=2024-12").json()
+    assert (mau["estimate"], mau["counting_basis"]) == (800, "sum_of_products")
+    assert (mau["bases"]["distinct_people"]["estimate"], mau["bases"]["sum_of_products"]["estimate"]) == (800, 1100)
+    evidence = client.get(f"/api/v1/groups/{group.pk}/evidence/?month=2024-12").json()
+    assert evidence["counting"]["bases"]["sum_of_products"]["estimate"] == 1100
+    assert sorted(evidence["counting"]["coverage"]["metered"]) == ["Chat (Acme Social)", "Search (Acme Cloud)"]
+    rows = client.get(f"/api/v1/groups/{group.pk}/evidence/?month=2024-12&format=csv").content.decode()
+    assert "basis,sum_of_products,Acme Holdings,,2024-12,1100" in rows
+    assert "basis,distinct_people,Acme Holdings,,2024-12,800" in rows
+    html = client.get(f"/api/v1/groups/{group.pk}/evidence/?month=2024-12&format=html").content.decode()
+    assert "How the month was counted" in html and "sum_of_products (used)" in html
 
 
 def test_a_registered_service_that_is_not_metered_makes_below_read_partial_coverage(acme) -> None:
