@@ -94,11 +94,12 @@ class MeteringPolicySerializer(serializers.ModelSerializer):
         min_value=1, max_value=sketches.WORLD_POPULATION, allow_null=True, required=False,
         help_text="Most distinct users the product can have in a UTC day: an uploaded sketch that counts more, "
                   "alone or with what the day already holds, is refused. Empty: only the world's population.")
+    # A product whose policy was never set is answered with the defaults, which were never saved.
+    updated_at = serializers.DateTimeField(read_only=True, allow_null=True, help_text="null until first set")
 
     class Meta:
         model = ProductMeteringPolicy
         fields = ["max_daily_users", "updated_at"]
-        read_only_fields = ["updated_at"]
 
 
 def _idempotency_key(request: Request) -> str | None:

@@ -66,3 +66,14 @@ def test_it_documents_the_nulls_it_answers() -> None:
     assert components["DeclarationProposal"]["properties"]["declared_figure"].get("nullable") is True
     assert components["BaseModel"]["properties"]["test_month"].get("nullable") is True
     assert components["Alert"]["properties"]["licence_version"].get("nullable") is True
+
+
+def test_it_documents_a_metering_policy_never_set(client_for: Any, owner_org: Any) -> None:
+    """The full fuzz after merging the sketch work: GET /products/{id}/metering-policy/ of a product whose policy
+    was never set answers updated_at null, documented as a date-time."""
+    from tests.factories import ProductFactory
+
+    product = ProductFactory(organisation=owner_org)
+    assert client_for(owner_org).get(f"/api/v1/products/{product.pk}/metering-policy/").json()["updated_at"] is None
+    components = SchemaGenerator().get_schema(request=None, public=True)["components"]["schemas"]
+    assert components["MeteringPolicy"]["properties"]["updated_at"].get("nullable") is True
