@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -34,7 +35,9 @@ def main() -> int:
     args = parser.parse_args()
 
     production_env(database=DATABASE, redis_db=12, broker_db=13)
-    recreate_database(DATABASE)
+    # DATABASE_URL, REDIS_URL and CELERY_BROKER_URL in the environment win (a shared machine: one's own
+    # databases); the database is dropped and created again.
+    recreate_database(urlsplit(os.environ["DATABASE_URL"]).path.lstrip("/"))
     import django
 
     django.setup()

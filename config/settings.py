@@ -112,6 +112,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_beat",
+    "axes",
     "licensing",
     "governance",
     "inference",
@@ -129,6 +130,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "config.exceptions.DatabaseUnavailableMiddleware",
+    "config.middleware.LookupMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a lockout into the login page's 429 (portal/login.py)
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -282,6 +285,30 @@ LOGIN_URL = "portal:login"
 LOGIN_REDIRECT_URL = "portal:overview"
 LOGOUT_REDIRECT_URL = "portal:login"
 
+# Password log-ins (the portal's and the admin's) are throttled by django-axes, per account and per client
+# address: after LOGIN_FAILURE_LIMIT failures of either, log-ins are refused (429, saying so on the login page,
+# an audit entry) until LOGIN_COOLOFF_MINUTES after the last failure, right password or not; `manage.py
+# axes_reset_username <name>` lifts one early. API keys are not passwords and are not throttled here (the
+# gateway has its own limits).
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_ENABLED = env_bool("LOGIN_LOCKOUT_ENABLED", True)
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
+if AXES_FAILURE_LIMIT < 1:
+    raise ImproperlyConfigured(f"LOGIN_FAILURE_LIMIT={AXES_FAILURE_LIMIT} must be at least 1")
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each on its own: an account, and an address
+# A failure while locked out does not extend the lockout, and a success elsewhere does not clear failures: a
+# guesser who also owns an account cannot reset an address's count by signing in to it.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_RESET_ON_SUCCESS = False
+AXES_LOCKOUT_CALLABLE = "portal.login.locked_out"
+AXES_CLIENT_IP_CALLABLE = "config.proxy.client_ip"
+AXES_VERBOSE = False
+# Proxies in front of Corral that append the client's address to X-Forwarded-For: the address that many
+# entries from the right is the client's (further left, the client may have written anything). 0 takes the
+# connection's own address. Behind the one TLS-terminating proxy TRUST_X_FORWARDED_PROTO describes, 1.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1 if env_bool("TRUST_X_FORWARDED_PROTO", False) else 0)
+
 # --- REST API ------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -290,16 +317,15 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["governance.permissions.HasTenantScope"],
     "DEFAULT_FILTER_BACKENDS": [
-        "django_filters.rest_framework.DjangoFilterBackend",
+        "config.filters.FilterBackend",
         "rest_framework.filters.OrderingFilter",
     ],
     "DEFAULT_PAGINATION_CLASS": "config.pagination.Pagination",
     "DEFAULT_METADATA_CLASS": "config.metadata.Metadata",
-    "DEFAULT_PARSER_CLASSES": [
-        "config.parsers.FastJSONParser",
-        "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
-    ],
+    # JSON only, as the schema says: a form has no types (every value is text, "0" a boolean and a number
+    # alike), so its values could not be held to the schema's. The test client sends JSON too.
+    "DEFAULT_PARSER_CLASSES": ["config.parsers.FastJSONParser"],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + ([] if PRODUCTION else ["rest_framework.renderers.BrowsableAPIRenderer"]),
@@ -348,6 +374,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    # django-axes writes two INFO lines for every log-in; its warnings (each failure, each lockout) stay.
+    "loggers": {"axes": {"level": "WARNING"}},
 }
 
 # --- Corral ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+import config.openapi  # noqa: F401 - registers the schema's extension before any schema is made
 from governance.views import healthz
 
 urlpatterns = [

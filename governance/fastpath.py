@@ -22,8 +22,11 @@ import orjson
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, InterfaceError, OperationalError, close_old_connections, connections
+from rest_framework.exceptions import ParseError
 
 from config.exceptions import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
+from config.parsers import json_object_from
+from config.schema_types import body_type_errors
 from governance.sketches import INT64_MAX, INT64_MIN
 
 _ACTIVITY = re.compile(r"^/api/v1/products/([0-9]{1,18})/activity/?$")
@@ -90,19 +93,12 @@ def ingest_activity(product_id: int, headers: dict[bytes, bytes], body: bytes, p
             if day is not None:
                 return _ingest(product, product_id, day, checked.user_ids, idempotency_key, path, body, True)
         try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            from config.parsers import FastJSONParser  # the same fallback and message as the DRF endpoint
-            from rest_framework.exceptions import ParseError
-
-            try:
-                import io
-
-                data = FastJSONParser().parse(io.BytesIO(body))
-            except ParseError as exc:
-                return _error(400, {"detail": str(exc.detail)})
-        if not isinstance(data, dict):
-            return _error(400, {"non_field_errors": ["Invalid data. Expected a dictionary."]})
+            data = json_object_from(body)  # the DRF endpoint's parser: the same rules and messages
+        except ParseError as exc:
+            return _error(400, {"detail": str(exc.detail)})
+        wrong_types = body_type_errors(path, "POST", data)
+        if wrong_types:
+            return _error(400, wrong_types)
         errors: dict[str, list[str]] = {}
         day = None
         if "day" not in data:
@@ -171,8 +167,8 @@ _decoder = msgspec.json.Decoder(_Activity)
 def _decode_typed(body: bytes) -> _Activity | None:
     try:
         return _decoder.decode(body)
-    except (msgspec.MsgspecError, ValueError):  # invalid JSON, a bad element, bytes that are not UTF-8 ...
-        return None
+    except (msgspec.MsgspecError, ValueError, RecursionError):  # invalid JSON, a bad element, bytes that are not
+        return None  # UTF-8, nesting too deep (even in a field it skips) ...: the general path names the problem
 
 
 class IngestFastPath:

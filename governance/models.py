@@ -31,6 +31,9 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     revoked_by = models.CharField(max_length=200, blank=True)
+    deleted_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="Deleted through the API: revoked and no longer served by it; the row stays for the audit trail")
     last_used_at = models.DateTimeField(null=True, blank=True)
     created_by = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -1,10 +1,10 @@
-import django_filters
 
+from config.filters import BooleanFilter, FilterSet
 from governance.models import ApiKey
 
 
-class ApiKeyFilter(django_filters.FilterSet):
-    active = django_filters.BooleanFilter(method="filter_active")
+class ApiKeyFilter(FilterSet):
+    active = BooleanFilter(method="filter_active")
 
     class Meta:
         model = ApiKey

@@ -15,6 +15,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from config.filters import iso_date
 from governance import selectors, sketches
 from governance.api.tenancy import SAFE_METHODS, GroupTenancy, TenantViewSet
 from governance.models import ProductMeteringPolicy, Scope
@@ -93,11 +94,12 @@ class MeteringPolicySerializer(serializers.ModelSerializer):
         min_value=1, max_value=sketches.WORLD_POPULATION, allow_null=True, required=False,
         help_text="Most distinct users the product can have in a UTC day: an uploaded sketch that counts more, "
                   "alone or with what the day already holds, is refused. Empty: only the world's population.")
+    # A product whose policy was never set is answered with the defaults, which were never saved.
+    updated_at = serializers.DateTimeField(read_only=True, allow_null=True, help_text="null until first set")
 
     class Meta:
         model = ProductMeteringPolicy
         fields = ["max_daily_users", "updated_at"]
-        read_only_fields = ["updated_at"]
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -141,14 +143,13 @@ def _parse_month(value: str | None) -> dt.date:
 
 
 def _parse_day(name: str, value: str | None, *, required: bool = True) -> dt.date | None:
-    if not value:
+    if value is None or (value == "" and required):  # given but empty is no day (the schema says a date)
         if required:
             raise ValidationError({name: ["Required, as YYYY-MM-DD."]})
         return None
-    try:
-        day = dt.date.fromisoformat(value)
-    except ValueError as exc:
-        raise ValidationError({name: [f"{value!r} is not a day as YYYY-MM-DD."]}) from exc
+    day = iso_date(value)
+    if day is None:
+        raise ValidationError({name: [f"{value!r} is not a day as YYYY-MM-DD."]})
     return _in_range(name, day)
 
 
@@ -185,8 +186,8 @@ class MauActions:
         """Distinct users in a calendar month (``month``) or a rolling window ending on ``ending``."""
         scope = self.get_object()
         ending = _parse_day("ending", request.query_params.get("ending"), required=False)
+        days = _parse_window(request.query_params.get("days"))  # checked with a month too: the schema types it
         if ending is not None:
-            days = _parse_window(request.query_params.get("days"))
             return Response(selectors.mau_rolling(scope=scope, ending=ending, days=days).as_dict())
         month = _parse_month(request.query_params.get("month"))
         answer = selectors.mau_month(scope=scope, month=month).as_dict()

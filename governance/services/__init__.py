@@ -5,6 +5,7 @@ from governance.services.keys import (
     KeyRejected,
     api_key_authenticate,
     api_key_create,
+    api_key_delete,
     api_key_revoke,
     validate_scopes,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "activity_ingest",
     "api_key_authenticate",
     "api_key_create",
+    "api_key_delete",
     "api_key_revoke",
     "idempotency_purge",
     "metering_compact_step",

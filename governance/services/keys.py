@@ -104,6 +104,16 @@ def api_key_revoke(*, api_key: ApiKey, revoked_by: str) -> ApiKey:
     return api_key
 
 
+def api_key_delete(*, api_key: ApiKey, deleted_by: str) -> None:
+    """Revoke a key and take it out of the API (its listing and its URL answer as for no key); the row and the
+    audit trail stay. Deleting a deleted key changes nothing and records nothing."""
+    with transaction.atomic():
+        api_key_revoke(api_key=api_key, revoked_by=deleted_by)
+        if ApiKey.objects.filter(pk=api_key.pk, deleted_at__isnull=True).update(deleted_at=timezone.now()):
+            audit_record(action="api_key.deleted", actor=deleted_by, organisation=api_key.organisation,
+                         obj=api_key, data={"prefix": api_key.prefix})
+
+
 # Key rows are cached in this process for API_KEY_CACHE_SECONDS, so a request does not pay a query to
 # authenticate. Every check (hash, revocation, expiry, suspension) still runs on each request against the
 # cached row; a revocation made in another process takes effect here within that many seconds (at once

@@ -10,6 +10,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from config.filters import DateFilter, FilterSet, IntegerFilter
 from governance.api.tenancy import TenantViewSet
 from governance.principals import principal_of
 from inference import services
@@ -27,11 +28,11 @@ from inference.models import GPU, Deployment, GatewayLimit, GpuQuota, Node, Toke
 from licensing.models import Product
 
 
-class UsageFilter(django_filters.FilterSet):
-    day_from = django_filters.DateFilter(field_name="day", lookup_expr="gte")
-    day_to = django_filters.DateFilter(field_name="day", lookup_expr="lte")
+class UsageFilter(FilterSet):
+    day_from = DateFilter(field_name="day", lookup_expr="gte")
+    day_to = DateFilter(field_name="day", lookup_expr="lte")
     model = django_filters.CharFilter(field_name="deployment__served_model_name")
-    product = django_filters.NumberFilter(field_name="deployment__product")
+    product = IntegerFilter(field_name="deployment__product")
 
     class Meta:
         model = TokenUsage
@@ -74,6 +75,19 @@ class DeploymentViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveMod
     filterset_fields = ["state", "product", "device", "deleted"]
     product_field = "product"
 
+    def scope_queryset(self, queryset: Any) -> Any:
+        # A deleted deployment leaves its URL at once (404, as DELETE promises), while its replicas drain;
+        # the list shows its teardown and its history (?deleted=true).
+        return queryset.filter(deleted=False) if self.detail else queryset
+
+    @extend_schema(request=None, responses={202: DeploymentSerializer})
+    def destroy(self, request: Request, pk: str | None = None) -> Response:
+        """Delete the deployment: its replicas drain and stop (the answer is 202, the deployment ``draining``).
+        Its URL answers 404 from now on; ``GET /deployments/?deleted=true`` shows it until and after it stops."""
+        deployment = services.deployment_delete(deployment=self.get_object(), actor=self.principal.label)
+        return Response(DeploymentSerializer(deployment, context=self.get_serializer_context()).data,
+                        status=status.HTTP_202_ACCEPTED)
+
     def perform_create(self, serializer: DeploymentSerializer) -> None:
         serializer.instance = services.deployment_request(created_by=self.principal.label, **serializer.validated_data)
 
@@ -85,12 +99,6 @@ class DeploymentViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveMod
         deployment = services.deployment_scale(deployment=self.get_object(), replicas=form.validated_data["replicas"],
                                                actor=self.principal.label)
         return Response(DeploymentSerializer(deployment, context=self.get_serializer_context()).data)
-
-    @extend_schema(request=None, responses={202: DeploymentSerializer})
-    def destroy(self, request: Request, pk: str | None = None) -> Response:
-        deployment = services.deployment_delete(deployment=self.get_object(), actor=self.principal.label)
-        return Response(DeploymentSerializer(deployment, context=self.get_serializer_context()).data,
-                        status=status.HTTP_202_ACCEPTED)
 
 
 class IsStaffSession(permissions.BasePermission):

@@ -1,18 +1,19 @@
 import django_filters
 
+from config.filters import BooleanFilter, DateFilter, DateTimeFilter, FilterSet
 from licensing.models import AffiliateGroup, LicenceAcceptance, LicenceVersion, MetaGrant, Organisation, Product
 
 
-class LicenceVersionFilter(django_filters.FilterSet):
-    released_after = django_filters.DateFilter(field_name="release_date", lookup_expr="gte")
-    released_before = django_filters.DateFilter(field_name="release_date", lookup_expr="lte")
+class LicenceVersionFilter(FilterSet):
+    released_after = DateFilter(field_name="release_date", lookup_expr="gte")
+    released_before = DateFilter(field_name="release_date", lookup_expr="lte")
 
     class Meta:
         model = LicenceVersion
         fields = ["slug", "date_ambiguous", "eu_multimodal_restriction"]
 
 
-class GroupFilter(django_filters.FilterSet):
+class GroupFilter(FilterSet):
     name = django_filters.CharFilter(lookup_expr="icontains")
 
     class Meta:
@@ -20,7 +21,7 @@ class GroupFilter(django_filters.FilterSet):
         fields = ["name"]
 
 
-class OrganisationFilter(django_filters.FilterSet):
+class OrganisationFilter(FilterSet):
     name = django_filters.CharFilter(lookup_expr="icontains")
 
     class Meta:
@@ -28,29 +29,29 @@ class OrganisationFilter(django_filters.FilterSet):
         fields = ["name", "status", "group"]
 
 
-class ProductFilter(django_filters.FilterSet):
+class ProductFilter(FilterSet):
     name = django_filters.CharFilter(lookup_expr="icontains")
     licence_version = django_filters.CharFilter(field_name="licence_version__slug")
-    built_on_llama = django_filters.BooleanFilter(field_name="licence_version", lookup_expr="isnull", exclude=True,
-                                                  label="true: products built on Llama; false: the others")
-    launched_after = django_filters.DateFilter(field_name="launch_date", lookup_expr="gte")
-    launched_before = django_filters.DateFilter(field_name="launch_date", lookup_expr="lte")
+    built_on_llama = BooleanFilter(field_name="licence_version", lookup_expr="isnull", exclude=True,
+                                   label="true: products built on Llama; false: the others")
+    launched_after = DateFilter(field_name="launch_date", lookup_expr="gte")
+    launched_before = DateFilter(field_name="launch_date", lookup_expr="lte")
 
     class Meta:
         model = Product
         fields = ["name", "status", "organisation", "licence_version", "built_on_llama"]
 
 
-class AcceptanceFilter(django_filters.FilterSet):
+class AcceptanceFilter(FilterSet):
     licence_version = django_filters.CharFilter(field_name="licence_version__slug")
-    accepted_after = django_filters.IsoDateTimeFilter(field_name="accepted_at", lookup_expr="gte")
+    accepted_after = DateTimeFilter(field_name="accepted_at", lookup_expr="gte")
 
     class Meta:
         model = LicenceAcceptance
         fields = ["organisation", "product", "licence_version", "aup_version"]
 
 
-class GrantFilter(django_filters.FilterSet):
+class GrantFilter(FilterSet):
     licence_version = django_filters.CharFilter(field_name="licence_versions__slug")
 
     class Meta:

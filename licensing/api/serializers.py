@@ -30,7 +30,7 @@ class BaseModelSerializer(serializers.ModelSerializer):
         model = BaseModel
         fields = ["id", "repo_id", "multimodal", "release_date", "test_month", "date_note", "licence_note"]
 
-    @extend_schema_field(OpenApiTypes.STR)
+    @extend_schema_field({"type": "string", "nullable": True})  # no month without a release date
     def get_test_month(self, obj: BaseModel) -> str | None:
         month = obj.test_month()
         return month.strftime("%Y-%m") if month else None

@@ -56,6 +56,35 @@ def test_revoking_takes_effect_at_once_and_twice_is_harmless(owner_org, client_f
     assert AuditEvent.objects.filter(action="api_key.revoked", object_id=str(victim_key.pk)).count() == 1
 
 
+def test_deleting_a_key_revokes_it_and_takes_it_out_of_the_api_but_not_the_record(owner_org, client_for) -> None:
+    admin = client_for(owner_org, ["read", "admin"])
+    victim = client_for(owner_org, ["read"])
+    victim_key = ApiKey.objects.get(prefix=victim.api_key.split(".")[0])
+    assert admin.delete(f"/api/v1/keys/{victim_key.pk}/").status_code == 204
+    assert victim.get("/api/v1/products/").status_code == 401
+    assert admin.get(f"/api/v1/keys/{victim_key.pk}/").status_code == 404  # as DELETE promises
+    assert victim_key.pk not in [k["id"] for k in admin.get("/api/v1/keys/?active=false").json()["results"]]
+    assert admin.delete(f"/api/v1/keys/{victim_key.pk}/").status_code == 404
+    victim_key.refresh_from_db()
+    assert victim_key.revoked_at is not None and victim_key.deleted_at is not None
+    assert [e.action for e in AuditEvent.objects.filter(object_id=str(victim_key.pk)).order_by("seq")] == [
+        "api_key.created", "api_key.revoked", "api_key.deleted"]
+
+
+def test_a_key_cannot_revoke_itself_but_another_admin_key_can(owner_org, client_for) -> None:
+    admin = client_for(owner_org, ["read", "admin"])
+    own_key = ApiKey.objects.get(prefix=admin.api_key.split(".")[0])
+    for response in (admin.post(f"/api/v1/keys/{own_key.pk}/revoke/"), admin.delete(f"/api/v1/keys/{own_key.pk}/")):
+        assert response.status_code == 409
+        assert response.json() == {"detail": "A key cannot revoke itself: revoke it with another key that has the "
+                                              "admin scope, or in the portal's key list."}
+    assert admin.get("/api/v1/products/").status_code == 200
+    assert not AuditEvent.objects.filter(action="api_key.revoked").exists()
+    other_admin = client_for(owner_org, ["read", "admin"])
+    assert other_admin.post(f"/api/v1/keys/{own_key.pk}/revoke/").json()["is_active"] is False
+    assert admin.get("/api/v1/products/").status_code == 401
+
+
 def test_an_outsider_cannot_see_or_revoke_another_tenants_key(owner_org, outsider_org, client_for) -> None:
     owner = client_for(owner_org, ["read", "admin"])
     owner_key = ApiKey.objects.get(prefix=owner.api_key.split(".")[0])

@@ -56,3 +56,24 @@ def test_it_pages_declarations_as_the_schema_says(client_for: Any, owner_org: An
     assert client.post(url, {"month": "2024-06", "mau": 5, "evidence": "report"}, format="json").status_code == 201
     body = client.get(url).json()
     assert body["count"] == 1 and body["results"][0]["mau"] == 5
+
+
+def test_it_documents_the_nulls_it_answers() -> None:
+    """The full fuzz of 2026-12-05 after merging issue 15: a declaration proposal's declared_figure (until it is
+    confirmed) and a base model's test_month (without a release date) were answered null where the schema
+    said integer and string. A read-only relation is nullable whenever its model field is (config/openapi.py)."""
+    components = SchemaGenerator().get_schema(request=None, public=True)["components"]["schemas"]
+    assert components["DeclarationProposal"]["properties"]["declared_figure"].get("nullable") is True
+    assert components["BaseModel"]["properties"]["test_month"].get("nullable") is True
+    assert components["Alert"]["properties"]["licence_version"].get("nullable") is True
+
+
+def test_it_documents_a_metering_policy_never_set(client_for: Any, owner_org: Any) -> None:
+    """The full fuzz after merging the sketch work: GET /products/{id}/metering-policy/ of a product whose policy
+    was never set answers updated_at null, documented as a date-time."""
+    from tests.factories import ProductFactory
+
+    product = ProductFactory(organisation=owner_org)
+    assert client_for(owner_org).get(f"/api/v1/products/{product.pk}/metering-policy/").json()["updated_at"] is None
+    components = SchemaGenerator().get_schema(request=None, public=True)["components"]["schemas"]
+    assert components["MeteringPolicy"]["properties"]["updated_at"].get("nullable") is True

@@ -17,7 +17,7 @@ from tests.security.test_authorization import API_OBJECTS, _json, api_paths
 from tests.security.world import build_tenant
 
 pytestmark = pytest.mark.django_db
-BODILESS = ("/revoke/", "/acknowledge/", "/evaluate/", "/rotate-secret/", "/test/")
+BODILESS = ("/revoke/", "/acknowledge/", "/evaluate/", "/rotate-secret/", "/test/", "/withdraw/")
 
 
 def test_it_answers_413_to_an_oversized_body_on_every_write(settings: Any) -> None:
