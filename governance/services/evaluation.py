@@ -415,11 +415,11 @@ _BLOCKING = (rules.OVER, rules.UNCERTAIN)
 def month_counting(*, group: AffiliateGroup, month: dt.date) -> dict[str, Any]:
     """A group's month as the verdict counts it: the metered figure on both counting bases (side by side,
     whichever the policy uses), the declarations and the coverage, for the API, the evidence and the portal."""
-    policy = group_policy_get(group=group)
-    known = month_figures(group=group, month=month, started=metering_started(group=group),
-                          basis=policy.counting_basis)
+    policy = GroupPolicy.objects.filter(group=group).first()  # a read: no policy yet means the defaults
+    basis = policy.counting_basis if policy else rules.DISTINCT_PEOPLE
+    known = month_figures(group=group, month=month, started=metering_started(group=group), basis=basis)
     return {
-        "counting_basis": policy.counting_basis,
+        "counting_basis": basis,
         "bases": {rules.DISTINCT_PEOPLE: _figure_json(known.distinct),
                   rules.SUM_OF_PRODUCTS: _figure_json(known.summed)},
         "declared": [_figure_json(f) for f in known.declared],
