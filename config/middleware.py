@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import models
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 # The portal has no inline script; its charts colour legends with inline style attributes.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -73,5 +73,6 @@ class LookupMiddleware:
         meta = queryset.model._meta
         field = meta.pk if lookup_field == "pk" else meta.get_field(lookup_field)
         if not lookup_value_fits(field, value):
-            raise Http404(f"{meta.object_name} {field.name} cannot hold this value.")  # config.views answers
+            # The API's own 404, in development too (Django's debug page would answer HTML to an API client).
+            return JsonResponse({"detail": "Not found."}, status=404)
         return None
