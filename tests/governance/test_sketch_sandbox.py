@@ -97,13 +97,29 @@ def test_it_replaces_a_child_that_died_and_keeps_checking() -> None:
     assert _check(forgeries.hll(range(50), 12)).estimate == 50
 
 
+def _running(pid: int) -> bool:
+    """Whether the process exists and is not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_it_kills_a_child_that_hangs_instead_of_leaving_it_running() -> None:
     executor = sketch_sandbox._executor_get()
     executor.submit(time.sleep, 60)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30  # a loaded machine takes a while to spawn the child
+    while not executor._processes and time.monotonic() < deadline:
+        time.sleep(0.1)
     processes = list(executor._processes.values())
+    assert processes, "the pool started no child"
+    pids = [process.pid for process in processes]
     sketch_sandbox._executor_discard(executor)
-    for process in processes:
-        process.join(timeout=10)
-        assert not process.is_alive()
+    # The pool's own thread may reap a child before this thread does, and multiprocessing then still calls it
+    # alive: ask the kernel whether the process is gone instead.
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in pids if _running(pid)]
     assert _check(forgeries.hll(range(50), 12)).estimate == 50
