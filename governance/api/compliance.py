@@ -15,6 +15,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from config.fields import MonthField
 from governance import evidence
 from governance.api.tenancy import GroupTenancy, TenantViewSet
 from governance.audit import audit_events_visible, audit_verify_cached
@@ -109,8 +110,7 @@ class PolicySerializer(serializers.ModelSerializer):
 
 
 class DeclaredFigureSerializer(serializers.ModelSerializer):
-    month = serializers.RegexField(r"^2[0-9]{3}-(0[1-9]|1[0-2])$", help_text="YYYY-MM (2000 onwards)",
-                                   write_only=True)
+    month = MonthField()
     mau = serializers.IntegerField(min_value=0, max_value=10**12)
     lower = serializers.IntegerField(min_value=0, max_value=10**12, required=False, allow_null=True,
                                      help_text="Lower bound of the figure (omit both bounds for a point figure)")
@@ -132,14 +132,10 @@ class DeclaredFigureSerializer(serializers.ModelSerializer):
             raise serializers.ValidationError({"lower": [f"Must be at most upper ({upper:,}); got {lower:,}."]})
         return data
 
-    def to_representation(self, instance: DeclaredFigure) -> dict[str, Any]:
-        data = super().to_representation(instance)
-        data["month"] = instance.month.strftime("%Y-%m")
-        return data
 
 
 class AttestationSerializer(serializers.ModelSerializer):
-    month = serializers.RegexField(r"^2[0-9]{3}-(0[1-9]|1[0-2])$", help_text="YYYY-MM (2000 onwards)")
+    month = MonthField()
     statement = serializers.CharField(max_length=5000, help_text="What was checked, by whom, against which list")
 
     class Meta:
@@ -147,14 +143,10 @@ class AttestationSerializer(serializers.ModelSerializer):
         fields = ["id", "month", "statement", "products", "attested_by", "attested_at"]
         read_only_fields = ["id", "products", "attested_by", "attested_at"]
 
-    def to_representation(self, instance: CoverageAttestation) -> dict[str, Any]:
-        data = super().to_representation(instance)
-        data["month"] = instance.month.strftime("%Y-%m")
-        return data
 
 
 class DeclarationProposalSerializer(serializers.ModelSerializer):
-    month = serializers.RegexField(r"^2[0-9]{3}-(0[1-9]|1[0-2])$", help_text="YYYY-MM (2000 onwards)")
+    month = MonthField()
     mau = serializers.IntegerField(min_value=0, max_value=10**12)
     group = serializers.PrimaryKeyRelatedField(queryset=AffiliateGroup.objects.none(), required=False)
     declared_figure = serializers.PrimaryKeyRelatedField(read_only=True)
@@ -173,10 +165,6 @@ class DeclarationProposalSerializer(serializers.ModelSerializer):
             self.fields["group"].queryset = AffiliateGroup.objects.filter(
                 organisations__in=view.writable_organisation_ids()).distinct()
 
-    def to_representation(self, instance: DeclarationProposal) -> dict[str, Any]:
-        data = super().to_representation(instance)
-        data["month"] = instance.month.strftime("%Y-%m")
-        return data
 
 
 class DecisionSerializer(serializers.Serializer):
@@ -336,7 +324,7 @@ class GroupComplianceViewSet(GroupTenancy, TenantViewSet):
             return self.get_paginated_response(DeclaredFigureSerializer(page, many=True).data)
         form = DeclaredFigureSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        month = dt.datetime.strptime(form.validated_data["month"], "%Y-%m").date()
+        month = form.validated_data["month"]
         figure = evaluation_services.declared_figure_record(
             group=group, month=month, mau=form.validated_data["mau"], evidence=form.validated_data["evidence"],
             declared_by=self.principal.label, lower=form.validated_data.get("lower"),
@@ -355,7 +343,7 @@ class GroupComplianceViewSet(GroupTenancy, TenantViewSet):
             return self.get_paginated_response(AttestationSerializer(page, many=True).data)
         form = AttestationSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        month = dt.datetime.strptime(form.validated_data["month"], "%Y-%m").date()
+        month = form.validated_data["month"]
         attestation = evaluation_services.coverage_attest(
             group=group, month=month, statement=form.validated_data["statement"], attested_by=self.principal.label)
         return Response(AttestationSerializer(attestation).data, status=status.HTTP_201_CREATED)
@@ -412,8 +400,7 @@ class DeclarationProposalViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMi
             group = groups.get()
         organisation = Organisation.objects.filter(group=group, pk__in=writable).order_by("pk").first()
         proposal = evaluation_services.declaration_propose(
-            group=group, organisation=organisation, month=dt.datetime.strptime(form.validated_data["month"],
-                                                                               "%Y-%m").date(),
+            group=group, organisation=organisation, month=form.validated_data["month"],
             mau=form.validated_data["mau"], evidence=form.validated_data["evidence"], proposed_by=self.principal.label)
         return Response(DeclarationProposalSerializer(proposal).data, status=status.HTTP_201_CREATED)
 
