@@ -37,7 +37,8 @@ RUN CORRAL_ENV=production ALLOWED_HOSTS=build.invalid CORRAL_VAR_DIR=/tmp/corral
 # --- runtime: the interpreter, the venv and /app; no compiler, no pip cache; runs as an unprivileged user ---
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH PYTHONPATH=/app \
-    CORRAL_VAR_DIR=/var/lib/corral STATIC_ROOT=/app/staticfiles UVICORN_HOST=0.0.0.0 UVICORN_PORT=8000
+    CORRAL_VAR_DIR=/var/lib/corral STATIC_ROOT=/app/staticfiles UVICORN_HOST=0.0.0.0 UVICORN_PORT=8000 \
+    UVICORN_TIMEOUT_KEEP_ALIVE=75
 RUN groupadd --system --gid 10001 corral \
     && useradd --system --uid 10001 --gid corral --home-dir /var/lib/corral --no-create-home \
        --shell /usr/sbin/nologin corral \
@@ -53,5 +54,8 @@ EXPOSE 8000
 # gives the worker and beat checks of their own.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "/app/scripts/healthcheck.py", "web"]
-# Host and port come from UVICORN_HOST and UVICORN_PORT, so the health check follows a changed port.
+# Host and port come from UVICORN_HOST and UVICORN_PORT, so the health check follows a changed port. An idle
+# keep-alive connection lives 75 s (UVICORN_TIMEOUT_KEEP_ALIVE), longer than the 60 s a load balancer or ingress
+# keeps its upstream connections: with uvicorn's 5 s default the server closes a connection just as the proxy
+# reuses it, and that request fails with a dropped connection (a 502 at the proxy).
 CMD ["uvicorn", "config.asgi:application", "--proxy-headers"]

@@ -187,7 +187,7 @@ def start_web(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "config.asgi:application", "--port", str(port), "--no-access-log",
-             "--log-level", "warning"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+             "--log-level", "warning", "--timeout-keep-alive", "75"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)
     wait_for(f"http://127.0.0.1:{port}/healthz", process)
     return process
