@@ -15,6 +15,7 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
+from governance import queue
 from governance.audit import audit_record
 from governance.models import Alert
 from inference.models import Deployment, GpuQuota
@@ -307,17 +308,8 @@ def _eu_multimodal_alert(organisation: Organisation, version: LicenceVersion, de
     audit_record(action="alert.raised", actor=actor, group=group, organisation=organisation, obj=alert,
                  data={"licence_version": version.slug, "level": EU_MULTIMODAL, "month": month,
                        "figures": alert.figures})
-    transaction.on_commit(lambda: _alert_dispatch(alert.pk))
+    transaction.on_commit(lambda: queue.alert_dispatch_soon(alert.pk))
     return alert
-
-
-def _alert_dispatch(alert_id: int) -> None:
-    from governance.tasks import dispatch_alert
-
-    try:
-        dispatch_alert.delay(alert_id)
-    except Exception:  # the alert row is durable; beat's sweep of undispatched alerts delivers it
-        logger.exception("could not queue alert %s for delivery", alert_id)
 
 
 def reconcile_soon() -> None:

@@ -18,6 +18,7 @@ from django.db.models import Min, Q
 from django.utils import timezone
 
 from governance import evaluation as rules
+from governance import queue
 from governance.audit import audit_record
 from governance.models import (
     AccessDecision,
@@ -380,7 +381,7 @@ def group_evaluate(*, group: AffiliateGroup, today: dt.date | None = None) -> Gr
                 if alert:
                     alerts.append(alert)
         for alert in alerts:
-            transaction.on_commit(lambda alert_id=alert.pk: _alert_dispatch(alert_id))
+            transaction.on_commit(lambda alert_id=alert.pk: queue.alert_dispatch_soon(alert_id))
     cache.delete(_decision_cache_key(group.pk))
     return GroupEvaluation(group, statuses, decisions, GroupForecast.objects.filter(group=group).first(), alerts)
 
@@ -608,15 +609,6 @@ def _message(group: AffiliateGroup, version: LicenceVersion, level: str, figure:
     return f"{subject}: back below the '{level}' level.{figures}"
 
 
-def _alert_dispatch(alert_id: int) -> None:
-    from governance.tasks import dispatch_alert
-
-    try:
-        dispatch_alert.delay(alert_id)
-    except Exception:  # the alert row is durable; beat's evaluation and the delivery sweep pick it up
-        logger.exception("could not queue alert %s for delivery", alert_id)
-
-
 def alert_deliver(*, alert: Alert) -> int:
     """Queue a webhook delivery per active endpoint, then email the policy's recipients; mark it dispatched.
 
@@ -710,7 +702,4 @@ def evaluation_schedule(*, group_id: int, urgent: bool = False) -> None:
 
     ``urgent`` for a change that is not activity (a grant): an evaluation already looping under sustained
     activity goes round again at once instead of after its 5-second spacing."""
-    from governance.debounce import request_run_soon
-    from governance.tasks import evaluate_group
-
-    request_run_soon(f"evaluation:{group_id}", lambda: evaluate_group.delay(group_id), urgent=urgent)
+    queue.evaluation_soon(group_id, urgent=urgent)

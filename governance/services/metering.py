@@ -28,7 +28,7 @@ from django.db.models import Q
 from django.db.models.functions import Substr
 from django.utils import timezone
 
-from governance import sketches
+from governance import queue, sketches
 from governance.models import ActivityPart, ActivitySource, IdempotencyRecord, ProductMeteringPolicy, Rollup
 from governance.selectors import product_day_sketch
 from governance.sketch_sandbox import SketchRejected, UploadRules, check_in_sandbox
@@ -327,10 +327,7 @@ def sketch_ingest(
 
 def compaction_schedule() -> None:
     """Ask a worker to compact soon (see governance/debounce.py): one task for a burst of batches."""
-    from governance.debounce import request_run_soon
-    from governance.tasks import compact_metering
-
-    request_run_soon("compaction", compact_metering.delay)
+    queue.compaction_soon()
 
 
 def _month(day: dt.date) -> dt.date:

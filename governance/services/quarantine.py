@@ -22,7 +22,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from governance import sketches
+from governance import queue, sketches
 from governance.audit import audit_record
 from governance.models import ActivityPart, Alert, Rollup
 from governance.services.metering import rollup_is_settled
@@ -227,13 +227,4 @@ def _announce(*, organisation: Organisation | None, period: dt.date, obj: Any, d
     audit_record(action="metering.quarantined", actor="metering", organisation=organisation,
                  group=alert.group if organisation is None else None, obj=obj, data=detail)
     logger.warning("metering: quarantined %s %s: %s", detail["kind"], detail["id"], detail["reason"])
-    transaction.on_commit(lambda: _dispatch(alert.pk), robust=True)
-
-
-def _dispatch(alert_id: int) -> None:
-    from governance.tasks import dispatch_alert
-
-    try:
-        dispatch_alert.delay(alert_id)
-    except Exception:  # the alert row is durable: beat's sweep of undispatched alerts sends it
-        logger.exception("could not queue alert %s for delivery", alert_id)
+    transaction.on_commit(lambda: queue.alert_dispatch_soon(alert.pk), robust=True)

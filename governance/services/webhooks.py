@@ -23,7 +23,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from governance import webhooks
+from governance import queue, webhooks
 from governance.audit import audit_record
 from governance.models import Alert, DeliveryAttempt, GroupPolicy, WebhookDelivery, WebhookEndpoint
 from licensing.models import AffiliateGroup
@@ -217,6 +217,13 @@ def webhook_test_event(*, endpoint: WebhookEndpoint, actor: str) -> WebhookDeliv
         message=f"Test event requested by {actor}. No action is needed.",
     )
     return webhook_enqueue(endpoint=endpoint, event_type="alert.test", payload=payload)
+
+
+def webhook_test_send(*, endpoint: WebhookEndpoint, actor: str) -> WebhookDelivery:
+    """A test event, tried at once by a worker (the API's and the portal's "send test event")."""
+    delivery = webhook_test_event(endpoint=endpoint, actor=actor)
+    queue.webhook_delivery_soon(delivery.pk)  # views run in autocommit: the worker sees the row
+    return delivery
 
 
 # --- delivery ---------------------------------------------------------------------------------------------
