@@ -164,14 +164,6 @@ def severity(status: Status) -> tuple[int, float]:
     return _SEVERITY[status.state], status.level or 0.0
 
 
-def month_start(day: dt.date) -> dt.date:
-    return day.replace(day=1)
-
-
-def previous_month(day: dt.date) -> dt.date:
-    return (month_start(day) - dt.timedelta(days=1)).replace(day=1)
-
-
 PARTIAL = "metered (partial month)"
 DECLARED = "declared"
 

@@ -10,7 +10,6 @@ A stored sketch that cannot be read never takes a figure down: the read that mee
 
 from __future__ import annotations
 
-import calendar
 import datetime as dt
 import functools
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from django.db.models import QuerySet
 from governance import sketches
 from governance.models import ActivityPart, ActivitySource, ProductMeteringPolicy, Rollup
 from licensing.models import AffiliateGroup, Organisation, Product
+from licensing.months import month_bounds
 
 _DAY_SCOPE = {Product: Rollup.Scope.PRODUCT_DAY, Organisation: Rollup.Scope.ORGANISATION_DAY,
               AffiliateGroup: Rollup.Scope.GROUP_DAY}
@@ -34,10 +34,6 @@ _SOURCE_TALLY = {ActivitySource.ID_BATCH: "id_batches", ActivitySource.SKETCH: "
 
 Scope = Product | Organisation | AffiliateGroup
 
-
-def month_bounds(month: dt.date) -> tuple[dt.date, dt.date]:
-    first = month.replace(day=1)
-    return first, first.replace(day=calendar.monthrange(first.year, first.month)[1])
 
 
 def _pending_parts(scope: Scope, start: dt.date, end: dt.date) -> QuerySet[ActivityPart]:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from licensing.months import previous_month
+
 
 def test_month_for(release_date: dt.date) -> dt.date:
     """First day of the calendar month before ``release_date``.
 
     The clause counts users "in the preceding calendar month" as of the version's release date.
     """
-    first_of_release_month = release_date.replace(day=1)
-    return (first_of_release_month - dt.timedelta(days=1)).replace(day=1)
+    return previous_month(release_date)
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,12 @@ from typing import Any
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 
-from governance import evaluation as rules
 from governance.models import Alert, ComplianceStatus, EvaluationRule, GroupForecast
 from governance.selectors import Count as MauCount
 from governance.selectors import daily_series, mau_month, mau_month_many
 from inference.models import GPU, GpuAllocation, Replica, ReplicaState
 from licensing.models import AffiliateGroup, Invitation, LicenceVersion, Organisation, Product
+from licensing.months import month_start, previous_month
 from portal.charts import Point
 
 DEFAULT_THRESHOLD = 700_000_000
@@ -82,7 +82,7 @@ def _version_rows(versions: list[LicenceVersion], statuses: list[ComplianceStatu
 def overview_rows(*, groups: QuerySet[AffiliateGroup], today: dt.date | None = None) -> list[GroupRow]:
     today = today or timezone.now().date()
     group_list = list(groups.order_by("name"))
-    last_month = rules.previous_month(today)
+    last_month = previous_month(today)
     mau = mau_month_many(scopes=group_list, month=last_month)
     versions = versions_by_group(group_list)
     statuses: dict[int, list[ComplianceStatus]] = defaultdict(list)
@@ -170,16 +170,16 @@ def group_figures(*, group: AffiliateGroup, today: dt.date | None = None, months
     """Everything the group page draws: monthly MAU with intervals, the rolling-30-day series, statuses per
     version, and the per-organisation and per-product figures for last month and this month to date."""
     today = today or timezone.now().date()
-    this_month = rules.month_start(today)
+    this_month = month_start(today)
     month_list = [this_month]
     for _ in range(months - 1):
-        month_list.insert(0, rules.previous_month(month_list[0]))
+        month_list.insert(0, previous_month(month_list[0]))
     monthly = [_point(m, mau_month(scope=group, month=m).estimate) for m in month_list]
     series = daily_series(scope=group, start=today - dt.timedelta(days=days - 1), end=today, window=30)
     versions = versions_by_group([group]).get(group.pk, [])
     statuses = list(ComplianceStatus.objects.filter(group=group).select_related("licence_version"))
     threshold = min((v.mau_threshold for v in versions), default=DEFAULT_THRESHOLD)
-    last_month = rules.previous_month(today)
+    last_month = previous_month(today)
     organisations = list(group.organisations.order_by("name"))
     products = list(Product.objects.filter(organisation__group=group).select_related("licence_version")
                     .order_by("name"))

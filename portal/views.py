@@ -36,6 +36,7 @@ from inference.models import Deployment, GpuAllocation, Node, Replica
 from licensing import selectors as licensing_selectors
 from licensing import services as licensing_services
 from licensing.models import GroupAdmin, Invitation, LicenceAcceptance, Membership, Organisation, Product
+from licensing.months import month_start, previous_month
 from licensing.obligations import NOTICE_FILENAME, notice_file_text
 from portal import forms
 from portal import selectors as portal_selectors
@@ -67,7 +68,7 @@ def overview(request: HttpRequest) -> HttpResponse:
     access = access_of(request)
     rows = portal_selectors.overview_rows(groups=access.groups())
     pool = portal_selectors.pool_usage() if access.is_staff else None
-    last_month = portal_selectors.rules.previous_month(timezone.now().date())
+    last_month = previous_month(timezone.now().date())
     return render(request, "portal/overview.html", {"rows": rows, "pool": pool, "last_month": last_month})
 
 
@@ -159,7 +160,7 @@ def group_evidence(request: HttpRequest, pk: int) -> HttpResponse:
     access = access_of(request)
     group = access.group_or_404(pk)
     try:
-        month = _month(request.GET.get("month"), portal_selectors.rules.previous_month(timezone.now().date()))
+        month = _month(request.GET.get("month"), previous_month(timezone.now().date()))
     except ValueError as exc:
         return HttpResponseBadRequest(str(exc))
     if not dt.date(2000, 1, 1) <= month <= dt.date(2999, 12, 1):
@@ -188,7 +189,7 @@ def product_list(request: HttpRequest) -> HttpResponse:
                 .select_related("organisation", "licence_version", "base_model").order_by("organisation__name", "name"))
     page = _page(request, products)
     states = licensing_selectors.acceptance_states(organisation_ids=list({p.organisation_id for p in page}))
-    last_month = portal_selectors.rules.previous_month(timezone.now().date())
+    last_month = previous_month(timezone.now().date())
     figures = mau_month_many(scopes=list(page), month=last_month)
     rows = [{"product": p, "acceptance": states.get((p.organisation_id, p.licence_version_id)),
              "mau": figures[p.pk].estimate} for p in page]
@@ -243,7 +244,7 @@ def _product_page(request: HttpRequest, access: Access, product: Product, accept
     acceptances = (LicenceAcceptance.objects.filter(organisation=product.organisation, licence_version=version)
                    .select_related("product", "accepted_by_user")[:20] if version else [])
     today = timezone.now().date()
-    months = [portal_selectors.rules.previous_month(today), portal_selectors.rules.month_start(today)]
+    months = [previous_month(today), month_start(today)]
     mau = {m: mau_month_many(scopes=[product], month=m)[product.pk].estimate for m in months}
     return render(request, "portal/product_detail.html", {
         "product": product, "version": version, "obligations": obligations, "acceptances": acceptances,

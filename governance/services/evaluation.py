@@ -37,6 +37,7 @@ from governance.models import (
 )
 from governance.selectors import daily_series, mau_month, mau_month_many, mau_rolling
 from licensing.models import AffiliateGroup, BaseModel, LicenceVersion, Membership, Organisation, Product
+from licensing.months import month_end, month_start, previous_month
 from licensing.selectors import acceptance_state, grants_in_force, group_exemptions, organisation_exemption
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,8 @@ def group_policy_update(*, policy: GroupPolicy, actor: str, **changes: object) -
 
 
 def _not_future(month: dt.date, *, field: str = "month") -> dt.date:
-    month = month.replace(day=1)
-    this_month = rules.month_start(timezone.now().date())
+    month = month_start(month)
+    this_month = month_start(timezone.now().date())
     if month > this_month:
         raise ValidationError({field: f"{month:%Y-%m} is in the future (this month is {this_month:%Y-%m})."})
     return month
@@ -138,7 +139,7 @@ def declaration_propose(*, group: AffiliateGroup, organisation: Organisation, mo
         raise ValidationError({"organisation": "Must be an organisation of this affiliate group."})
     with transaction.atomic():
         proposal = DeclarationProposal.objects.create(
-            group=group, organisation=organisation, month=month.replace(day=1), mau=mau, evidence=evidence,
+            group=group, organisation=organisation, month=month_start(month), mau=mau, evidence=evidence,
             proposed_by=proposed_by)
         audit_record(action="figure.proposed", actor=proposed_by, group=group, organisation=organisation,
                      obj=proposal, data={"month": proposal.month, "mau": mau, "evidence": evidence})
@@ -200,10 +201,6 @@ def _declared(group: AffiliateGroup, month: dt.date) -> list[rules.Figure]:
     ]
 
 
-def _month_end(month: dt.date) -> dt.date:
-    return (month + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
-
-
 @dataclass(frozen=True)
 class MonthFigures:
     """What is known of a group's month: the metered figure on both counting bases, the declarations, and the
@@ -223,7 +220,7 @@ def _registered_products(group: AffiliateGroup, month: dt.date) -> list[Product]
     end (or with no launch date: they may have had users), Llama-based or not."""
     return list(Product.objects.filter(organisation__group=group).select_related("organisation").filter(
         Q(status__in=[Product.Status.LIVE, Product.Status.RETIRED])
-        & (Q(launch_date__isnull=True) | Q(launch_date__lte=_month_end(month)))).order_by("organisation__name", "name"))
+        & (Q(launch_date__isnull=True) | Q(launch_date__lte=month_end(month)))).order_by("organisation__name", "name"))
 
 
 def _attested_product_ids(group: AffiliateGroup, month: dt.date) -> set[int] | None:
@@ -239,7 +236,7 @@ def month_figures(*, group: AffiliateGroup, month: dt.date, started: dt.date | N
     products = list(Product.objects.filter(organisation__group=group).select_related("organisation")
                     .order_by("organisation__name", "name"))
     per_product: dict[int, Any] = {}
-    if started is not None and started <= _month_end(month):
+    if started is not None and started <= month_end(month):
         count = mau_month(scope=group, month=month).estimate
         distinct = rules.Figure(count.estimate, count.lower, count.upper, month, "metered", rules.DISTINCT_PEOPLE)
         per_product = {pk: c.estimate for pk, c in mau_month_many(scopes=products, month=month).items()}
@@ -282,7 +279,7 @@ def _test_months(group: AffiliateGroup, version: LicenceVersion) -> list[tuple[d
     """
     months = [(version.test_month(), "")]
     if version.date_ambiguous:
-        months.append((rules.previous_month(version.test_month()),
+        months.append((previous_month(version.test_month()),
                        f"The licence text may name an earlier date ({version.date_note})"))
     used = BaseModel.objects.filter(licence_version=version, release_date__isnull=False).filter(
         Q(products__organisation__group=group) | Q(deployments__organisation__group=group)).distinct()
@@ -320,7 +317,7 @@ def group_evaluate(*, group: AffiliateGroup, today: dt.date | None = None) -> Gr
         # Figures are read under the group's lock, so an older concurrent evaluation cannot overwrite a newer one.
         policy = GroupPolicy.objects.select_for_update().get(group=group)
         started = metering_started(group=group)
-        this_month, last_month = rules.month_start(today), rules.previous_month(today)
+        this_month, last_month = month_start(today), previous_month(today)
         basis = policy.counting_basis
         months: dict[dt.date, MonthFigures] = {}
 
@@ -390,7 +387,7 @@ def _projected(group: AffiliateGroup, today: dt.date, started: dt.date | None, b
     """The rolling 30 days to today: a calendar month is a 28-31-day window, so this is the month-end projection."""
     if started is None or started > today:
         return None
-    this_month = rules.month_start(today)
+    this_month = month_start(today)
     if basis == rules.SUM_OF_PRODUCTS:
         counts = [mau_rolling(scope=product, ending=today, days=30).estimate
                   for product in Product.objects.filter(organisation__group=group)]

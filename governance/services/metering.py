@@ -33,6 +33,7 @@ from governance.models import ActivityPart, ActivitySource, IdempotencyRecord, P
 from governance.selectors import product_day_sketch
 from governance.sketch_sandbox import SketchRejected, UploadRules, check_in_sandbox
 from licensing.models import Product
+from licensing.months import month_end, month_start
 
 logger = logging.getLogger(__name__)
 
@@ -330,9 +331,6 @@ def compaction_schedule() -> None:
     queue.compaction_soon()
 
 
-def _month(day: dt.date) -> dt.date:
-    return day.replace(day=1)
-
 
 RollupKey = tuple[str, int, dt.date]
 
@@ -354,12 +352,10 @@ def rollup_is_settled(scope: str, period: dt.date, *, today: dt.date | None = No
     simply written in the compact form again.
     """
     today = today or timezone.now().date()
-    last_day = period if scope in _DAY_SCOPES else _next_month(period) - dt.timedelta(days=1)
+    last_day = period if scope in _DAY_SCOPES else month_end(period)
     return (today - last_day).days > settings.METERING_SETTLE_DAYS
 
 
-def _next_month(first: dt.date) -> dt.date:
-    return (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
 
 
 class _UnreadableRollups(Exception):
@@ -480,7 +476,7 @@ def _product_day_unions(unions: dict[tuple[int, dt.date], sketches.Union], broke
 
 
 def _rollup_keys(product_id: int, organisation_id: int, group_id: int, day: dt.date) -> list[RollupKey]:
-    month = _month(day)
+    month = month_start(day)
     return [
         (Rollup.Scope.PRODUCT_DAY, product_id, day), (Rollup.Scope.PRODUCT_MONTH, product_id, month),
         (Rollup.Scope.ORGANISATION_DAY, organisation_id, day), (Rollup.Scope.ORGANISATION_MONTH, organisation_id, month),
@@ -496,7 +492,7 @@ def _deltas(product_days: dict[tuple[int, dt.date], Any], owners: dict[int, tupl
     for (product_id, day), sketch in product_days.items():
         organisation_id, _group_id = owners[product_id]
         pending[(Rollup.Scope.PRODUCT_DAY, product_id, day)].append(sketch)
-        pending[(Rollup.Scope.PRODUCT_MONTH, product_id, _month(day))].append(sketch)
+        pending[(Rollup.Scope.PRODUCT_MONTH, product_id, month_start(day))].append(sketch)
         pending[(Rollup.Scope.ORGANISATION_DAY, organisation_id, day)].append(sketch)
     group_of = {organisation_id: group_id for organisation_id, group_id in owners.values()}
 
@@ -512,7 +508,7 @@ def _deltas(product_days: dict[tuple[int, dt.date], Any], owners: dict[int, tupl
             _scope, scope_id, day = key
             month_scope = (Rollup.Scope.ORGANISATION_MONTH if scope == Rollup.Scope.ORGANISATION_DAY
                            else Rollup.Scope.GROUP_MONTH)
-            pending[(month_scope, scope_id, _month(day))].append(delta)
+            pending[(month_scope, scope_id, month_start(day))].append(delta)
             if up is not None:
                 pending[(up, group_of[scope_id], day)].append(delta)
     for key in pending:
@@ -612,7 +608,7 @@ def rollups_settle(*, limit: int = 1000, today: dt.date | None = None) -> int:
     today = today or timezone.now().date()
     oldest_hot = today - dt.timedelta(days=settings.METERING_SETTLE_DAYS)
     settled = Q(scope__in=_DAY_SCOPES, period__lt=oldest_hot) | (
-        ~Q(scope__in=_DAY_SCOPES) & Q(period__lt=_month(oldest_hot)))
+        ~Q(scope__in=_DAY_SCOPES) & Q(period__lt=month_start(oldest_hot)))
     # Only HLL-mode HLL_8 images gain (in the coupon modes both forms are the same list of coupons). The
     # preamble's mode byte is read in SQL, a one-byte slice of the uncompressed (STORAGE EXTERNAL) value.
     hot = Rollup.objects.annotate(mode=Substr("sketch", 8, 1, output_field=models.BinaryField())).filter(

@@ -27,6 +27,7 @@ from governance.audit import audit_record
 from governance.models import ActivityPart, Alert, Rollup
 from governance.services.metering import rollup_is_settled
 from licensing.models import AffiliateGroup, Organisation, Product
+from licensing.months import month_end, month_start
 
 logger = logging.getLogger(__name__)
 
@@ -125,14 +126,10 @@ def _owner(scope: str, scope_id: int) -> dict[str, Any]:
     return {"organisation": None, "group_id": group.pk, "name": group.name}
 
 
-def _month(day: dt.date) -> dt.date:
-    return day.replace(day=1)
-
-
 def _above(key: tuple[str, int, dt.date], owner: dict[str, Any]) -> list[tuple[str, int, dt.date]]:
     """The rollups that sum this one, bottom-up (each is rebuilt from the ones before it)."""
     scope, scope_id, period = key
-    month, group_id = _month(period), owner["group_id"]
+    month, group_id = month_start(period), owner["group_id"]
     if scope == S.PRODUCT_DAY:
         organisation_id = owner["organisation"].pk
         return [(S.PRODUCT_MONTH, scope_id, month), (S.ORGANISATION_DAY, organisation_id, period),
@@ -158,8 +155,7 @@ def _lock(keys: list[tuple[str, int, dt.date]]) -> dict[tuple[str, int, dt.date]
 def _below(row: Rollup) -> Any:
     """The live rollups a rollup is the union of: its days, or its products' or organisations' same day."""
     live = Rollup.objects.filter(quarantined_at__isnull=True)
-    month_end = (_month(row.period) + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
-    days = {"period__gte": row.period, "period__lte": month_end}
+    days = {"period__gte": row.period, "period__lte": month_end(row.period)}
     if row.scope == S.PRODUCT_MONTH:
         return live.filter(scope=S.PRODUCT_DAY, scope_id=row.scope_id, **days)
     if row.scope == S.ORGANISATION_DAY:
@@ -222,7 +218,7 @@ def _announce(*, organisation: Organisation | None, period: dt.date, obj: Any, d
     """An alert to the group's admins and an audit event, in the quarantine's transaction."""
     group_id = group_id if group_id is not None else organisation.group_id  # type: ignore[union-attr]
     alert = Alert.objects.create(group_id=group_id, licence_version=None, level=QUARANTINE_LEVEL,
-                                 kind=Alert.Kind.RAISED, month=_month(period), figures={"quarantined": detail},
+                                 kind=Alert.Kind.RAISED, month=month_start(period), figures={"quarantined": detail},
                                  message=message)
     audit_record(action="metering.quarantined", actor="metering", organisation=organisation,
                  group=alert.group if organisation is None else None, obj=obj, data=detail)

@@ -31,9 +31,9 @@ from governance.evaluation import (
     decide_access,
     forecast_crossing,
     level_rank,
-    previous_month,
     projected_within,
 )
+from licensing.months import previous_month
 
 THRESHOLD = 700_000_000
 JUNE_2024 = dt.date(2024, 6, 1)
