@@ -1,7 +1,9 @@
 """The portal, mounted at the site root. /admin/, /api/v1/, /healthz and /v1/ belong to others."""
 
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import path
+from django.views.generic import RedirectView
 
 from portal import compliance_views, pool_views, views
 
@@ -9,6 +11,8 @@ app_name = "portal"
 
 urlpatterns = [
     path("", views.overview, name="overview"),
+    # Browsers ask for /favicon.ico on pages that name no icon (the evidence report, the API's docs).
+    path("favicon.ico", RedirectView.as_view(url=static("portal/favicon.svg"), permanent=True), name="favicon"),
     path("login/", auth_views.LoginView.as_view(template_name="portal/login.html", redirect_authenticated_user=True),
          name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
