@@ -303,7 +303,8 @@ def every_kind(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch, settings:
     """One object of every kind a portal URL names, so that every page has something to show."""
     import socket
 
-    from governance.models import Alert, DeclaredFigure, WebhookDelivery
+    from governance.models import Alert, WebhookDelivery
+    from governance.services.evaluation import declared_figure_record, group_evaluate
     from governance.services import api_key_create
     from governance.services import webhooks as webhook_services
     from inference.models import Deployment, TokenUsage
@@ -324,11 +325,15 @@ def every_kind(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch, settings:
     version = chat.licence_version
     alert = Alert.objects.create(group=group, licence_version=version, level="over", kind=Alert.Kind.RAISED,
                                  month=dt.date(2024, 11, 1), message="Acme Holdings is over the 700M limit.")
-    DeclaredFigure.objects.create(group=group, month=dt.date(2024, 11, 1), mau=720_000_000,
-                                  evidence="Board report Q4 " + "x" * 120, declared_by="user:olivia")
+    # The month Llama 3.1's licence tests (June 2024), declared over the limit: the group is "over" for it, through
+    # the same service and evaluation as in production.
+    declared_figure_record(group=group, month=dt.date(2024, 6, 1), mau=720_000_000, declared_by="user:olivia",
+                           evidence="Board report Q2 2024, table 3: group monthly active users, all products")
+    statuses = group_evaluate(group=group).statuses
+    assert any(s.state == "over" for s in statuses), [(s.licence_version, s.rule, s.state) for s in statuses]
     grant = MetaGrant.objects.create(group=group, reference="META-2024-0017", granted_on=dt.date(2024, 12, 2),
                                      valid_from=dt.date(2024, 12, 1), recorded_by="user:olivia")
-    grant.licence_versions.set([version])
+    grant.licence_versions.set([LicenceVersion.objects.get(slug="llama-3.3")])  # not Acme Chat's: it stays over
     endpoint, _ = webhook_services.webhook_endpoint_create(group=group, url="https://hooks.example.com/acme",
                                                            created_by="setup")
     WebhookDelivery.objects.create(endpoint=endpoint, event_type="alert.raised", event_id=uuid.uuid4(),
