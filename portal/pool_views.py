@@ -25,7 +25,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from governance.models import Scope
 from inference.api.serializers import QuotaSerializer
 from inference.models import Deployment, DeploymentState, GpuQuota, Replica, ReplicaState, TokenUsage
-from inference.services import _gpus_in_use, replica_key
+from inference.services import quota_use_many, replica_key
 from portal import forms
 from portal.access import access_of
 
@@ -131,9 +131,10 @@ def quota_list(request: HttpRequest) -> HttpResponse:
                     form.add_error(field if field in form.fields else None, str(error))
         form.organisation_id = organisation.pk  # type: ignore[attr-defined]
     rows = []
+    in_use = quota_use_many(organisation_ids=[o.pk for o in organisations])
     for organisation in organisations:
         quota = quotas.get(organisation.pk)
-        gpus, cpu_replicas = _gpus_in_use(organisation, None)
+        gpus, cpu_replicas = in_use[organisation.pk]
         row_form = None
         if access.is_staff:
             row_form = form if form is not None and form.organisation_id == organisation.pk else forms.QuotaForm(  # type: ignore[attr-defined]
