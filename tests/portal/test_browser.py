@@ -207,10 +207,12 @@ def test_it_walks_a_compliance_officer_through_the_portal(live_server: Any, worl
     row = page.locator("table.alerts tbody tr").first
     expect(row).to_contain_text("Acme Holdings")
     expect(row).to_contain_text(alerts[0]["level"])
-    _shot(page, "alerts")
+    row.get_by_role("textbox").fill("Seen; licence request to Meta drafted, LEGAL-43")
     row.get_by_role("button", name=re.compile("Acknowledge")).click()
     expect(page.get_by_role("status")).to_contain_text("Alert acknowledged")
     expect(page.locator("table.alerts tbody tr").first).to_contain_text("user:olivia")
+    expect(page.locator("table.alerts tbody tr").first).to_contain_text("LEGAL-43")
+    _shot(page, "alerts")
 
     # The group page draws the figures; the deployments and the audit log read as they should.
     page.goto(f"{base}/groups/{group.pk}/")
