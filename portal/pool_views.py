@@ -15,7 +15,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db.models import Sum
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -152,12 +152,11 @@ def quota_list(request: HttpRequest) -> HttpResponse:
 def usage(request: HttpRequest) -> HttpResponse:
     """Gateway token use of the caller's organisations per key and per deployment over the last days."""
     access = access_of(request)
-    try:
-        days = int(request.GET.get("days", "30"))
-    except ValueError:
-        days = 30
+    raw = request.GET.get("days", "30")
+    days = int(raw) if raw.isdigit() else None
     if days not in USAGE_DAYS:
-        days = 30
+        return HttpResponseBadRequest(f"days must be one of {', '.join(map(str, USAGE_DAYS))}; got {raw[:20]!r}.",
+                                      content_type="text/plain; charset=utf-8")  # echoes input: never as HTML
     since = timezone.now().date() - dt.timedelta(days=days - 1)
     rows = TokenUsage.objects.filter(organisation__in=access.organisation_ids(Scope.READ), day__gte=since)
     sums = {name: Sum(name) for name in ("requests", "prompt_tokens", "completion_tokens", "failed_requests")}

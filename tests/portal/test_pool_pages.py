@@ -125,6 +125,8 @@ def test_it_shows_token_usage_per_key_and_per_deployment(tenancy: Tenancy, login
     week = login("viewer").get("/deployments/usage/?days=1").content.decode()
     assert week.count(">1,200<") == 3
     assert "chat-backend" not in login("outsider").get("/deployments/usage/").content.decode()
+    bad = login("viewer").get("/deployments/usage/?days=12")
+    assert bad.status_code == 400 and "days must be one of 1, 7, 30, 90; got '12'" in bad.content.decode()
 
 
 # --- confirmations --------------------------------------------------------------------------------------------
