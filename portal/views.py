@@ -40,7 +40,7 @@ from licensing.models import GroupAdmin, Invitation, LicenceAcceptance, Membersh
 from licensing.obligations import NOTICE_FILENAME, notice_file_text
 from portal import forms, pool_views
 from portal import selectors as portal_selectors
-from portal.access import Access, access_of
+from portal.access import Access, access_of, needs
 
 logger = logging.getLogger(__name__)
 PAGE_SIZE = 50
@@ -205,7 +205,7 @@ def product_create(request: HttpRequest) -> HttpResponse:
     access = access_of(request)
     organisations = access.organisations(Scope.WRITE)
     if not organisations.exists():
-        raise PermissionDenied("Your role does not allow creating products.")
+        raise PermissionDenied(f"Your role does not allow creating products: it needs {needs(Scope.WRITE)}.")
     form = forms.ProductForm(request.POST or None, organisations=organisations)
     if request.method == "POST" and form.is_valid():
         data = dict(form.cleaned_data)
@@ -625,7 +625,7 @@ def deployment_create(request: HttpRequest) -> HttpResponse:
     access = access_of(request)
     organisations = access.organisations(Scope.WRITE)
     if not organisations.exists():
-        raise PermissionDenied("Your role does not allow requesting deployments.")
+        raise PermissionDenied(f"Your role does not allow requesting deployments: it needs {needs(Scope.WRITE)}.")
     form = forms.DeploymentForm(request.POST or None, organisations=organisations)
     if request.method == "POST" and form.is_valid():
         data = dict(form.cleaned_data)
@@ -717,7 +717,7 @@ def key_list(request: HttpRequest) -> HttpResponse:
         form = forms.ApiKeyForm(request.POST or None, organisations=writable, scopes=held)
     if request.method == "POST":
         if form is None:
-            raise PermissionDenied("Your role does not allow creating keys.")
+            raise PermissionDenied(f"Your role does not allow creating keys: it needs {needs(Scope.WRITE)}.")
         if form.is_valid():
             data = form.cleaned_data
             beyond = sorted(set(data["scopes"]) - access.scopes_in(data["organisation"].pk))
@@ -842,7 +842,7 @@ def member_list(request: HttpRequest) -> HttpResponse:
         form = forms.InvitationForm(request.POST or None, organisations=manageable, roles=roles)
     if request.method == "POST":
         if form is None:
-            raise PermissionDenied("Your role does not allow inviting people.")
+            raise PermissionDenied(f"Your role does not allow inviting people: it needs {needs(Scope.ADMIN)}.")
         if form.is_valid():
             data = form.cleaned_data
             try:

@@ -174,7 +174,7 @@ def test_it_does_not_say_no_open_alerts_beside_an_over(tenancy: Tenancy, login: 
 
 @pytest.mark.parametrize("debug", [True, False])
 def test_it_answers_a_refusal_with_a_page_naming_the_role(tenancy: Tenancy, login: Any, settings: Any,
-                                                          debug: bool) -> None:
+                                                          product: Product, debug: bool) -> None:
     settings.DEBUG = debug
     group = tenancy.organisation.group
     response = login("member").post(f"/groups/{group.pk}/policy/", {"mode": "alert"})
@@ -183,7 +183,11 @@ def test_it_answers_a_refusal_with_a_page_naming_the_role(tenancy: Tenancy, logi
     assert "<h1>Not allowed</h1>" in body and "Only a group admin can change this" in body
     assert 'href="/static/portal/portal.css"' in body or "portal.css" in body
     viewer = login("viewer").post("/products/new/", {"name": "x"})
-    assert viewer.status_code == 403 and "Your role does not allow creating products" in viewer.content.decode()
+    assert viewer.status_code == 403
+    assert ("Your role does not allow creating products: it needs the &#x27;write&#x27; scope, which the member role "
+            "and those above it hold.") in viewer.content.decode()
+    key_refused = login("viewer").post(f"/products/{product.pk}/accept/", {})
+    assert key_refused.status_code == 403 and "the member role" in key_refused.content.decode()
 
 
 def test_it_keeps_the_apis_403_as_json(tenancy: Tenancy) -> None:
