@@ -16,8 +16,9 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import IntegrityError
 from django.db.models import Prefetch, Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -607,6 +608,12 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
     if not show_stopped:
         deployments = deployments.filter(Q(deleted=False) | ~Q(state="stopped"))
     page = _page(request, deployments)
+    settled = all(pool_views.settled(deployment) for deployment in page)
+    if request.GET.get("format") == "live":  # the table, for the page's script while a deployment changes
+        html = render_to_string("portal/_deployment_table.html", {"page": page}, request=request)
+        return JsonResponse({"settled": settled, "html": html}, headers={"Cache-Control": "no-store"})
+    live_query = request.GET.copy()
+    live_query["format"] = "live"
     # GPU placement per node: staff see the whole pool; a tenant the nodes its replicas run on, other
     # tenants' GPUs shown only as "in use".
     nodes = Node.objects.filter(active=True) if access.is_staff else Node.objects.filter(
@@ -614,7 +621,8 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
     nodes = nodes.prefetch_related(Prefetch("gpus__allocation", queryset=GpuAllocation.objects.select_related(
         "replica__deployment")))
     return render(request, "portal/deployment_list.html", {
-        "page": page, "nodes": nodes, "org_ids": set(org_ids), "show_stopped": show_stopped,
+        "page": page, "nodes": nodes, "org_ids": set(org_ids), "show_stopped": show_stopped, "settled": settled,
+        "live_url": f"{request.path}?{live_query.urlencode()}",
         "writable": set(access.organisation_ids(Scope.WRITE)),
     })
 

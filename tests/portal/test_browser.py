@@ -454,6 +454,20 @@ def test_it_shows_every_page_whole_at_both_widths_and_keeps_every_form(live_serv
             problems.append(f"an unchanged save of the {part} changed it: {before[part]!r} -> {after[part]!r}")
     assert not problems, "\n".join(problems)
 
+    # The deployment page follows a change by itself, without reloading: the script swaps its state block.
+    from playwright.sync_api import expect
+
+    from inference.models import Deployment
+
+    Deployment.objects.filter(pk=every_kind["deployment"]).update(state="starting")
+    page.goto(f"{base}{urls['deployment']}")
+    page.evaluate("window.notReloaded = true")
+    expect(page.locator("#live .badge").first).to_have_text("starting")
+    Deployment.objects.filter(pk=every_kind["deployment"]).update(state="ready")
+    expect(page.locator("#live .badge").first).to_have_text("ready", timeout=10_000)
+    assert page.evaluate("window.notReloaded === true"), "the page reloaded instead of swapping its state"
+    expect(page.locator("#live")).to_have_attribute("data-settled", "true")
+
     # Screenshots of the pages this issue added, as a platform lead and a compliance officer see them.
     for name, shot in (("grants", "grants"), ("declarations", "declarations"), ("quotas", "quotas"),
                        ("usage", "usage"), ("product", "product-over")):

@@ -78,6 +78,17 @@ def test_it_answers_the_live_state_until_the_deployment_settles(tenancy: Tenancy
     assert login("outsider").get(f"/deployments/{deployment.pk}/status/").status_code == 404
 
 
+def test_it_answers_the_deployment_lists_live_table(tenancy: Tenancy, login: Any, deployment: Deployment) -> None:
+    client = login("viewer")
+    page = client.get("/deployments/?stopped=1").content.decode()
+    assert 'data-settled="false"' in page and 'data-status-url="/deployments/?stopped=1&amp;format=live"' in page
+    answer = client.get("/deployments/?stopped=1&format=live").json()
+    assert answer["settled"] is False and "acme-chat" in answer["html"] and "<html" not in answer["html"]
+    Deployment.objects.filter(pk=deployment.pk).update(state="ready")
+    assert client.get("/deployments/?format=live").json()["settled"] is True
+    assert "acme-chat" not in login("outsider").get("/deployments/?format=live").json()["html"]
+
+
 # --- logs -----------------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-// A deployment's state block refreshes itself while the deployment changes: poll its JSON every few seconds,
+// The deployments table, or a deployment's state block, refreshes itself while something in it changes: poll its JSON every few seconds,
 // swap the block only when it differs, stop once it settles (or after an error). No reload, no framework.
 (function () {
   "use strict";
