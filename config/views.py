@@ -20,3 +20,14 @@ def server_error(request: HttpRequest) -> HttpResponse:
     if request.path.startswith("/api/"):
         return JsonResponse({"detail": "A server error occurred."}, status=500)
     return defaults.server_error(request)
+
+
+def permission_denied(request: HttpRequest, exception: Any) -> HttpResponse:
+    """A refused action: under /api/ DRF's JSON shape, elsewhere the portal's page saying which role or scope is
+    needed (the reason ``PermissionDenied`` was raised with), in production as in development."""
+    reason = str(exception or "") or "Your role does not allow this."
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": reason}, status=403)
+    from django.shortcuts import render
+
+    return render(request, "portal/403.html", {"reason": reason}, status=403)

@@ -449,6 +449,7 @@ class Alert(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     acknowledged_by = models.CharField(max_length=200, blank=True)
+    acknowledgement_note = models.TextField(blank=True, help_text="What the person who acknowledged it noted")
     emailed_at = models.DateTimeField(null=True, blank=True)
     dispatched_at = models.DateTimeField(null=True, blank=True, help_text="Email sent and webhooks queued")
 

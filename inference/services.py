@@ -12,7 +12,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
 from governance import queue
@@ -118,8 +118,27 @@ def validate_source(field: str, source: str) -> str:
     return source
 
 
+def _live(deployments: QuerySet[Deployment]) -> QuerySet[Deployment]:
+    """The deployments that count against a quota: not deleted, not failed."""
+    return deployments.filter(deleted=False).exclude(state="failed")
+
+
+def quota_use_many(*, organisation_ids: list[int]) -> dict[int, tuple[int, int]]:
+    """GPUs and CPU replicas in use per organisation, as the quota counts them, in one query."""
+    use = {pk: (0, 0) for pk in organisation_ids}
+    rows = _live(Deployment.objects.filter(organisation_id__in=organisation_ids)).values_list(
+        "organisation_id", "device", "replicas", "tensor_parallel_size")
+    for organisation_id, device, replicas, tensor_parallel_size in rows:
+        gpus, cpu_replicas = use[organisation_id]
+        if device == Deployment.Device.GPU:
+            use[organisation_id] = (gpus + replicas * tensor_parallel_size, cpu_replicas)
+        else:
+            use[organisation_id] = (gpus, cpu_replicas + replicas)
+    return use
+
+
 def _gpus_in_use(organisation: Organisation, exclude: Deployment | None = None) -> tuple[int, int]:
-    live = Deployment.objects.filter(organisation=organisation, deleted=False).exclude(state="failed")
+    live = _live(Deployment.objects.filter(organisation=organisation))
     if exclude is not None:
         live = live.exclude(pk=exclude.pk)
     gpu = live.filter(device=Deployment.Device.GPU)

@@ -24,10 +24,16 @@ from django.db.models import QuerySet
 from django.http import Http404
 
 from governance.models import Scope
-from governance.principals import Principal, principal_for_user
+from governance.principals import ROLE_SCOPES, Principal, principal_for_user
 from licensing.models import AffiliateGroup, Organisation
 
 ALL_SCOPES = frozenset(Scope.values)
+
+
+def needs(scope: str) -> str:
+    """What a refusal says is needed: the scope and the least role that holds it (roles in ROLE_SCOPES' order)."""
+    role = next((role for role, scopes in ROLE_SCOPES.items() if scope in scopes), None)
+    return f"the '{scope}' scope, which the {role} role and those above it hold" if role else f"the '{scope}' scope"
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,7 @@ class Access:
     def require(self, scope: str, organisation_id: int) -> None:
         """403 unless this person holds ``scope`` in the organisation (call after the object was found)."""
         if not self.can(scope, organisation_id):
-            raise PermissionDenied(f"Your role does not allow this ('{scope}' is needed).")
+            raise PermissionDenied(f"Your role does not allow this: it needs {needs(scope)}.")
 
     # --- affiliate groups -------------------------------------------------------------------------------
     def groups(self) -> QuerySet[AffiliateGroup]:
@@ -89,7 +95,8 @@ class Access:
 
     def require_in_group(self, scope: str, group: AffiliateGroup | int) -> None:
         if not self.can_in_group(scope, group):
-            raise PermissionDenied(f"Your role does not allow this ('{scope}' is needed in this group).")
+            raise PermissionDenied(f"Your role does not allow this: it needs {needs(scope)} in an organisation of "
+                                   f"this group.")
 
 
     def is_group_admin(self, group: AffiliateGroup | int) -> bool:

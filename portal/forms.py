@@ -16,6 +16,16 @@ from inference.services import DTYPES, QUANTIZATIONS
 from licensing.models import BaseModel, LicenceVersion, Membership, Organisation, Product
 
 
+class DateInput(forms.DateInput):
+    """A browser date picker. Its value must be ISO (``YYYY-MM-DD``): a localised ``16/10/2023`` shows as empty,
+    and saving the form unchanged would erase the date. Every date field of the portal uses this widget."""
+
+    input_type = "date"
+
+    def __init__(self, attrs: dict[str, Any] | None = None) -> None:
+        super().__init__(attrs=attrs, format="%Y-%m-%d")
+
+
 def add_service_errors(form: forms.Form, exc: ValidationError | ValueError) -> None:
     """Attach a service's refusal to the fields it names; anything else becomes a form-wide error."""
     if isinstance(exc, ValidationError) and hasattr(exc, "error_dict"):
@@ -55,7 +65,7 @@ class ProductForm(OrganisationChoiceMixin, forms.Form):
                                         help_text="Must be released under the licence version chosen (none for a "
                                                   "product not built on Llama).")
     status = forms.ChoiceField(choices=Product.Status.choices, initial=Product.Status.DEVELOPMENT)
-    launch_date = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    launch_date = forms.DateField(required=False, widget=DateInput())
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
 
     def __init__(self, *args: Any, organisations: QuerySet[Organisation] | None = None, editing: bool = False,
@@ -106,7 +116,7 @@ class ApiKeyForm(OrganisationChoiceMixin, forms.Form):
     product = forms.ModelChoiceField(queryset=Product.objects.none(), required=False,
                                      empty_label="Any product of the organisation",
                                      help_text="Bind the key to one product.")
-    expires_on = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}),
+    expires_on = forms.DateField(required=False, widget=DateInput(),
                                  help_text="Optional: the key stops working at the start of this day (UTC).")
 
     def __init__(self, *args: Any, organisations: QuerySet[Organisation], scopes: frozenset[str],
@@ -231,8 +241,8 @@ class AuditFilterForm(forms.Form):
     group = forms.ModelChoiceField(queryset=None, required=False, empty_label="All groups")  # type: ignore[arg-type]
     action = forms.CharField(required=False, max_length=80)
     actor = forms.CharField(required=False, max_length=200)
-    since = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="From")
-    until = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="To")
+    since = forms.DateField(required=False, widget=DateInput(), label="From")
+    until = forms.DateField(required=False, widget=DateInput(), label="To")
 
     def __init__(self, *args: Any, groups: QuerySet, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -278,3 +288,60 @@ class InvitationSignupForm(forms.Form):
 
 class MemberRoleForm(forms.Form):
     role = forms.ChoiceField(choices=Membership.Role.choices)
+
+
+class MonthInput(forms.DateInput):
+    """A browser month picker; its value is ``YYYY-MM``, the API's month."""
+
+    input_type = "month"
+
+    def __init__(self, attrs: dict[str, Any] | None = None) -> None:
+        super().__init__(attrs=attrs, format="%Y-%m")
+
+
+class DeclarationForm(forms.Form):
+    """A group MAU figure for a month, as the API's DeclaredFigureSerializer takes it; the service checks it."""
+
+    month = forms.DateField(input_formats=["%Y-%m"], widget=MonthInput(),
+                            help_text="The calendar month the figure counts (YYYY-MM), not in the future.")
+    mau = forms.IntegerField(min_value=0, max_value=10**12, label="Monthly active users",
+                             help_text="The group's figure for the month, all products and affiliates.")
+    lower = forms.IntegerField(min_value=0, max_value=10**12, required=False, label="Lower bound",
+                               help_text="Optional: leave both bounds empty for an exact figure.")
+    upper = forms.IntegerField(min_value=0, max_value=10**12, required=False, label="Upper bound")
+    evidence = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=5000,
+                               help_text="Where the figure comes from: the report, the system, its reference.")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        lower, upper = data.get("lower"), data.get("upper")
+        if lower is not None and upper is not None and lower > upper:
+            self.add_error("lower", f"Must be at most the upper bound ({upper:,}); got {lower:,}.")
+        return data
+
+
+class GrantForm(forms.Form):
+    """A licence Meta granted, or the withdrawal of one, as the API's GrantSerializer takes it."""
+
+    licence_versions = forms.ModelMultipleChoiceField(
+        queryset=LicenceVersion.objects.order_by("release_date"), widget=forms.CheckboxSelectMultiple,
+        label="Licence versions covered")
+    reference = forms.CharField(max_length=200, help_text="Meta's reference or the agreement's title.")
+    scope = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}),
+                            help_text="What the grant covers, in its own words.")
+    granted_on = forms.DateField(widget=DateInput())
+    valid_from = forms.DateField(widget=DateInput())
+    valid_until = forms.DateField(required=False, widget=DateInput(), help_text="Empty: no end date.")
+    supersedes = forms.ModelChoiceField(queryset=None, required=False,  # type: ignore[arg-type]
+                                        empty_label="None: a new grant",
+                                        help_text="To correct a grant, record it again superseding the old one.")
+    revoked = forms.BooleanField(required=False, label="This record withdraws the grant it supersedes")
+
+    def __init__(self, *args: Any, grants: QuerySet, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["supersedes"].queryset = grants
+
+
+class QuotaForm(forms.Form):
+    max_gpus = forms.IntegerField(min_value=0, max_value=100_000, label="GPUs")
+    max_cpu_replicas = forms.IntegerField(min_value=0, max_value=100_000, label="CPU replicas")

@@ -1,20 +1,26 @@
 """The portal, mounted at the site root. /admin/, /api/v1/, /healthz and /v1/ belong to others."""
 
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import path
+from django.views.generic import RedirectView
 
-from portal import views
+from portal import compliance_views, pool_views, views
 
 app_name = "portal"
 
 urlpatterns = [
     path("", views.overview, name="overview"),
+    # Browsers ask for /favicon.ico on pages that name no icon (the evidence report, the API's docs).
+    path("favicon.ico", RedirectView.as_view(url=static("portal/favicon.svg"), permanent=True), name="favicon"),
     path("login/", auth_views.LoginView.as_view(template_name="portal/login.html", redirect_authenticated_user=True),
          name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("groups/<int:pk>/", views.group_detail, name="group"),
     path("groups/<int:pk>/evaluate/", views.group_evaluate, name="group-evaluate"),
     path("groups/<int:pk>/evidence/", views.group_evidence, name="group-evidence"),
+    path("groups/<int:pk>/declarations/", compliance_views.declaration_list, name="declarations"),
+    path("groups/<int:pk>/grants/", compliance_views.grant_list, name="grants"),
     path("groups/<int:pk>/policy/", views.policy_edit, name="policy"),
     path("groups/<int:pk>/webhooks/", views.webhook_list, name="webhooks"),
     path("groups/<int:pk>/admins/", views.group_admin_appoint, name="group-admin-appoint"),
@@ -40,6 +46,10 @@ urlpatterns = [
     path("deployments/", views.deployment_list, name="deployments"),
     path("deployments/new/", views.deployment_create, name="deployment-create"),
     path("deployments/<int:pk>/", views.deployment_detail, name="deployment"),
+    path("deployments/<int:pk>/status/", pool_views.deployment_status, name="deployment-status"),
+    path("deployments/<int:pk>/replicas/<int:replica_pk>/log/", pool_views.replica_log, name="replica-log"),
+    path("deployments/quotas/", pool_views.quota_list, name="quotas"),
+    path("deployments/usage/", pool_views.usage, name="usage"),
     path("deployments/<int:pk>/scale/", views.deployment_scale, name="deployment-scale"),
     path("deployments/<int:pk>/delete/", views.deployment_delete, name="deployment-delete"),
     path("keys/", views.key_list, name="keys"),

@@ -16,8 +16,9 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import IntegrityError
 from django.db.models import Prefetch, Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -26,7 +27,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from governance import evidence
 from governance.api.compliance import PolicySerializer
 from governance.audit import audit_events_visible, audit_verify_cached
-from governance.models import Alert, ApiKey, AuditEvent, GroupForecast, Scope, WebhookDelivery, WebhookEndpoint
+from governance.models import (Alert, ApiKey, AuditEvent, ComplianceStatus, EvaluationRule, GroupForecast, Scope,
+                               WebhookDelivery, WebhookEndpoint)
 from governance.services import api_key_create, api_key_revoke
 from governance.services import evaluation as evaluation_services
 from governance.services import webhooks as webhook_services
@@ -38,9 +40,9 @@ from licensing import services as licensing_services
 from licensing.models import GroupAdmin, Invitation, LicenceAcceptance, Membership, Organisation, Product
 from licensing.months import month_start, previous_month
 from licensing.obligations import NOTICE_FILENAME, notice_file_text
-from portal import forms
+from portal import forms, pool_views
 from portal import selectors as portal_selectors
-from portal.access import Access, access_of
+from portal.access import Access, access_of, needs
 
 logger = logging.getLogger(__name__)
 PAGE_SIZE = 50
@@ -205,7 +207,7 @@ def product_create(request: HttpRequest) -> HttpResponse:
     access = access_of(request)
     organisations = access.organisations(Scope.WRITE)
     if not organisations.exists():
-        raise PermissionDenied("Your role does not allow creating products.")
+        raise PermissionDenied(f"Your role does not allow creating products: it needs {needs(Scope.WRITE)}.")
     form = forms.ProductForm(request.POST or None, organisations=organisations)
     if request.method == "POST" and form.is_valid():
         data = dict(form.cleaned_data)
@@ -246,13 +248,26 @@ def _product_page(request: HttpRequest, access: Access, product: Product, accept
     today = timezone.now().date()
     months = [previous_month(today), month_start(today)]
     mau = {m: mau_month_many(scopes=[product], month=m)[product.pk].estimate for m in months}
+    group = product.organisation.group
     return render(request, "portal/product_detail.html", {
+        "statuses": _licence_statuses(group.pk, version), "is_staff": access.is_staff,
+        "is_group_admin": access.is_group_admin(group),
         "product": product, "version": version, "obligations": obligations, "acceptances": acceptances,
         "mau_last": mau[months[0]], "mau_this": mau[months[1]], "months": months,
         "deployments": Deployment.objects.filter(product=product, deleted=False),
         "can_write": access.can(Scope.WRITE, product.organisation_id), "accept_form": accept_form,
         "not_built_on_llama": licensing_selectors.NOT_BUILT_ON_LLAMA,
     }, status=status)
+
+
+def _licence_statuses(group_id: int, version: Any) -> list[ComplianceStatus]:
+    """The group's statuses for the product's version that say whether it may use it: the licence's own test,
+    then last month's monitoring."""
+    if version is None:
+        return []
+    order = [EvaluationRule.LICENCE_ACCURATE, EvaluationRule.LAST_MONTH]
+    found = ComplianceStatus.objects.filter(group_id=group_id, licence_version=version, rule__in=order)
+    return sorted(found, key=lambda status: order.index(status.rule))
 
 
 @login_required
@@ -433,8 +448,12 @@ def alert_acknowledge(request: HttpRequest, pk: int) -> HttpResponse:
     if alert is None:
         raise Http404("No such alert.")
     access.require_group_admin(alert.group)
-    evaluation_services.alert_acknowledge(alert=alert, actor=access.label)
-    messages.success(request, "Alert acknowledged.")
+    try:
+        evaluation_services.alert_acknowledge(alert=alert, actor=access.label, note=request.POST.get("note", ""))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, "Alert acknowledged.")
     return redirect(request.POST.get("next") if _safe_next(request) else reverse("portal:alerts"))
 
 
@@ -584,6 +603,12 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
     if not show_stopped:
         deployments = deployments.filter(Q(deleted=False) | ~Q(state="stopped"))
     page = _page(request, deployments)
+    settled = all(pool_views.settled(deployment) for deployment in page)
+    if request.GET.get("format") == "live":  # the table, for the page's script while a deployment changes
+        html = render_to_string("portal/_deployment_table.html", {"page": page}, request=request)
+        return JsonResponse({"settled": settled, "html": html}, headers={"Cache-Control": "no-store"})
+    live_query = request.GET.copy()
+    live_query["format"] = "live"
     # GPU placement per node: staff see the whole pool; a tenant the nodes its replicas run on, other
     # tenants' GPUs shown only as "in use".
     nodes = Node.objects.filter(active=True) if access.is_staff else Node.objects.filter(
@@ -591,7 +616,8 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
     nodes = nodes.prefetch_related(Prefetch("gpus__allocation", queryset=GpuAllocation.objects.select_related(
         "replica__deployment")))
     return render(request, "portal/deployment_list.html", {
-        "page": page, "nodes": nodes, "org_ids": set(org_ids), "show_stopped": show_stopped,
+        "page": page, "nodes": nodes, "org_ids": set(org_ids), "show_stopped": show_stopped, "settled": settled,
+        "live_url": f"{request.path}?{live_query.urlencode()}",
         "writable": set(access.organisation_ids(Scope.WRITE)),
     })
 
@@ -602,7 +628,7 @@ def deployment_create(request: HttpRequest) -> HttpResponse:
     access = access_of(request)
     organisations = access.organisations(Scope.WRITE)
     if not organisations.exists():
-        raise PermissionDenied("Your role does not allow requesting deployments.")
+        raise PermissionDenied(f"Your role does not allow requesting deployments: it needs {needs(Scope.WRITE)}.")
     form = forms.DeploymentForm(request.POST or None, organisations=organisations)
     if request.method == "POST" and form.is_valid():
         data = dict(form.cleaned_data)
@@ -626,6 +652,7 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     deployment = _deployment_or_404(access, pk)
     return render(request, "portal/deployment_detail.html", {
         "deployment": deployment, "can_write": access.can(Scope.WRITE, deployment.organisation_id),
+        "settled": pool_views.settled(deployment),
         "scale_form": forms.ScaleForm(initial={"replicas": deployment.replicas}),
     })
 
@@ -647,15 +674,29 @@ def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
             messages.success(request, f"Scaling to {form.cleaned_data['replicas']} replicas.")
             return redirect("portal:deployment", pk=deployment.pk)
     return render(request, "portal/deployment_detail.html", {"deployment": deployment, "can_write": True,
+                                                             "settled": pool_views.settled(deployment),
                                                              "scale_form": form}, status=400)
 
 
+def _confirm(request: HttpRequest, *, title: str, consequence: str, button: str, cancel: str) -> HttpResponse:
+    """The page that asks before an action that cannot be undone; its form POSTs back to the same URL, so it
+    works without JavaScript."""
+    return render(request, "portal/confirm.html", {"title": title, "consequence": consequence, "button": button,
+                                                   "cancel": cancel})
+
+
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def deployment_delete(request: HttpRequest, pk: int) -> HttpResponse:
     access = access_of(request)
     deployment = _deployment_or_404(access, pk)
     access.require(Scope.WRITE, deployment.organisation_id)
+    if request.method == "GET":
+        return _confirm(request, title=f"Delete deployment {deployment.served_model_name}?",
+                        consequence="Its replicas drain and stop, its GPUs are freed, and clients calling "
+                                    f"“{deployment.served_model_name}” get an error. The record stays for the "
+                                    "audit trail; serving again needs a new deployment.",
+                        button="Delete deployment", cancel=reverse("portal:deployment", args=[deployment.pk]))
     inference_services.deployment_delete(deployment=deployment, actor=access.label)
     messages.success(request, f"Deployment {deployment.served_model_name} is draining and will stop.")
     return redirect("portal:deployment", pk=deployment.pk)
@@ -679,7 +720,7 @@ def key_list(request: HttpRequest) -> HttpResponse:
         form = forms.ApiKeyForm(request.POST or None, organisations=writable, scopes=held)
     if request.method == "POST":
         if form is None:
-            raise PermissionDenied("Your role does not allow creating keys.")
+            raise PermissionDenied(f"Your role does not allow creating keys: it needs {needs(Scope.WRITE)}.")
         if form.is_valid():
             data = form.cleaned_data
             beyond = sorted(set(data["scopes"]) - access.scopes_in(data["organisation"].pk))
@@ -708,14 +749,20 @@ def _may_revoke(access: Access, key: ApiKey) -> bool:
 
 
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     access = access_of(request)
     key = ApiKey.objects.filter(pk=pk, organisation__in=access.organisations()).select_related("organisation").first()
     if key is None:
         raise Http404("No such key.")
     if not _may_revoke(access, key):
-        raise PermissionDenied("Your role cannot revoke this key.")
+        raise PermissionDenied(f"Your role cannot revoke this key: revoking needs 'write' and every scope the key "
+                               f"holds ({', '.join(key.scopes)}) in {key.organisation.name}.")
+    if request.method == "GET":
+        return _confirm(request, title=f"Revoke key {key.name} ({key.prefix}…)?",
+                        consequence="Every call with this key is refused from now on (within seconds at the "
+                                    "gateway). A revoked key cannot be restored: a new key has a new secret.",
+                        button="Revoke key", cancel=reverse("portal:keys"))
     api_key_revoke(api_key=key, revoked_by=access.label)
     messages.success(request, f"Key {key.prefix}… revoked.")
     return redirect("portal:keys")
@@ -798,7 +845,7 @@ def member_list(request: HttpRequest) -> HttpResponse:
         form = forms.InvitationForm(request.POST or None, organisations=manageable, roles=roles)
     if request.method == "POST":
         if form is None:
-            raise PermissionDenied("Your role does not allow inviting people.")
+            raise PermissionDenied(f"Your role does not allow inviting people: it needs {needs(Scope.ADMIN)}.")
         if form.is_valid():
             data = form.cleaned_data
             try:
@@ -877,10 +924,17 @@ def member_role(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def member_remove(request: HttpRequest, pk: int) -> HttpResponse:
     access = access_of(request)
     membership = _membership_or_404(access, pk)
+    if request.method == "GET":
+        return _confirm(request, title=f"Remove {membership.user.get_username()} from "
+                                       f"{membership.organisation.name}?",
+                        consequence=f"They lose their {membership.get_role_display().lower()} role and every page "
+                                    f"of {membership.organisation.name} at once. Their keys stay until revoked; "
+                                    "joining again needs a new invitation.",
+                        button="Remove member", cancel=reverse("portal:members"))
     try:
         licensing_services.membership_remove(membership=membership, actor=access.label,
                                              actor_is_owner=_is_owner(access, membership.organisation_id))

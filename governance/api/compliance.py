@@ -177,7 +177,7 @@ class AlertSerializer(serializers.ModelSerializer):
     class Meta:
         model = Alert
         fields = ["id", "group", "licence_version", "level", "kind", "month", "rule", "figures", "message",
-                  "created_at", "acknowledged_at", "acknowledged_by", "emailed_at"]
+                  "created_at", "acknowledged_at", "acknowledged_by", "acknowledgement_note", "emailed_at"]
         read_only_fields = fields
 
 

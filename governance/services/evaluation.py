@@ -635,12 +635,17 @@ def alerts_undispatched(*, older_than: dt.timedelta = dt.timedelta(seconds=60)) 
                 .exclude(kind=Alert.Kind.TEST).values_list("pk", flat=True)[:100])
 
 
-def alert_acknowledge(*, alert: Alert, actor: str) -> Alert:
+def alert_acknowledge(*, alert: Alert, actor: str, note: str = "") -> Alert:
+    """Acknowledge an open alert once, with an optional note (kept on the alert and in the audit log)."""
+    note = note.strip()
+    if len(note) > 2000:
+        raise ValidationError({"note": f"At most 2,000 characters; got {len(note):,}."})
     with transaction.atomic():
         changed = Alert.objects.filter(pk=alert.pk, acknowledged_at__isnull=True).update(
-            acknowledged_at=timezone.now(), acknowledged_by=actor)
+            acknowledged_at=timezone.now(), acknowledged_by=actor, acknowledgement_note=note)
         if changed:
-            audit_record(action="alert.acknowledged", actor=actor, group=alert.group, obj=alert, data={})
+            audit_record(action="alert.acknowledged", actor=actor, group=alert.group, obj=alert,
+                         data={"note": note} if note else {})
     alert.refresh_from_db()
     return alert
 

@@ -36,6 +36,11 @@ PAGES = {
     "audit": ("/audit/", "owner", 20),
     "members": ("/members/", "owner", 20),
     "webhook": ("/webhooks/{webhook}/", "owner", 20),
+    "declarations": ("/groups/{group}/declarations/", "owner", 15),
+    "grants (staff)": ("/groups/{group}/grants/", "staff", 15),
+    "quotas (staff)": ("/deployments/quotas/", "staff", 15),
+    "usage": ("/deployments/usage/", "owner", 15),
+    "deployment": ("/deployments/{deployment}/", "owner", 20),
 }
 
 
@@ -96,7 +101,12 @@ def test_it_reads_each_page_in_a_fixed_number_of_queries(page: str, tenancy: Ten
 
         webhook_services.resolver = socket.getaddrinfo
     path, who, ceiling = PAGES[page]
-    url = path.format(group=tenancy.organisation.group_id, product=product.pk, webhook=endpoint.pk)
+    first = Deployment.objects.create(organisation=tenancy.organisation, product=product,
+                                      licence_version=product.licence_version, model_source="meta-llama/x",
+                                      base_model=BaseModel.objects.filter(licence_version=product.licence_version)
+                                      .first(), served_model_name="first", created_by="test")
+    url = path.format(group=tenancy.organisation.group_id, product=product.pk, webhook=endpoint.pk,
+                      deployment=first.pk)
     client = login(who)
     _more_of_everything(tenancy, 1)
     client.get(url)  # warm up: a group's policy row is created on first read, the chain's verification cached

@@ -166,7 +166,6 @@ def test_it_refuses_a_get_on_every_action_that_changes_state(objects: Objects, l
     client = login("owner")
     for url in [f"/products/{objects.product.pk}/accept/", f"/alerts/{objects.alert.pk}/acknowledge/",
                 f"/webhooks/{objects.endpoint.pk}/test/", f"/webhooks/{objects.endpoint.pk}/delete/",
-                f"/deployments/{objects.deployment.pk}/delete/", f"/keys/{objects.member_key.pk}/revoke/",
                 f"/groups/{objects.tenancy.organisation.group_id}/evaluate/", "/logout/",
                 f"/organisations/{objects.tenancy.organisation.pk}/domicile/",
                 f"/organisations/{objects.tenancy.organisation.pk}/exemption/",

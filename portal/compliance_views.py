@@ -1,0 +1,75 @@
+"""After "over": a group's declared figures and Meta grants, read by its members and recorded by those the API
+lets record them (declarations: the group's admins; grants: Corral staff). Both records are append-only, as in
+the API: a declaration is corrected by declaring again (every figure of a month counts and the worst decides),
+a grant by recording it again superseding the old one, or withdrawing it."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods
+
+from governance.models import DeclaredFigure
+from governance.services import evaluation as evaluation_services
+from licensing import services as licensing_services
+from licensing.models import MetaGrant
+from portal import forms
+from portal.access import access_of
+
+STAFF_RECORD_GRANTS = ("Meta grants are recorded by Corral staff (the API's rule: only staff record or withdraw a "
+                       "grant). Send Meta's letter to your Corral operator.")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def declaration_list(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    group = access.group_or_404(pk)
+    can_declare = access.is_group_admin(group)
+    form = forms.DeclarationForm(request.POST or None) if can_declare else None
+    if request.method == "POST":
+        access.require_group_admin(group)
+        assert form is not None
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                figure = evaluation_services.declared_figure_record(
+                    group=group, month=data["month"], mau=data["mau"], evidence=data["evidence"],
+                    declared_by=access.label, lower=data["lower"], upper=data["upper"])
+            except ValidationError as exc:
+                forms.add_service_errors(form, exc)
+            else:
+                messages.success(request, f"Declared {figure.mau:,} monthly active users for {figure.month:%B %Y}; "
+                                          f"the group is evaluated again.")
+                return redirect("portal:declarations", pk=group.pk)
+    declarations = DeclaredFigure.objects.filter(group=group).order_by("-month", "-declared_at", "-id")
+    return render(request, "portal/declaration_list.html", {
+        "group": group, "declarations": declarations, "form": form, "can_declare": can_declare,
+    }, status=400 if form is not None and form.is_bound and form.errors else 200)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def grant_list(request: HttpRequest, pk: int) -> HttpResponse:
+    access = access_of(request)
+    group = access.group_or_404(pk)
+    grants = MetaGrant.objects.filter(group=group).prefetch_related("licence_versions").select_related("supersedes")
+    form = forms.GrantForm(request.POST or None, grants=grants) if access.is_staff else None
+    if request.method == "POST":
+        if form is None:
+            raise PermissionDenied(STAFF_RECORD_GRANTS)
+        if form.is_valid():
+            try:
+                grant = licensing_services.grant_record(group=group, recorded_by=access.label, **form.cleaned_data)
+            except ValidationError as exc:
+                forms.add_service_errors(form, exc)
+            else:
+                messages.success(request, f"Recorded: {'withdrawal of ' if grant.revoked else ''}grant "
+                                          f"{grant.reference}; the group is evaluated again.")
+                return redirect("portal:grants", pk=group.pk)
+    return render(request, "portal/grant_list.html", {
+        "group": group, "grants": grants, "form": form, "staff_only": STAFF_RECORD_GRANTS,
+    }, status=400 if form is not None and form.is_bound and form.errors else 200)

@@ -1,0 +1,171 @@
+"""The platform lead's pages of the GPU pool: quotas, a deployment's live state, replica logs and token usage.
+
+A deployment's page refreshes its state by itself while it changes: ``deployment_status`` answers the state
+block as JSON (``portal/static/portal/live.js`` polls it and swaps the block only when it differs, and stops
+once the deployment settles). Without JavaScript the page is the same, reloaded by hand."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db.models import Sum
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods
+
+from governance.models import Scope
+from inference.api.serializers import QuotaSerializer
+from inference.models import Deployment, DeploymentState, GpuQuota, Replica, ReplicaState, TokenUsage
+from inference.services import quota_use_many, replica_key
+from portal import forms
+from portal.access import access_of
+
+LOG_LINES = 200
+LOG_TAIL_BYTES = 64 * 1024
+USAGE_DAYS = (1, 7, 30, 90)
+_SETTLED_DEPLOYMENT = {DeploymentState.READY, DeploymentState.STOPPED, DeploymentState.FAILED}
+_SETTLED_REPLICA = {ReplicaState.READY, ReplicaState.STOPPED, ReplicaState.FAILED}
+STAFF_SETS_QUOTAS = ("Quotas are set by Corral staff (the API's rule: /api/v1/staff/quotas/ is staff only). "
+                     "Ask your Corral operator for more GPUs or CPU replicas.")
+
+
+def _deployment_or_404(request: HttpRequest, pk: int) -> Deployment:
+    access = access_of(request)
+    deployment = (Deployment.objects.filter(pk=pk, organisation__in=access.organisations())
+                  .select_related("organisation").prefetch_related(
+                      "replica_set__node", "replica_set__gpu_allocations__gpu").first())
+    if deployment is None:
+        raise Http404("No such deployment.")
+    return deployment
+
+
+def settled(deployment: Deployment) -> bool:
+    """Whether nothing is moving: the deployment and each replica are in a state only a request changes."""
+    return deployment.state in _SETTLED_DEPLOYMENT and all(
+        replica.state in _SETTLED_REPLICA for replica in deployment.replica_set.all())
+
+
+@never_cache
+@login_required
+@require_GET
+def deployment_status(request: HttpRequest, pk: int) -> JsonResponse:
+    """The deployment page's live block, for the page's script to swap in while the deployment changes."""
+    deployment = _deployment_or_404(request, pk)
+    html = render_to_string("portal/_deployment_live.html", {"deployment": deployment}, request=request)
+    return JsonResponse({"state": deployment.state, "settled": settled(deployment), "html": html})
+
+
+def log_tail(path: str, *, lines: int = LOG_LINES) -> list[str] | None:
+    """The last lines of a replica's log file, or None when there is none to read here. Only files inside
+    INFERENCE_LOG_DIR are read, whatever the row says."""
+    if not path:
+        return None
+    log_dir = Path(settings.INFERENCE_LOG_DIR).resolve()
+    target = Path(path).resolve()
+    if not target.is_relative_to(log_dir) or not target.is_file():
+        return None
+    with open(target, "rb") as log:
+        log.seek(0, os.SEEK_END)
+        size = log.tell()
+        log.seek(max(0, size - LOG_TAIL_BYTES))
+        text = log.read().decode("utf-8", errors="replace")
+    tail = text.splitlines()
+    if size > LOG_TAIL_BYTES:
+        tail = tail[1:]  # the first line read is likely cut
+    return tail[-lines:]
+
+
+@never_cache
+@login_required
+@require_GET
+def replica_log(request: HttpRequest, pk: int, replica_pk: int) -> HttpResponse:
+    """A replica's last log lines. The local backend writes vLLM's output to a file under INFERENCE_LOG_DIR; a
+    Kubernetes replica's log is the pod's (``kubectl logs``), which the portal does not read."""
+    deployment = _deployment_or_404(request, pk)
+    replica = Replica.objects.filter(pk=replica_pk, deployment=deployment).select_related("node").first()
+    if replica is None:
+        raise Http404("No such replica.")
+    lines = log_tail(replica.log_path)
+    if lines is not None and replica.key_salt:
+        secret = replica_key(replica.pk, replica.key_salt)  # vLLM's key never leaves Corral, not even in a log
+        lines = [line.replace(secret, "[vLLM key]") for line in lines]
+    return render(request, "portal/replica_log.html", {
+        "deployment": deployment, "replica": replica, "lines": lines, "limit": LOG_LINES,
+    })
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def quota_list(request: HttpRequest) -> HttpResponse:
+    """GPU and CPU-replica quotas of the caller's organisations and what is in use; staff change them."""
+    access = access_of(request)
+    organisations = list(access.organisations().order_by("name"))
+    quotas = {q.organisation_id: q for q in GpuQuota.objects.filter(organisation__in=organisations)}
+    form = None
+    if request.method == "POST":
+        if not access.is_staff:
+            raise PermissionDenied(STAFF_SETS_QUOTAS)
+        organisation = next((o for o in organisations if str(o.pk) == request.POST.get("organisation")), None)
+        if organisation is None:
+            raise Http404("No such organisation.")
+        form = forms.QuotaForm(request.POST, prefix=f"q{organisation.pk}")
+        if form.is_valid():
+            checked = QuotaSerializer(quotas.get(organisation.pk), data={"organisation": organisation.pk,
+                                                                        **form.cleaned_data})
+            if checked.is_valid():
+                checked.save()
+                messages.success(request, f"Quota of {organisation.name}: {form.cleaned_data['max_gpus']} GPUs, "
+                                          f"{form.cleaned_data['max_cpu_replicas']} CPU replicas.")
+                return redirect("portal:quotas")
+            for field, errors in checked.errors.items():
+                for error in errors:
+                    form.add_error(field if field in form.fields else None, str(error))
+        form.organisation_id = organisation.pk  # type: ignore[attr-defined]
+    rows = []
+    in_use = quota_use_many(organisation_ids=[o.pk for o in organisations])
+    for organisation in organisations:
+        quota = quotas.get(organisation.pk)
+        gpus, cpu_replicas = in_use[organisation.pk]
+        row_form = None
+        if access.is_staff:
+            row_form = form if form is not None and form.organisation_id == organisation.pk else forms.QuotaForm(  # type: ignore[attr-defined]
+                prefix=f"q{organisation.pk}", initial={"max_gpus": quota.max_gpus if quota else 0,
+                                                       "max_cpu_replicas": quota.max_cpu_replicas if quota else 0})
+        rows.append({"organisation": organisation, "quota": quota, "gpus": gpus, "cpu_replicas": cpu_replicas,
+                     "form": row_form})
+    return render(request, "portal/quota_list.html", {
+        "rows": rows, "can_edit": access.is_staff, "staff_only": STAFF_SETS_QUOTAS,
+    }, status=400 if form is not None and form.errors else 200)
+
+
+@login_required
+@require_GET
+def usage(request: HttpRequest) -> HttpResponse:
+    """Gateway token use of the caller's organisations per key and per deployment over the last days."""
+    access = access_of(request)
+    raw = request.GET.get("days", "30")
+    days = int(raw) if raw.isdigit() else None
+    if days not in USAGE_DAYS:
+        return HttpResponseBadRequest(f"days must be one of {', '.join(map(str, USAGE_DAYS))}; got {raw[:20]!r}.",
+                                      content_type="text/plain; charset=utf-8")  # echoes input: never as HTML
+    since = timezone.now().date() - dt.timedelta(days=days - 1)
+    rows = TokenUsage.objects.filter(organisation__in=access.organisation_ids(Scope.READ), day__gte=since)
+    sums = {name: Sum(name) for name in ("requests", "prompt_tokens", "completion_tokens", "failed_requests")}
+    by_key = (rows.values("api_key", "api_key__prefix", "api_key__name", "organisation__name").annotate(**sums)
+              .order_by("-completion_tokens", "api_key"))
+    by_deployment = (rows.values("deployment", "deployment__served_model_name", "organisation__name")
+                     .annotate(**sums).order_by("-completion_tokens", "deployment"))
+    totals = rows.aggregate(**sums)
+    return render(request, "portal/usage.html", {
+        "by_key": by_key, "by_deployment": by_deployment, "totals": totals, "days": days, "since": since,
+        "choices": USAGE_DAYS,
+    })

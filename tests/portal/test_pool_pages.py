@@ -1,0 +1,217 @@
+"""The platform lead's pages: quotas, a deployment's live state, replica logs, token usage; confirmation before
+revoke/delete/remove; date and number inputs that survive an unchanged save."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from html import unescape
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from governance.models import ApiKey
+from governance.services import api_key_create
+from inference.models import Deployment, GpuQuota, Replica, TokenUsage
+from inference.services import replica_key
+from licensing.models import BaseModel, Membership, Product
+from portal import forms
+from tests.portal.conftest import Tenancy
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _no_reconciler(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("inference.services.reconcile_soon", lambda: None)
+
+
+@pytest.fixture
+def deployment(tenancy: Tenancy, product: Product) -> Deployment:
+    return Deployment.objects.create(
+        organisation=tenancy.organisation, product=product, licence_version=product.licence_version,
+        base_model=BaseModel.objects.filter(licence_version=product.licence_version).first(),
+        model_source="meta-llama/x", served_model_name="acme-chat", replicas=1, created_by="setup")
+
+
+# --- quotas ---------------------------------------------------------------------------------------------------
+
+
+def test_it_shows_quotas_and_lets_staff_change_them(tenancy: Tenancy, login: Any, deployment: Deployment) -> None:
+    org = tenancy.organisation
+    GpuQuota.objects.create(organisation=org, max_gpus=8, max_cpu_replicas=2)
+    body = login("viewer").get("/deployments/quotas/").content.decode()
+    assert "Acme Social" in body and "1 / 8" in body and "0 / 2" in body and "Globex" not in body
+    assert 'name="organisation"' not in body
+    response = login("staff").post("/deployments/quotas/", {"organisation": org.pk, f"q{org.pk}-max_gpus": "16",
+                                                            f"q{org.pk}-max_cpu_replicas": "3"})
+    assert response.status_code == 302
+    quota = GpuQuota.objects.get(organisation=org)
+    assert (quota.max_gpus, quota.max_cpu_replicas) == (16, 3)
+
+
+def test_it_refuses_quota_changes_to_all_but_staff(tenancy: Tenancy, login: Any) -> None:
+    org = tenancy.organisation
+    data = {"organisation": org.pk, f"q{org.pk}-max_gpus": "99", f"q{org.pk}-max_cpu_replicas": "0"}
+    response = login("owner").post("/deployments/quotas/", data)
+    assert response.status_code == 403 and "set by Corral staff" in response.content.decode()
+    bad = login("staff").post("/deployments/quotas/", {**data, f"q{org.pk}-max_gpus": "-1"})
+    assert bad.status_code == 400 and "greater than or equal to 0" in bad.content.decode()
+    assert not GpuQuota.objects.exists()
+
+
+# --- live state -----------------------------------------------------------------------------------------------
+
+
+def test_it_answers_the_live_state_until_the_deployment_settles(tenancy: Tenancy, login: Any,
+                                                                 deployment: Deployment) -> None:
+    client = login("viewer")
+    page = client.get(f"/deployments/{deployment.pk}/").content.decode()
+    assert 'data-settled="false"' in page and "live.js" in page
+    answer = client.get(f"/deployments/{deployment.pk}/status/").json()
+    assert answer["state"] == "pending" and answer["settled"] is False and "pending" in answer["html"]
+    Deployment.objects.filter(pk=deployment.pk).update(state="ready")
+    Replica.objects.create(deployment=deployment, ordinal=0, state="ready")
+    answer = client.get(f"/deployments/{deployment.pk}/status/").json()
+    assert answer["settled"] is True and "#0" in answer["html"]
+    assert login("outsider").get(f"/deployments/{deployment.pk}/status/").status_code == 404
+
+
+def test_it_answers_the_deployment_lists_live_table(tenancy: Tenancy, login: Any, deployment: Deployment) -> None:
+    client = login("viewer")
+    page = client.get("/deployments/?stopped=1").content.decode()
+    assert 'data-settled="false"' in page and 'data-status-url="/deployments/?stopped=1&amp;format=live"' in page
+    answer = client.get("/deployments/?stopped=1&format=live").json()
+    assert answer["settled"] is False and "acme-chat" in answer["html"] and "<html" not in answer["html"]
+    Deployment.objects.filter(pk=deployment.pk).update(state="ready")
+    assert client.get("/deployments/?format=live").json()["settled"] is True
+    assert "acme-chat" not in login("outsider").get("/deployments/?format=live").json()["html"]
+
+
+# --- logs -----------------------------------------------------------------------------------------------------
+
+
+def test_it_shows_a_replicas_last_log_lines_without_its_key(tenancy: Tenancy, login: Any, deployment: Deployment,
+                                                             settings: Any, tmp_path: Any) -> None:
+    settings.INFERENCE_LOG_DIR = tmp_path
+    replica = Replica.objects.create(deployment=deployment, ordinal=0, state="starting", key_salt="abc")
+    log = tmp_path / "replica.log"
+    secret = replica_key(replica.pk, "abc")
+    log.write_text("".join(f"line {i}\n" for i in range(500)) + f"INFO api_key={secret}\n")
+    Replica.objects.filter(pk=replica.pk).update(log_path=str(log))
+    body = login("viewer").get(f"/deployments/{deployment.pk}/replicas/{replica.pk}/log/").content.decode()
+    assert '">line 301\nline 302\n' in body and "line 300\n" not in body  # the last 200 lines, oldest first
+    assert secret not in body and "api_key=[vLLM key]" in body
+    assert login("outsider").get(f"/deployments/{deployment.pk}/replicas/{replica.pk}/log/").status_code == 404
+
+
+def test_it_reads_no_file_outside_the_log_directory(tenancy: Tenancy, login: Any, deployment: Deployment,
+                                                    settings: Any, tmp_path: Any) -> None:
+    settings.INFERENCE_LOG_DIR = tmp_path / "replicas"
+    (tmp_path / "replicas").mkdir()
+    elsewhere = tmp_path / "secret.txt"
+    elsewhere.write_text("do not show\n")
+    replica = Replica.objects.create(deployment=deployment, ordinal=0, log_path=str(tmp_path / "replicas/../secret.txt"),
+                                     pod_name="")
+    body = login("viewer").get(f"/deployments/{deployment.pk}/replicas/{replica.pk}/log/").content.decode()
+    assert "do not show" not in body and "No log to show here" in body
+
+
+# --- usage ----------------------------------------------------------------------------------------------------
+
+
+def test_it_shows_token_usage_per_key_and_per_deployment(tenancy: Tenancy, login: Any,
+                                                         deployment: Deployment) -> None:
+    key, _ = api_key_create(organisation=tenancy.organisation, name="chat-backend", scopes=["inference"],
+                            created_by="setup")
+    today = timezone.now().date()
+    for day, tokens in ((today, 1_200), (today - dt.timedelta(days=3), 800), (today - dt.timedelta(days=60), 5)):
+        TokenUsage.objects.create(organisation=tenancy.organisation, api_key=key, deployment=deployment, day=day,
+                                  requests=2, prompt_tokens=10, completion_tokens=tokens)
+    body = login("viewer").get("/deployments/usage/?days=30").content.decode()
+    assert "chat-backend" in body and "acme-chat" in body
+    # completion tokens of the total, the key and the deployment over 30 days (not the 60-day-old row)
+    assert body.count(">2,000<") == 3
+    week = login("viewer").get("/deployments/usage/?days=1").content.decode()
+    assert week.count(">1,200<") == 3
+    assert "chat-backend" not in login("outsider").get("/deployments/usage/").content.decode()
+    bad = login("viewer").get("/deployments/usage/?days=12")
+    assert bad.status_code == 400 and "days must be one of 1, 7, 30, 90; got '12'" in bad.content.decode()
+
+
+# --- confirmations --------------------------------------------------------------------------------------------
+
+
+def test_it_asks_before_revoking_a_key_deleting_a_deployment_or_removing_a_member(
+        tenancy: Tenancy, login: Any, deployment: Deployment) -> None:
+    key, _ = api_key_create(organisation=tenancy.organisation, name="k", scopes=["read"], created_by="setup")
+    member = Membership.objects.get(organisation=tenancy.organisation, user__username="member")
+    client = login("owner")
+    for url, button in ((f"/keys/{key.pk}/revoke/", "Revoke key"),
+                        (f"/deployments/{deployment.pk}/delete/", "Delete deployment"),
+                        (f"/members/{member.pk}/remove/", "Remove member")):
+        page = client.get(url)
+        assert page.status_code == 200 and f">{button}</button>" in page.content.decode(), url
+    assert ApiKey.objects.get(pk=key.pk).revoked_at is None
+    assert not Deployment.objects.get(pk=deployment.pk).deleted
+    assert Membership.objects.filter(pk=member.pk).exists()
+    assert f'href="/keys/{key.pk}/revoke/"' in client.get("/keys/").content.decode()
+    client.post(f"/keys/{key.pk}/revoke/")
+    client.post(f"/deployments/{deployment.pk}/delete/")
+    client.post(f"/members/{member.pk}/remove/")
+    assert ApiKey.objects.get(pk=key.pk).revoked_at is not None
+    assert Deployment.objects.get(pk=deployment.pk).deleted
+    assert not Membership.objects.filter(pk=member.pk).exists()
+
+
+def test_it_refuses_the_confirmation_page_to_a_role_that_cannot_act(tenancy: Tenancy, login: Any,
+                                                                     deployment: Deployment) -> None:
+    member = Membership.objects.get(organisation=tenancy.organisation, user__username="member")
+    assert login("viewer").get(f"/deployments/{deployment.pk}/delete/").status_code == 403
+    assert login("member").get(f"/members/{member.pk}/remove/").status_code == 403
+    assert login("outsider").get(f"/deployments/{deployment.pk}/delete/").status_code == 404
+
+
+# --- inputs that round-trip -----------------------------------------------------------------------------------
+
+
+def _form_values(html: str) -> dict[str, Any]:
+    """What a browser would submit from the page's first stacked form: inputs, selects, textareas."""
+    form = re.search(r'<form class="stack[^"]*" method="post".*?</form>', html, re.S).group(0)
+    data: dict[str, Any] = {}
+    for tag in re.findall(r"<input[^>]*>", form):
+        name = re.search(r'name="([^"]+)"', tag)
+        kind = re.search(r'type="([^"]+)"', tag)
+        value = re.search(r'value="([^"]*)"', tag)
+        if name and (kind is None or kind.group(1) not in ("checkbox", "radio") or "checked" in tag):
+            data[name.group(1)] = unescape(value.group(1)) if value else ""
+    for name, body in re.findall(r'<select name="([^"]+)"[^>]*>(.*?)</select>', form, re.S):
+        chosen = re.search(r'<option value="([^"]*)"[^>]*selected', body)
+        data[name] = unescape(chosen.group(1)) if chosen else ""
+    for name, body in re.findall(r'<textarea name="([^"]+)"[^>]*>(.*?)</textarea>', form, re.S):
+        data[name] = unescape(body).lstrip("\n")
+    return data
+
+
+def test_it_keeps_a_launch_date_through_an_unchanged_save(tenancy: Tenancy, login: Any, product: Product) -> None:
+    Product.objects.filter(pk=product.pk).update(launch_date=dt.date(2023, 10, 16))
+    client = login("member")
+    page = client.get(f"/products/{product.pk}/edit/").content.decode()
+    assert 'type="date" name="launch_date" value="2023-10-16"' in page
+    data = _form_values(page)
+    assert data["launch_date"] == "2023-10-16"
+    assert client.post(f"/products/{product.pk}/edit/", data).status_code == 302
+    assert Product.objects.get(pk=product.pk).launch_date == dt.date(2023, 10, 16)
+
+
+def test_it_renders_every_date_input_as_iso(settings: Any) -> None:
+    settings.LANGUAGE_CODE = "en-gb"  # a locale whose date format is 16/10/2023
+    day = dt.date(2023, 10, 16)
+    for form_class, name in ((forms.ProductForm, "launch_date"), (forms.GrantForm, "valid_from"),
+                             (forms.AuditFilterForm, "since")):
+        field = form_class.base_fields[name]
+        html = field.widget.render(name, day)
+        assert 'type="date"' in html and 'value="2023-10-16"' in html, form_class
+    month = forms.DeclarationForm.base_fields["month"].widget.render("month", dt.date(2024, 11, 1))
+    assert 'type="month"' in month and 'value="2024-11"' in month
