@@ -204,8 +204,9 @@ def step_start(*, only_node: int | None = None, skip_nodes: Collection[int] = ()
     """Start replicas placed (starting, with GPUs and a port) but not started yet: the work a node's own
     worker does for the replicas the central pass placed on it."""
     did = False
-    placed = Replica.objects.filter(state=ReplicaState.STARTING, endpoint="", pid__isnull=True, pod_name="",
-                                    node__isnull=False).select_related("deployment", "deployment__organisation", "node")
+    placed = (Replica.objects.filter(state=ReplicaState.STARTING, endpoint="", pid__isnull=True, pod_name="",
+                                     node__isnull=False)
+              .select_related("deployment", "deployment__organisation", "node"))
     for replica in _on_nodes(placed, only_node, skip_nodes):
         gpus = list(GPU.objects.filter(allocation__replica=replica).order_by("index"))
         _start(replica, replica.node, gpus, replica.port)
@@ -286,7 +287,8 @@ def _crashed(replica: Replica, detail: str) -> bool:
             return True
         backoff = min(300, 5 * 2 ** (restarts - 1))
         _move(replica, replica.state, ReplicaState.SCHEDULING, restarts=restarts, pid=None, port=None, node=None,
-              stopping_until=None, endpoint="", pod_name="", next_start_at=timezone.now() + dt.timedelta(seconds=backoff),
+              stopping_until=None, endpoint="", pod_name="",
+              next_start_at=timezone.now() + dt.timedelta(seconds=backoff),
               state_reason=f"restarting in {backoff} s after: {reason}")
         Deployment.objects.filter(pk=deployment.pk).update(crash_count=deployment.crash_count + 1)
     return True
