@@ -606,7 +606,7 @@ def test_it_reports_a_crash_looping_replica_with_its_last_exit(backend: Kubernet
 def test_it_reports_a_replica_that_can_never_pull_its_image(backend: KubernetesBackend,
                                                             fake_api: FakeApiServer) -> None:
     backend.start(BASE_SPEC)
-    waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "vllm/vllm-openai:v0.11.0"'}
+    waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "vllm/vllm-openai:v0.32.0"'}
     fake_api.pods = [_pod(phase="Pending", state={"waiting": waiting})]
     observation = backend.observe(REF)
     assert observation.running is False
