@@ -759,3 +759,23 @@ def test_its_names_agree_with_the_rendered_objects() -> None:
     manifests = render()
     assert manifests["Deployment"]["metadata"]["name"] == object_name(12, 34)
     assert manifests["Secret"]["metadata"]["name"] == key_secret_name(12, 34)
+
+
+def test_a_deleted_deployment_leaves_nothing_behind(backend: KubernetesBackend, fake_api: FakeApiServer) -> None:
+    """Every replica's Secret and Service is owned by its Deployment (Kubernetes' garbage collector deletes
+    them with it), and stopping each replica deletes everything carrying its labels."""
+    refs = [replace(REF, replica_id=replica_id) for replica_id in (34, 35)]
+    for ref in refs:
+        backend.start(replace(BASE_SPEC, replica_id=ref.replica_id))
+    deployments = {o["metadata"]["name"]: o["metadata"]["uid"] for o in fake_api.objects.values()
+                   if o["kind"] == "Deployment"}
+    for obj in fake_api.objects.values():
+        if obj["kind"] != "Deployment":
+            [owner] = obj["metadata"]["ownerReferences"]
+            replica = obj["metadata"]["labels"]["corral.io/replica"]
+            assert owner["uid"] == deployments[f"corral-d12-r{replica}"] and owner["kind"] == "Deployment"
+    fake_api.pods = [_pod()]
+    for ref in refs:
+        backend.stop(ref, grace_seconds=20)
+    assert fake_api.objects == {} and fake_api.pods == []
+    assert all(backend.stopped(ref) for ref in refs)
