@@ -24,10 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # Pinned: the oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and a current one.
 KUBERNETES_VERSIONS = ("1.30.0", "1.33.0")
 # inference/backends/kubernetes.py: patch_namespaced_secret/service/deployment (server-side apply, which
-# needs create for an object's first apply), delete_namespaced_*, read_namespaced_deployment,
-# list_namespaced_pod.
-PROVISIONER_RULES = {("", "secrets"): {"create", "patch", "delete"}, ("", "services"): {"create", "patch", "delete"},
-                     ("", "pods"): {"list"}, ("apps", "deployments"): {"get", "create", "patch", "delete"}}
+# needs create for an object's first apply), delete_collection_namespaced_* by the replica's labels,
+# read_namespaced_deployment, list_namespaced_deployment and list_namespaced_pod.
+PROVISIONER_RULES = {("", "secrets"): {"create", "patch", "deletecollection"},
+                     ("", "services"): {"create", "patch", "deletecollection"},
+                     ("", "pods"): {"list", "deletecollection"},
+                     ("apps", "deployments"): {"get", "list", "create", "patch", "deletecollection"}}
 SECRET_SETTINGS = {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}
 
 

@@ -9,6 +9,7 @@ settings and refuses to start without a real ``SECRET_KEY``. Any variable may in
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -447,13 +448,37 @@ INFERENCE_LOG_DIR = Path(env_str("INFERENCE_LOG_DIR", str(VAR_DIR / "replicas"))
 # Local model directories a deployment may name as its source (anything else must be a Hugging Face repo id).
 INFERENCE_LOCAL_MODEL_DIRS = env_list("INFERENCE_LOCAL_MODEL_DIRS", [str(VAR_DIR / "models")])
 INFERENCE_KEY_SECRET = env_str("INFERENCE_KEY_SECRET", SECRET_KEY)
+# How long a new replica has to become healthy; the kubernetes backend's startup probe allows exactly as long.
 INFERENCE_STARTUP_TIMEOUT_SECONDS = env_int("INFERENCE_STARTUP_TIMEOUT_SECONDS", 600)
+if INFERENCE_STARTUP_TIMEOUT_SECONDS < 1:
+    raise ImproperlyConfigured(f"INFERENCE_STARTUP_TIMEOUT_SECONDS={INFERENCE_STARTUP_TIMEOUT_SECONDS} must be at "
+                               f"least 1")
 INFERENCE_MAX_RESTARTS = env_int("INFERENCE_MAX_RESTARTS", 3)
 INFERENCE_STOP_GRACE_SECONDS = env_int("INFERENCE_STOP_GRACE_SECONDS", 20)
 INFERENCE_UNHEALTHY_AFTER = env_int("INFERENCE_UNHEALTHY_AFTER", 3)
+# Several GPU hosts, one pool: each local node's replicas are started, watched and stopped by the worker on that
+# host, which consumes the queue node.<name> and sets INFERENCE_NODE_NAME=<name> (docs/inference.md).
+INFERENCE_NODE_QUEUES = env_bool("INFERENCE_NODE_QUEUES", False)
+INFERENCE_NODE_NAME = env_str("INFERENCE_NODE_NAME", "")
 # The kubernetes backend (docs/kubernetes.md).
 KUBERNETES_NAMESPACE = env_str("KUBERNETES_NAMESPACE", "corral-inference")
-KUBERNETES_VLLM_IMAGE = env_str("KUBERNETES_VLLM_IMAGE", "vllm/vllm-openai:v0.11.0")
+_IMAGE_REFERENCE = re.compile(
+    r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"  # [registry[:port]/]repository
+    r"(?P<tag>:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?P<digest>@sha256:[a-f0-9]{64})?")
+
+
+def _image_reference(name: str, default: str) -> str:
+    """An image reference that names a release: repository:tag, repository@sha256:<digest>, or both."""
+    value = env_str(name, default)
+    match = _IMAGE_REFERENCE.fullmatch(value)
+    if match is None or not (match["tag"] or match["digest"]):
+        raise ImproperlyConfigured(f"{name}={value!r} is not an image reference with a tag or a digest: use "
+                                   f"repository:tag (vllm/vllm-openai:v0.32.0) or repository@sha256:<64 hex digits>")
+    return value
+
+
+# The release the CPU end-to-end test runs (scripts/install-vllm-cpu.sh), by tag, or pinned by digest.
+KUBERNETES_VLLM_IMAGE = _image_reference("KUBERNETES_VLLM_IMAGE", "vllm/vllm-openai:v0.32.0")
 KUBERNETES_KUBECONFIG = env_str("KUBERNETES_KUBECONFIG", "")
 KUBERNETES_CONTEXT = env_str("KUBERNETES_CONTEXT", "")
 _run_as = env_str("KUBERNETES_VLLM_RUN_AS_USER", "2000")
@@ -461,6 +486,28 @@ KUBERNETES_VLLM_RUN_AS_USER = None if _run_as.lower() in {"", "none", "root"} el
 KUBERNETES_HF_TOKEN_SECRET = env_str("KUBERNETES_HF_TOKEN_SECRET", "")
 KUBERNETES_MODELS_CLAIM = env_str("KUBERNETES_MODELS_CLAIM", "")
 KUBERNETES_MODELS_PATH = env_str("KUBERNETES_MODELS_PATH", "/models")
+# The shared Hugging Face cache of vLLM pods: a ReadWriteMany claim (the chart's modelCache), or "emptyDir"
+# for a per-pod cache that downloads the weights at every start.
+KUBERNETES_MODEL_CACHE_CLAIM = env_str("KUBERNETES_MODEL_CACHE_CLAIM", "corral-model-cache")
+if KUBERNETES_MODEL_CACHE_CLAIM != "emptyDir" and not re.fullmatch(
+        r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", KUBERNETES_MODEL_CACHE_CLAIM):
+    raise ImproperlyConfigured(f"KUBERNETES_MODEL_CACHE_CLAIM={KUBERNETES_MODEL_CACHE_CLAIM!r} is neither a "
+                               f"PersistentVolumeClaim name nor 'emptyDir'")
+
+
+def _quantity(name: str, default: str) -> str:
+    """A Kubernetes resource quantity (4, 500m, 32Gi, 1.5G)."""
+    value = env_str(name, default)
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?", value):
+        raise ImproperlyConfigured(f"{name}={value!r} is not a Kubernetes quantity (e.g. 4, 500m, 32Gi)")
+    return value
+
+
+# CPU and memory of each vLLM pod (never BestEffort; the 8 GiB /dev/shm counts against the memory limit).
+KUBERNETES_VLLM_CPU_REQUEST = _quantity("KUBERNETES_VLLM_CPU_REQUEST", "4")
+KUBERNETES_VLLM_CPU_LIMIT = _quantity("KUBERNETES_VLLM_CPU_LIMIT", "16")
+KUBERNETES_VLLM_MEMORY_REQUEST = _quantity("KUBERNETES_VLLM_MEMORY_REQUEST", "32Gi")
+KUBERNETES_VLLM_MEMORY_LIMIT = _quantity("KUBERNETES_VLLM_MEMORY_LIMIT", "64Gi")
 CELERY_BEAT_SCHEDULE.update(
     {"reconcile-pool": {"task": "inference.tasks.reconcile_pool", "schedule": timedelta(seconds=10)}}
 )

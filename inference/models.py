@@ -134,6 +134,8 @@ class Replica(models.Model):
     restarts = models.PositiveIntegerField(default=0)
     next_start_at = models.DateTimeField(null=True, blank=True, help_text="Backoff: not restarted before this")
     started_at = models.DateTimeField(null=True, blank=True)
+    stopping_until = models.DateTimeField(
+        null=True, blank=True, help_text="Stop asked: its grace period (or a crash's clean-up) ends then")
     last_health_at = models.DateTimeField(null=True, blank=True)
     last_health_ok = models.BooleanField(default=False)
     consecutive_health_failures = models.PositiveIntegerField(default=0)

@@ -4,6 +4,14 @@ did anything, so a test drives one step and looks at the database (and a Celery 
 Safe to run twice and after the worker running it crashed: every state change is a conditional UPDATE from
 the state the step read (a second worker that lost the race sees "0 rows" and leaves it), GPUs are held by
 a unique allocation row, and a replica that was being started when a worker died is found again by its pid.
+
+Nothing here waits for a replica to go: stopping asks the backend once, records ``stopping_until`` (the end of
+the grace period) and finishes on a later pass, when the backend says nothing is left.
+
+Where the work runs: by default every step runs in ``reconcile_pool``, in whichever worker takes it. With
+INFERENCE_NODE_QUEUES on, the steps that start, observe and stop replicas of a local node run in
+``reconcile_node`` on that node's own Celery queue (``node.<name>``), so several GPU hosts serve one pool: the
+central pass places replicas (database only) and ``node_work`` says which nodes to send work to.
 """
 
 from __future__ import annotations
@@ -11,12 +19,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
+from collections.abc import Collection
 from pathlib import Path
+from typing import Literal
 
 import httpx
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,7 +34,8 @@ from governance.audit import audit_record
 from inference import backends
 from inference.backends.base import Backend, ReplicaRef, ReplicaSpec
 from inference.backends.local import process_start_time
-from inference.models import GPU, Deployment, DeploymentState, GpuAllocation, Node, Replica, ReplicaState
+from inference.models import GPU, Backend as BackendName
+from inference.models import Deployment, DeploymentState, GpuAllocation, Node, Replica, ReplicaState
 from inference.services import replica_key
 
 logger = logging.getLogger(__name__)
@@ -33,6 +44,34 @@ ACTIVE = [ReplicaState.STARTING, ReplicaState.READY, ReplicaState.UNHEALTHY]
 
 def backend_for(node: Node) -> Backend:
     return backends.backend_for(node.backend)
+
+
+def node_queue(node_name: str) -> str:
+    """The Celery queue of a node's own worker (INFERENCE_NODE_QUEUES)."""
+    return f"node.{node_name}"
+
+
+def routed_node_ids() -> set[int]:
+    """Nodes whose replicas are started, observed and stopped by their own host's worker: every local node
+    when INFERENCE_NODE_QUEUES is on (a kubernetes node's work is API calls, which any worker can make)."""
+    if not settings.INFERENCE_NODE_QUEUES:
+        return set()
+    return set(Node.objects.filter(backend=BackendName.LOCAL).values_list("pk", flat=True))
+
+
+def node_work(node_ids: Collection[int]) -> list[tuple[int, str]]:
+    """(node id, queue) of each of ``node_ids`` with a replica to start, watch or stop."""
+    busy = (Node.objects.filter(pk__in=node_ids, replicas__state__in=[*ACTIVE, ReplicaState.DRAINING])
+            .distinct().order_by("name").values_list("pk", "name"))
+    return [(pk, node_queue(name)) for pk, name in busy]
+
+
+def _on_nodes(replicas: QuerySet[Replica], only_node: int | None, skip_nodes: Collection[int]) -> QuerySet[Replica]:
+    if only_node is not None:
+        replicas = replicas.filter(node_id=only_node)
+    if skip_nodes:
+        replicas = replicas.exclude(node_id__in=skip_nodes)
+    return replicas
 
 
 def _ref(replica: Replica) -> ReplicaRef:
@@ -140,8 +179,9 @@ def _place(replica: Replica) -> tuple[Node, list[GPU], int] | str:
     return "no capacity: " + "; ".join(reasons)
 
 
-def step_schedule() -> bool:
-    """Place and start replicas waiting in scheduling whose backoff has passed."""
+def step_schedule(*, skip_nodes: Collection[int] = ()) -> bool:
+    """Place and start replicas waiting in scheduling whose backoff has passed. A replica placed on one of
+    ``skip_nodes`` is left in starting for that node's own worker to start (step_start)."""
     did = False
     now = timezone.now()
     waiting = Replica.objects.filter(state=ReplicaState.SCHEDULING, deployment__deleted=False).filter(
@@ -155,7 +195,22 @@ def step_schedule() -> bool:
             continue
         node, gpus, port = placed
         did = True
-        _start(replica, node, gpus, port)
+        if node.pk not in skip_nodes:
+            _start(replica, node, gpus, port)
+    return did
+
+
+def step_start(*, only_node: int | None = None, skip_nodes: Collection[int] = ()) -> bool:
+    """Start replicas placed (starting, with GPUs and a port) but not started yet: the work a node's own
+    worker does for the replicas the central pass placed on it."""
+    did = False
+    placed = (Replica.objects.filter(state=ReplicaState.STARTING, endpoint="", pid__isnull=True, pod_name="",
+                                     node__isnull=False)
+              .select_related("deployment", "deployment__organisation", "node"))
+    for replica in _on_nodes(placed, only_node, skip_nodes):
+        gpus = list(GPU.objects.filter(allocation__replica=replica).order_by("index"))
+        _start(replica, replica.node, gpus, replica.port)
+        did = True
     return did
 
 
@@ -178,8 +233,13 @@ def _start(replica: Replica, node: Node, gpus: list[GPU], port: int) -> None:
         _crashed(replica, f"could not start: {type(exc).__name__}: {exc}")
         return
     metrics = {"_start_time": process_start_time(handle.pid)} if handle.pid else {}
-    Replica.objects.filter(pk=replica.pk).update(endpoint=handle.endpoint, pid=handle.pid, pod_name=handle.pod_name,
-                                                 log_path=handle.log_path, metrics=metrics)
+    recorded = Replica.objects.filter(pk=replica.pk, state=ReplicaState.STARTING).update(
+        endpoint=handle.endpoint, pid=handle.pid, pod_name=handle.pod_name, log_path=handle.log_path,
+        metrics=metrics)
+    if not recorded:  # drained or deleted while it was being started: nothing will ever stop it but this
+        backend_for(node).kill(ReplicaRef(replica_id=replica.pk, deployment_id=deployment.pk,
+                                          endpoint=handle.endpoint, pid=handle.pid, pod_name=handle.pod_name))
+        return
     logger.info("replica %s of deployment %s starting on %s port %s", replica.pk, deployment.pk, node.name, port)
 
 
@@ -197,18 +257,18 @@ def _log_tail(replica: Replica, lines: int = 5) -> str:
     return " | ".join(text[-lines:])[-600:]
 
 
-def _crashed(replica: Replica, detail: str) -> None:
+def _crashed(replica: Replica, detail: str) -> bool:
     """A replica died: restart it after a backoff, or fail the deployment after too many crashes.
 
-    Whatever is left of it is stopped first: when vLLM's main process dies, its engine and worker children
-    (a gigabyte or more) can live on in the process group.
+    Whatever is left of it is killed first: when vLLM's main process dies, its engine and worker children
+    (a gigabyte or more) can live on in the process group. Its GPUs are released only once they are gone (a
+    later pass calls this again) or the backend's slack has passed; nothing here waits.
     """
     replica.refresh_from_db()
     if replica.node is not None and (replica.pid or replica.pod_name):
-        try:
-            backend_for(replica.node).stop(_ref(replica), grace_seconds=2)
-        except Exception:
-            logger.exception("could not clean up after replica %s", replica.pk)
+        remains = _kill_remains(replica, detail)
+        if remains != "gone":
+            return remains == "began waiting"
     restarts = replica.restarts + 1
     deployment = replica.deployment
     tail = _log_tail(replica)
@@ -216,19 +276,47 @@ def _crashed(replica: Replica, detail: str) -> None:
     with transaction.atomic():
         _release(replica)
         if restarts > settings.INFERENCE_MAX_RESTARTS:
-            if _move(replica, replica.state, ReplicaState.FAILED, restarts=restarts, state_reason=reason, pid=None):
+            if _move(replica, replica.state, ReplicaState.FAILED, restarts=restarts, state_reason=reason, pid=None,
+                     stopping_until=None):
                 failed = Deployment.objects.filter(pk=deployment.pk).exclude(state=DeploymentState.FAILED).update(
                     state=DeploymentState.FAILED,
                     state_reason=f"replica {replica.ordinal} crashed {restarts} times: {reason}")
                 if failed:
                     audit_record(action="deployment.failed", actor="reconciler", organisation=deployment.organisation,
                                  obj=deployment, data={"reason": reason[:500]})
-            return
+            return True
         backoff = min(300, 5 * 2 ** (restarts - 1))
         _move(replica, replica.state, ReplicaState.SCHEDULING, restarts=restarts, pid=None, port=None, node=None,
+              stopping_until=None, endpoint="", pod_name="",
               next_start_at=timezone.now() + dt.timedelta(seconds=backoff),
               state_reason=f"restarting in {backoff} s after: {reason}")
         Deployment.objects.filter(pk=deployment.pk).update(crash_count=deployment.crash_count + 1)
+    return True
+
+
+def _kill_remains(replica: Replica, detail: str) -> Literal["gone", "began waiting", "waiting"]:
+    """Kill what is left of a crashed replica: "gone" once nothing is (or the backend's slack is over). While
+    its processes or pod are still going: "began waiting" the first time (the replica leaves the routing set
+    and records until when it is waited for), then "waiting"."""
+    backend = backend_for(replica.node)
+    ref = _ref(replica)
+    now = timezone.now()
+    try:
+        backend.kill(ref)
+        if backend.stopped(ref):
+            return "gone"
+    except Exception:
+        logger.exception("could not clean up after replica %s", replica.pk)
+        return "gone"
+    if replica.stopping_until is None:
+        Replica.objects.filter(pk=replica.pk, state=replica.state).update(
+            stopping_until=now + dt.timedelta(seconds=backend.stop_slack_seconds), last_health_ok=False,
+            state_reason=f"{detail}; waiting for what is left of it to end")
+        return "began waiting"
+    if now < replica.stopping_until:
+        return "waiting"
+    logger.warning("replica %s: still not gone %.0f s after it was killed", replica.pk, backend.stop_slack_seconds)
+    return "gone"
 
 
 # --- health and metrics -------------------------------------------------------------------------------------
@@ -268,15 +356,22 @@ def _probe(replica: Replica) -> tuple[bool, dict[str, float], str]:
         return False, {}, f"{type(exc).__name__}: {exc}"[:300]
 
 
-def step_observe() -> bool:
+def step_observe(*, only_node: int | None = None, skip_nodes: Collection[int] = ()) -> bool:
     """Check every active replica: still running, healthy, loaded how; restart the dead, demote the sick."""
     did = False
     now = timezone.now()
-    for replica in Replica.objects.filter(state__in=ACTIVE).select_related("deployment", "node"):
+    timeout = settings.INFERENCE_STARTUP_TIMEOUT_SECONDS
+    active = Replica.objects.filter(state__in=ACTIVE).select_related("deployment", "node")
+    for replica in _on_nodes(active, only_node, skip_nodes):
+        if replica.state == ReplicaState.STARTING and not (replica.endpoint or replica.pid or replica.pod_name):
+            # Placed, not started yet: its node's worker starts it (step_start).
+            if (now - (replica.started_at or now)).total_seconds() > timeout:
+                queue = node_queue(replica.node.name) if replica.node else "its node's queue"
+                did |= _crashed(replica, f"not started {timeout} s after placement (is a worker consuming {queue}?)")
+            continue
         observation = backend_for(replica.node).observe(_ref(replica)) if replica.node else None
         if observation is None or not observation.running:
-            _crashed(replica, observation.detail if observation else "no node")
-            did = True
+            did |= _crashed(replica, observation.detail if observation else "no node")
             continue
         healthy, metrics, detail = _probe(replica)
         metrics = {**metrics, "_start_time": replica.metrics.get("_start_time", "")}
@@ -292,10 +387,9 @@ def step_observe() -> bool:
         failures = replica.consecutive_health_failures + 1
         if replica.state == ReplicaState.STARTING:
             started = replica.started_at or now
-            if (now - started).total_seconds() > settings.INFERENCE_STARTUP_TIMEOUT_SECONDS:
-                backend_for(replica.node).stop(_ref(replica), grace_seconds=settings.INFERENCE_STOP_GRACE_SECONDS)
-                _crashed(replica, f"not healthy {settings.INFERENCE_STARTUP_TIMEOUT_SECONDS} s after start ({detail})")
-                did = True
+            if (now - started).total_seconds() > timeout:
+                # The same timeout as the kubernetes backend's startup probe (periodSeconds x failureThreshold).
+                did |= _crashed(replica, f"not healthy {timeout} s after start ({detail})")
             else:
                 Replica.objects.filter(pk=replica.pk).update(last_health_at=now, last_health_ok=False)
             continue
@@ -312,17 +406,48 @@ def step_observe() -> bool:
 # --- draining and stopping ----------------------------------------------------------------------------------
 
 
-def step_drain() -> bool:
-    """Stop replicas marked draining (scaled down or deleted), free their GPUs and ports."""
+def step_drain(*, only_node: int | None = None, skip_nodes: Collection[int] = ()) -> bool:
+    """Stop replicas marked draining (scaled down or deleted), free their GPUs and ports once they are gone.
+
+    The first pass asks the backend to stop the replica and records the end of its grace period
+    (``stopping_until``); later passes finish it when the backend says it is gone, kill it once the grace
+    period is over, and give up waiting (with a warning) the backend's slack after that.
+    """
     did = False
-    for replica in Replica.objects.filter(state=ReplicaState.DRAINING).select_related("node", "deployment"):
-        if replica.node is not None and (replica.pid or replica.pod_name):
-            backend_for(replica.node).stop(_ref(replica), grace_seconds=settings.INFERENCE_STOP_GRACE_SECONDS)
-        with transaction.atomic():
-            _release(replica)
-            did |= _move(replica, ReplicaState.DRAINING, ReplicaState.STOPPED, pid=None, port=None,
-                         state_reason="stopped")
+    draining = Replica.objects.filter(state=ReplicaState.DRAINING).select_related("node", "deployment")
+    for replica in _on_nodes(draining, only_node, skip_nodes):
+        did |= _drain_one(replica)
     return did
+
+
+def _drain_one(replica: Replica) -> bool:
+    now = timezone.now()
+    if replica.node is not None and (replica.pid or replica.pod_name):
+        backend = backend_for(replica.node)
+        ref = _ref(replica)
+        grace = settings.INFERENCE_STOP_GRACE_SECONDS
+        if replica.stopping_until is None:
+            backend.stop(ref, grace_seconds=grace)
+            until = now + dt.timedelta(seconds=grace)
+            asked = Replica.objects.filter(pk=replica.pk, state=ReplicaState.DRAINING,
+                                           stopping_until__isnull=True).update(
+                stopping_until=until, state_reason=f"stopping: grace period until {until:%H:%M:%S} UTC")
+            if not backend.stopped(ref):
+                return bool(asked)
+        elif not backend.stopped(ref):
+            if now < replica.stopping_until:
+                return False
+            backend.kill(ref)
+            if not backend.stopped(ref):
+                waited = (now - replica.stopping_until).total_seconds()
+                if waited < backend.stop_slack_seconds:
+                    return False
+                logger.warning("replica %s still not gone %.0f s after its grace period; releasing it", replica.pk,
+                               waited)
+    with transaction.atomic():
+        _release(replica)
+        return _move(replica, ReplicaState.DRAINING, ReplicaState.STOPPED, pid=None, port=None, stopping_until=None,
+                     state_reason="stopped")
 
 
 def step_deployment_states() -> bool:
@@ -357,9 +482,28 @@ def step_deployment_states() -> bool:
     return did
 
 
-def reconcile_once() -> bool:
-    """One pass of every step, in order. True if anything changed."""
-    did = False
-    for step in (step_replica_rows, step_drain, step_schedule, step_observe, step_deployment_states):
-        did |= step()
-    return did
+def reconcile_once(*, skip_nodes: Collection[int] = ()) -> bool:
+    """One pass of every step, in order, leaving the replicas on ``skip_nodes`` (routed_node_ids) to their
+    own nodes' workers. True if anything changed."""
+    did = step_replica_rows()
+    did |= step_drain(skip_nodes=skip_nodes)
+    did |= step_schedule(skip_nodes=skip_nodes)
+    did |= step_observe(skip_nodes=skip_nodes)
+    return step_deployment_states() or did
+
+
+def reconcile_node_once(node_id: int) -> bool:
+    """One pass of the steps that touch one node's replicas, on that node's worker. A worker that is not the
+    node's (INFERENCE_NODE_NAME says which node it runs on) does nothing: it would start vLLM on the wrong host.
+    """
+    node = Node.objects.filter(pk=node_id).first()
+    if node is None:
+        return False
+    here = settings.INFERENCE_NODE_NAME
+    if here and here != node.name:
+        logger.error("work for node %s reached the worker of node %s: check its queues (-Q %s)", node.name, here,
+                     node_queue(here))
+        return False
+    did = step_drain(only_node=node_id)
+    did |= step_start(only_node=node_id)
+    return step_observe(only_node=node_id) or did

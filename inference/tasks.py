@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from celery import shared_task
 from django.core.cache import cache
@@ -10,24 +11,49 @@ logger = logging.getLogger(__name__)
 _LOCK = "inference:reconcile-lock"
 
 
+def _repeat(step: Callable[[], bool], max_seconds: float) -> int:
+    """Run ``step`` (a pass that returns "did work") while it does work, up to ``max_seconds``."""
+    passes = 0
+    started = time.monotonic()
+    while time.monotonic() - started < max_seconds:
+        passes += 1
+        if not step():
+            break
+    return passes
+
+
 @shared_task(ignore_result=True)
 def reconcile_pool(max_seconds: float = 8.0) -> int:
     """Beat (every 10 s) and every change: converge deployments, replicas and GPUs to the database.
 
     One reconciler runs at a time (a short cache lock; the steps are safe to run concurrently anyway, this
-    only avoids duplicate work). Repeats while a pass changes something, up to ``max_seconds``.
+    only avoids duplicate work). Repeats while a pass changes something, up to ``max_seconds``. With
+    INFERENCE_NODE_QUEUES on, the replicas of local nodes are then handed to ``reconcile_node`` on each
+    node's own queue (``node.<name>``), which only that host's worker consumes.
     """
-    from inference.reconciler import reconcile_once
+    from inference.reconciler import node_work, reconcile_once, routed_node_ids
 
     if not cache.add(_LOCK, 1, timeout=60):
         return 0
-    passes = 0
     try:
-        started = time.monotonic()
-        while time.monotonic() - started < max_seconds:
-            passes += 1
-            if not reconcile_once():
-                break
+        routed = routed_node_ids()
+        passes = _repeat(lambda: reconcile_once(skip_nodes=routed), max_seconds)
     finally:
         cache.delete(_LOCK)
+    for node_id, queue in node_work(routed):
+        reconcile_node.apply_async(args=[node_id], queue=queue)
     return passes
+
+
+@shared_task(ignore_result=True)
+def reconcile_node(node_id: int, max_seconds: float = 8.0) -> int:
+    """On a node's own worker: start, watch and stop the replicas of that node (its processes, its GPUs)."""
+    from inference.reconciler import reconcile_node_once
+
+    lock = f"{_LOCK}:node:{node_id}"
+    if not cache.add(lock, 1, timeout=60):
+        return 0
+    try:
+        return _repeat(lambda: reconcile_node_once(node_id), max_seconds)
+    finally:
+        cache.delete(lock)

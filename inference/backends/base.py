@@ -2,6 +2,9 @@
 
 A backend starts a replica from a ReplicaSpec, says whether it is still running, and stops it. Health and
 load are read over HTTP from the replica's endpoint by the reconciler itself, the same for every backend.
+No call waits for a replica to go: ``stop`` asks it to finish within a grace period and returns, the
+reconciler asks ``stopped`` on its later passes and calls ``kill`` once the grace period is over, so a
+Celery worker never sleeps through someone else's shutdown.
 Adding a backend (Ray Serve, KServe) is a new module implementing Backend and a line in registry().
 """
 
@@ -83,8 +86,18 @@ class Observation:
 class Backend(Protocol):
     name: str
 
+    # How long after the grace period the reconciler still waits for ``stopped`` after ``kill``.
+    stop_slack_seconds: float
+
     def start(self, spec: ReplicaSpec) -> ReplicaHandle: ...
 
     def observe(self, ref: ReplicaRef) -> Observation: ...
 
-    def stop(self, ref: ReplicaRef, *, grace_seconds: float) -> None: ...
+    def stop(self, ref: ReplicaRef, *, grace_seconds: float) -> None:
+        """Ask the replica to finish within ``grace_seconds``; returns at once."""
+
+    def kill(self, ref: ReplicaRef) -> None:
+        """End whatever is left of the replica now; returns at once."""
+
+    def stopped(self, ref: ReplicaRef) -> bool:
+        """True when nothing of the replica runs any more (its GPUs and port are free)."""

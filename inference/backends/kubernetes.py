@@ -5,12 +5,21 @@
   arguments), and a ClusterIP Service on port 8000. They are applied with server-side apply (field manager
   ``corral``, forced), so starting twice is harmless.
 - The pod is hardened as far as vLLM's image allows: see ``render_manifests`` and docs/kubernetes.md.
-- Observe reads the Deployment and its pod back; stop deletes the three objects in the foreground and waits,
-  a bounded time, for the Deployment (and so its pod and GPUs) to be gone.
+- The Secret and the Service are owned by the replica's Deployment (``ownerReferences``), so deleting the
+  Deployment by any means lets Kubernetes collect the rest; every object and pod also carries the replica's
+  labels, and stop deletes by label selector, so nothing is left behind even of objects an older Corral made.
+- Observe reads the Deployment and its pod back. Stop only asks for the deletion and returns: the reconciler
+  asks ``stopped`` on later passes and, once the grace period is over, ``kill``s what is left. No call here
+  sleeps, so no Celery worker waits on a terminating pod.
+- The pod has CPU and memory requests and limits (never BestEffort), GPUs when the replica has GPUs, the
+  shared model cache (a ReadWriteMany PersistentVolumeClaim) as its Hugging Face cache, and a startup probe
+  that gives up exactly when the reconciler does (INFERENCE_STARTUP_TIMEOUT_SECONDS).
 
 Settings, read when first needed: KUBERNETES_NAMESPACE, KUBERNETES_VLLM_IMAGE, KUBERNETES_KUBECONFIG,
-KUBERNETES_CONTEXT, KUBERNETES_VLLM_RUN_AS_USER, KUBERNETES_HF_TOKEN_SECRET, KUBERNETES_MODELS_CLAIM and
-KUBERNETES_MODELS_PATH (docs/kubernetes.md says what each does).
+KUBERNETES_CONTEXT, KUBERNETES_VLLM_RUN_AS_USER, KUBERNETES_HF_TOKEN_SECRET, KUBERNETES_MODELS_CLAIM,
+KUBERNETES_MODELS_PATH, KUBERNETES_MODEL_CACHE_CLAIM, KUBERNETES_VLLM_CPU_REQUEST/_LIMIT,
+KUBERNETES_VLLM_MEMORY_REQUEST/_LIMIT and INFERENCE_STARTUP_TIMEOUT_SECONDS (docs/kubernetes.md says what each
+does).
 """
 
 from __future__ import annotations
@@ -20,36 +29,44 @@ import logging
 import math
 import os
 import re
-import time
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from kubernetes import config as kube_config
 from kubernetes.client import ApiClient, AppsV1Api, Configuration, CoreV1Api
 from kubernetes.client.exceptions import ApiException
+from kubernetes.utils.quantity import parse_quantity
 
 from inference.backends.base import Observation, ReplicaHandle, ReplicaRef, ReplicaSpec, serving_flags
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_NAMESPACE = "corral-inference"
-DEFAULT_IMAGE = "vllm/vllm-openai:v0.11.0"
+# The release the CPU end-to-end test runs (scripts/install-vllm-cpu.sh); KUBERNETES_VLLM_IMAGE may pin a digest.
+DEFAULT_IMAGE = "vllm/vllm-openai:v0.32.0"
 # vLLM images from mid-2026 on ship a `vllm` user with this uid; older ones run any uid once HOME and USER
 # are set (see _environment), so the same uid serves both.
 DEFAULT_RUN_AS_USER = 2000
 DEFAULT_MODELS_PATH = "/models"
+# The shared Hugging Face cache: a ReadWriteMany claim the chart creates (values: modelCache). EMPTY_DIR instead
+# gives each pod its own empty cache, so every start downloads the weights again: a fallback to ask for.
+DEFAULT_MODEL_CACHE_CLAIM = "corral-model-cache"
+EMPTY_DIR = "emptyDir"
+DEFAULT_STARTUP_TIMEOUT_SECONDS = 600
 
 FIELD_MANAGER = "corral"
 APPLY_PATCH = "application/apply-patch+yaml"
 PORT = 8000
 API_KEY_ITEM = "api-key"
 HOME = "/home/vllm"
+HF_HOME = f"{HOME}/.cache/huggingface"
 SHM_SIZE = "8Gi"
-# Pulling the image (~10 GB) and downloading and loading the weights can take long; the startup probe allows
-# 30 minutes, the Deployment's progress deadline an hour, after which observe reports the replica failed.
-STARTUP_PERIOD_SECONDS = 10
-STARTUP_FAILURE_THRESHOLD = 180
+# Pulling the image (~10 GB) and downloading and loading the weights can take long. The Deployment's progress
+# deadline (an hour, or longer than the start-up timeout) covers the pull; observe reports a replica past it as
+# failed.
 PROGRESS_DEADLINE_SECONDS = 3600
 
 LABEL_ORGANISATION = "corral.io/organisation"
@@ -62,6 +79,35 @@ STUCK_WAITING_REASONS = frozenset({
     "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
     "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
 })
+
+
+
+@dataclass(frozen=True)
+class PodResources:
+    """CPU and memory of a vLLM pod, as Kubernetes quantities. Requests are what the scheduler reserves;
+    limits cap the pod (the /dev/shm emptyDir counts against the memory limit)."""
+
+    cpu_request: str = "4"
+    cpu_limit: str = "16"
+    memory_request: str = "32Gi"
+    memory_limit: str = "64Gi"
+
+    def as_dict(self, gpus: int) -> dict[str, dict[str, str]]:
+        requests = {"cpu": self.cpu_request, "memory": self.memory_request}
+        limits = {"cpu": self.cpu_limit, "memory": self.memory_limit}
+        if gpus:  # an extended resource: the request must equal the limit
+            requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(gpus)
+        return {"requests": requests, "limits": limits}
+
+
+def startup_probe_timing(timeout_seconds: int) -> tuple[int, int]:
+    """(periodSeconds, failureThreshold) whose product is exactly ``timeout_seconds``, the time the reconciler
+    waits for a new replica to become healthy: the probe and Corral give up at the same moment."""
+    if timeout_seconds < 1:
+        raise ValueError(f"the start-up timeout must be at least 1 second, not {timeout_seconds}")
+    period = next(p for p in (10, 5, 2, 1) if timeout_seconds % p == 0)
+    return period, timeout_seconds // period
+
 
 class KubernetesError(RuntimeError):
     """The API server refused a request. The message never carries the body of a Secret."""
@@ -86,6 +132,21 @@ def label_value(text: str) -> str:
 def selector_labels(deployment_id: int, replica_id: int) -> dict[str, str]:
     """The labels that pick out one replica's pod (the Deployment's selector, which cannot change later)."""
     return {LABEL_DEPLOYMENT: str(deployment_id), LABEL_REPLICA: str(replica_id)}
+
+
+def replica_selector(deployment_id: int, replica_id: int) -> str:
+    """The label selector of every object of one replica that Corral made: what stop deletes."""
+    labels = {LABEL_MANAGED_BY: "corral", **selector_labels(deployment_id, replica_id)}
+    return ",".join(f"{key}={value}" for key, value in labels.items())
+
+
+def owned_by(manifest: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with ``owner`` (a Deployment as the API server returned it) as its owner, so that the
+    garbage collector deletes it with the Deployment."""
+    metadata = owner["metadata"]
+    reference = {"apiVersion": "apps/v1", "kind": "Deployment", "name": metadata["name"], "uid": metadata["uid"],
+                 "blockOwnerDeletion": True}
+    return {**manifest, "metadata": {**manifest["metadata"], "ownerReferences": [reference]}}
 
 
 def replica_labels(spec: ReplicaSpec) -> dict[str, str]:
@@ -121,7 +182,7 @@ def _environment(secret: str, hf_token_secret: str) -> list[dict[str, Any]]:
         # unless USER is set; every cache (Hugging Face, vLLM, Triton, Inductor, FlashInfer) lives under HOME.
         {"name": "HOME", "value": HOME},
         {"name": "USER", "value": "vllm"},
-        {"name": "HF_HOME", "value": f"{HOME}/.cache/huggingface"},
+        {"name": "HF_HOME", "value": HF_HOME},
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
         {"name": "DO_NOT_TRACK", "value": "1"},
     ]
@@ -136,7 +197,10 @@ def _pod_security_context(run_as_user: int | None) -> dict[str, Any]:
     if run_as_user is None:  # the image's own user: root for vllm/vllm-openai
         context["runAsNonRoot"] = False
     else:
-        context.update({"runAsNonRoot": True, "runAsUser": run_as_user, "runAsGroup": run_as_user})
+        # fsGroup makes the shared model cache writable by the pod's user; OnRootMismatch skips the recursive
+        # chown of a cache of hundreds of gigabytes on every start once it is right.
+        context.update({"runAsNonRoot": True, "runAsUser": run_as_user, "runAsGroup": run_as_user,
+                        "fsGroup": run_as_user, "fsGroupChangePolicy": "OnRootMismatch"})
     return context
 
 
@@ -156,6 +220,9 @@ def render_manifests(
     hf_token_secret: str = "",
     models_claim: str = "",
     models_path: str = DEFAULT_MODELS_PATH,
+    model_cache_claim: str = DEFAULT_MODEL_CACHE_CLAIM,
+    resources: PodResources = PodResources(),
+    startup_timeout_seconds: int = DEFAULT_STARTUP_TIMEOUT_SECONDS,
 ) -> list[dict[str, Any]]:
     """The Secret, Deployment and Service of one replica, in the order they are applied.
 
@@ -163,12 +230,15 @@ def render_manifests(
     ``run_as_user`` None runs the image's own user (root), for an image that cannot run otherwise.
     ``models_claim`` names a PersistentVolumeClaim mounted read-only at ``models_path``: a local model or
     adapter path must lie under it. Raises ValueError for a local path that the pod could not see.
+    ``model_cache_claim`` names the shared ReadWriteMany claim mounted as the Hugging Face cache, or is
+    EMPTY_DIR for a per-pod empty cache. ``startup_timeout_seconds`` is how long the startup probe allows.
     """
     _check_local_paths(spec, models_claim, models_path)
     name = object_name(spec.deployment_id, spec.replica_id)
     selector = selector_labels(spec.deployment_id, spec.replica_id)
     all_labels = {**labels, **selector}
-    tp = str(spec.tensor_parallel_size)
+    gpus = spec.tensor_parallel_size if spec.gpu_indices else 0
+    startup_period, startup_failures = startup_probe_timing(startup_timeout_seconds)
 
     volumes: list[dict[str, Any]] = [
         {"name": "home", "emptyDir": {}},
@@ -181,6 +251,11 @@ def render_manifests(
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
+    if model_cache_claim == EMPTY_DIR:
+        volumes.append({"name": "model-cache", "emptyDir": {}})
+    else:
+        volumes.append({"name": "model-cache", "persistentVolumeClaim": {"claimName": model_cache_claim}})
+    mounts.append({"name": "model-cache", "mountPath": HF_HOME})
     if models_claim:
         volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": models_claim, "readOnly": True}})
         mounts.append({"name": "models", "mountPath": models_path, "readOnly": True})
@@ -193,8 +268,8 @@ def render_manifests(
         "args": vllm_arguments(spec),
         "env": _environment(secret_name, hf_token_secret),
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
-        "resources": {"requests": {"nvidia.com/gpu": tp}, "limits": {"nvidia.com/gpu": tp}},
-        "startupProbe": _probe(STARTUP_PERIOD_SECONDS, 5, STARTUP_FAILURE_THRESHOLD),
+        "resources": resources.as_dict(gpus),
+        "startupProbe": _probe(startup_period, 5, startup_failures),
         "readinessProbe": _probe(10, 5, 3),
         "livenessProbe": _probe(20, 10, 3),
         "securityContext": {
@@ -210,10 +285,11 @@ def render_manifests(
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 30,
         "securityContext": _pod_security_context(run_as_user),
-        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         "containers": [container],
         "volumes": volumes,
     }
+    if gpus:
+        pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     if spec.node_name:  # Corral counted this node's GPUs for the replica; Kubernetes picks which ones
         pod_spec["nodeSelector"] = {"kubernetes.io/hostname": spec.node_name}
 
@@ -237,7 +313,7 @@ def render_manifests(
                 # A new pod needs the old one's GPUs: never surge.
                 "strategy": {"type": "Recreate"},
                 "revisionHistoryLimit": 1,
-                "progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS,
+                "progressDeadlineSeconds": max(PROGRESS_DEADLINE_SECONDS, startup_timeout_seconds + 600),
                 "selector": {"matchLabels": dict(selector)},
                 "template": {"metadata": {"labels": dict(all_labels)}, "spec": pod_spec},
             },
@@ -316,10 +392,24 @@ def _observe(deployment: Any, pods: list[Any]) -> Observation:
     return Observation(True, "; ".join([f"starting ({phase})", *notes]), exit_code)
 
 
+def pod_resources_from_settings() -> PodResources:
+    """The pod's CPU and memory from KUBERNETES_VLLM_{CPU,MEMORY}_{REQUEST,LIMIT}; a request above its limit
+    is refused naming both settings (the API server would refuse every pod with a less helpful message)."""
+    defaults = PodResources()
+    values = {field: getattr(settings, f"KUBERNETES_VLLM_{field.upper()}", getattr(defaults, field))
+              for field in ("cpu_request", "cpu_limit", "memory_request", "memory_limit")}
+    for resource in ("cpu", "memory"):
+        request, limit = values[f"{resource}_request"], values[f"{resource}_limit"]
+        if parse_quantity(request) > parse_quantity(limit):
+            raise ImproperlyConfigured(
+                f"KUBERNETES_VLLM_{resource.upper()}_REQUEST={request!r} is more than "
+                f"KUBERNETES_VLLM_{resource.upper()}_LIMIT={limit!r}")
+    return PodResources(**values)
+
+
 class KubernetesBackend:
     name = "kubernetes"
-    poll_seconds = 2.0
-    # Foreground deletion returns at once; stop waits the grace period and this much more for the pod to go.
+    # Past the grace period the reconciler kills what is left, and past this much more it stops waiting.
     stop_slack_seconds = 60.0
 
     def __init__(self, api_client: ApiClient | None = None, *, namespace: str | None = None,
@@ -349,20 +439,35 @@ class KubernetesBackend:
             hf_token_secret=getattr(settings, "KUBERNETES_HF_TOKEN_SECRET", ""),
             models_claim=getattr(settings, "KUBERNETES_MODELS_CLAIM", ""),
             models_path=getattr(settings, "KUBERNETES_MODELS_PATH", DEFAULT_MODELS_PATH),
+            model_cache_claim=getattr(settings, "KUBERNETES_MODEL_CACHE_CLAIM", DEFAULT_MODEL_CACHE_CLAIM),
+            resources=pod_resources_from_settings(),
+            startup_timeout_seconds=getattr(settings, "INFERENCE_STARTUP_TIMEOUT_SECONDS",
+                                            DEFAULT_STARTUP_TIMEOUT_SECONDS),
         )
 
     def start(self, spec: ReplicaSpec) -> ReplicaHandle:
-        """Apply the Secret, the Deployment and the Service; the handle's pod_name is the Deployment's name."""
+        """Apply the Secret, the Deployment, then the Service and the Secret again, both owned by the
+        Deployment. The Secret goes first, unowned, because the pod cannot start without it; it can only be
+        owned once the Deployment has a uid. The handle's pod_name is the Deployment's name."""
         core, apps = CoreV1Api(self._client()), AppsV1Api(self._client())
-        apply = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": APPLY_PATCH}
         appliers = {"Secret": core.patch_namespaced_secret, "Deployment": apps.patch_namespaced_deployment,
                     "Service": core.patch_namespaced_service}
-        for manifest in self.manifests(spec):
+
+        def apply(manifest: dict[str, Any]) -> Any:
             kind, name = manifest["kind"], manifest["metadata"]["name"]
             try:
-                appliers[kind](name, self.namespace, manifest, **apply)
+                # The answer is read as plain JSON: only the Deployment's uid is needed from it.
+                answer = appliers[kind](name, self.namespace, manifest, field_manager=FIELD_MANAGER, force=True,
+                                        _content_type=APPLY_PATCH, _preload_content=False)
+                return json.loads(answer.data or b"{}")
             except ApiException as error:
                 raise _refusal("applying", kind, name, error, with_message=kind != "Secret") from None
+
+        secret, deployment, service = self.manifests(spec)
+        apply(secret)
+        owner = apply(deployment)
+        apply(owned_by(service, owner))
+        apply(owned_by(secret, owner))
         name = object_name(spec.deployment_id, spec.replica_id)
         logger.info("applied %s/%s for deployment %s replica %s", self.namespace, name, spec.deployment_id,
                     spec.replica_id)
@@ -385,31 +490,43 @@ class KubernetesBackend:
             raise _refusal("listing", "pods of", name, error, with_message=True) from None
         return _observe(deployment, pods)
 
-    def stop(self, ref: ReplicaRef, *, grace_seconds: float) -> None:
-        """Delete the Deployment (foreground), Service and Secret, tolerating any already gone, then wait a
-        bounded time for the Deployment to disappear, which foreground deletion makes wait for its pod."""
-        name = object_name(ref.deployment_id, ref.replica_id)
+    def _delete_all(self, ref: ReplicaRef, *, grace_seconds: int, kinds: tuple[str, ...]) -> None:
+        """Delete every object of ``kinds`` carrying the replica's labels; returns as soon as the API server
+        has accepted each deletion."""
         core, apps = CoreV1Api(self._client()), AppsV1Api(self._client())
-        options = {"grace_period_seconds": math.ceil(grace_seconds), "propagation_policy": "Foreground"}
-        deleters = [("Deployment", name, apps.delete_namespaced_deployment),
-                    ("Service", name, core.delete_namespaced_service),
-                    ("Secret", key_secret_name(ref.deployment_id, ref.replica_id), core.delete_namespaced_secret)]
-        for kind, target, delete in deleters:
+        deleters = {"Deployment": apps.delete_collection_namespaced_deployment,
+                    "Service": core.delete_collection_namespaced_service,
+                    "Secret": core.delete_collection_namespaced_secret,
+                    "Pod": core.delete_collection_namespaced_pod}
+        selector = replica_selector(ref.deployment_id, ref.replica_id)
+        for kind in kinds:
             try:
-                # The answer is a Status or the object itself, depending on the kind and on pending finalizers;
-                # nothing in it is needed, so it is not parsed into a model that might not fit.
-                delete(target, self.namespace, _preload_content=False, **options).drain_conn()
+                # The answer lists what was deleted, Secrets with their data: it is drained, never parsed.
+                deleters[kind](self.namespace, label_selector=selector, grace_period_seconds=grace_seconds,
+                               propagation_policy="Background", _preload_content=False).drain_conn()
             except ApiException as error:
                 if error.status != 404:
-                    raise _refusal("deleting", kind, target, error, with_message=kind != "Secret") from None
-        deadline = time.monotonic() + grace_seconds + self.stop_slack_seconds
-        while time.monotonic() < deadline:
+                    raise _refusal("deleting", f"{kind}s", selector, error, with_message=kind != "Secret") from None
+
+    def stop(self, ref: ReplicaRef, *, grace_seconds: float) -> None:
+        """Ask for the replica's Deployment, pods, Service and Secret to go, the pod with ``grace_seconds`` to
+        finish its requests, and return at once: ``stopped`` says when they are gone."""
+        self._delete_all(ref, grace_seconds=math.ceil(grace_seconds),
+                         kinds=("Deployment", "Pod", "Service", "Secret"))
+
+    def kill(self, ref: ReplicaRef) -> None:
+        """The grace period is over (or the replica crashed): delete whatever is left without waiting."""
+        self._delete_all(ref, grace_seconds=0, kinds=("Deployment", "Pod", "Service", "Secret"))
+
+    def stopped(self, ref: ReplicaRef) -> bool:
+        """True once no Deployment and no pod of the replica is left (its GPUs are free)."""
+        core, apps = CoreV1Api(self._client()), AppsV1Api(self._client())
+        selector = replica_selector(ref.deployment_id, ref.replica_id)
+        for kind, lister in (("Deployments", apps.list_namespaced_deployment),
+                             ("Pods", core.list_namespaced_pod)):
             try:
-                apps.read_namespaced_deployment(name, self.namespace)
+                if lister(self.namespace, label_selector=selector, limit=1).items:
+                    return False
             except ApiException as error:
-                if error.status == 404:
-                    return
-                raise _refusal("reading", "Deployment", name, error, with_message=True) from None
-            time.sleep(self.poll_seconds)
-        logger.warning("Deployment %s/%s still terminating after %.0fs", self.namespace, name,
-                       grace_seconds + self.stop_slack_seconds)
+                raise _refusal("listing", kind, selector, error, with_message=True) from None
+        return True

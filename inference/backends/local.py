@@ -3,8 +3,11 @@
 - Started in its own session (process group), with CUDA_VISIBLE_DEVICES naming its GPUs, a port from the
   pool, vLLM's API key in its environment (not on its command line, where `ps` would show it), and its
   output in a log file under INFERENCE_LOG_DIR.
-- Stopped with SIGTERM to the whole group, then SIGKILL to the group after a grace period: vLLM's engine-core
-  and worker children would otherwise outlive the main process.
+- Stopped with SIGTERM to the whole group, then (the reconciler calls ``kill`` once the grace period is over)
+  SIGKILL to the group: vLLM's engine-core and worker children would otherwise outlive the main process.
+  Neither waits; ``stopped`` says when the group is gone.
+- Runs on the host that owns the replica's GPUs: with INFERENCE_NODE_QUEUES on, the reconciler sends each
+  node's work to the Celery queue ``node.<name>`` that only that host's worker consumes.
 - Replicas outlive a restart of Corral's processes and are adopted again: the database keeps each replica's
   pid and the kernel start time of that process, so a pid reused by another program is never mistaken for it.
 """
@@ -15,7 +18,6 @@ import os
 import shlex
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from django.conf import settings
@@ -56,6 +58,9 @@ def command_line(spec: ReplicaSpec, command: str) -> list[str]:
 
 class LocalBackend:
     name = "local"
+    # A SIGKILLed group is gone within milliseconds unless a process is stuck in the kernel (a GPU driver
+    # call); past this the reconciler stops waiting and says so.
+    stop_slack_seconds = 5.0
 
     def start(self, spec: ReplicaSpec) -> ReplicaHandle:
         log_dir = Path(settings.INFERENCE_LOG_DIR)
@@ -94,32 +99,36 @@ class LocalBackend:
             return Observation(False, f"process {ref.pid} is no longer the replica (pid reused)")
         return Observation(True, f"process {ref.pid} running")
 
-    def stop(self, ref: ReplicaRef, *, grace_seconds: float) -> None:
+    def _ours(self, ref: ReplicaRef) -> bool:
+        """The recorded pid is still the replica's process group leader, or has exited (the group may live
+        on); False when the pid now belongs to another program."""
         if ref.pid is None:
-            return
+            return False
         expected = ref.extra.get("start_time")
-        if expected and _start_time(ref.pid) not in (expected, None):
-            return  # the pid now belongs to something else: nothing of ours to stop
+        return not expected or _start_time(ref.pid) in (expected, None)
+
+    def _signal(self, ref: ReplicaRef, signum: int) -> None:
+        if not self._ours(ref):
+            return  # nothing recorded, or the pid belongs to something else now: nothing of ours to stop
         try:
-            os.killpg(ref.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            _reap(ref.pid)
-            return
-        deadline = time.monotonic() + grace_seconds
-        while time.monotonic() < deadline:
-            _reap(ref.pid)
-            if not _group_alive(ref.pid):
-                return
-            time.sleep(0.2)
-        try:
-            os.killpg(ref.pid, signal.SIGKILL)
+            os.killpg(ref.pid, signum)
         except ProcessLookupError:
             pass
-        for _ in range(50):
-            _reap(ref.pid)
-            if not _group_alive(ref.pid):
-                return
-            time.sleep(0.1)
+        _reap(ref.pid)
+
+    def stop(self, ref: ReplicaRef, *, grace_seconds: float) -> None:
+        """SIGTERM to the replica's process group; vLLM finishes its requests and exits."""
+        self._signal(ref, signal.SIGTERM)
+
+    def kill(self, ref: ReplicaRef) -> None:
+        """SIGKILL to the group: the grace period is over, or the main process died and left its children."""
+        self._signal(ref, signal.SIGKILL)
+
+    def stopped(self, ref: ReplicaRef) -> bool:
+        if not self._ours(ref):
+            return True
+        _reap(ref.pid)
+        return not _group_alive(ref.pid)
 
 
 def _group_alive(pgid: int) -> bool:

@@ -12,6 +12,11 @@ is full, so that no request is refused forever.
 ``RedisLimiter`` holds the state in Redis, so the limits hold across every gateway process; both steps are
 Lua scripts (one round trip each, atomic on the server). A concurrency slot is a member of a sorted set
 scored by its lease's end, so a slot held by a gateway that died is freed when the lease ends.
+Every key one script call touches carries the organisation's hash tag (``corral:gw:{o7}:k:12:rpm``,
+``corral:gw:{o7}:rpm``): an API key belongs to one organisation, so a reservation's six keys and a settlement's
+four lie in one Redis Cluster slot, which Redis Cluster requires of a script. (Before the tag the keys were
+``corral:gw:k:12:rpm`` and ``corral:gw:o:7:rpm``; the buckets and slots live two minutes past their last use,
+so an upgrade only starts every bucket full once.)
 ``LocalLimiter`` is the same algorithm in this process's memory, for the embedded single-process setup
 without Redis (production requires Redis: see the deploy check in inference/checks.py).
 """
@@ -162,6 +167,8 @@ class RedisLimiter:
         self.timeout = timeout
         self._send_soon = self._send_later = False
         self.lease_ms = lease_seconds * 1000
+        if "{" in prefix or "}" in prefix:  # the first {...} of a key picks its cluster slot: it must be ours
+            raise ValueError(f"the limiter's Redis key prefix {prefix!r} may not contain '{{' or '}}'")
         self.prefix = prefix
         self._sha = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in
                      (("reserve", _RESERVE), ("settle", _SETTLE))}
@@ -171,9 +178,10 @@ class RedisLimiter:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _keys(self, key_id: int, org_id: int) -> list[str]:
-        p = self.prefix
-        return [f"{p}:k:{key_id}:rpm", f"{p}:k:{key_id}:tpm", f"{p}:k:{key_id}:conc",
-                f"{p}:o:{org_id}:rpm", f"{p}:o:{org_id}:tpm", f"{p}:o:{org_id}:conc"]
+        """The key's and the organisation's buckets and slots, all in the organisation's cluster slot."""
+        org = f"{self.prefix}:{{o{org_id}}}"
+        return [f"{org}:k:{key_id}:rpm", f"{org}:k:{key_id}:tpm", f"{org}:k:{key_id}:conc",
+                f"{org}:rpm", f"{org}:tpm", f"{org}:conc"]
 
     def _call(self, script: str, keys: list[str], args: list[Any], *, urgent: bool = True) -> asyncio.Future[Any]:
         """Queue a script call. Urgent calls (reservations: a request waits) go out at the end of this turn of

@@ -27,8 +27,10 @@ from kubernetes.client import ApiClient, Configuration
 from inference.backends.base import ReplicaRef, ReplicaSpec
 from inference.backends.kubernetes import (
     DEFAULT_IMAGE,
+    EMPTY_DIR,
     KubernetesBackend,
     KubernetesError,
+    PodResources,
     key_secret_name,
     label_value,
     object_name,
@@ -111,19 +113,36 @@ def test_it_hardens_the_pod() -> None:
     assert pod["automountServiceAccountToken"] is False
     assert pod["enableServiceLinks"] is False
     assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 2000, "runAsGroup": 2000,
+                                      "fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch",
                                       "seccompProfile": {"type": "RuntimeDefault"}}
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "privileged": False,
                                             "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
     assert "hostNetwork" not in pod and "hostIPC" not in pod and "hostPID" not in pod
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
-    assert mounts == {"/home/vllm": "home", "/tmp": "tmp", "/dev/shm": "dshm"}
+    assert mounts == {"/home/vllm": "home", "/tmp": "tmp", "/dev/shm": "dshm",
+                      "/home/vllm/.cache/huggingface": "model-cache"}
     assert volumes["home"] == {"name": "home", "emptyDir": {}}
+    assert volumes["model-cache"] == {"name": "model-cache",
+                                      "persistentVolumeClaim": {"claimName": "corral-model-cache"}}
     assert volumes["tmp"] == {"name": "tmp", "emptyDir": {}}
     assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["HOME"] == "/home/vllm" and env["USER"] == "vllm"
-    assert env["HF_HOME"].startswith("/home/vllm/")
+    assert env["HF_HOME"] == "/home/vllm/.cache/huggingface"
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_it_shares_the_model_cache_claim_and_falls_back_to_an_empty_dir_only_when_asked(version: str) -> None:
+    shared = render(model_cache_claim="llama-cache")
+    volumes = {v["name"]: v for v in shared["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    # read-write: the pods fill the cache they share (the claim is ReadWriteMany: docs/kubernetes.md)
+    assert volumes["model-cache"] == {"name": "model-cache", "persistentVolumeClaim": {"claimName": "llama-cache"}}
+    assert {"name": "model-cache", "mountPath": "/home/vllm/.cache/huggingface"} in container_of(shared)["volumeMounts"]
+    fallback = render(model_cache_claim=EMPTY_DIR)
+    volumes = {v["name"]: v for v in fallback["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["model-cache"] == {"name": "model-cache", "emptyDir": {}}
+    kubernetes_validate.validate(fallback["Deployment"], version, strict=True)
 
 
 def test_it_can_fall_back_to_the_images_root_user_and_stays_otherwise_hardened() -> None:
@@ -139,20 +158,87 @@ def test_it_can_fall_back_to_the_images_root_user_and_stays_otherwise_hardened()
 
 @pytest.mark.parametrize("tp", [1, 2, 8])
 def test_it_requests_one_gpu_per_tensor_parallel_rank(tp: int) -> None:
-    container = container_of(render(replace(BASE_SPEC, tensor_parallel_size=tp)))
-    assert container["resources"] == {"requests": {"nvidia.com/gpu": str(tp)}, "limits": {"nvidia.com/gpu": str(tp)}}
+    container = container_of(render(replace(BASE_SPEC, tensor_parallel_size=tp, gpu_indices=list(range(tp)))))
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == str(tp)
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == str(tp)
     args = container["args"]
     assert args[args.index("--tensor-parallel-size") + 1] == str(tp)
 
 
-def test_it_probes_health_on_port_8000_and_allows_a_long_startup() -> None:
+def _qos_class(pod: dict[str, Any]) -> str:
+    """The QoS class Kubernetes gives a pod (pkg/apis/core/helper/qos): BestEffort when no container requests
+    or limits CPU or memory; Guaranteed when every container's CPU and memory limits equal its requests."""
+    containers = pod["containers"]
+    compute = [{kind: {name: value for name, value in c.get("resources", {}).get(kind, {}).items()
+                       if name in ("cpu", "memory")} for kind in ("requests", "limits")} for c in containers]
+    if not any(r["requests"] or r["limits"] for r in compute):
+        return "BestEffort"
+    guaranteed = all(set(r["limits"]) == {"cpu", "memory"}
+                     and all(r["requests"].get(name, r["limits"][name]) == r["limits"][name] for name in r["limits"])
+                     for r in compute)
+    return "Guaranteed" if guaranteed else "Burstable"
+
+
+@pytest.mark.parametrize("case", SPECS)
+def test_it_gives_the_pod_cpu_and_memory_so_it_is_never_best_effort(case: str) -> None:
+    pod = render(SPECS[case])["Deployment"]["spec"]["template"]["spec"]
+    resources = pod["containers"][0]["resources"]
+    assert resources["requests"]["cpu"] == "4" and resources["requests"]["memory"] == "32Gi"
+    assert resources["limits"]["cpu"] == "16" and resources["limits"]["memory"] == "64Gi"
+    assert _qos_class(pod) == "Burstable"
+    equal = PodResources(cpu_request="8", cpu_limit="8", memory_request="48Gi", memory_limit="48Gi")
+    assert _qos_class(render(SPECS[case], resources=equal)["Deployment"]["spec"]["template"]["spec"]) == "Guaranteed"
+
+
+def test_its_qos_check_sees_a_pod_without_resources_as_best_effort() -> None:
+    pod = render()["Deployment"]["spec"]["template"]["spec"]
+    pod["containers"][0]["resources"] = {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}
+    assert _qos_class(pod) == "BestEffort"  # what the pod was before: GPUs do not count
+
+
+def test_it_asks_for_gpus_and_tolerates_gpu_nodes_only_when_the_replica_has_gpus() -> None:
+    pod = render(replace(BASE_SPEC, gpu_indices=[]))["Deployment"]["spec"]["template"]["spec"]
+    resources = pod["containers"][0]["resources"]
+    assert "nvidia.com/gpu" not in resources["requests"] and "nvidia.com/gpu" not in resources["limits"]
+    assert "tolerations" not in pod
+    gpu_pod = render()["Deployment"]["spec"]["template"]["spec"]
+    assert gpu_pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_it_reads_the_pods_resources_from_settings_and_refuses_a_request_above_its_limit(settings: Any) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    settings.KUBERNETES_VLLM_CPU_REQUEST, settings.KUBERNETES_VLLM_CPU_LIMIT = "6", "12"
+    settings.KUBERNETES_VLLM_MEMORY_REQUEST, settings.KUBERNETES_VLLM_MEMORY_LIMIT = "40Gi", "80Gi"
+    [_, deployment, _] = KubernetesBackend(namespace="corral-inference").manifests(BASE_SPEC)
+    resources = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "6", "memory": "40Gi", "nvidia.com/gpu": "1"},
+                         "limits": {"cpu": "12", "memory": "80Gi", "nvidia.com/gpu": "1"}}
+    settings.KUBERNETES_VLLM_MEMORY_REQUEST = "100Gi"
+    with pytest.raises(ImproperlyConfigured, match="KUBERNETES_VLLM_MEMORY_REQUEST='100Gi' is more than "
+                                                   "KUBERNETES_VLLM_MEMORY_LIMIT='80Gi'"):
+        KubernetesBackend(namespace="corral-inference").manifests(BASE_SPEC)
+
+
+@pytest.mark.parametrize("timeout", [1, 7, 45, 600, 1800, 3601])
+def test_its_startup_probe_gives_up_exactly_when_the_reconciler_does(timeout: int, settings: Any) -> None:
+    settings.INFERENCE_STARTUP_TIMEOUT_SECONDS = timeout
+    [_, deployment, _] = KubernetesBackend(namespace="corral-inference").manifests(BASE_SPEC)
+    startup = deployment["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] == timeout
+    assert 1 <= startup["periodSeconds"] <= 10  # a ready server is noticed within seconds
+    assert deployment["spec"]["progressDeadlineSeconds"] > timeout  # the pull does not count against the probe
+    kubernetes_validate.validate(deployment, "1.33", strict=True)
+
+
+def test_it_probes_health_on_port_8000() -> None:
     manifests = render()
     container = container_of(manifests)
     assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}
     startup = container["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 20 * 60
+    assert startup["periodSeconds"] * startup["failureThreshold"] == 600  # the default start-up timeout
     assert manifests["Deployment"]["spec"]["progressDeadlineSeconds"] >= 20 * 60
     assert manifests["Service"]["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http",
                                                       "protocol": "TCP"}]
@@ -211,7 +297,7 @@ def test_it_makes_any_organisation_slug_a_valid_label_value() -> None:
 
 def test_it_passes_the_deployments_vllm_arguments_in_order() -> None:
     container = container_of(render(SPECS["everything"]))
-    assert container["image"] == "vllm/vllm-openai:v0.11.0"
+    assert container["image"] == "vllm/vllm-openai:v0.32.0"
     assert container["command"] == ["vllm", "serve"]
     assert container["args"] == [
         "meta-llama/Llama-3.1-8B-Instruct", "--host", "0.0.0.0", "--port", "8000",
@@ -277,9 +363,10 @@ class FakeApiServer:
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)
     deployment_status: dict[str, Any] = field(default_factory=dict)
     pods: list[dict[str, Any]] = field(default_factory=list)
+    deleted_pods: list[dict[str, Any]] = field(default_factory=list)
     failures: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)  # (method, plural) -> answer
     deleted: dict[str, dict[str, Any]] = field(default_factory=dict)
-    lingering_reads: int = 0  # reads of a deleted Deployment still answered, as foreground deletion does
+    terminating_lists: int = 0  # lists of pods that still show a deleted pod, terminating, as in its grace period
     url: str = ""
 
     def handle(self, method: str, raw_path: str, headers: Any, raw_body: bytes) -> tuple[int, dict[str, Any]]:
@@ -296,32 +383,35 @@ class FakeApiServer:
             return code, _status(code, "Invalid" if code == 422 else "InternalError", message)
         if method == "PATCH":
             return self._apply(parts.path, parse_qs(parts.query), headers.get("Content-Type", ""), body)
+        selector = _selector(parse_qs(parts.query))
         if method == "GET" and plural == "pods":
+            pods = [pod for pod in self.pods if _matches(pod, selector)]
+            if not pods and self.terminating_lists > 0:
+                self.terminating_lists -= 1
+                pods = [{**pod, "metadata": {**pod["metadata"], "deletionTimestamp": "2026-11-28T10:00:00Z"}}
+                        for pod in self.deleted_pods]
             return 200, {"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "7"},
-                         "items": copy.deepcopy(self.pods)}
+                         "items": copy.deepcopy(pods)}
+        if method == "GET" and name is None:
+            kind = {"deployments": "Deployment", "services": "Service", "secrets": "Secret"}[plural]
+            items = [self._with_status(o) for o in self.objects.values() if o["kind"] == kind and _matches(o, selector)]
+            return 200, {"apiVersion": "v1", "kind": f"{kind}List", "metadata": {"resourceVersion": "7"},
+                         "items": items}
         if method == "GET":
             if parts.path in self.objects:
                 return 200, self._with_status(self.objects[parts.path])
-            if plural == "deployments" and self.lingering_reads > 0 and parts.path in self.deleted:
-                self.lingering_reads -= 1
-                gone = self._with_status(self.deleted[parts.path])
-                gone["metadata"]["deletionTimestamp"] = "2026-11-28T10:00:00Z"
-                return 200, gone
             return 404, _status(404, "NotFound", f'{plural} "{name}" not found')
-        if method == "DELETE":
-            if parts.path not in self.objects:
-                return 404, _status(404, "NotFound", f'{plural} "{name}" not found')
-            gone = self.deleted[parts.path] = self.objects.pop(parts.path)
-            # As kube-apiserver answers: a Service delete returns the Service; a foreground delete of a
-            # Deployment returns it with the finalizer that holds it until its pods are gone; a Secret, a Status.
-            if plural == "services":
-                return 200, copy.deepcopy(gone)
-            if plural == "deployments" and "Foreground" in parse_qs(parts.query).get("propagationPolicy", []):
-                pending = self._with_status(gone)
-                pending["metadata"].update({"deletionTimestamp": "2026-11-28T10:00:00Z",
-                                            "finalizers": ["foregroundDeletion"]})
-                return 200, pending
-            return 200, _status(200, "", "")
+        if method == "DELETE" and name is None:  # a collection, by label selector
+            if plural == "pods":
+                self.deleted_pods += [pod for pod in self.pods if _matches(pod, selector)]
+                self.pods = [pod for pod in self.pods if not _matches(pod, selector)]
+                return 200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}
+            gone = [path for path, o in self.objects.items() if parts.path in path and _matches(o, selector)]
+            for path in gone:
+                self.deleted[path] = self.objects.pop(path)
+            # the deleted objects, a Secret's data included: which is why the backend never parses the answer
+            return 200, {"apiVersion": "v1", "kind": "List", "metadata": {},
+                         "items": [copy.deepcopy(self.deleted[path]) for path in gone]}
         return 405, _status(405, "MethodNotAllowed", method)
 
     def _apply(self, path: str, query: dict[str, list[str]], content_type: str,
@@ -345,6 +435,16 @@ class FakeApiServer:
         if answer["kind"] == "Deployment":
             answer["status"] = copy.deepcopy(self.deployment_status)
         return answer
+
+
+def _selector(query: dict[str, list[str]]) -> dict[str, str]:
+    [text] = query.get("labelSelector", [""])
+    return dict(term.split("=", 1) for term in text.split(",") if term)
+
+
+def _matches(obj: dict[str, Any], selector: dict[str, str]) -> bool:
+    labels = obj["metadata"].get("labels") or {}
+    return all(labels.get(key) == value for key, value in selector.items())
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -386,7 +486,6 @@ def fake_api() -> Iterator[FakeApiServer]:
 def backend(fake_api: FakeApiServer) -> Iterator[KubernetesBackend]:
     client = ApiClient(Configuration(host=fake_api.url))
     backend = KubernetesBackend(client, namespace="corral-inference")
-    backend.poll_seconds = 0.01
     yield backend
     client.close()
 
@@ -403,7 +502,8 @@ def _pod(*, phase: str = "Running", state: dict[str, Any] | None = None, last_st
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "corral-d12-r34-6d9f7c9b8-x2x7q", "namespace": "corral-inference",
                          "creationTimestamp": "2026-11-28T09:00:01Z",
-                         "labels": {"corral.io/deployment": "12", "corral.io/replica": "34"}},
+                         "labels": {"corral.io/organisation": "acme-robotics", "corral.io/deployment": "12",
+                                    "corral.io/replica": "34", "app.kubernetes.io/managed-by": "corral"}},
             "spec": {"containers": [{"name": "vllm", "image": DEFAULT_IMAGE}]},
             "status": {"phase": phase, "conditions": conditions or [],
                        "containerStatuses": [] if phase == "Pending" and state is None else statuses}}
@@ -418,16 +518,26 @@ def test_it_starts_a_replica_by_server_side_applying_three_objects(backend: Kube
     assert handle.endpoint == "http://corral-d12-r34.corral-inference.svc:8000"
     assert handle.pod_name == "corral-d12-r34"
     assert handle.pid is None
+    secret_path = "/api/v1/namespaces/corral-inference/secrets/corral-d12-r34-api-key"
+    deployment_path = "/apis/apps/v1/namespaces/corral-inference/deployments/corral-d12-r34"
     assert [(r.method, r.path) for r in fake_api.requests] == [
-        ("PATCH", "/api/v1/namespaces/corral-inference/secrets/corral-d12-r34-api-key"),
-        ("PATCH", "/apis/apps/v1/namespaces/corral-inference/deployments/corral-d12-r34"),
+        ("PATCH", secret_path),  # first, unowned: the pod cannot start without it
+        ("PATCH", deployment_path),
         ("PATCH", "/api/v1/namespaces/corral-inference/services/corral-d12-r34"),
+        ("PATCH", secret_path),  # again, now owned by the Deployment
     ]
     expected = render(SPECS["tp2"])
-    for request, manifest in zip(fake_api.requests, expected.values(), strict=True):
+    owner = [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "corral-d12-r34",
+              "uid": fake_api.objects[deployment_path]["metadata"]["uid"], "blockOwnerDeletion": True}]
+    sent = [expected["Secret"], expected["Deployment"],
+            {**expected["Service"], "metadata": {**expected["Service"]["metadata"], "ownerReferences": owner}},
+            {**expected["Secret"], "metadata": {**expected["Secret"]["metadata"], "ownerReferences": owner}}]
+    for request, manifest in zip(fake_api.requests, sent, strict=True):
         assert request.content_type == "application/apply-patch+yaml"
         assert request.query == {"fieldManager": ["corral"], "force": ["true"]}
         assert request.body == manifest  # sent as written: the client added nothing and dropped nothing
+    for request in fake_api.requests[2:]:
+        kubernetes_validate.validate(request.body, "1.33", strict=True)
 
 
 def test_it_applies_again_without_harm(backend: KubernetesBackend, fake_api: FakeApiServer) -> None:
@@ -435,7 +545,7 @@ def test_it_applies_again_without_harm(backend: KubernetesBackend, fake_api: Fak
     first = list(fake_api.objects)
     backend.start(BASE_SPEC)
     assert list(fake_api.objects) == first and len(first) == 3
-    assert [r.method for r in fake_api.requests] == ["PATCH"] * 6
+    assert [r.method for r in fake_api.requests] == ["PATCH"] * 8
 
 
 def test_it_reports_a_refused_apply_without_the_api_key(backend: KubernetesBackend, fake_api: FakeApiServer) -> None:
@@ -496,7 +606,7 @@ def test_it_reports_a_crash_looping_replica_with_its_last_exit(backend: Kubernet
 def test_it_reports_a_replica_that_can_never_pull_its_image(backend: KubernetesBackend,
                                                             fake_api: FakeApiServer) -> None:
     backend.start(BASE_SPEC)
-    waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "vllm/vllm-openai:v0.11.0"'}
+    waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "vllm/vllm-openai:v0.32.0"'}
     fake_api.pods = [_pod(phase="Pending", state={"waiting": waiting})]
     observation = backend.observe(REF)
     assert observation.running is False
@@ -545,39 +655,60 @@ def test_it_reports_a_missing_replica_as_not_running(backend: KubernetesBackend,
 # --- stop ---------------------------------------------------------------------------------------------
 
 
-def test_it_stops_a_replica_by_deleting_its_objects_in_the_foreground(backend: KubernetesBackend,
-                                                                      fake_api: FakeApiServer) -> None:
+SELECTOR = "app.kubernetes.io/managed-by=corral,corral.io/deployment=12,corral.io/replica=34"
+
+
+def test_it_asks_for_every_object_of_the_replica_to_go_by_label_and_returns_at_once(
+        backend: KubernetesBackend, fake_api: FakeApiServer) -> None:
+    backend.start(BASE_SPEC)
+    backend.start(replace(BASE_SPEC, replica_id=35))  # another replica of the same deployment stays
+    fake_api.pods = [_pod()]
+    fake_api.requests.clear()
+    backend.stop(REF, grace_seconds=20.5)
+    assert [(r.method, r.path) for r in fake_api.requests] == [
+        ("DELETE", "/apis/apps/v1/namespaces/corral-inference/deployments"),
+        ("DELETE", "/api/v1/namespaces/corral-inference/pods"),
+        ("DELETE", "/api/v1/namespaces/corral-inference/services"),
+        ("DELETE", "/api/v1/namespaces/corral-inference/secrets"),
+    ]  # no read, no wait: the reconciler asks `stopped` on a later pass
+    for request in fake_api.requests:
+        assert request.query == {"labelSelector": [SELECTOR], "gracePeriodSeconds": ["21"],
+                                 "propagationPolicy": ["Background"]}
+    assert sorted(fake_api.objects) == [
+        "/api/v1/namespaces/corral-inference/secrets/corral-d12-r35-api-key",
+        "/api/v1/namespaces/corral-inference/services/corral-d12-r35",
+        "/apis/apps/v1/namespaces/corral-inference/deployments/corral-d12-r35",
+    ]
+    assert backend.observe(REF).running is False
+
+
+def test_it_says_stopped_only_once_no_deployment_and_no_pod_is_left(backend: KubernetesBackend,
+                                                                     fake_api: FakeApiServer) -> None:
+    backend.start(BASE_SPEC)
+    fake_api.pods = [_pod()]
+    assert backend.stopped(REF) is False
+    backend.stop(REF, grace_seconds=30)
+    fake_api.terminating_lists = 2  # the pod takes its grace period to go
+    assert backend.stopped(REF) is False
+    assert backend.stopped(REF) is False
+    assert backend.stopped(REF) is True
+    lists = [r for r in fake_api.requests if r.method == "GET"]
+    assert {r.query["labelSelector"][0] for r in lists} == {SELECTOR}
+
+
+def test_it_kills_what_is_left_without_a_grace_period(backend: KubernetesBackend, fake_api: FakeApiServer) -> None:
     backend.start(BASE_SPEC)
     fake_api.requests.clear()
-    fake_api.lingering_reads = 2  # the pod takes a moment to terminate
-    backend.stop(REF, grace_seconds=20.5)
-    deletes = [r for r in fake_api.requests if r.method == "DELETE"]
-    assert [r.path for r in deletes] == [
-        "/apis/apps/v1/namespaces/corral-inference/deployments/corral-d12-r34",
-        "/api/v1/namespaces/corral-inference/services/corral-d12-r34",
-        "/api/v1/namespaces/corral-inference/secrets/corral-d12-r34-api-key",
-    ]
-    for request in deletes:
-        assert request.query == {"gracePeriodSeconds": ["21"], "propagationPolicy": ["Foreground"]}
-    reads = [r for r in fake_api.requests if r.method == "GET"]
-    assert len(reads) == 3  # two answered "still deleting", the third 404
+    backend.kill(REF)
+    assert {r.query["gracePeriodSeconds"][0] for r in fake_api.requests} == {"0"}
     assert fake_api.objects == {}
-    assert backend.observe(REF).running is False
 
 
 def test_it_stops_a_replica_whose_objects_are_already_gone(backend: KubernetesBackend,
                                                             fake_api: FakeApiServer) -> None:
     backend.stop(REF, grace_seconds=5)
-    assert [r.method for r in fake_api.requests] == ["DELETE", "DELETE", "DELETE", "GET"]
-
-
-def test_it_stops_waiting_for_a_stuck_deletion_after_a_bound(backend: KubernetesBackend,
-                                                              fake_api: FakeApiServer) -> None:
-    backend.start(BASE_SPEC)
-    fake_api.lingering_reads = 10**6
-    backend.stop_slack_seconds = 0.2
-    backend.stop(REF, grace_seconds=0)
-    assert fake_api.lingering_reads > 0
+    assert [r.method for r in fake_api.requests] == ["DELETE"] * 4
+    assert backend.stopped(REF) is True
 
 
 def test_it_reports_a_refused_delete(backend: KubernetesBackend, fake_api: FakeApiServer) -> None:
@@ -611,13 +742,14 @@ def test_it_reads_its_configuration_from_django_settings_when_first_used(fake_ap
     assert {r.authorization for r in fake_api.requests} == {"Bearer sa-token-123"}
     [deployment] = [r.body for r in fake_api.requests if r.body["kind"] == "Deployment"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == "vllm/vllm-openai:v0.11.0"
+    assert container["image"] == "vllm/vllm-openai:v0.32.0"
     assert "HF_TOKEN" in {item["name"] for item in container["env"]}
-    settings.KUBERNETES_VLLM_IMAGE = "registry.example/vllm-openai:v0.11.0"
+    pinned = "registry.example/vllm-openai@sha256:" + "4f" * 32
+    settings.KUBERNETES_VLLM_IMAGE = pinned
     settings.KUBERNETES_VLLM_RUN_AS_USER = None
     backend.start(BASE_SPEC)
-    deployment = fake_api.requests[-2].body
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/vllm-openai:v0.11.0"
+    deployment = fake_api.requests[-3].body
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == pinned
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is False
 
 
@@ -627,3 +759,23 @@ def test_its_names_agree_with_the_rendered_objects() -> None:
     manifests = render()
     assert manifests["Deployment"]["metadata"]["name"] == object_name(12, 34)
     assert manifests["Secret"]["metadata"]["name"] == key_secret_name(12, 34)
+
+
+def test_a_deleted_deployment_leaves_nothing_behind(backend: KubernetesBackend, fake_api: FakeApiServer) -> None:
+    """Every replica's Secret and Service is owned by its Deployment (Kubernetes' garbage collector deletes
+    them with it), and stopping each replica deletes everything carrying its labels."""
+    refs = [replace(REF, replica_id=replica_id) for replica_id in (34, 35)]
+    for ref in refs:
+        backend.start(replace(BASE_SPEC, replica_id=ref.replica_id))
+    deployments = {o["metadata"]["name"]: o["metadata"]["uid"] for o in fake_api.objects.values()
+                   if o["kind"] == "Deployment"}
+    for obj in fake_api.objects.values():
+        if obj["kind"] != "Deployment":
+            [owner] = obj["metadata"]["ownerReferences"]
+            replica = obj["metadata"]["labels"]["corral.io/replica"]
+            assert owner["uid"] == deployments[f"corral-d12-r{replica}"] and owner["kind"] == "Deployment"
+    fake_api.pods = [_pod()]
+    for ref in refs:
+        backend.stop(ref, grace_seconds=20)
+    assert fake_api.objects == {} and fake_api.pods == []
+    assert all(backend.stopped(ref) for ref in refs)

@@ -3,9 +3,11 @@ with the real local backend starting a stand-in for vLLM (tests/inference/fake_v
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shlex
+import subprocess
 import sys
 import threading
 import time
@@ -19,6 +21,7 @@ from django.utils import timezone
 from governance.models import Alert, AuditEvent, GroupPolicy
 from governance.services.evaluation import group_policy_get
 from inference import reconciler
+from inference.backends.local import process_start_time
 from inference.models import GPU, Deployment, GpuAllocation, GpuQuota, Node, Replica
 from inference.services import deployment_delete, deployment_request, deployment_scale, validate_extra_args
 from licensing.models import BaseModel
@@ -457,3 +460,137 @@ def test_the_eu_alert_is_dispatched_like_the_evaluations(tenant, monkeypatch, dj
     from django.core import mail
 
     assert "Llama 4" in mail.outbox[-1].subject and mail.outbox[-1].to == ["counsel@example.com"]
+
+
+# --- stopping without sleeping, and each node's work on its own queue ---------------------------------------
+
+
+@pytest.mark.django_db
+def test_stopping_a_replica_returns_at_once_and_a_later_pass_finishes_it(tenant, pool_settings, monkeypatch) -> None:
+    """A replica that ignores SIGTERM: the pass that asks it to stop does not wait out the 30 s grace period;
+    it keeps its GPU until a pass after the grace period kills it and sees it gone."""
+    monkeypatch.setattr("inference.services.reconcile_soon", lambda: None)
+    pool_settings.INFERENCE_STOP_GRACE_SECONDS = 30
+    deployment = request(tenant)
+    reconciler.step_replica_rows()
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                               "print('up', flush=True); time.sleep(120)"],
+        start_new_session=True, stdout=subprocess.PIPE)
+    try:
+        assert stubborn.stdout.readline() == b"up\n"  # SIGTERM is ignored from here on
+        node = Node.objects.get(name="gpu-1")
+        replica = Replica.objects.get(deployment=deployment)
+        GpuAllocation.objects.create(gpu=GPU.objects.get(node=node, index=0), replica=replica)
+        Replica.objects.filter(pk=replica.pk).update(
+            state="draining", node=node, port=18099, pid=stubborn.pid, endpoint="http://127.0.0.1:18099",
+            metrics={"_start_time": process_start_time(stubborn.pid)})
+
+        asked = time.monotonic()
+        assert reconciler.step_drain() is True
+        assert time.monotonic() - asked < 2
+        replica.refresh_from_db()
+        assert replica.state == "draining" and "grace period until" in replica.state_reason
+        assert 28 <= (replica.stopping_until - timezone.now()).total_seconds() <= 30
+        assert _alive(stubborn.pid) and GpuAllocation.objects.filter(replica=replica).count() == 1
+        assert reconciler.step_drain() is False  # still in its grace period: nothing to do, no waiting
+
+        Replica.objects.filter(pk=replica.pk).update(stopping_until=timezone.now() - dt.timedelta(seconds=1))
+        deadline = time.monotonic() + 5
+        while Replica.objects.get(pk=replica.pk).state == "draining" and time.monotonic() < deadline:
+            reconciler.step_drain()  # kills it, then sees it gone
+            time.sleep(0.05)
+        replica.refresh_from_db()
+        assert replica.state == "stopped" and replica.stopping_until is None and replica.pid is None
+        assert not _alive(stubborn.pid)
+        assert GpuAllocation.objects.count() == 0
+    finally:
+        stubborn.kill()
+        stubborn.wait()
+
+
+@pytest.fixture
+def two_nodes(tenant, pool_settings, monkeypatch):
+    """gpu-1 (the tenant's) and gpu-2, four GPUs each, node queues on, and one deployment with a replica on
+    each (four GPUs per replica)."""
+    monkeypatch.setattr("inference.services.reconcile_soon", lambda: None)
+    pool_settings.INFERENCE_NODE_QUEUES = True
+    GpuQuota.objects.filter(organisation=tenant[0]).update(max_gpus=8)
+    second = Node.objects.create(name="gpu-2", address="10.0.0.2")
+    for index in range(4):
+        GPU.objects.create(node=second, index=index, model="NVIDIA L4", memory_mib=24_576)
+    deployment = request(tenant, replicas=2, tensor_parallel_size=4)
+    return Node.objects.get(name="gpu-1"), second, deployment
+
+
+@pytest.mark.django_db
+def test_each_nodes_replicas_are_started_by_the_worker_on_its_own_queue(two_nodes, pool_settings,
+                                                                        monkeypatch) -> None:
+    from inference import tasks
+
+    first, second, deployment = two_nodes
+    sent: list[tuple[list[int], str]] = []
+    monkeypatch.setattr(tasks.reconcile_node, "apply_async", lambda *, args, queue: sent.append((args, queue)))
+    started: list[tuple[int, str]] = []
+    monkeypatch.setattr(reconciler, "_start", lambda replica, node, gpus, port: started.append((replica.pk, node.name)))
+
+    tasks.reconcile_pool()
+    placed = dict(Replica.objects.filter(deployment=deployment).values_list("node__name", "pk"))
+    assert set(placed) == {"gpu-1", "gpu-2"}
+    assert started == []  # the central pass only placed them: starting is the nodes' work
+    assert sent == [([first.pk], "node.gpu-1"), ([second.pk], "node.gpu-2")]
+
+    # the worker on gpu-1 (INFERENCE_NODE_NAME=gpu-1) starts gpu-1's replica only
+    pool_settings.INFERENCE_NODE_NAME = "gpu-1"
+    assert reconciler.reconcile_node_once(first.pk) is True
+    assert started == [(placed["gpu-1"], "gpu-1")]
+    # work for gpu-2 that reached it by mistake is refused: vLLM would start on the wrong host
+    assert reconciler.reconcile_node_once(second.pk) is False
+    assert started == [(placed["gpu-1"], "gpu-1")]
+    pool_settings.INFERENCE_NODE_NAME = "gpu-2"
+    reconciler.reconcile_node_once(second.pk)
+    assert started == [(placed["gpu-1"], "gpu-1"), (placed["gpu-2"], "gpu-2")]
+
+
+@pytest.mark.django_db
+def test_stopping_a_nodes_replica_is_sent_to_that_node(two_nodes, pool_settings, monkeypatch) -> None:
+    from inference import tasks
+
+    first, second, deployment = two_nodes
+    sent: list[tuple[list[int], str]] = []
+    monkeypatch.setattr(tasks.reconcile_node, "apply_async", lambda *, args, queue: sent.append((args, queue)))
+    monkeypatch.setattr(reconciler, "_start", lambda *a: None)
+    tasks.reconcile_pool()
+    on_second = Replica.objects.get(deployment=deployment, node=second)
+    Replica.objects.filter(pk=on_second.pk).update(pid=4_000_000, endpoint="http://10.0.0.2:8100")
+    stops: list[int] = []
+    monkeypatch.setattr("inference.backends.local.LocalBackend.stop",
+                        lambda self, ref, grace_seconds: stops.append(ref.replica_id))
+    assert on_second.ordinal == 1  # placed in name order: ordinal 0 on gpu-1, ordinal 1 on gpu-2
+    deployment_scale(deployment=deployment, replicas=1, actor="test")
+    sent.clear()
+    tasks.reconcile_pool()
+    assert Replica.objects.get(pk=on_second.pk).state == "draining" and stops == []  # not stopped centrally
+    assert sent == [([first.pk], "node.gpu-1"), ([second.pk], "node.gpu-2")]
+    pool_settings.INFERENCE_NODE_NAME = "gpu-1"
+    reconciler.reconcile_node_once(first.pk)
+    assert stops == []
+    pool_settings.INFERENCE_NODE_NAME = "gpu-2"
+    reconciler.reconcile_node_once(second.pk)
+    assert stops == [on_second.pk]
+    assert Replica.objects.get(pk=on_second.pk).state == "stopped"  # its (made-up) process is long gone
+
+
+@pytest.mark.django_db
+def test_without_node_queues_one_worker_does_everything_and_sends_nothing(tenant, pool_settings,
+                                                                           monkeypatch) -> None:
+    from inference import tasks
+
+    monkeypatch.setattr("inference.services.reconcile_soon", lambda: None)
+    sent: list[object] = []
+    monkeypatch.setattr(tasks.reconcile_node, "apply_async", lambda **kwargs: sent.append(kwargs))
+    started: list[str] = []
+    monkeypatch.setattr(reconciler, "_start", lambda replica, node, gpus, port: started.append(node.name))
+    request(tenant)
+    tasks.reconcile_pool()
+    assert started == ["gpu-1"] and sent == []

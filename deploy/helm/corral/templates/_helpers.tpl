@@ -96,6 +96,18 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   value: {{ .Values.inference.modelsClaim | quote }}
 - name: KUBERNETES_MODELS_PATH
   value: {{ .Values.inference.modelsPath | quote }}
+- name: KUBERNETES_MODEL_CACHE_CLAIM
+  value: {{ .Values.inference.modelCache.claimName | quote }}
+- name: KUBERNETES_VLLM_CPU_REQUEST
+  value: {{ .Values.inference.vllmResources.requests.cpu | quote }}
+- name: KUBERNETES_VLLM_CPU_LIMIT
+  value: {{ .Values.inference.vllmResources.limits.cpu | quote }}
+- name: KUBERNETES_VLLM_MEMORY_REQUEST
+  value: {{ .Values.inference.vllmResources.requests.memory | quote }}
+- name: KUBERNETES_VLLM_MEMORY_LIMIT
+  value: {{ .Values.inference.vllmResources.limits.memory | quote }}
+- name: INFERENCE_STARTUP_TIMEOUT_SECONDS
+  value: {{ .Values.inference.startupTimeoutSeconds | quote }}
 {{- end }}
 {{- range $name, $value := .Values.env }}
 - name: {{ $name }}
