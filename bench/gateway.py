@@ -75,7 +75,7 @@ def _setup_tenant() -> str:
     ApiKey.objects.filter(prefix=key.split(".")[0]).update(
         requests_per_minute=100_000_000, tokens_per_minute=2_000_000_000, max_concurrent=10_000,
         default_user="bench-user")
-    from inference.services import replica_key
+    from inference.models import replica_key
 
     global UPSTREAM_KEY
     UPSTREAM_KEY = replica_key(replica.pk, replica.key_salt)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+
+from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
@@ -117,6 +122,13 @@ class ReplicaState(models.TextChoices):
     DRAINING = "draining", "Draining"
     STOPPED = "stopped", "Stopped"
     FAILED = "failed", "Failed"
+
+
+def replica_key(replica_id: int, salt: str) -> str:
+    """vLLM's API key of a replica: derived from a Corral secret and the replica's salt, so it is never stored."""
+    digest = hmac.new(settings.INFERENCE_KEY_SECRET.encode(), f"replica:{replica_id}:{salt}".encode(),
+                      hashlib.sha256).digest()
+    return "vllm-" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
 class Replica(models.Model):

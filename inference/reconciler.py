@@ -36,7 +36,7 @@ from inference.backends.base import Backend, ReplicaRef, ReplicaSpec
 from inference.backends.local import process_start_time
 from inference.models import GPU, Backend as BackendName
 from inference.models import Deployment, DeploymentState, GpuAllocation, Node, Replica, ReplicaState
-from inference.services import replica_key
+from inference.models import replica_key
 
 logger = logging.getLogger(__name__)
 ACTIVE = [ReplicaState.STARTING, ReplicaState.READY, ReplicaState.UNHEALTHY]

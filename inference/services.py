@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
 import re
 from pathlib import Path
@@ -15,7 +12,8 @@ from django.db import transaction
 from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
-from governance import queue
+from governance import queue as governance_queue
+from inference import queue
 from governance.audit import audit_record
 from governance.models import Alert
 from inference.models import Deployment, GpuQuota
@@ -49,13 +47,6 @@ ALLOWED_ARGS: dict[str, type | None] = {
     "--generation-config": str,
 }
 _KV_CACHE_DTYPES = {"auto", "fp8", "fp8_e4m3", "fp8_e5m2"}
-
-
-def replica_key(replica_id: int, salt: str) -> str:
-    """vLLM's API key of a replica: derived from a Corral secret and the replica's salt, so it is never stored."""
-    digest = hmac.new(settings.INFERENCE_KEY_SECRET.encode(), f"replica:{replica_id}:{salt}".encode(),
-                      hashlib.sha256).digest()
-    return "vllm-" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
 def validate_extra_args(args: object) -> list[str]:
@@ -327,15 +318,10 @@ def _eu_multimodal_alert(organisation: Organisation, version: LicenceVersion, de
     audit_record(action="alert.raised", actor=actor, group=group, organisation=organisation, obj=alert,
                  data={"licence_version": version.slug, "level": EU_MULTIMODAL, "month": month,
                        "figures": alert.figures})
-    transaction.on_commit(lambda: queue.alert_dispatch_soon(alert.pk))
+    transaction.on_commit(lambda: governance_queue.alert_dispatch_soon(alert.pk))
     return alert
 
 
 def reconcile_soon() -> None:
-    from inference.tasks import reconcile_pool
-
-    try:
-        reconcile_pool.delay()
-    except Exception:  # beat reconciles every 10 seconds anyway
-        pass
+    queue.reconcile_soon()
 

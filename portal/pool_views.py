@@ -25,7 +25,8 @@ from django.views.decorators.http import require_GET, require_http_methods
 from governance.models import Scope
 from inference.api.serializers import QuotaSerializer
 from inference.models import Deployment, DeploymentState, GpuQuota, Replica, ReplicaState, TokenUsage
-from inference.services import quota_use_many, replica_key
+from inference.models import replica_key
+from inference.services import quota_use_many
 from portal import forms
 from portal.access import access_of
 

@@ -127,7 +127,7 @@ def load_key(prefix: str) -> KeyInfo | None:
 
 def _deployment_info(deployment: Any) -> DeploymentInfo:
     from inference.models import ReplicaState
-    from inference.services import replica_key
+    from inference.models import replica_key
 
     version = deployment.base_model.licence_version
     upstreams = tuple(

@@ -24,7 +24,7 @@ def main() -> None:
     from governance.models import ApiKey
     from governance.services import api_key_create
     from inference.models import Deployment, GatewayLimit, Replica, ReplicaState
-    from inference.services import replica_key
+    from inference.models import replica_key
     from licensing.models import BaseModel, LicenceVersion
     from licensing.services import licence_accept, organisation_create, product_create
 

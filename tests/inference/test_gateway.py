@@ -20,7 +20,7 @@ from governance.services import api_key_revoke
 from governance.services.evaluation import declared_figure_record, group_evaluate
 from inference.gateway.app import Gateway
 from inference.models import Deployment, GatewayLimit, Replica, TokenUsage
-from inference.services import replica_key
+from inference.models import replica_key
 from licensing.models import BaseModel, Organisation
 from licensing.services import grant_record
 from tests.factories import ProductFactory, licence, make_key

@@ -19,7 +19,7 @@ from django.db import connection
 
 from governance.models import ApiKey
 from inference.gateway.limits import Limits, LocalLimiter, RedisLimiter
-from inference.services import replica_key
+from inference.models import replica_key
 from tests.factories import make_key
 from tests.inference.fake_openai import FakeOpenAI
 from tests.inference.gateway_support import ThreadServer, ready_deployment, wait_for

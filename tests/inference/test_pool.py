@@ -242,7 +242,7 @@ def test_a_deployment_comes_up_is_probed_restarted_scaled_and_stopped(tenant, po
     cmdline = Path(f"/proc/{replica.pid}/cmdline").read_bytes().decode()
     assert "api-key" not in cmdline  # the key is in the environment, not visible to `ps`
     # vLLM's key works against the replica and is never in the database
-    from inference.services import replica_key
+    from inference.models import replica_key
 
     key = replica_key(replica.pk, replica.key_salt)
     assert key not in json.dumps(list(Replica.objects.values()), default=str)

@@ -32,7 +32,7 @@ from tests.inference.gateway_support import ThreadServer
 
 from inference import reconciler
 from inference.models import Deployment, GpuQuota, Node, Replica
-from inference.services import replica_key
+from inference.models import replica_key
 from licensing.models import BaseModel
 from licensing.services import licence_accept
 from tests.factories import ProductFactory, licence

@@ -14,7 +14,7 @@ from django.utils import timezone
 from governance.models import ApiKey
 from governance.services import api_key_create
 from inference.models import Deployment, GpuQuota, Replica, TokenUsage
-from inference.services import replica_key
+from inference.models import replica_key
 from licensing.models import BaseModel, Membership, Product
 from portal import forms
 from tests.portal.conftest import Tenancy

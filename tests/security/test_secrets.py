@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 from governance import webhooks
 from governance.services import api_key_authenticate, keys
 from inference.gateway.app import Gateway
-from inference.services import replica_key
+from inference.models import replica_key
 from tests.security.test_authorization import api_paths
 from tests.security.world import build_tenant
 
