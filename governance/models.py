@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
 from licensing.models import AffiliateGroup, Organisation, Product
+from licensing.months import month_end
 
 
 class Scope(models.TextChoices):
@@ -163,6 +167,19 @@ class Rollup(models.Model):
     quarantined_at = models.DateTimeField(null=True, blank=True, help_text="Set on the kept copy of an unreadable "
                                           "rollup; the live row (empty here) was rebuilt without it")
     quarantine_reason = models.CharField(max_length=300, blank=True)
+
+    DAY_SCOPES = frozenset({Scope.PRODUCT_DAY, Scope.ORGANISATION_DAY, Scope.GROUP_DAY})
+
+    @classmethod
+    def is_settled(cls, scope: str, period: dt.date, *, today: dt.date | None = None) -> bool:
+        """Whether a rollup's period ended more than METERING_SETTLE_DAYS ago (UTC): it is then stored as HLL_4.
+
+        Activity for a settled period is still accepted (up to the retention) and folded in; the rollup is
+        simply written in the compact form again.
+        """
+        today = today or timezone.now().date()
+        last_day = period if scope in cls.DAY_SCOPES else month_end(period)
+        return (today - last_day).days > settings.METERING_SETTLE_DAYS
 
     class Meta:
         constraints = [

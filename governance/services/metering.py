@@ -33,7 +33,7 @@ from governance.models import ActivityPart, ActivitySource, IdempotencyRecord, P
 from governance.selectors import product_day_sketch
 from governance.sketch_sandbox import SketchRejected, UploadRules, check_in_sandbox
 from licensing.models import Product
-from licensing.months import month_end, month_start
+from licensing.months import month_start
 
 logger = logging.getLogger(__name__)
 
@@ -205,9 +205,7 @@ def _evaluation_schedule(group_id: int) -> None:
     # count parts not yet compacted, but an evaluation reads the group's figures several times (months,
     # rolling window, forecast series): run against thousands of waiting parts, each read merged them all
     # again, and under sustained ingestion that cost the worker more than compaction itself (bench/mau.py).
-    from governance.services.evaluation import evaluation_schedule
-
-    evaluation_schedule(group_id=group_id)
+    queue.evaluation_soon(group_id)
 
 
 def activity_ingest(
@@ -335,7 +333,6 @@ def compaction_schedule() -> None:
 RollupKey = tuple[str, int, dt.date]
 
 
-_DAY_SCOPES = {Rollup.Scope.PRODUCT_DAY, Rollup.Scope.ORGANISATION_DAY, Rollup.Scope.GROUP_DAY}
 _TALLY_FIELDS = {
     ActivitySource.ID_BATCH: "id_batches",
     ActivitySource.SKETCH: "sketch_uploads",
@@ -343,17 +340,6 @@ _TALLY_FIELDS = {
 }
 # Sketch bytes are read this many parts at a time, so a step's memory does not grow with its size.
 _FETCH_CHUNK = 200
-
-
-def rollup_is_settled(scope: str, period: dt.date, *, today: dt.date | None = None) -> bool:
-    """Whether a rollup's period ended more than METERING_SETTLE_DAYS ago (UTC): it is then stored as HLL_4.
-
-    Activity for a settled period is still accepted (up to the retention) and folded in; the rollup is
-    simply written in the compact form again.
-    """
-    today = today or timezone.now().date()
-    last_day = period if scope in _DAY_SCOPES else month_end(period)
-    return (today - last_day).days > settings.METERING_SETTLE_DAYS
 
 
 
@@ -556,7 +542,7 @@ def _rollups_apply(deltas: dict[RollupKey, Any], tallies: dict[RollupKey, dict[s
             unreadable[pk] = str(exc)
             continue
         tally = tallies[key]
-        updates.append([sketches.serialize(merged, cold=rollup_is_settled(key[0], key[2], today=today)),
+        updates.append([sketches.serialize(merged, cold=Rollup.is_settled(key[0], key[2], today=today)),
                         merged.lg_config_k, *(count + tally.get(name, 0) for name, count in zip(_TALLIES, counts)),
                         now, pk])
     if unreadable:
@@ -607,8 +593,8 @@ def rollups_settle(*, limit: int = 1000, today: dt.date | None = None) -> int:
     """
     today = today or timezone.now().date()
     oldest_hot = today - dt.timedelta(days=settings.METERING_SETTLE_DAYS)
-    settled = Q(scope__in=_DAY_SCOPES, period__lt=oldest_hot) | (
-        ~Q(scope__in=_DAY_SCOPES) & Q(period__lt=month_start(oldest_hot)))
+    settled = Q(scope__in=Rollup.DAY_SCOPES, period__lt=oldest_hot) | (
+        ~Q(scope__in=Rollup.DAY_SCOPES) & Q(period__lt=month_start(oldest_hot)))
     # Only HLL-mode HLL_8 images gain (in the coupon modes both forms are the same list of coupons). The
     # preamble's mode byte is read in SQL, a one-byte slice of the uncompressed (STORAGE EXTERNAL) value.
     hot = Rollup.objects.annotate(mode=Substr("sketch", 8, 1, output_field=models.BinaryField())).filter(

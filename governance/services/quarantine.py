@@ -25,7 +25,6 @@ from django.utils import timezone
 from governance import queue, sketches
 from governance.audit import audit_record
 from governance.models import ActivityPart, Alert, Rollup
-from governance.services.metering import rollup_is_settled
 from licensing.models import AffiliateGroup, Organisation, Product
 from licensing.months import month_end, month_start
 
@@ -208,7 +207,7 @@ def _keep_copy(row: Rollup, reason: str) -> None:
 
 
 def _write(row: Rollup, sketch: Any) -> None:
-    row.sketch = sketches.serialize(sketch, cold=rollup_is_settled(row.scope, row.period))
+    row.sketch = sketches.serialize(sketch, cold=Rollup.is_settled(row.scope, row.period))
     row.lg_k = sketch.lg_config_k
     row.save(update_fields=["sketch", "lg_k", "updated_at"])
 

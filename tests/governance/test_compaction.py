@@ -126,7 +126,7 @@ def test_a_union_refuses_sketches_out_of_ascending_precision() -> None:
 def test_a_rollup_settles_when_its_period_ended_more_than_the_settle_days_ago(settings) -> None:
     settings.METERING_SETTLE_DAYS = 2
     today = dt.date(2026, 3, 5)
-    settled = metering.rollup_is_settled
+    settled = Rollup.is_settled
     assert not settled(Rollup.Scope.PRODUCT_DAY, dt.date(2026, 3, 3), today=today)
     assert settled(Rollup.Scope.GROUP_DAY, dt.date(2026, 3, 2), today=today)
     # February ended on the 28th: five days before, settled; March is running.
