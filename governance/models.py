@@ -144,7 +144,9 @@ class ActivityPart(models.Model):
 class Rollup(models.Model):
     """The union of every part of a scope (product, organisation or affiliate group) for a day or a month."""
 
-    class Scope(models.TextChoices):
+    class Grain(models.TextChoices):
+        """What a rollup is the union of: whose activity (the ``scope`` column) over which period."""
+
         PRODUCT_DAY = "product_day"
         PRODUCT_MONTH = "product_month"
         ORGANISATION_DAY = "organisation_day"
@@ -152,7 +154,7 @@ class Rollup(models.Model):
         GROUP_DAY = "group_day"
         GROUP_MONTH = "group_month"
 
-    scope = models.CharField(max_length=20, choices=Scope.choices)
+    scope = models.CharField(max_length=20, choices=Grain.choices)
     scope_id = models.BigIntegerField()
     period = models.DateField(help_text="The day, or the first day of the month")
     sketch = models.BinaryField()
@@ -168,7 +170,7 @@ class Rollup(models.Model):
                                           "rollup; the live row (empty here) was rebuilt without it")
     quarantine_reason = models.CharField(max_length=300, blank=True)
 
-    DAY_SCOPES = frozenset({Scope.PRODUCT_DAY, Scope.ORGANISATION_DAY, Scope.GROUP_DAY})
+    DAY_SCOPES = frozenset({Grain.PRODUCT_DAY, Grain.ORGANISATION_DAY, Grain.GROUP_DAY})
 
     @classmethod
     def is_settled(cls, scope: str, period: dt.date, *, today: dt.date | None = None) -> bool:

@@ -25,18 +25,20 @@ from governance.models import ActivityPart, ActivitySource, ProductMeteringPolic
 from licensing.models import AffiliateGroup, Organisation, Product
 from licensing.months import month_bounds
 
-_DAY_SCOPE = {Product: Rollup.Scope.PRODUCT_DAY, Organisation: Rollup.Scope.ORGANISATION_DAY,
-              AffiliateGroup: Rollup.Scope.GROUP_DAY}
-_MONTH_SCOPE = {Product: Rollup.Scope.PRODUCT_MONTH, Organisation: Rollup.Scope.ORGANISATION_MONTH,
-                AffiliateGroup: Rollup.Scope.GROUP_MONTH}
+_DAY_SCOPE = {Product: Rollup.Grain.PRODUCT_DAY, Organisation: Rollup.Grain.ORGANISATION_DAY,
+              AffiliateGroup: Rollup.Grain.GROUP_DAY}
+_MONTH_SCOPE = {Product: Rollup.Grain.PRODUCT_MONTH, Organisation: Rollup.Grain.ORGANISATION_MONTH,
+                AffiliateGroup: Rollup.Grain.GROUP_MONTH}
 _SOURCE_TALLY = {ActivitySource.ID_BATCH: "id_batches", ActivitySource.SKETCH: "sketch_uploads",
                  ActivitySource.GATEWAY: "gateway_flushes"}
 
-Scope = Product | Organisation | AffiliateGroup
+# What is metered: a product, an organisation (its products) or an affiliate group (its organisations'). Not to
+# be confused with an API key's scope (governance.models.Scope) or a rollup's grain (Rollup.Grain).
+Metered = Product | Organisation | AffiliateGroup
 
 
 
-def _pending_parts(scope: Scope, start: dt.date, end: dt.date) -> QuerySet[ActivityPart]:
+def _pending_parts(scope: Metered, start: dt.date, end: dt.date) -> QuerySet[ActivityPart]:
     parts = ActivityPart.objects.filter(day__gte=start, day__lte=end, quarantined_at__isnull=True)
     if isinstance(scope, Product):
         return parts.filter(product=scope)
@@ -98,7 +100,7 @@ def _excluded(product_ids: Any, start: dt.date, end: dt.date) -> list[dict[str, 
     still counted, so it is not listed.)"""
     parts = ActivityPart.objects.filter(product_id__in=product_ids, day__gte=start, day__lte=end,
                                         quarantined_at__isnull=False)
-    rollups = Rollup.objects.filter(scope=Rollup.Scope.PRODUCT_DAY, scope_id__in=product_ids, period__gte=start,
+    rollups = Rollup.objects.filter(scope=Rollup.Grain.PRODUCT_DAY, scope_id__in=product_ids, period__gte=start,
                                     period__lte=end, quarantined_at__isnull=False)
     return sorted(
         [{"kind": "part", "id": pk, "product": product, "day": day.isoformat(), "reason": reason,
@@ -112,7 +114,7 @@ def _excluded(product_ids: Any, start: dt.date, end: dt.date) -> list[dict[str, 
         key=lambda e: (e["day"], e["product"], e["kind"], e["id"]))
 
 
-def _product_ids(scope: Scope) -> Any:
+def _product_ids(scope: Metered) -> Any:
     if isinstance(scope, Product):
         return [scope.pk]
     if isinstance(scope, Organisation):
@@ -120,7 +122,7 @@ def _product_ids(scope: Scope) -> Any:
     return Product.objects.filter(organisation__group=scope).values("pk")
 
 
-def excluded_sketches(*, scope: Scope, start: dt.date, end: dt.date) -> list[dict[str, Any]]:
+def excluded_sketches(*, scope: Metered, start: dt.date, end: dt.date) -> list[dict[str, Any]]:
     """What the scope's figures for days ``start`` to ``end`` leave out: quarantined sketches, with why."""
     return _excluded(_product_ids(scope), start, end)
 
@@ -169,7 +171,7 @@ def _tally(rollups: list[Rollup], parts: list[dict[str, Any]]) -> dict[str, int]
     return totals
 
 
-def _union_count(scope: Scope, rollups: QuerySet[Rollup], start: dt.date, end: dt.date
+def _union_count(scope: Metered, rollups: QuerySet[Rollup], start: dt.date, end: dt.date
                  ) -> tuple[sketches.Estimate, dict[str, int]]:
     def read(*, quarantine: bool) -> tuple[sketches.Estimate, dict[str, int]]:
         # Parts first, rollups second: compaction folding parts in between makes them appear in both, which a
@@ -184,26 +186,26 @@ def _union_count(scope: Scope, rollups: QuerySet[Rollup], start: dt.date, end: d
     return _reading(read)
 
 
-def _count(scope: Scope, period: dict[str, Any], rollups: QuerySet[Rollup], start: dt.date, end: dt.date) -> Count:
+def _count(scope: Metered, period: dict[str, Any], rollups: QuerySet[Rollup], start: dt.date, end: dt.date) -> Count:
     estimate, sources = _union_count(scope, rollups, start, end)
     return Count(period, estimate, sources, lambda: excluded_sketches(scope=scope, start=start, end=end))
 
 
-def mau_month(*, scope: Scope, month: dt.date) -> Count:
+def mau_month(*, scope: Metered, month: dt.date) -> Count:
     """Distinct users of the scope in a calendar month (a person on two products or affiliates counts once)."""
     start, end = month_bounds(month)
     rollups = _live_rollups(scope=_MONTH_SCOPE[type(scope)], scope_id=scope.pk, period=start)
     return _count(scope, {"month": start.strftime("%Y-%m")}, rollups, start, end)
 
 
-def mau_rolling(*, scope: Scope, ending: dt.date, days: int = 30) -> Count:
+def mau_rolling(*, scope: Metered, ending: dt.date, days: int = 30) -> Count:
     """Distinct users of the scope over the ``days`` days ending on ``ending`` (inclusive)."""
     start = ending - dt.timedelta(days=days - 1)
     rollups = _live_rollups(scope=_DAY_SCOPE[type(scope)], scope_id=scope.pk, period__gte=start, period__lte=ending)
     return _count(scope, {"from": start.isoformat(), "to": ending.isoformat(), "days": days}, rollups, start, ending)
 
 
-def dau(*, scope: Scope, day: dt.date) -> Count:
+def dau(*, scope: Metered, day: dt.date) -> Count:
     rollups = _live_rollups(scope=_DAY_SCOPE[type(scope)], scope_id=scope.pk, period=day)
     return _count(scope, {"day": day.isoformat()}, rollups, day, day)
 
@@ -213,7 +215,7 @@ def product_day_sketch(*, product: Product, day: dt.date) -> bytes | None:
     upload is checked against."""
     def read(*, quarantine: bool) -> bytes | None:
         parts = _pending_parts(product, day, day).values_list("pk", "sketch")
-        rows = _live_rollups(scope=Rollup.Scope.PRODUCT_DAY, scope_id=product.pk, period=day).values_list(
+        rows = _live_rollups(scope=Rollup.Grain.PRODUCT_DAY, scope_id=product.pk, period=day).values_list(
             "pk", "sketch")
         items = [_Stored("part", pk, bytes(image)) for pk, image in parts] + [
             _Stored("rollup", pk, bytes(image)) for pk, image in rows]
@@ -237,7 +239,7 @@ class SeriesPoint:
     rolling: sketches.Estimate
 
 
-def daily_series(*, scope: Scope, start: dt.date, end: dt.date, window: int = 30) -> list[SeriesPoint]:
+def daily_series(*, scope: Metered, start: dt.date, end: dt.date, window: int = 30) -> list[SeriesPoint]:
     """DAU and rolling-``window``-day distinct users for every day from ``start`` to ``end``."""
     first = start - dt.timedelta(days=window - 1)
     lg_k = settings.METERING_LG_K
@@ -265,7 +267,7 @@ def daily_series(*, scope: Scope, start: dt.date, end: dt.date, window: int = 30
     return _reading(read)
 
 
-def mau_month_many(*, scopes: list[Scope], month: dt.date) -> dict[int, Count]:
+def mau_month_many(*, scopes: list[Metered], month: dt.date) -> dict[int, Count]:
     """``mau_month`` of several scopes of one type (products, organisations or groups), by primary key, in a
     fixed number of queries whatever their number: what a page listing every product's or group's figure reads."""
     if not scopes:

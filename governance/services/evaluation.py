@@ -185,7 +185,7 @@ def group_versions(*, group: AffiliateGroup) -> list[LicenceVersion]:
 
 def metering_started(*, group: AffiliateGroup) -> dt.date | None:
     """The first day the group has any metered activity."""
-    first_rollup = Rollup.objects.filter(scope=Rollup.Scope.GROUP_DAY, scope_id=group.pk).aggregate(d=Min("period"))
+    first_rollup = Rollup.objects.filter(scope=Rollup.Grain.GROUP_DAY, scope_id=group.pk).aggregate(d=Min("period"))
     first_part = ActivityPart.objects.filter(product__organisation__group=group).aggregate(d=Min("day"))
     days = [d for d in (first_rollup["d"], first_part["d"]) if d is not None]
     return min(days) if days else None

@@ -464,9 +464,9 @@ def _product_day_unions(unions: dict[tuple[int, dt.date], sketches.Union], broke
 def _rollup_keys(product_id: int, organisation_id: int, group_id: int, day: dt.date) -> list[RollupKey]:
     month = month_start(day)
     return [
-        (Rollup.Scope.PRODUCT_DAY, product_id, day), (Rollup.Scope.PRODUCT_MONTH, product_id, month),
-        (Rollup.Scope.ORGANISATION_DAY, organisation_id, day), (Rollup.Scope.ORGANISATION_MONTH, organisation_id, month),
-        (Rollup.Scope.GROUP_DAY, group_id, day), (Rollup.Scope.GROUP_MONTH, group_id, month),
+        (Rollup.Grain.PRODUCT_DAY, product_id, day), (Rollup.Grain.PRODUCT_MONTH, product_id, month),
+        (Rollup.Grain.ORGANISATION_DAY, organisation_id, day), (Rollup.Grain.ORGANISATION_MONTH, organisation_id, month),
+        (Rollup.Grain.GROUP_DAY, group_id, day), (Rollup.Grain.GROUP_MONTH, group_id, month),
     ]
 
 
@@ -477,9 +477,9 @@ def _deltas(product_days: dict[tuple[int, dt.date], Any], owners: dict[int, tupl
     pending: dict[RollupKey, list[Any]] = defaultdict(list)
     for (product_id, day), sketch in product_days.items():
         organisation_id, _group_id = owners[product_id]
-        pending[(Rollup.Scope.PRODUCT_DAY, product_id, day)].append(sketch)
-        pending[(Rollup.Scope.PRODUCT_MONTH, product_id, month_start(day))].append(sketch)
-        pending[(Rollup.Scope.ORGANISATION_DAY, organisation_id, day)].append(sketch)
+        pending[(Rollup.Grain.PRODUCT_DAY, product_id, day)].append(sketch)
+        pending[(Rollup.Grain.PRODUCT_MONTH, product_id, month_start(day))].append(sketch)
+        pending[(Rollup.Grain.ORGANISATION_DAY, organisation_id, day)].append(sketch)
     group_of = {organisation_id: group_id for organisation_id, group_id in owners.values()}
 
     def merged(key: RollupKey) -> Any:
@@ -487,13 +487,13 @@ def _deltas(product_days: dict[tuple[int, dt.date], Any], owners: dict[int, tupl
         return items[0] if len(items) == 1 else sketches.union(items, lg_k)
 
     deltas: dict[RollupKey, Any] = {}
-    for scope, up in ((Rollup.Scope.ORGANISATION_DAY, Rollup.Scope.GROUP_DAY),
-                      (Rollup.Scope.GROUP_DAY, None)):
+    for scope, up in ((Rollup.Grain.ORGANISATION_DAY, Rollup.Grain.GROUP_DAY),
+                      (Rollup.Grain.GROUP_DAY, None)):
         for key in [k for k in pending if k[0] == scope]:
             deltas[key] = delta = merged(key)
             _scope, scope_id, day = key
-            month_scope = (Rollup.Scope.ORGANISATION_MONTH if scope == Rollup.Scope.ORGANISATION_DAY
-                           else Rollup.Scope.GROUP_MONTH)
+            month_scope = (Rollup.Grain.ORGANISATION_MONTH if scope == Rollup.Grain.ORGANISATION_DAY
+                           else Rollup.Grain.GROUP_MONTH)
             pending[(month_scope, scope_id, month_start(day))].append(delta)
             if up is not None:
                 pending[(up, group_of[scope_id], day)].append(delta)

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 QUARANTINE_LEVEL = "quarantine"  # Alert.level of the alerts raised here
 _TALLIES = ("id_batches", "sketch_uploads", "gateway_flushes", "ids_received")
-S = Rollup.Scope
+S = Rollup.Grain
 
 
 def sketches_quarantine(*, parts: dict[int, str], rollups: dict[int, str]) -> int:

@@ -76,10 +76,10 @@ def test_every_rollup_of_one_step_is_the_union_of_its_parts(settings) -> None:
     expected: dict[tuple[str, int, dt.date], list[bytes]] = {}
     for (product_id, day), parts in images.items():
         month = _first_of_month(day)
-        for key in [(Rollup.Scope.PRODUCT_DAY, product_id, day), (Rollup.Scope.PRODUCT_MONTH, product_id, month),
-                    (Rollup.Scope.ORGANISATION_DAY, organisation_of[product_id], day),
-                    (Rollup.Scope.ORGANISATION_MONTH, organisation_of[product_id], month),
-                    (Rollup.Scope.GROUP_DAY, group.pk, day), (Rollup.Scope.GROUP_MONTH, group.pk, month)]:
+        for key in [(Rollup.Grain.PRODUCT_DAY, product_id, day), (Rollup.Grain.PRODUCT_MONTH, product_id, month),
+                    (Rollup.Grain.ORGANISATION_DAY, organisation_of[product_id], day),
+                    (Rollup.Grain.ORGANISATION_MONTH, organisation_of[product_id], month),
+                    (Rollup.Grain.GROUP_DAY, group.pk, day), (Rollup.Grain.GROUP_MONTH, group.pk, month)]:
             expected.setdefault(key, []).extend(parts)
     rollups = {(r.scope, r.scope_id, r.period): r for r in Rollup.objects.all()}
     assert set(rollups) == set(expected)
@@ -91,8 +91,8 @@ def test_every_rollup_of_one_step_is_the_union_of_its_parts(settings) -> None:
         assert _estimate(rollup.sketch) == sketches.estimate_of(union).estimate, key
         assert rollup.id_batches + rollup.sketch_uploads == len(parts), key
     # The coarse upload lowered the precision of exactly the scopes it belongs to.
-    assert rollups[(Rollup.Scope.GROUP_MONTH, group.pk, _first_of_month(days[0]))].lg_k == 12
-    assert rollups[(Rollup.Scope.PRODUCT_DAY, products[0].pk, days[0])].lg_k == settings.METERING_LG_K
+    assert rollups[(Rollup.Grain.GROUP_MONTH, group.pk, _first_of_month(days[0]))].lg_k == 12
+    assert rollups[(Rollup.Grain.PRODUCT_DAY, products[0].pk, days[0])].lg_k == settings.METERING_LG_K
 
 
 @pytest.mark.django_db
@@ -105,7 +105,7 @@ def test_a_step_takes_at_most_its_limit_and_the_task_stops_after_a_short_step(se
         activity_ingest(product=product, day=TODAY, user_ids=_ids(batch * 10, 10))
     assert metering_compact_step() == 3 and ActivityPart.objects.count() == 4
     assert compact_metering() == 4 and not ActivityPart.objects.exists()
-    assert Rollup.objects.get(scope=Rollup.Scope.PRODUCT_DAY, scope_id=product.pk).id_batches == 7
+    assert Rollup.objects.get(scope=Rollup.Grain.PRODUCT_DAY, scope_id=product.pk).id_batches == 7
 
     # A step that found fewer parts than its limit ends the round: the parts that arrived meanwhile wait for
     # the next one rather than each costing a rewrite of every rollup.
@@ -127,13 +127,13 @@ def test_a_rollup_settles_when_its_period_ended_more_than_the_settle_days_ago(se
     settings.METERING_SETTLE_DAYS = 2
     today = dt.date(2026, 3, 5)
     settled = Rollup.is_settled
-    assert not settled(Rollup.Scope.PRODUCT_DAY, dt.date(2026, 3, 3), today=today)
-    assert settled(Rollup.Scope.GROUP_DAY, dt.date(2026, 3, 2), today=today)
+    assert not settled(Rollup.Grain.PRODUCT_DAY, dt.date(2026, 3, 3), today=today)
+    assert settled(Rollup.Grain.GROUP_DAY, dt.date(2026, 3, 2), today=today)
     # February ended on the 28th: five days before, settled; March is running.
-    assert settled(Rollup.Scope.GROUP_MONTH, dt.date(2026, 2, 1), today=today)
-    assert not settled(Rollup.Scope.PRODUCT_MONTH, dt.date(2026, 3, 1), today=today)
-    assert not settled(Rollup.Scope.ORGANISATION_MONTH, dt.date(2026, 2, 1), today=dt.date(2026, 3, 2))
-    assert settled(Rollup.Scope.ORGANISATION_MONTH, dt.date(2026, 2, 1), today=dt.date(2026, 3, 3))
+    assert settled(Rollup.Grain.GROUP_MONTH, dt.date(2026, 2, 1), today=today)
+    assert not settled(Rollup.Grain.PRODUCT_MONTH, dt.date(2026, 3, 1), today=today)
+    assert not settled(Rollup.Grain.ORGANISATION_MONTH, dt.date(2026, 2, 1), today=dt.date(2026, 3, 2))
+    assert settled(Rollup.Grain.ORGANISATION_MONTH, dt.date(2026, 2, 1), today=dt.date(2026, 3, 3))
 
 
 @pytest.mark.django_db
@@ -149,8 +149,8 @@ def test_settled_rollups_are_stored_as_hll_4_and_count_the_same(settings) -> Non
     def tgt(scope: str, period: dt.date, scope_id: int = product.pk) -> str:
         return sketches.tgt_type_of(bytes(Rollup.objects.get(scope=scope, scope_id=scope_id, period=period).sketch))
 
-    assert tgt(Rollup.Scope.PRODUCT_DAY, yesterday) == "HLL_8"  # still receiving activity
-    assert tgt(Rollup.Scope.PRODUCT_DAY, old) == "HLL_4"  # late activity for a settled day is written compactly
+    assert tgt(Rollup.Grain.PRODUCT_DAY, yesterday) == "HLL_8"  # still receiving activity
+    assert tgt(Rollup.Grain.PRODUCT_DAY, old) == "HLL_4"  # late activity for a settled day is written compactly
     before = {r.pk: (_estimate(r.sketch), len(r.sketch)) for r in Rollup.objects.all()}
 
     assert metering.rollups_settle() == 0  # nothing else has settled yet
@@ -171,7 +171,7 @@ def test_settled_rollups_are_stored_as_hll_4_and_count_the_same(settings) -> Non
     # A late batch for a settled period still counts, and its rollup stays compact.
     activity_ingest(product=product, day=yesterday, user_ids=_ids(100_000, 5_000))
     metering_compact_step()
-    day_rollup = Rollup.objects.get(scope=Rollup.Scope.PRODUCT_DAY, scope_id=product.pk, period=yesterday)
+    day_rollup = Rollup.objects.get(scope=Rollup.Grain.PRODUCT_DAY, scope_id=product.pk, period=yesterday)
     estimate = sketches.estimate_of(hll_sketch.deserialize(bytes(day_rollup.sketch)))
     assert estimate.lower <= 35_000 <= estimate.upper
 

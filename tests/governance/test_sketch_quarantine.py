@@ -30,7 +30,7 @@ TODAY = timezone.now().date()
 # Three days of last month: always in the past and within retention, and in one calendar month.
 D1, D2, D3 = ((TODAY.replace(day=1) - dt.timedelta(days=1)).replace(day=day) for day in (3, 4, 5))
 MONTH = D1.strftime("%Y-%m")
-S = Rollup.Scope
+S = Rollup.Grain
 
 
 @pytest.fixture
