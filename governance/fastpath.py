@@ -15,19 +15,15 @@ import datetime as dt
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any, Union
+from typing import Any
 
-import msgspec
 import orjson
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, InterfaceError, OperationalError, close_old_connections, connections
-from rest_framework.exceptions import ParseError
 
 from config.exceptions import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
-from config.parsers import json_object_from
-from config.schema_types import body_type_errors
-from governance.sketches import INT64_MAX, INT64_MIN
+from governance.api.activity_input import ActivityInputRefused, activity_input
 
 _ACTIVITY = re.compile(r"^/api/v1/products/([0-9]{1,18})/activity/?$")
 Response = tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]
@@ -87,34 +83,12 @@ def ingest_activity(product_id: int, headers: dict[bytes, bytes], body: bytes, p
             idempotency_key = key.decode("latin-1")
             if not IDEMPOTENCY_KEY.match(idempotency_key):
                 return _error(400, {"Idempotency-Key": [IDEMPOTENCY_KEY_RULE]})
-        checked = _decode_typed(body)
-        if checked is not None:  # the common case: well-formed, every element checked while decoding
-            day = _iso_day(checked.day)
-            if day is not None:
-                return _ingest(product, product_id, day, checked.user_ids, idempotency_key, path, body, True)
         try:
-            data = json_object_from(body)  # the DRF endpoint's parser: the same rules and messages
-        except ParseError as exc:
-            return _error(400, {"detail": str(exc.detail)})
-        wrong_types = body_type_errors(path, "POST", data)
-        if wrong_types:
-            return _error(400, wrong_types)
-        errors: dict[str, list[str]] = {}
-        day = None
-        if "day" not in data:
-            errors["day"] = ["This field is required."]
-        else:
-            try:
-                day = dt.date.fromisoformat(data["day"]) if isinstance(data["day"], str) else None
-            except ValueError:
-                day = None
-            if day is None:
-                errors["day"] = ["Date has wrong format. Use one of these formats instead: YYYY-MM-DD."]
-        if "user_ids" not in data:
-            errors["user_ids"] = ["This field is required."]
-        if errors:
-            return _error(400, errors)
-        return _ingest(product, product_id, day, data["user_ids"], idempotency_key, path, body, False)
+            batch = activity_input(body, content_type=_header(headers, b"content-type"), path=path)
+        except ActivityInputRefused as exc:
+            return _error(exc.status, exc.errors)
+        return _ingest(product, product_id, batch.day, batch.user_ids, idempotency_key, path, body,
+                       batch.elements_checked)
     except (OperationalError, InterfaceError):  # the DRF endpoint's 503 (config/exceptions.py), not a 500
         return _error(503, {"detail": DATABASE_UNAVAILABLE}, (b"retry-after", RETRY_AFTER_SECONDS.encode()))
     finally:
@@ -142,33 +116,9 @@ def _ingest(product: Any, product_id: int, day: dt.date, user_ids: object, idemp
     return answer.status_code, answer.body, extra
 
 
-def _iso_day(value: str) -> dt.date | None:
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        return None
-
-
-# The body as the endpoint expects it, decoded and checked in one pass in C: each id a non-empty string or an
-# integer within 64 bits (booleans and floats are not integers here). Half the CPU of parsing with orjson and
-# then checking the list (bench/mau.py). A body that does not fit takes the general path below, which names
-# the problem exactly as the DRF endpoint does; unknown fields are ignored there too.
-_Id = Union[Annotated[str, msgspec.Meta(min_length=1)], Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]]
-
-
-class _Activity(msgspec.Struct):
-    day: str
-    user_ids: list[_Id]
-
-
-_decoder = msgspec.json.Decoder(_Activity)
-
-
-def _decode_typed(body: bytes) -> _Activity | None:
-    try:
-        return _decoder.decode(body)
-    except (msgspec.MsgspecError, ValueError, RecursionError):  # invalid JSON, a bad element, bytes that are not
-        return None  # UTF-8, nesting too deep (even in a field it skips) ...: the general path names the problem
+def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
+    value = headers.get(name)
+    return None if value is None else value.decode("latin-1")
 
 
 class IngestFastPath:

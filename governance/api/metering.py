@@ -17,6 +17,7 @@ from rest_framework.response import Response
 
 from config.filters import iso_date
 from governance import selectors, sketches
+from governance.api.activity_input import ActivityInputRefused, activity_input
 from governance.api.tenancy import SAFE_METHODS, GroupTenancy, TenantViewSet
 from governance.models import ProductMeteringPolicy, Scope
 from governance.services import IdempotencyConflict, activity_ingest, sketch_ingest
@@ -273,8 +274,17 @@ class ProductMeteringViewSet(MauActions, TenantViewSet):
     @action(detail=True, methods=["post"])
     def activity(self, request: Request, pk: str | None = None) -> Response:
         """Record a batch of user ids (hashed on arrival, never stored) for a UTC day."""
-        return self._ingest(request, ActivityInput, lambda product, data, **kw: activity_ingest(
-            product=product, day=data["day"], user_ids=data["user_ids"], **kw))
+        # Read as the fast path reads it (governance/api/activity_input.py): ActivityInput is the schema only.
+        body = _read_body(request)
+        product = self.get_object()
+        key = _idempotency_key(request)
+        try:
+            batch = activity_input(body, content_type=request.content_type, path=request.path)
+        except ActivityInputRefused as exc:
+            return Response(exc.errors, status=exc.status)
+        return self._respond(request, body, lambda **kw: activity_ingest(
+            product=product, day=batch.day, user_ids=batch.user_ids, elements_checked=batch.elements_checked,
+            idempotency_key=key, **kw))
 
     @extend_schema(request=SketchInput, responses={
         202: AcceptedOutput, 409: OpenApiResponse(description="Idempotency-Key reused with another request")})
@@ -290,9 +300,13 @@ class ProductMeteringViewSet(MauActions, TenantViewSet):
         key = _idempotency_key(request)
         form = form_class(data=request.data)
         form.is_valid(raise_exception=True)
+        return self._respond(request, body, lambda **kw: ingest(product, form.validated_data, idempotency_key=key,
+                                                                **kw))
+
+    @staticmethod
+    def _respond(request: Request, body: bytes, ingest: Any) -> Response:
         try:
-            answer = ingest(product, form.validated_data, idempotency_key=key,
-                            fingerprint=request_fingerprint(request.method, request.path, body))
+            answer = ingest(fingerprint=request_fingerprint(request.method, request.path, body))
         except IdempotencyConflict as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return _answer(answer)
