@@ -44,7 +44,8 @@ PORTAL_OBJECTS = {
     "member-remove": "membership", "group-admin-appoint": "group", "group-admin-remove": "group",
     "group-management": "group", "invitation-revoke": "invitation", "organisation": "organisation",
     "organisation-domicile": "organisation", "organisation-exemption": "organisation",
-    "organisation-exemption-withdraw": "organisation",
+    "organisation-exemption-withdraw": "organisation", "declarations": "group", "grants": "group",
+    "deployment-status": "deployment", "replica-log": "deployment",
 }
 
 
@@ -253,6 +254,7 @@ def portal_urls(b: Tenant) -> list[str]:
         route = str(pattern.pattern)
         if "<int:pk>" in route:
             route = route.replace("<int:admin_pk>", str(b.objects["group_admin"].pk))
+            route = route.replace("<int:replica_pk>", str(b.objects["replica"].pk))
             urls.append("/" + route.replace("<int:pk>", str(b.objects[PORTAL_OBJECTS[pattern.name]].pk)))
         elif pattern.name not in ("logout", "login"):
             urls.append("/" + route)
