@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from portal import views
+from portal import evidence, views
 
 app_name = "portal"
 
@@ -14,7 +14,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("groups/<int:pk>/", views.group_detail, name="group"),
     path("groups/<int:pk>/evaluate/", views.group_evaluate, name="group-evaluate"),
-    path("groups/<int:pk>/evidence/", views.group_evidence, name="group-evidence"),
+    path("groups/<int:pk>/evidence/", evidence.group_evidence, name="group-evidence"),
     path("groups/<int:pk>/policy/", views.policy_edit, name="policy"),
     path("groups/<int:pk>/webhooks/", views.webhook_list, name="webhooks"),
     path("groups/<int:pk>/admins/", views.group_admin_appoint, name="group-admin-appoint"),
