@@ -20,6 +20,9 @@ from licensing.models import AffiliateGroup, Invitation, LicenceVersion, Organis
 from portal.charts import Point
 
 DEFAULT_THRESHOLD = 700_000_000
+# How bad a state is (the evaluation's own order: over > uncertain > unknown > approaching > below > granted).
+_SEVERITY = {rules.BELOW: 0, rules.APPROACHING: 1, rules.UNKNOWN: 2, rules.UNCERTAIN: 3, rules.OVER: 4,
+             rules.GRANTED: -1, rules.EXEMPT: -2}
 LIVE_STATUSES = [Product.Status.DEVELOPMENT, Product.Status.LIVE]
 
 
@@ -106,6 +109,45 @@ def overview_rows(*, groups: QuerySet[AffiliateGroup], today: dt.date | None = N
                              forecast=forecasts.get(group.pk), open_alerts=open_alerts.get(group.pk, 0),
                              gpus_in_use=gpus.get(group.pk, 0), replicas_ready=ready.get(group.pk, 0)))
     return rows
+
+
+@dataclass
+class VersionAnswer:
+    """One group and Llama version at a glance: its worst status of the three rules, with the figure behind it."""
+
+    group: AffiliateGroup
+    version: LicenceVersion
+    status: ComplianceStatus | None
+
+    @property
+    def threshold(self) -> int:
+        return self.status.threshold if self.status else self.version.mau_threshold
+
+    @property
+    def fraction(self) -> float | None:
+        if self.status is None or self.status.estimate is None or not self.threshold:
+            return None
+        return self.status.estimate / self.threshold
+
+    @property
+    def rank(self) -> tuple[float, float]:
+        if self.status is None:
+            return float(_SEVERITY[rules.UNKNOWN]), 0.0
+        # A below on partial coverage is never a clean pass: it sorts above every complete below.
+        severity = _SEVERITY.get(self.status.state, 0) + (0.5 if self.status.partial_coverage else 0.0)
+        return float(severity), self.fraction or 0.0
+
+
+def version_answers(rows: list[GroupRow]) -> list[VersionAnswer]:
+    """One answer per group and version, worst first: over, uncertain, unknown, approaching, partial coverage,
+    below, granted, exempt; within a state, the larger share of the limit first."""
+    answers = []
+    for row in rows:
+        for version_row in row.versions:
+            statuses = [s for s in (version_row.accurate, version_row.last_month, version_row.projected) if s]
+            worst = max(statuses, key=lambda s: (_SEVERITY.get(s.state, 0), s.level or 0.0), default=None)
+            answers.append(VersionAnswer(row.group, version_row.version, worst))
+    return sorted(answers, key=lambda a: a.rank, reverse=True)
 
 
 def pool_usage() -> dict[str, int]:

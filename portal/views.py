@@ -67,7 +67,8 @@ def overview(request: HttpRequest) -> HttpResponse:
     rows = portal_selectors.overview_rows(groups=access.groups())
     pool = portal_selectors.pool_usage() if access.is_staff else None
     last_month = portal_selectors.rules.previous_month(timezone.now().date())
-    return render(request, "portal/overview.html", {"rows": rows, "pool": pool, "last_month": last_month})
+    return render(request, "portal/overview.html", {"rows": rows, "answers": portal_selectors.version_answers(rows),
+                                                    "pool": pool, "last_month": last_month})
 
 
 @login_required
