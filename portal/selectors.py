@@ -155,6 +155,13 @@ def pool_usage() -> dict[str, int]:
     return {"gpus": GPU.objects.filter(node__active=True).count(), "allocated": GpuAllocation.objects.count()}
 
 
+def _month_point(month: dt.date, count: MauCount) -> Point:
+    """A month with nothing stored is a gap (estimate None), never a zero the chart would draw."""
+    if count.estimate.estimate == 0 and not any(count.sources.values()):
+        return Point(day=month, estimate=None, lower=None, upper=None)
+    return _point(month, count.estimate)
+
+
 def _point(day: dt.date, estimate: Any) -> Point:
     return Point(day=day, estimate=estimate.estimate, lower=estimate.lower, upper=estimate.upper)
 
@@ -216,7 +223,7 @@ def group_figures(*, group: AffiliateGroup, today: dt.date | None = None, months
     month_list = [this_month]
     for _ in range(months - 1):
         month_list.insert(0, rules.previous_month(month_list[0]))
-    monthly = [_point(m, mau_month(scope=group, month=m).estimate) for m in month_list]
+    monthly = [_month_point(m, mau_month(scope=group, month=m)) for m in month_list]
     series = daily_series(scope=group, start=today - dt.timedelta(days=days - 1), end=today, window=30)
     versions = versions_by_group([group]).get(group.pk, [])
     statuses = list(ComplianceStatus.objects.filter(group=group).select_related("licence_version"))
