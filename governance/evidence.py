@@ -252,16 +252,21 @@ def evidence_sections(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The report as titled tables of strings for people, the one source of the HTML, CSV and PDF downloads."""
     sections = []
     mau = report["mau"]
-    rows = [["Group", report["group"]["name"], people_number(mau["estimate"]),
-             people_interval(mau["lower"], mau["upper"])]]
+    # Before metering began nothing was measured: a figure of 0 would read as "nobody used it".
+    metered = report["counting"]["bases"].get(rules.DISTINCT_PEOPLE) is not None
+
+    def figure(count: dict[str, Any]) -> list[str]:
+        if not metered:
+            return ["–", "not metered yet"]
+        return [people_number(count["estimate"]), people_interval(count["lower"], count["upper"])]
+
+    rows = [["Group", report["group"]["name"], *figure(mau)]]
     for org in report["organisations"]:
-        rows.append(["Organisation", org["name"], people_number(org["mau"]["estimate"]),
-                     people_interval(org["mau"]["lower"], org["mau"]["upper"])])
+        rows.append(["Organisation", org["name"], *figure(org["mau"])])
         for product in org["products"]:
             rows.append(["Product", f'{product["name"]} ({product["licence_version"] or "not built on Llama"})',
-                         people_number(product["mau"]["estimate"]),
-                         people_interval(product["mau"]["lower"], product["mau"]["upper"])])
-    sections.append({"key": "mau", "title": "Monthly active users (distinct people)",
+                         *figure(product["mau"])])
+    sections.append({"key": "mau", "title": "Monthly active users (distinct people)", "numeric": [2, 3],
                      "columns": ["Scope", "Name", "Estimate", "95% interval"], "rows": rows})
     counting = report["counting"]
     rows = []
@@ -269,15 +274,19 @@ def evidence_sections(report: dict[str, Any]) -> list[dict[str, Any]]:
         used = "used by the statuses" if basis == counting["counting_basis"] else "shown beside it"
         rows.append([rules.BASIS_WORDS[basis], used, people_number(figure["estimate"]) if figure else "–",
                      people_interval(figure["lower"], figure["upper"]) if figure else "no metered activity yet"])
-    sections.append({"key": "bases", "title": "Both counting bases",
+    sections.append({"key": "bases", "title": "Both counting bases", "numeric": [2, 3],
                      "columns": ["Basis", "Use", "Estimate", "95% interval"], "rows": rows})
-    sections.append({"key": "declarations", "title": "Declared figures",
+    sections.append({"key": "declarations", "title": "Declared figures", "numeric": [0, 1],
                      "columns": ["Figure", "Interval", "Evidence", "Declared by", "Declared at"],
                      "rows": [[people_number(d["mau"]), people_interval(d["lower"], d["upper"]), d["evidence"],
                                d["declared_by"], people_time(d["declared_at"])] for d in report["declarations"]]})
     coverage = counting["coverage"]
-    rows = [["Coverage", "complete" if coverage.get("complete") else "partial",
-             coverage.get("gap") or "every registered product metered or attested"],
+    if coverage.get("complete"):
+        how = ("a declared figure covers the whole group" if coverage.get("declared")
+               else "every registered product metered, and attested by an officer")
+    else:
+        how = coverage.get("gap") or ""
+    rows = [["Coverage", "complete" if coverage.get("complete") else "partial", how],
             ["Metered products", str(len(coverage.get("metered", []))), ", ".join(coverage.get("metered", [])) or "none"]]
     rows += [["Attestation", f'by {a["attested_by"]}, {people_time(a["attested_at"])}',
               f'{a["statement"]} ({", ".join(a["products"]) or "no products listed"})'] for a in report["attestations"]]
@@ -286,7 +295,7 @@ def evidence_sections(report: dict[str, Any]) -> list[dict[str, Any]]:
               f'{people_time(e["recorded_at"])})'] for e in report["exemptions"]]
     sections.append({"key": "coverage", "title": "Coverage and attestation",
                      "columns": ["Item", "Value", "Detail"], "rows": rows})
-    sections.append({"key": "statuses", "title": "Status per Llama version for the month",
+    sections.append({"key": "statuses", "title": "Status per Llama version for the month", "numeric": [3, 4, 5],
                      "columns": ["Version", "Rule", "State", "Figure", "Interval", "Limit", "How"],
                      "rows": [[s["licence_version_name"], s["rule_words"], STATE_WORDS.get(s["state"], s["state"]),
                                people_number(s["estimate"]), people_interval(s["lower"], s["upper"]),
@@ -312,7 +321,7 @@ def evidence_sections(report: dict[str, Any]) -> list[dict[str, Any]]:
                                a["message"], people_time(a["acknowledged_at"]) if a["acknowledged_at"] else "no"]
                               for a in report["alerts"]]})
     chain = report["audit_chain"]
-    sections.append({"key": "audit", "title": "Audit chain",
+    sections.append({"key": "audit", "title": "Audit chain", "numeric": [0, 1, 2],
                      "columns": ["Head entry", "Entries in the log", "Entries verified", "Result", "Head SHA-256"],
                      "rows": [[f'#{chain["head_seq"]:,}', people_number(chain["entries"]), people_number(chain["checked"]),
                                chain["reason"], chain["head_hash"] or "–"]]})
