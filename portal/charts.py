@@ -100,6 +100,8 @@ def _nice_ceiling(value: float) -> float:
         return 1
     power = 10 ** (len(str(int(value))) - 1)
     for step in (1, 2, 2.5, 5, 10):
+        if step * power != int(step * power):
+            continue
         if step * power >= value:
             return step * power
     return 10 * power
@@ -108,8 +110,9 @@ def _nice_ceiling(value: float) -> float:
 class _Frame:
     def __init__(self, start: dt.date, end: dt.date, ymax: float) -> None:
         self.start, self.end = start, max(end, start + dt.timedelta(days=1))
-        # People are whole: at least 4, so the five ticks are 0, 1, 2, 3, 4 and never "0, 0, 1, 2, 2".
-        self.ymax = max(_nice_ceiling(ymax), 4)
+        # Four equal steps, each a nice whole number of people (at least 1): ticks 0, 1, 2, 3, 4 or 0, 50, 100,
+        # 150, 200, never "0, 0, 1, 2, 2" or "62.5".
+        self.ymax = max(_nice_ceiling(ymax / 4), 1) * 4
         self.labels: list[Label] = []
         self.span = (self.end - self.start).days
 

@@ -73,6 +73,10 @@ def test_a_small_series_has_whole_distinct_ticks() -> None:
     ticks = re.findall(r'class="tick" x="[\d.]+" y="[\d.]+" text-anchor="end">([^<]+)<', rolling_chart(
         days=days, daily=days, threshold=700_000_000))
     assert ticks == ["0", "1", "2", "3", "4"]
+    days = [Point(dt.date(2026, 1, d), 190, 180, 200) for d in range(1, 31)]
+    ticks = re.findall(r'class="tick" x="[\d.]+" y="[\d.]+" text-anchor="end">([^<]+)<', rolling_chart(
+        days=days, daily=days, threshold=700_000_000))
+    assert ticks == ["0", "100", "200", "300", "400"]  # whole people in equal steps, never "62.5"
 
 
 def test_a_month_without_data_is_a_gap_not_a_zero() -> None:
