@@ -93,3 +93,16 @@ def test_another_group_s_member_gets_404_and_bad_input_is_named(seeded: Any, log
     assert b"format" in viewer.get(_url(seeded, "docx")).content
     bad = viewer.get(_url(seeded, month="2024-13"))
     assert bad.status_code == 400 and b"YYYY-MM" in bad.content
+
+
+def test_it_uses_the_stored_status_of_the_month_once_an_evaluation_recorded_it(seeded: Any, login: Any) -> None:
+    from governance.services.evaluation import group_evaluate
+
+    group_evaluate(group=seeded)
+    report = json.loads(login("viewer").get(_url(seeded, "json")).content)
+    [row] = [s for s in report["statuses"] if s["licence_version"] == "llama-3.3"]
+    assert (row["rule"], row["state"], row["source"], row["estimate"]) == ("licence_accurate", "over", "stored",
+                                                                            720_000_000)
+    assert row["evaluated_at"] is not None
+    csv_text = login("viewer").get(_url(seeded, "csv")).content.decode()
+    assert "stored by the evaluation of" in csv_text and "over the limit" in csv_text
