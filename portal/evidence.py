@@ -100,7 +100,10 @@ def evidence_pdf(report: dict[str, Any]) -> bytearray:
         pdf.cell(0, 7, _latin(section["title"]), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
         pdf.set_font("Helvetica", "", 8)
         rows = section["rows"] or [["None for this month."] + [""] * (len(section["columns"]) - 1)]
-        with pdf.table(text_align="LEFT", line_height=4.5) as table:
+        # Columns as wide as their longest cell (a long explanation capped), so numbers stay on one line.
+        widths = tuple(min(max(len(str(cell)) for cell in column), 60) + 4
+                       for column in zip(section["columns"], *rows))
+        with pdf.table(text_align="LEFT", line_height=4.5, col_widths=widths) as table:
             table.row([_latin(c) for c in section["columns"]])
             for row in rows:
                 table.row([_latin(str(cell)) for cell in row])
