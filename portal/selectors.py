@@ -225,6 +225,7 @@ def group_figures(*, group: AffiliateGroup, today: dt.date | None = None, months
         month_list.insert(0, rules.previous_month(month_list[0]))
     monthly = [_month_point(m, mau_month(scope=group, month=m)) for m in month_list]
     series = daily_series(scope=group, start=today - dt.timedelta(days=days - 1), end=today, window=30)
+    first = next((i for i, p in enumerate(series) if p.rolling.estimate or p.dau.estimate), len(series))
     versions = versions_by_group([group]).get(group.pk, [])
     statuses = list(ComplianceStatus.objects.filter(group=group).select_related("licence_version"))
     threshold = min((v.mau_threshold for v in versions), default=DEFAULT_THRESHOLD)
@@ -246,8 +247,10 @@ def group_figures(*, group: AffiliateGroup, today: dt.date | None = None, months
         })
     return GroupFigures(
         months=monthly,
-        rolling=[_point(p.day, p.rolling) for p in series],
-        daily=[_point(p.day, p.dau) for p in series],
+        # Days before the first activity are gaps, not zeros: nothing was metered yet.
+        rolling=[_point(p.day, p.rolling) if i >= first else Point(p.day, None, None, None)
+                 for i, p in enumerate(series)],
+        daily=[_point(p.day, p.dau) if i >= first else Point(p.day, None, None, None) for i, p in enumerate(series)],
         versions=_version_rows(versions, statuses),
         tested=tested_months(statuses),
         threshold=threshold,

@@ -114,3 +114,12 @@ def test_the_chart_s_limit_levels_and_crossing_labels_do_not_overlap() -> None:
               for t in root.findall(f"{SVG}text") if t.get("class", "").endswith("-label")]
     assert {label.text for label in labels} == {"50%", "75%", "90%", "700M limit", "crossing 2026-02-20"}
     assert not any(a.overlaps(b) for i, a in enumerate(labels) for b in labels[i + 1:])
+
+
+def test_days_before_the_first_activity_are_not_drawn_as_zeros() -> None:
+    days = [Point(dt.date(2026, 1, d), None, None, None) for d in range(1, 21)]
+    days += [Point(dt.date(2026, 1, d), 100, 90, 110) for d in range(21, 31)]
+    root = ET.fromstring(rolling_chart(days=days, daily=days, threshold=700_000_000))
+    [line] = root.findall(f"{SVG}polyline")
+    assert len(line.get("points").split()) == 10  # the run with data only
+    assert len(root.findall(f"{SVG}rect[@class='dau']")) == 10
