@@ -11,6 +11,7 @@ from typing import Any
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 
+from governance import evaluation as rules
 from governance.models import Alert, ComplianceStatus, EvaluationRule, GroupForecast
 from governance.selectors import Count as MauCount
 from governance.selectors import daily_series, mau_month, mau_month_many
@@ -20,6 +21,9 @@ from licensing.months import month_start, previous_month
 from portal.charts import Point
 
 DEFAULT_THRESHOLD = 700_000_000
+# How bad a state is (the evaluation's own order: over > uncertain > unknown > approaching > below > granted).
+_SEVERITY = {rules.BELOW: 0, rules.APPROACHING: 1, rules.UNKNOWN: 2, rules.UNCERTAIN: 3, rules.OVER: 4,
+             rules.GRANTED: -1, rules.EXEMPT: -2}
 LIVE_STATUSES = [Product.Status.DEVELOPMENT, Product.Status.LIVE]
 
 
@@ -108,9 +112,55 @@ def overview_rows(*, groups: QuerySet[AffiliateGroup], today: dt.date | None = N
     return rows
 
 
+@dataclass
+class VersionAnswer:
+    """One group and Llama version at a glance: its worst status of the three rules, with the figure behind it."""
+
+    group: AffiliateGroup
+    version: LicenceVersion
+    status: ComplianceStatus | None
+
+    @property
+    def threshold(self) -> int:
+        return self.status.threshold if self.status else self.version.mau_threshold
+
+    @property
+    def fraction(self) -> float | None:
+        if self.status is None or self.status.estimate is None or not self.threshold:
+            return None
+        return self.status.estimate / self.threshold
+
+    @property
+    def rank(self) -> tuple[float, float]:
+        if self.status is None:
+            return float(_SEVERITY[rules.UNKNOWN]), 0.0
+        # A below on partial coverage is never a clean pass: it sorts above every complete below.
+        severity = _SEVERITY.get(self.status.state, 0) + (0.5 if self.status.partial_coverage else 0.0)
+        return float(severity), self.fraction or 0.0
+
+
+def version_answers(rows: list[GroupRow]) -> list[VersionAnswer]:
+    """One answer per group and version, worst first: over, uncertain, unknown, approaching, partial coverage,
+    below, granted, exempt; within a state, the larger share of the limit first."""
+    answers = []
+    for row in rows:
+        for version_row in row.versions:
+            statuses = [s for s in (version_row.accurate, version_row.last_month, version_row.projected) if s]
+            worst = max(statuses, key=lambda s: (_SEVERITY.get(s.state, 0), s.level or 0.0), default=None)
+            answers.append(VersionAnswer(row.group, version_row.version, worst))
+    return sorted(answers, key=lambda a: a.rank, reverse=True)
+
+
 def pool_usage() -> dict[str, int]:
     """Staff: the whole pool's GPUs and how many are allocated (unscoped by design)."""
     return {"gpus": GPU.objects.filter(node__active=True).count(), "allocated": GpuAllocation.objects.count()}
+
+
+def _month_point(month: dt.date, count: MauCount) -> Point:
+    """A month with nothing stored is a gap (estimate None), never a zero the chart would draw."""
+    if count.estimate.estimate == 0 and not any(count.sources.values()):
+        return Point(day=month, estimate=None, lower=None, upper=None)
+    return _point(month, count.estimate)
 
 
 def _point(day: dt.date, estimate: Any) -> Point:
@@ -174,8 +224,9 @@ def group_figures(*, group: AffiliateGroup, today: dt.date | None = None, months
     month_list = [this_month]
     for _ in range(months - 1):
         month_list.insert(0, previous_month(month_list[0]))
-    monthly = [_point(m, mau_month(scope=group, month=m).estimate) for m in month_list]
+    monthly = [_month_point(m, mau_month(scope=group, month=m)) for m in month_list]
     series = daily_series(scope=group, start=today - dt.timedelta(days=days - 1), end=today, window=30)
+    first = next((i for i, p in enumerate(series) if p.rolling.estimate or p.dau.estimate), len(series))
     versions = versions_by_group([group]).get(group.pk, [])
     statuses = list(ComplianceStatus.objects.filter(group=group).select_related("licence_version"))
     threshold = min((v.mau_threshold for v in versions), default=DEFAULT_THRESHOLD)
@@ -197,8 +248,10 @@ def group_figures(*, group: AffiliateGroup, today: dt.date | None = None, months
         })
     return GroupFigures(
         months=monthly,
-        rolling=[_point(p.day, p.rolling) for p in series],
-        daily=[_point(p.day, p.dau) for p in series],
+        # Days before the first activity are gaps, not zeros: nothing was metered yet.
+        rolling=[_point(p.day, p.rolling) if i >= first else Point(p.day, None, None, None)
+                 for i, p in enumerate(series)],
+        daily=[_point(p.day, p.dau) if i >= first else Point(p.day, None, None, None) for i, p in enumerate(series)],
         versions=_version_rows(versions, statuses),
         tested=tested_months(statuses),
         threshold=threshold,

@@ -5,7 +5,7 @@ from django.templatetags.static import static
 from django.urls import path
 from django.views.generic import RedirectView
 
-from portal import compliance_views, pool_views, views
+from portal import compliance_views, evidence, pool_views, views
 
 app_name = "portal"
 
@@ -18,7 +18,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("groups/<int:pk>/", views.group_detail, name="group"),
     path("groups/<int:pk>/evaluate/", views.group_evaluate, name="group-evaluate"),
-    path("groups/<int:pk>/evidence/", views.group_evidence, name="group-evidence"),
+    path("groups/<int:pk>/evidence/", evidence.group_evidence, name="group-evidence"),
     path("groups/<int:pk>/declarations/", compliance_views.declaration_list, name="declarations"),
     path("groups/<int:pk>/grants/", compliance_views.grant_list, name="grants"),
     path("groups/<int:pk>/policy/", views.policy_edit, name="policy"),

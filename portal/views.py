@@ -16,7 +16,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import IntegrityError
 from django.db.models import Prefetch, Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -24,7 +24,6 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from governance import evidence
 from governance.api.compliance import PolicySerializer
 from governance.audit import audit_events_visible, audit_verify_cached
 from governance.models import (Alert, ApiKey, AuditEvent, ComplianceStatus, EvaluationRule, GroupForecast, Scope,
@@ -71,7 +70,8 @@ def overview(request: HttpRequest) -> HttpResponse:
     rows = portal_selectors.overview_rows(groups=access.groups())
     pool = portal_selectors.pool_usage() if access.is_staff else None
     last_month = previous_month(timezone.now().date())
-    return render(request, "portal/overview.html", {"rows": rows, "pool": pool, "last_month": last_month})
+    return render(request, "portal/overview.html", {"rows": rows, "answers": portal_selectors.version_answers(rows),
+                                                    "pool": pool, "last_month": last_month})
 
 
 @login_required
@@ -153,22 +153,6 @@ def group_evaluate(request: HttpRequest, pk: int) -> HttpResponse:
     messages.success(request, f"Evaluated {group.name}: {len(result.statuses)} statuses, "
                               f"{len(result.alerts)} new alerts.")
     return redirect("portal:group", pk=group.pk)
-
-
-@login_required
-@require_GET
-def group_evidence(request: HttpRequest, pk: int) -> HttpResponse:
-    """The evidence report as a printable page (the API's ``?format=html``)."""
-    access = access_of(request)
-    group = access.group_or_404(pk)
-    try:
-        month = _month(request.GET.get("month"), previous_month(timezone.now().date()))
-    except ValueError as exc:
-        return HttpResponseBadRequest(str(exc))
-    if not dt.date(2000, 1, 1) <= month <= dt.date(2999, 12, 1):
-        return HttpResponseBadRequest("The month must be between 2000-01 and 2999-12.")
-    report = evidence.evidence_report(group=group, month=month)
-    return HttpResponse(evidence.evidence_html(report), content_type="text/html; charset=utf-8")
 
 
 # --- products ---------------------------------------------------------------------------------------------

@@ -48,6 +48,25 @@ def percent(value: Any, of: Any) -> str:
         return "–"
 
 
+@register.filter
+def plain_interval(status: Any) -> str:
+    """A figure's 95% interval as a reader takes it: a range, or a single number when it is exact."""
+    lower, upper = getattr(status, "lower", None), getattr(status, "upper", None)
+    if lower is None or upper is None:
+        return ""
+    if lower == upper:
+        return "an exact figure"
+    return f"likely between {lower:,} and {upper:,}"
+
+
+@register.filter
+def first_sentence(text: Any) -> str:
+    """The first sentence of an explanation, for a summary line; the whole text goes one click away."""
+    text = str(text or "")
+    end = text.find(". ")
+    return text if end < 0 else text[: end + 1]
+
+
 @register.inclusion_tag("portal/_state.html")
 def state_badge(state: str | None, label: str | None = None) -> dict[str, Any]:
     return {"state": state or "unknown", "label": label or (state or "not evaluated")}
