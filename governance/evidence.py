@@ -19,10 +19,11 @@ from governance.services import evaluation as evaluation_services
 from governance.selectors import mau_month, mau_month_many
 from licensing.selectors import grants_in_force, group_exemptions
 from licensing.models import AffiliateGroup, MetaGrant, Organisation, Product
+from licensing.months import month_end, month_start, next_month
 
 
 def evidence_report(*, group: AffiliateGroup, month: dt.date) -> dict[str, Any]:
-    month = month.replace(day=1)
+    month = month_start(month)
     group_count = mau_month(scope=group, month=month).as_dict()
     # Every figure in a fixed number of queries, however many organisations and products the group has.
     orgs = list(Organisation.objects.filter(group=group).order_by("name"))
@@ -43,18 +44,18 @@ def evidence_report(*, group: AffiliateGroup, month: dt.date) -> dict[str, Any]:
         for org in orgs
     ]
     statuses = _month_statuses(group, month)
-    next_month = (month + dt.timedelta(days=32)).replace(day=1)
+    following = next_month(month)
     alerts = [
         {"id": a.pk, "created_at": a.created_at.isoformat(), "licence_version": a.licence_version.slug
          if a.licence_version else None, "level": a.level, "kind": a.kind, "message": a.message,
          "rule": a.rule, "month": a.month.strftime("%Y-%m"),
          "acknowledged_at": a.acknowledged_at.isoformat() if a.acknowledged_at else None}
         for a in Alert.objects.filter(group=group).filter(
-            Q(month=month) | Q(created_at__date__gte=month, created_at__date__lt=next_month))
+            Q(month=month) | Q(created_at__date__gte=month, created_at__date__lt=following))
         .select_related("licence_version").order_by("created_at")
     ]
-    month_end = next_month - dt.timedelta(days=1)
-    in_force = set(grants_in_force(group=group, on=month_end).values_list("pk", flat=True))
+    last_day = month_end(month)
+    in_force = set(grants_in_force(group=group, on=last_day).values_list("pk", flat=True))
     grants = [
         {"id": g.pk, "reference": g.reference, "licence_versions": [v.slug for v in g.licence_versions.all()],
          "granted_on": g.granted_on.isoformat(), "valid_from": g.valid_from.isoformat(),
@@ -62,7 +63,7 @@ def evidence_report(*, group: AffiliateGroup, month: dt.date) -> dict[str, Any]:
          "supersedes": g.supersedes_id, "scope": g.scope, "recorded_by": g.recorded_by,
          "recorded_at": g.recorded_at.isoformat(), "in_force": g.pk in in_force}
         # Grants that could bear on the month: recorded by its end and valid on some day of it.
-        for g in MetaGrant.objects.filter(group=group, valid_from__lte=month_end, recorded_at__date__lte=month_end)
+        for g in MetaGrant.objects.filter(group=group, valid_from__lte=last_day, recorded_at__date__lte=last_day)
         .filter(Q(valid_until__isnull=True) | Q(valid_until__gte=month))
         .prefetch_related("licence_versions").order_by("recorded_at")
     ]
@@ -117,7 +118,7 @@ def _month_statuses(group: AffiliateGroup, month: dt.date) -> list[dict[str, Any
     levels = tuple(policy.levels) if policy and policy.levels else (0.5, 0.75, 0.9)
     known = evaluation_services.month_figures(group=group, month=month,
                                               started=evaluation_services.metering_started(group=group), basis=basis)
-    month_end = (month + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
+    last_day = month_end(month)
     rows = []
     for version in evaluation_services.group_versions(group=group):
         test_months = evaluation_services._test_months(group, version)
@@ -131,7 +132,7 @@ def _month_statuses(group: AffiliateGroup, month: dt.date) -> list[dict[str, Any
             row = {"state": stored.state, "estimate": stored.estimate, "lower": stored.lower, "upper": stored.upper,
                    "explanation": stored.explanation, "source": "stored", "evaluated_at": when.isoformat()}
         else:
-            granted = grants_in_force(group=group, on=month_end, licence_version=version).exists()
+            granted = grants_in_force(group=group, on=last_day, licence_version=version).exists()
             status = rules.classify_month(known.figures, threshold=version.mau_threshold, levels=levels,
                                           granted=granted, rule=rule, month=month, coverage=known.coverage)
             figure = status.figure

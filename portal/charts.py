@@ -10,6 +10,8 @@ import datetime as dt
 from dataclasses import dataclass
 from html import escape
 
+from licensing.months import months_between
+
 WIDTH, HEIGHT = 720, 300
 LEFT, RIGHT, TOP, BOTTOM = 64, 20, 16, 36
 
@@ -196,13 +198,7 @@ def _svg(parts: list[str], title: str, description: str, css_class: str) -> str:
 
 
 def _month_ticks(start: dt.date, end: dt.date, every: int = 1) -> list[tuple[dt.date, str]]:
-    ticks, month, i = [], start.replace(day=1), 0
-    while month <= end:
-        if i % every == 0:
-            ticks.append((month, month.strftime("%b %y")))
-        month = (month + dt.timedelta(days=32)).replace(day=1)
-        i += 1
-    return ticks
+    return [(month, month.strftime("%b %y")) for i, month in enumerate(months_between(start, end)) if i % every == 0]
 
 
 def monthly_mau_chart(*, months: list[Point], threshold: int, levels: list[float],

@@ -16,8 +16,9 @@ from django.views.decorators.http import require_GET
 from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 
-from governance import evaluation as rules
+
 from governance import evidence
+from licensing.months import previous_month
 from portal.access import access_of
 
 FORMATS = ("html", "csv", "json", "pdf")
@@ -25,7 +26,7 @@ FORMATS = ("html", "csv", "json", "pdf")
 
 def _month(value: str | None) -> dt.date:
     if not value:
-        return rules.previous_month(timezone.now().date())
+        return previous_month(timezone.now().date())
     try:
         month = dt.datetime.strptime(value, "%Y-%m").date()
     except ValueError as exc:
