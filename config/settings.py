@@ -13,13 +13,12 @@ import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("CORRAL_VAR_DIR", BASE_DIR / "var"))
-
 env = environ.Env()
 
 
@@ -34,40 +33,45 @@ def _read(name: str) -> str | None:
     return os.environ.get(name)
 
 
-def env_str(name: str, default: str) -> str:
+# Every typed setting is parsed by the one environ.Env (`parse_value`); the raw value is read by `_read`, not
+# by `env(...)`, for `*_FILE` secrets and because Env's proxying would take a secret that starts with `$` for
+# the name of another variable. A value that does not parse stops start-up with an error naming the variable.
+_BOOLEANS = {*environ.Env.BOOLEAN_TRUE_STRINGS, "false", "off", "no", "n", "0"}
+
+
+def _typed(name: str, cast: Any, default: Any, kind: str) -> Any:
     value = _read(name)
-    return default if value is None or value == "" else value
+    if value is None or value == "":
+        return default
+    if cast is bool and value.strip().lower() not in _BOOLEANS:
+        raise ImproperlyConfigured(f"{name}={value!r} is not {kind} (use true/false)")
+    try:
+        return env.parse_value(value.strip() if cast is not str else value, cast)
+    except (ValueError, TypeError) as exc:
+        raise ImproperlyConfigured(f"{name}={value!r} is not {kind}") from exc
+
+
+def env_str(name: str, default: str) -> str:
+    return _typed(name, str, default, "a string")
 
 
 def env_bool(name: str, default: bool) -> bool:
-    value = _read(name)
-    if value is None or value == "":
-        return default
-    lowered = value.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean (use true/false)")
+    return _typed(name, bool, default, "a boolean")
 
 
 def env_int(name: str, default: int) -> int:
-    value = _read(name)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise ImproperlyConfigured(f"{name}={value!r} is not an integer") from exc
+    return _typed(name, int, default, "an integer")
+
+
+def env_float(name: str, default: float) -> float:
+    return _typed(name, float, default, "a number")  # Env's parser refuses nan and inf too
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
-    value = _read(name)
-    if value is None or value == "":
-        return default
-    return [item.strip() for item in value.split(",") if item.strip()]
+    return [item.strip() for item in _typed(name, list, default, "a comma-separated list") if item.strip()]
 
 
+VAR_DIR = Path(env_str("CORRAL_VAR_DIR", str(BASE_DIR / "var")))
 CORRAL_ENV = env_str("CORRAL_ENV", "development")
 if CORRAL_ENV not in {"development", "production"}:
     raise ImproperlyConfigured(f"CORRAL_ENV={CORRAL_ENV!r} must be 'development' or 'production'")
@@ -524,15 +528,15 @@ GATEWAY_MAX_TOKENS = env_int("GATEWAY_MAX_TOKENS", 4_096)
 GATEWAY_MAX_N = env_int("GATEWAY_MAX_N", 8)
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 1_048_576)
 # Keys, deployments and licence decisions are cached per process this long (a change applies within it).
-GATEWAY_CACHE_SECONDS = float(env_str("GATEWAY_CACHE_SECONDS", "2"))
+GATEWAY_CACHE_SECONDS = env_float("GATEWAY_CACHE_SECONDS", 2.0)
 # How long the gateway waits for Redis or the database before answering 503 (fail closed).
-GATEWAY_BACKEND_TIMEOUT_SECONDS = float(env_str("GATEWAY_BACKEND_TIMEOUT_SECONDS", "1.5"))
-GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS = float(env_str("GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS", "3"))
+GATEWAY_BACKEND_TIMEOUT_SECONDS = env_float("GATEWAY_BACKEND_TIMEOUT_SECONDS", 1.5)
+GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS = env_float("GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS", 3.0)
 # Longest silence from vLLM (before the first byte, or between two chunks of a stream) before a 504.
-GATEWAY_UPSTREAM_READ_TIMEOUT_SECONDS = float(env_str("GATEWAY_UPSTREAM_READ_TIMEOUT_SECONDS", "120"))
+GATEWAY_UPSTREAM_READ_TIMEOUT_SECONDS = env_float("GATEWAY_UPSTREAM_READ_TIMEOUT_SECONDS", 120.0)
 GATEWAY_UPSTREAM_RETRIES = env_int("GATEWAY_UPSTREAM_RETRIES", 1)
 # Token usage and gateway MAU are buffered in memory and written this often (and at shutdown).
-GATEWAY_USAGE_FLUSH_SECONDS = float(env_str("GATEWAY_USAGE_FLUSH_SECONDS", "2"))
+GATEWAY_USAGE_FLUSH_SECONDS = env_float("GATEWAY_USAGE_FLUSH_SECONDS", 2.0)
 # A concurrency slot held by a gateway that died is freed after this long.
 GATEWAY_CONCURRENCY_LEASE_SECONDS = env_int("GATEWAY_CONCURRENCY_LEASE_SECONDS", 900)
 GATEWAY_USER_HEADER = "x-corral-user"

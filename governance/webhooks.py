@@ -21,6 +21,11 @@ Resolver = Callable[..., Sequence[tuple[Any, ...]]]
 SECRET_MARK = "whsec_"
 SIGNATURE_HEADER = "Corral-Signature"
 SIGNATURE_TOLERANCE_SECONDS = 300
+# Standard Webhooks (standardwebhooks.com): the same delivery signed a second way, for receivers that use
+# that spec's libraries. The id is the event id, so it is the same on every retry.
+STANDARD_ID_HEADER = "webhook-id"
+STANDARD_TIMESTAMP_HEADER = "webhook-timestamp"
+STANDARD_SIGNATURE_HEADER = "webhook-signature"
 
 # Seconds to wait after the n-th failed attempt (index n - 1). 14 attempts spread over 31 h 48 min.
 RETRY_SCHEDULE: tuple[int, ...] = (
@@ -44,6 +49,35 @@ def _signature(secret: str, body: bytes, timestamp: int) -> str:
 def sign(secret: str, body: bytes, timestamp: int) -> str:
     """The Corral-Signature header value for `body` sent at `timestamp` (unix seconds)."""
     return f"t={timestamp},v1={_signature(secret, body, timestamp)}"
+
+
+def _secret_key_bytes(secret: str) -> bytes:
+    """The 32 random bytes a `whsec_` secret encodes (URL-safe base64 without padding)."""
+    if not secret.startswith(SECRET_MARK):
+        raise ValueError(f"A webhook secret starts with {SECRET_MARK!r}.")
+    encoded = secret[len(SECRET_MARK):]
+    return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+
+
+def standard_webhooks_secret(secret: str) -> str:
+    """The endpoint's secret in the form Standard Webhooks libraries take: `whsec_` + standard base64.
+
+    The same key, only spelt differently: Corral's secrets use the URL-safe alphabet, whose `-` and `_` the
+    libraries' standard base64 decoders would silently drop.
+    """
+    return SECRET_MARK + base64.b64encode(_secret_key_bytes(secret)).decode()
+
+
+def standard_webhooks_headers(secret: str, body: bytes, *, message_id: str, timestamp: int) -> dict[str, str]:
+    """The Standard Webhooks headers for `body`: `webhook-signature` is `v1,<base64 HMAC-SHA256>` of
+    "<id>.<timestamp>.<body>", keyed with the secret's decoded bytes as the spec says."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(_secret_key_bytes(secret), signed, hashlib.sha256).digest()
+    return {
+        STANDARD_ID_HEADER: message_id,
+        STANDARD_TIMESTAMP_HEADER: str(timestamp),
+        STANDARD_SIGNATURE_HEADER: "v1," + base64.b64encode(digest).decode(),
+    }
 
 
 class SignatureError(Exception):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import runpy
 import subprocess
 import sys
 import uuid
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.cache import cache
 from kombu import Connection, Exchange, Queue
 from openapi_spec_validator import validate
@@ -116,6 +119,40 @@ def test_a_malformed_setting_is_refused_with_its_name() -> None:
     result = _manage("check", env={"DATABASE_POOL_MAX_SIZE": "many", "DATABASE_URL": "postgres://x@127.0.0.1/x"})
     assert result.returncode != 0
     assert "DATABASE_POOL_MAX_SIZE" in result.stderr
+
+
+# Every typed variable config/settings.py reads, found in its source so a new one is covered without a list
+# to keep up to date, with a value of the wrong type.
+_TYPED_SETTINGS = sorted(set(re.findall(r'env_(int|bool|float)\(\s*"(\w+)"', (ROOT / "config" / "settings.py").read_text())))
+_MALFORMED = {"int": "many", "bool": "maybe", "float": "soon"}
+
+
+def test_the_settings_read_typed_variables() -> None:
+    kinds = {kind for kind, _ in _TYPED_SETTINGS}
+    assert kinds == {"int", "bool", "float"} and len(_TYPED_SETTINGS) > 40
+
+
+@pytest.mark.parametrize(("kind", "name"), _TYPED_SETTINGS, ids=[name for _, name in _TYPED_SETTINGS])
+def test_every_malformed_typed_setting_is_refused_with_its_name(kind, name, monkeypatch, tmp_path) -> None:
+    # Production (for the variables read only there) on PostgreSQL (for the pool's); settings are evaluated
+    # afresh in this process, which is what start-up does.
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 20 + "".join(map(str, range(40))))
+    for variable, value in {"CORRAL_ENV": "production", "SECRET_KEY_FILE": str(secret), "DEBUG": "false",
+                            "ALLOWED_HOSTS": "corral.example.com", "DATABASE_URL": "postgres://x@127.0.0.1/x",
+                            "CORRAL_VAR_DIR": str(tmp_path), "TRUST_X_FORWARDED_PROTO": "true"}.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.setenv(name, _MALFORMED[kind])
+    with pytest.raises(ImproperlyConfigured) as error:
+        runpy.run_path(str(ROOT / "config" / "settings.py"))
+    assert str(error.value).startswith(f"{name}={_MALFORMED[kind]!r} is not ")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_timeout_must_be_a_finite_number(value, monkeypatch) -> None:
+    monkeypatch.setenv("GATEWAY_BACKEND_TIMEOUT_SECONDS", value)
+    with pytest.raises(ImproperlyConfigured, match="GATEWAY_BACKEND_TIMEOUT_SECONDS='.*' is not a number"):
+        runpy.run_path(str(ROOT / "config" / "settings.py"))
 
 
 @pytest.mark.django_db

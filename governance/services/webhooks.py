@@ -275,13 +275,15 @@ def _post(endpoint: WebhookEndpoint, event: dict[str, Any], event_type: str) -> 
     body = json.dumps(webhooks.slack_payload(event) if endpoint.slack_format else event,
                       separators=(",", ":"), ensure_ascii=False).encode()
     url = httpx.URL(endpoint.url)
+    timestamp = int(time.time())
     headers = {
         "Host": url.netloc.decode("ascii"),
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
-        webhooks.SIGNATURE_HEADER: webhooks.sign(secret, body, int(time.time())),
+        webhooks.SIGNATURE_HEADER: webhooks.sign(secret, body, timestamp),
         "Corral-Event-Id": str(event["id"]),
         "Corral-Event-Type": event_type,
+        **webhooks.standard_webhooks_headers(secret, body, message_id=str(event["id"]), timestamp=timestamp),
     }
     # Connect to the address just vetted rather than resolving the name again (DNS rebinding); TLS still
     # checks the certificate against the name. trust_env=False: no proxy from the environment either.

@@ -1,11 +1,13 @@
 """The OpenAI-compatible, licence-gated gateway: a lean ASGI application in front of Django.
 
-Serves `POST /v1/chat/completions`, `POST /v1/completions` and `GET /v1/models[/{id}]`; every other path under
+Serves `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/responses` and `GET /v1/models[/{id}]`;
+every other path under
 /v1 is a 404, so nothing else of vLLM (tokenize, pooling, LoRA loading, sleep, metrics, ...) is reachable.
 Everything outside /v1 goes to ``app`` (Django). On each request, in order:
 
 1. authenticate the Corral key (`inference` scope), from a per-process cache (directory.py);
-2. read the body (at most GATEWAY_MAX_BODY_BYTES) and check it: `model`, caps on `max_tokens` and `n`;
+2. read the body (at most GATEWAY_MAX_BODY_BYTES) and check it: `model`, caps on `max_tokens` (the Responses
+   API's `max_output_tokens`) and `n`, the end user from `safety_identifier` or `user`;
 3. find the deployment among the key's organisation's (and product's, for a product-bound key): another
    tenant's model is the same 404 as a missing one;
 4. the licence gates: the EU clause of the 3.2 / 3.3 / 4 AUPs for a multimodal model and an organisation
@@ -49,7 +51,12 @@ from licensing.eu_multimodal import eu_multimodal_refusal
 
 logger = logging.getLogger("corral.gateway")
 
-COMPLETION_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "text"}
+COMPLETION_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "text", "/v1/responses": "responses"}
+# The fields that cap generated tokens, per API (vLLM reads max_completion_tokens before max_tokens in chat).
+TOKEN_FIELDS = {"chat": ("max_tokens", "max_completion_tokens"), "text": ("max_tokens",),
+                "responses": ("max_output_tokens",)}
+# The Responses API's stream events that end a response; each carries the response with its usage.
+_FINAL_RESPONSE_EVENTS = (b"response.completed", b"response.incomplete", b"response.failed")
 _JSON = (b"content-type", b"application/json")
 _ZERO_HASH = "0" * 64
 MAX_SSE_LINE = 8 * 1024 * 1024  # one event of vLLM's stream (prompt logprobs make long ones)
@@ -97,7 +104,7 @@ class _Request:
 
     __slots__ = ("id", "key", "deployment", "reserved", "prompt_tokens", "completion_tokens", "user", "cancelled",
                  "failed", "chunks", "estimated_prompt", "hold_reservation", "client_usage", "client_continuous",
-                 "started", "done", "disconnected")
+                 "started", "done", "disconnected", "responses")
 
     def __init__(self, request_id: str, key: KeyInfo, deployment: DeploymentInfo, reserved: int,
                  user: str | None) -> None:
@@ -108,10 +115,12 @@ class _Request:
         self.client_usage = self.client_continuous = False
         # The relay's progress: response headers sent, answer complete, client gone.
         self.started = self.done = self.disconnected = False
+        self.responses = False  # a Responses API request: its stream is named events, its usage input/output
 
     def usage_from(self, usage: Any) -> None:
         if isinstance(usage, dict):
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            prompt = usage.get("input_tokens" if self.responses else "prompt_tokens")
+            completion = usage.get("output_tokens" if self.responses else "completion_tokens")
             if isinstance(prompt, int) and isinstance(completion, int):
                 self.prompt_tokens, self.completion_tokens = prompt, completion
 
@@ -223,7 +232,7 @@ class Gateway:
                 await self.models(scope, send, path[len("/v1/models/"):] if path != "/v1/models" else None)
             else:
                 raise GatewayError(404, f"Unknown request URL: {method} {path}. This gateway serves "
-                                        "/v1/chat/completions, /v1/completions and /v1/models.", code="unknown_url")
+                                        "/v1/chat/completions, /v1/completions, /v1/responses and /v1/models.", code="unknown_url")
         except GatewayError as error:
             await _send_error(send, error)
         except _ClientGone:
@@ -313,25 +322,23 @@ class Gateway:
         if not isinstance(stream, bool):
             raise GatewayError(400, "`stream` must be true or false.", param="stream", code="invalid_type")
         n = _int_field(data, "n", 1)
-        chat = scope["path"] == "/v1/chat/completions"
+        api = COMPLETION_PATHS[scope["path"]]
         prompts = 1
-        if not chat and isinstance(data.get("prompt"), list) and data["prompt"] and \
+        if api == "text" and isinstance(data.get("prompt"), list) and data["prompt"] and \
                 isinstance(data["prompt"][0], (str, list)):
             prompts = len(data["prompt"])  # a batch of prompts: n completions each
         if n * prompts > key.max_n:
             raise GatewayError(422, f"`n` is {n} for {prompts} prompt(s), {n * prompts} completions; this "
                                     f"organisation allows at most {key.max_n}.", param="n", code="n_too_large")
-        # vLLM reads max_completion_tokens (chat only) before max_tokens: both are checked, the larger reserved.
+        # Every field that caps the answer is checked, the larger reserved.
         max_tokens = 0
-        for token_field in ("max_tokens", "max_completion_tokens"):
+        for token_field in TOKEN_FIELDS[api]:
             value = _int_field(data, token_field, 0)
             if value > key.max_tokens:
                 raise GatewayError(422, f"`{token_field}` is {value}; this organisation allows at most "
                                         f"{key.max_tokens}.", param=token_field, code="max_tokens_too_large")
             max_tokens = max(max_tokens, value)
-        user = data.get("user")
-        if user is not None and not isinstance(user, str):
-            raise GatewayError(400, "`user` must be a string.", param="user", code="invalid_type")
+        user = _end_user(data)
         if not user:
             header_user = headers.get(settings.GATEWAY_USER_HEADER.encode())
             user = header_user.decode("utf-8", "replace") if header_user else (key.default_user or None)
@@ -356,17 +363,17 @@ class Gateway:
                                retry_after=5)
 
         rewrite = False
-        if not max_tokens and not chat:
+        if not max_tokens and api == "text":
             max_tokens = min(16, key.max_tokens)  # the completions API's default (OpenAI's and vLLM's)
         elif not max_tokens:
             if deployment.max_model_len > key.max_tokens:
                 max_tokens = key.max_tokens  # the cap holds also for requests that set none
-                data["max_tokens"] = max_tokens
+                data[TOKEN_FIELDS[api][0]] = max_tokens
                 rewrite = True
             else:
                 max_tokens = deployment.max_model_len  # vLLM's own bound is within the cap: leave it to vLLM
         client_usage = client_continuous = False
-        if stream:
+        if stream and api != "responses":  # a response's usage is in its final event, always
             options = data.get("stream_options") or {}
             if not isinstance(options, dict):
                 raise GatewayError(400, "`stream_options` must be an object.", param="stream_options",
@@ -379,6 +386,7 @@ class Gateway:
         request = _Request(f"{self._id_prefix}{next(self._ids)}", key, deployment, reserve, user)
         request.estimated_prompt = len(body) // 4
         request.client_usage, request.client_continuous = client_usage, client_continuous
+        request.responses = api == "responses"
         try:
             refusal = await self.limiter.reserve(request_id=request.id, key_id=key.id, org_id=key.organisation_id,
                                                  tokens=reserve, key=key.key_limits, org=key.org_limits)
@@ -524,10 +532,10 @@ class Gateway:
                 *lines, pending = (pending + data).split(b"\n")
                 if len(pending) > MAX_SSE_LINE:
                     raise ValueError("SSE line too long")
-                out = self._relay_lines(lines, request)
+                out = (self._relay_events if request.responses else self._relay_lines)(lines, request)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-            out = self._relay_lines([pending], request)
+            out = (self._relay_events if request.responses else self._relay_lines)([pending], request)
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
             request.done = True
@@ -572,6 +580,43 @@ class Gateway:
             request.chunks += 1
             out.append(b"data: " + payload + b"\n\n")
         return b"".join(out)
+
+    @staticmethod
+    def _relay_events(lines: list[bytes], request: _Request) -> bytes:
+        """The Responses API's named SSE events, passed on as vLLM sent them; the usage is read from the event
+        that ends the response (`response.completed`, `.incomplete` or `.failed`)."""
+        out = []
+        for line in lines:
+            if line.startswith(b"event:"):
+                name = line[6:].strip()
+                if name in (b"error", b"response.failed"):
+                    request.failed = True
+                out.append(b"event: " + name + b"\n")
+                continue
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if b'"usage"' in payload and any(name in payload for name in _FINAL_RESPONSE_EVENTS):
+                event = orjson.loads(payload)
+                response = event.get("response") if isinstance(event, dict) else None
+                if isinstance(response, dict) and str(event.get("type")).encode() in _FINAL_RESPONSE_EVENTS:
+                    request.usage_from(response.get("usage"))
+                    request.done = True
+            request.chunks += 1
+            out.append(b"data: " + payload + b"\n\n")
+        return b"".join(out)
+
+
+def _end_user(data: dict[str, Any]) -> str | None:
+    """The end user the request names. OpenAI's `safety_identifier` succeeds the deprecated `user` and wins when
+    both are sent: a client that sets the new field means it to identify the person, and may keep `user` for
+    what it still does elsewhere (a cache key, a legacy tag)."""
+    for name in ("safety_identifier", "user"):
+        value = data.get(name)
+        if value is not None and not isinstance(value, str):
+            raise GatewayError(400, f"`{name}` must be a string.", param=name, code="invalid_type")
+    return data.get("safety_identifier") or data.get("user") or None
+
 
 def _int_field(data: dict[str, Any], name: str, default: int) -> int:
     value = data.get(name)

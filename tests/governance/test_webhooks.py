@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import hmac
@@ -9,12 +10,14 @@ import json
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import standardwebhooks
 from django.core.exceptions import ValidationError
 from django.db import connections, transaction
 from django.utils import timezone
@@ -53,6 +56,7 @@ from governance.webhooks import (
     next_attempt_delay,
     sign,
     slack_payload,
+    standard_webhooks_secret,
     vetted_addresses,
     verify,
 )
@@ -573,6 +577,47 @@ def test_it_delivers_a_signed_event_the_receiver_verifies(allow_private: None, r
 
 
 @pytest.mark.django_db
+def test_it_signs_a_delivery_to_the_standard_webhooks_spec(allow_private: None, receiver: Receiver) -> None:
+    endpoint, secret = endpoint_for(receiver)
+    queued = alert_delivery(endpoint)
+
+    webhook_attempt(delivery_id=queued.pk)
+
+    [request] = receiver.requests
+    standard = standardwebhooks.Webhook(standard_webhooks_secret(secret))
+    assert standard.verify(request.body, request.headers) == queued.payload
+    assert request.header("webhook-id") == str(queued.event_id)
+    assert request.header("webhook-timestamp") == request.header("Corral-Signature").split(",")[0][2:]
+    with pytest.raises(standardwebhooks.WebhookVerificationError, match="No matching signature"):
+        standard.verify(request.body.replace(b'"level"', b'"levels"'), request.headers)
+    with pytest.raises(standardwebhooks.WebhookVerificationError, match="No matching signature"):
+        standard.verify(request.body, {**request.headers, "webhook-id": str(uuid.uuid4())})
+
+
+def test_it_spells_the_secret_in_standard_base64_for_standard_webhooks_libraries() -> None:
+    secret = "whsec_" + base64.urlsafe_b64encode(bytes(range(200, 232))).decode().rstrip("=")
+    assert "-" in secret or "_" in secret  # the URL-safe alphabet that standard decoders drop
+    assert standard_webhooks_secret(secret) == "whsec_" + base64.b64encode(bytes(range(200, 232))).decode()
+    with pytest.raises(ValueError, match="whsec_"):
+        standard_webhooks_secret("not-a-secret")
+
+
+def test_it_rejects_a_stale_standard_webhooks_timestamp() -> None:
+    secret = derive_secret("server-key", 7, "salt")
+    body = b'{"id":"x"}'
+    standard = standardwebhooks.Webhook(standard_webhooks_secret(secret))
+    stale = int(time.time()) - 301
+    headers = webhooks.standard_webhooks_headers(secret, body, message_id="evt", timestamp=stale)
+    with pytest.raises(standardwebhooks.WebhookVerificationError, match="too old"):
+        standard.verify(body, headers)
+    fresh = webhooks.standard_webhooks_headers(secret, body, message_id="evt", timestamp=int(time.time()))
+    assert standard.verify(body, fresh) == {"id": "x"}
+    # Signed as "<id>.<timestamp>.<body>" with the secret's decoded bytes, the spec's own example shape.
+    assert fresh["webhook-signature"] == standard.sign("evt", dt.datetime.fromtimestamp(
+        int(fresh["webhook-timestamp"]), tz=dt.timezone.utc), body)
+
+
+@pytest.mark.django_db
 def test_it_sends_a_slack_payload_to_a_slack_endpoint(allow_private: None, receiver: Receiver) -> None:
     endpoint, _ = endpoint_for(receiver, slack_format=True)
     queued = alert_delivery(endpoint)
@@ -603,6 +648,8 @@ def test_it_retries_with_backoff_after_a_500_and_a_dropped_connection(
 
     assert (third.status, third.attempts, third.last_status_code) == ("delivered", 3, 200)
     assert len(receiver.requests) == 3 and receiver.rejections == []
+    # Receivers deduplicate on webhook-id: every retry of the delivery carries the same one.
+    assert {r.header("webhook-id") for r in receiver.requests} == {str(queued.event_id)}
     attempts = list(third.attempt_log.all())
     assert [a.status_code for a in attempts] == [500, None, 200]
     assert attempts[0].error == "" and "RemoteProtocolError" in attempts[1].error

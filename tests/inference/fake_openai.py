@@ -1,6 +1,6 @@
 """A fast stand-in for vLLM's OpenAI server, for the gateway's tests and benchmark (bench/gateway.py).
 
-An ASGI app answering /v1/chat/completions and /v1/completions the way vLLM does, non-streaming and SSE
+An ASGI app answering /v1/chat/completions, /v1/completions and /v1/responses the way vLLM does, non-streaming and SSE
 streaming, with `stream_options.include_usage` and vLLM's `continuous_usage_stats`; it checks vLLM's own API
 key. A request steers it with an extra body field (vLLM ignores unknown fields):
 `"fake": {"tokens": 5, "delay": 0.0, "status": 200, "stall_after": null}` for the number of completion
@@ -46,7 +46,7 @@ class FakeOpenAI:
         if path in ("/health", "/tokenize", "/metrics", "/pooling", "/score", "/sleep", "/invocations"):
             await _send(send, 200, b'{"reached": true}')
             return
-        if path not in ("/v1/chat/completions", "/v1/completions"):
+        if path not in ("/v1/chat/completions", "/v1/completions", "/v1/responses"):
             await _send(send, 404, b'{"error": {"message": "not found", "type": "NotFoundError", "code": 404}}')
             return
         auth = dict(scope["headers"]).get(b"authorization", b"").decode()
@@ -60,6 +60,9 @@ class FakeOpenAI:
         if status != 200:
             await _send(send, status, json.dumps({"error": {"message": f"fake failure {status}", "type": "BadRequest",
                                                             "param": None, "code": status}}).encode())
+            return
+        if path == "/v1/responses":
+            await self._response(request, receive, send)
             return
         tokens = min(int(fake.get("tokens", 5)), int(request.get("max_tokens") or 16))
         delay = float(fake.get("delay", 0))
@@ -114,6 +117,46 @@ class FakeOpenAI:
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
         finally:
             gone.cancel()
+
+    async def _response(self, request: dict[str, Any], receive: Any, send: Any) -> None:
+        """The Responses API as vLLM serves it: a response object, or named events ending in response.completed
+        (vLLM's default max_output_tokens is the context left; 16 stands in for it here)."""
+        fake = request.get("fake") or {}
+        tokens = min(int(fake.get("tokens", 5)), int(request.get("max_output_tokens") or 16))
+        self.served += 1
+        response_id, item_id = f"resp_fake{self.served}", f"msg_fake{self.served}"
+        text = "tok " * tokens
+
+        def response(status: str, output: list[dict[str, Any]], usage: bool) -> dict[str, Any]:
+            return {"id": response_id, "object": "response", "created_at": int(time.time()), "model": request["model"],
+                    "status": status, "output": output, "parallel_tool_calls": True, "tool_choice": "auto",
+                    "tools": [], "max_output_tokens": request.get("max_output_tokens"),
+                    "usage": {"input_tokens": PROMPT_TOKENS, "input_tokens_details": {"cached_tokens": 0},
+                              "output_tokens": tokens, "output_tokens_details": {"reasoning_tokens": 0},
+                              "total_tokens": PROMPT_TOKENS + tokens} if usage else None}
+
+        def message(content: str, status: str) -> dict[str, Any]:
+            return {"id": item_id, "type": "message", "role": "assistant", "status": status,
+                    "content": [{"type": "output_text", "text": content, "annotations": []}]}
+
+        if not request.get("stream"):
+            await _send(send, 200, json.dumps(response("completed", [message(text, "completed")], True)).encode())
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        events: list[dict[str, Any]] = [
+            {"type": "response.created", "response": response("in_progress", [], False)},
+            {"type": "response.output_item.added", "output_index": 0, "item": message("", "in_progress")},
+            *({"type": "response.output_text.delta", "item_id": item_id, "output_index": 0, "content_index": 0,
+               "delta": "tok ", "logprobs": []} for _ in range(tokens)),
+            {"type": "response.output_item.done", "output_index": 0, "item": message(text, "completed")},
+            {"type": "response.completed", "response": response("completed", [message(text, "completed")], True)},
+        ]
+        for number, event in enumerate(events):
+            event["sequence_number"] = number
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()})
+        await send({"type": "http.response.body", "body": b""})
 
 
 async def _send(send: Any, status: int, body: bytes) -> None:

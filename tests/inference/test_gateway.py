@@ -209,7 +209,8 @@ def test_another_tenants_model_is_indistinguishable_from_a_missing_one(gateway, 
 
 @pytest.mark.parametrize("path", ["/v1/tokenize", "/v1/pooling", "/v1/score", "/v1/load_lora_adapter",
                                   "/v1/collective_rpc", "/v1/sleep", "/v1/pause", "/v1/metrics", "/v1/embeddings",
-                                  "/v1/invocations", "/v1/audio/transcriptions", "/v1/responses", "/v1"])
+                                  "/v1/invocations", "/v1/audio/transcriptions", "/v1/responses/resp_1",
+                                  "/v1/responses/resp_1/cancel", "/v1"])
 def test_nothing_else_of_vllm_is_reachable(gateway, tenant, upstream, path) -> None:
     _, _, key = tenant
     response = httpx.post(f"{gateway.url}{path}", headers={"Authorization": f"Bearer {key}"}, json={})
@@ -249,6 +250,7 @@ def test_a_revoked_key_stops_working_within_the_cache_time(gateway, tenant) -> N
     ({"model": "chat-small", "messages": MESSAGES, "n": 0}, 400, "invalid_type"),
     ({"model": "chat-small", "messages": MESSAGES, "stream": "yes"}, 400, "invalid_type"),
     ({"model": "chat-small", "messages": MESSAGES, "user": 7}, 400, "invalid_type"),
+    ({"model": "chat-small", "messages": MESSAGES, "safety_identifier": ["a"]}, 400, "invalid_type"),
     ({"messages": MESSAGES}, 400, "missing_model"),
     ([1, 2], 400, None),
 ])
@@ -679,3 +681,80 @@ def test_every_answer_carries_the_security_headers(gateway, tenant, gw_settings)
     assert answers["stream"].headers["content-type"].startswith("text/event-stream")
     gw_settings.SECURE_HSTS_SECONDS = 0
     assert "strict-transport-security" not in httpx.get(f"{gateway.url}/v1/models", headers=auth).headers
+
+
+# --- the end user from safety_identifier, and the Responses API --------------------------------------------
+
+
+def test_safety_identifier_names_the_end_user_and_wins_over_user(gateway, tenant, upstream) -> None:
+    _, deployment, key = tenant
+    client = sdk(gateway, key)
+    client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=2, safety_identifier="person-1",
+                                   user="legacy-tag")
+    client.chat.completions.create(model="chat-small", messages=MESSAGES, max_tokens=2, user="person-1")
+    client.completions.create(model="chat-small", prompt="Once", max_tokens=2,
+                              extra_body={"safety_identifier": "person-2"})
+    assert upstream.requests[0]["safety_identifier"] == "person-1"  # passed on as sent
+    usage = flushed_usage(gateway, deployment)
+    assert (usage.requests, usage.requests_without_user) == (3, 0)
+    # person-1 twice (once by each field) and person-2: "legacy-tag" was not counted.
+    assert dau(scope=deployment.product, day=timezone.now().date()).estimate.estimate == 2
+
+
+def test_responses_are_relayed_metered_and_count_the_end_user(gateway, tenant, upstream) -> None:
+    _, deployment, key = tenant
+    answer = sdk(gateway, key).responses.create(model="chat-small", input="Hello there", max_output_tokens=5,
+                                                safety_identifier="end-user-9")
+    assert answer.output_text.strip() == "tok tok tok tok tok" and answer.status == "completed"
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (PROMPT_TOKENS, 5)
+    assert upstream.paths == ["/v1/responses"] and upstream.requests[-1]["max_output_tokens"] == 5
+    usage = flushed_usage(gateway, deployment)
+    assert (usage.requests, usage.prompt_tokens, usage.completion_tokens, usage.requests_without_user) == (
+        1, PROMPT_TOKENS, 5, 0)
+    assert dau(scope=deployment.product, day=timezone.now().date()).estimate.estimate == 1
+
+
+def test_a_streamed_response_passes_every_event_and_is_metered_from_the_last(gateway, tenant, upstream) -> None:
+    _, deployment, key = tenant
+    events = list(sdk(gateway, key).responses.create(model="chat-small", input="Hello", max_output_tokens=4,
+                                                     stream=True, user="end-user-3"))
+    assert [e.type for e in events] == ["response.created", "response.output_item.added",
+                                        *["response.output_text.delta"] * 4, "response.output_item.done",
+                                        "response.completed"]
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "tok " * 4
+    assert events[-1].response.usage.output_tokens == 4
+    assert "stream_options" not in upstream.requests[-1]  # the Responses API has usage in its last event
+    usage = flushed_usage(gateway, deployment)
+    assert (usage.requests, usage.prompt_tokens, usage.completion_tokens, usage.requests_without_user) == (
+        1, PROMPT_TOKENS, 4, 0)
+
+
+def test_responses_pass_the_same_licence_gate(gateway, owner_org, upstream) -> None:
+    ready_deployment(owner_org, upstream.url, accept=False)
+    key = make_key(owner_org, ["inference"])
+    with pytest.raises(openai.PermissionDeniedError) as error:
+        sdk(gateway, key).responses.create(model="chat-small", input="Hello")
+    assert error.value.code == "licence_not_accepted" and "Llama 3.1" in error.value.message
+    with pytest.raises(openai.PermissionDeniedError) as error:
+        sdk(gateway, make_key(owner_org, ["read"])).responses.create(model="chat-small", input="Hello")
+    assert error.value.code == "insufficient_scope"
+    assert upstream.requests == []
+
+
+def test_responses_are_capped_and_rate_limited_by_max_output_tokens(gateway, tenant, upstream, owner_org) -> None:
+    _, _, key = tenant
+    client = sdk(gateway, key)
+    with pytest.raises(openai.UnprocessableEntityError) as error:
+        client.responses.create(model="chat-small", input="Hello", max_output_tokens=10**6)
+    assert error.value.code == "max_tokens_too_large" and error.value.param == "max_output_tokens"
+    GatewayLimit.objects.create(organisation=owner_org, max_tokens=100)
+    time.sleep(0.4)
+    client.responses.create(model="chat-small", input="Hello")
+    assert upstream.requests[-1]["max_output_tokens"] == 100  # the cap holds for a request that sets none
+    ApiKey.objects.filter(prefix=key.split(".")[0]).update(tokens_per_minute=60)
+    time.sleep(0.4)
+    client.responses.create(model="chat-small", input="Hello", max_output_tokens=20, extra_body={"fake": {"tokens": 2}})
+    # The reservation is max_output_tokens plus the prompt's estimate: 90 do not fit in a minute's 60.
+    with pytest.raises(openai.RateLimitError) as error:
+        client.responses.create(model="chat-small", input="Hello", max_output_tokens=90)
+    assert error.value.body["type"] == "tokens" and len(upstream.requests) == 2

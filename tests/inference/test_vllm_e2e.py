@@ -142,6 +142,17 @@ def _through_the_gateway(organisation, deployment, version) -> None:
         assert all(c.usage is None for c in chunks[:-1])  # vLLM's per-chunk usage is not passed on
         text = client.completions.create(model="tiny", prompt="Once upon", max_tokens=4, user="e2e-user-1")
         assert text.choices[0].text is not None
+        # The Responses API, served by vLLM behind the same gate, limits and metering.
+        response = client.responses.create(model="tiny", input="Hello", max_output_tokens=6,
+                                           safety_identifier="e2e-user-4")
+        assert response.status in ("completed", "incomplete") and response.output[-1].type == "message"
+        assert response.usage.input_tokens > 0 and 1 <= response.usage.output_tokens <= 6
+        events = list(client.responses.create(model="tiny", input="Hi", max_output_tokens=6, stream=True,
+                                              user="e2e-user-4"))
+        assert events[0].type == "response.created"
+        assert events[-1].type in ("response.completed", "response.incomplete")
+        assert any(e.type == "response.output_text.delta" for e in events)
+        assert 1 <= events[-1].response.usage.output_tokens <= 6
 
         # The group turns `over` (a declared figure for the month the licence tests): blocked within 5 s.
         declared_figure_record(group=organisation.group, month=version.test_month(), mau=800_000_000,
@@ -169,10 +180,10 @@ def _through_the_gateway(organisation, deployment, version) -> None:
             time.sleep(0.01)
         gateway.meter.flush()
     usage = TokenUsage.objects.get(deployment=deployment)
-    # Four requests named a user; the polls while the decision was changing named none (counted, not in MAU).
-    assert usage.requests - usage.requests_without_user == 4
+    # Six requests named a user; the polls while the decision was changing named none (counted, not in MAU).
+    assert usage.requests - usage.requests_without_user == 6
     assert usage.prompt_tokens > 0 and usage.completion_tokens >= 4
-    assert dau(scope=deployment.product, day=timezone.now().date()).estimate.estimate == 3
+    assert dau(scope=deployment.product, day=timezone.now().date()).estimate.estimate == 4
 
 
 def test_a_tiny_llama_is_provisioned_served_restarted_and_removed(engine, no_engine_left, settings, owner_org, client_for,
