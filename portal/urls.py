@@ -9,10 +9,19 @@ from portal import compliance_views, evidence, pool_views, views
 
 app_name = "portal"
 
+
+class Favicon(RedirectView):
+    permanent = True
+
+    def get_redirect_url(self, *args: object, **kwargs: object) -> str:
+        return static("portal/favicon.svg")
+
+
 urlpatterns = [
     path("", views.overview, name="overview"),
     # Browsers ask for /favicon.ico on pages that name no icon (the evidence report, the API's docs).
-    path("favicon.ico", RedirectView.as_view(url=static("portal/favicon.svg"), permanent=True), name="favicon"),
+    # Resolved per request: at import the production manifest may not exist yet (manage.py check, collectstatic).
+    path("favicon.ico", Favicon.as_view(), name="favicon"),
     path("login/", auth_views.LoginView.as_view(template_name="portal/login.html", redirect_authenticated_user=True),
          name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
