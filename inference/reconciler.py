@@ -20,6 +20,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
+from config.observability import RECONCILE_DURATION
 from governance.audit import audit_record
 from inference import backends
 from inference.backends.base import Backend, ReplicaRef, ReplicaSpec
@@ -360,6 +361,7 @@ def step_deployment_states() -> bool:
 def reconcile_once() -> bool:
     """One pass of every step, in order. True if anything changed."""
     did = False
-    for step in (step_replica_rows, step_drain, step_schedule, step_observe, step_deployment_states):
-        did |= step()
+    with RECONCILE_DURATION.time():
+        for step in (step_replica_rows, step_drain, step_schedule, step_observe, step_deployment_states):
+            did |= step()
     return did
