@@ -27,6 +27,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 logger = logging.getLogger(__name__)
 
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # prometheus-client writes there from the first metric on
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
 # --- Metrics --------------------------------------------------------------------------------------------------
 HTTP_REQUESTS = Counter("corral_http_requests", "HTTP requests answered, by route template, method and status",
                         ["route", "method", "status"])
