@@ -150,27 +150,35 @@ _WELL_FORMED_ID = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 ROUTE_KEY = "corral.route"  # the scope entry Django's RouteMiddleware fills with the matched route template
 
 
-def _route(scope: dict[str, Any]) -> str:
-    """The route template of a request served outside Django (gateway, ingestion fast path), else Django's."""
-    route = scope.get(ROUTE_KEY)
-    if route:
-        return route
-    path = scope["path"]
-    if path.startswith("/v1/") or path == "/v1":
+class _Routes:
+    """Route templates of the requests served outside Django (gateway, ingestion fast path); Django's own come
+    from RouteMiddleware. Built on the first request, when every app is loaded."""
+
+    def __init__(self) -> None:
+        from django.conf import settings
+
+        from governance.fastpath import _ACTIVITY
         from inference.gateway.app import COMPLETION_PATHS
 
-        if path in COMPLETION_PATHS or path == "/v1/models":
-            return path
-        return "/v1/models/{model}" if path.startswith("/v1/models/") else "/v1/unmatched"
-    from governance.fastpath import _ACTIVITY
+        self.exact = {path: path for path in (*COMPLETION_PATHS, "/v1/models")}
+        self.activity = _ACTIVITY
+        self.static = "/" + settings.STATIC_URL.lstrip("/") if settings.STATIC_URL else None
 
-    if _ACTIVITY.match(path):
-        return "/api/v1/products/{id}/activity"
-    from django.conf import settings
-
-    if settings.STATIC_URL and path.startswith("/" + settings.STATIC_URL.lstrip("/")):
-        return "static"
-    return "unmatched"
+    def of(self, scope: dict[str, Any]) -> str:
+        route = scope.get(ROUTE_KEY)
+        if route:
+            return route
+        path = scope["path"]
+        exact = self.exact.get(path)
+        if exact is not None:
+            return exact
+        if path.startswith("/v1/") or path == "/v1":
+            return "/v1/models/{model}" if path.startswith("/v1/models/") else "/v1/unmatched"
+        if self.activity.match(path):
+            return "/api/v1/products/{id}/activity"
+        if self.static and path.startswith(self.static):
+            return "static"
+        return "unmatched"
 
 
 class ObservedApp:
@@ -179,6 +187,7 @@ class ObservedApp:
     def __init__(self, app: Any) -> None:
         self.app = app
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._routes: _Routes | None = None
 
     def _metrics_for(self, route: str, method: str, status: int) -> tuple[Any, Any]:
         key = (route, method, status)
@@ -187,6 +196,10 @@ class ObservedApp:
             children = self._children[key] = (HTTP_REQUESTS.labels(route, method, str(status)),
                                               HTTP_DURATION.labels(route, method))
         return children
+
+    def _load_routes(self) -> _Routes:
+        self._routes = _Routes()
+        return self._routes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -215,7 +228,8 @@ class ObservedApp:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            counter, histogram = self._metrics_for(_route(scope), scope["method"], status)
+            routes = self._routes or self._load_routes()
+            counter, histogram = self._metrics_for(routes.of(scope), scope["method"], status)
             counter.inc()
             histogram.observe(time.perf_counter() - started)
             REQUEST_ID.reset(token)
