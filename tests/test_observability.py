@@ -23,7 +23,10 @@ from config.asgi import application
 from config.observability import DATABASE_REGISTRY, JsonFormatter, ObservedApp, RequestIdFilter, route_template
 from governance.models import ActivityPart, ActivitySource, ComplianceStatus, Heartbeat
 from inference.gateway.app import Gateway
+from inference.services import replica_key
 from tests.factories import ProductFactory, licence, make_key
+from tests.inference.fake_openai import FakeOpenAI
+from tests.inference.gateway_support import ThreadServer, ready_deployment
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "metrics-token-for-tests-0123456789"
@@ -115,6 +118,28 @@ def test_a_gateway_refusal_counts_its_reason(settings) -> None:
     assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
     assert REGISTRY.get_sample_value(*refusals) == before + 1
     assert requests_total("/v1/models", "GET", "401") == route_before + 1
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_the_gateway_passes_the_request_id_to_vllm(settings, owner_org) -> None:
+    settings.GATEWAY_USAGE_FLUSH_SECONDS = 3600
+    settings.GATEWAY_REDIS_PREFIX = "corral-test:obs"
+    upstream = FakeOpenAI()
+    with ThreadServer(upstream) as vllm:
+        upstream.url = vllm.url
+        deployment = ready_deployment(owner_org, vllm.url)
+        upstream.keys.update(replica_key(r.pk, r.key_salt) for r in deployment.replica_set.all())
+        key = make_key(owner_org, ["inference"])
+        with ThreadServer(ObservedApp(Gateway())) as gateway:
+            response = httpx.post(f"{gateway.url}/v1/chat/completions", timeout=20,
+                                  headers={"authorization": f"Bearer {key}", "x-request-id": "trace-77"},
+                                  json={"model": "chat-small", "messages": [{"role": "user", "content": "Hi"}]})
+            generated = httpx.post(f"{gateway.url}/v1/chat/completions", timeout=20,
+                                   headers={"authorization": f"Bearer {key}"},
+                                   json={"model": "chat-small", "messages": [{"role": "user", "content": "Hi"}]})
+    assert response.status_code == 200 and response.headers["x-request-id"] == "trace-77"
+    assert generated.status_code == 200
+    assert upstream.request_ids == ["trace-77", generated.headers["x-request-id"]]
 
 
 def test_every_log_line_of_a_request_carries_its_request_id() -> None:
