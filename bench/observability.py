@@ -31,7 +31,7 @@ django.setup()
 
 from config.observability import ObservedApp, count_refusal  # noqa: E402
 
-SCOPE = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "scope": "",
+SCOPE = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
          "headers": [(b"host", b"127.0.0.1"), (b"authorization", b"Bearer crl_x"),
                      (b"content-type", b"application/json"),
                      (b"x-request-id", b"client-trace-0001")]}
