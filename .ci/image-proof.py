@@ -497,6 +497,25 @@ def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
         connection.close()
 
 
+def check_metrics(port: int, token: str) -> str:
+    """/metrics refuses a scrape without the token and, with it, counts the pages just fetched."""
+    if get(port, "/metrics")[0] != 401:
+        raise ProofFailed("GET /metrics without the token did not answer 401")
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        connection.request("GET", "/metrics", headers={"Host": REQUEST_HOST, "X-Forwarded-Proto": "https",
+                                                       "Authorization": f"Bearer {token}"})
+        response = connection.getresponse()
+        status, body = response.status, response.read().decode()
+    finally:
+        connection.close()
+    counted = [line for line in body.splitlines() if line.startswith('corral_http_requests_total{')
+               and 'route="/login/"' in line and 'status="200"' in line]
+    if status != 200 or not counted:
+        raise ProofFailed(f"GET /metrics with the token: {status}, no request counter for /login/:\n{body[:1500]}")
+    return f"/metrics 200 with the token (401 without): {counted[0]}"
+
+
 def check_pages(port: int) -> list[str]:
     report = []
     for page in PAGES:
@@ -634,7 +653,8 @@ def prove(context: Path, work: Path) -> None:
         dotenv = dict(line.split("=", 1) for line in (context / ".env.example").read_text().splitlines()
                       if "=" in line and not line.lstrip().startswith("#"))
         secret_values = {"SECRET_KEY": secrets.token_urlsafe(64), "DATABASE_URL": database_url,
-                         "REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url, "EMAIL_HOST_PASSWORD": ""}
+                         "REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url, "EMAIL_HOST_PASSWORD": "",
+                         "METRICS_TOKEN": secrets.token_urlsafe(32)}
         port = free_port()
         envs = {}
         for name in services:
@@ -703,6 +723,7 @@ def prove(context: Path, work: Path) -> None:
                 say(f"  {name} {' '.join(argv)}: ok")
             for line in check_pages(port):
                 say(f"  {line}")
+            say(f"  {check_metrics(port, secret_values['METRICS_TOKEN'])}")
             timings["web"] = time.monotonic() - phase_started
 
             phase_started = time.monotonic()

@@ -6,8 +6,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_application = get_asgi_application()
 
 from governance.fastpath import IngestFastPath  # noqa: E402 - needs Django set up
+from config.observability import ObservedApp  # noqa: E402
 from inference.gateway.app import Gateway  # noqa: E402
 
 # Two hot paths are served beside Django: the OpenAI-compatible gateway under /v1 (inference/gateway/) and
-# activity ingestion (governance/fastpath.py). Everything else is Django.
-application = Gateway(IngestFastPath(django_application))
+# activity ingestion (governance/fastpath.py). Everything else is Django. The outermost layer gives every request
+# an id and counts it by route and status (config/observability.py).
+application = ObservedApp(Gateway(IngestFastPath(django_application)))

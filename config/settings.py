@@ -136,6 +136,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "config.exceptions.DatabaseUnavailableMiddleware",
     "config.middleware.LookupMiddleware",
+    "config.observability.RouteMiddleware",  # the route template the request metrics are labelled with
     "axes.middleware.AxesMiddleware",  # last: turns a lockout into the login page's 429 (portal/login.py)
 ]
 
@@ -230,6 +231,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_IGNORE_RESULT = True
+# Workers and beat log through LOGGING below (JSON in production), not a format of Celery's own.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True
@@ -373,17 +376,31 @@ if PRODUCTION:
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # API keys are never logged: the request logger records method, path and status only.
+# Production writes one JSON object per line (LOG_FORMAT=plain for the human format); every line carries the
+# request id of the request it belongs to (config/observability.py).
+LOG_FORMAT = env_str("LOG_FORMAT", "json" if PRODUCTION else "plain")
+if LOG_FORMAT not in {"json", "plain"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} must be 'json' or 'plain'")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "config.observability.RequestIdFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "config.observability.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     # django-axes writes two INFO lines for every log-in; its warnings (each failure, each lockout) stay.
     "loggers": {"axes": {"level": "WARNING"}},
 }
 
 # --- Corral ---------------------------------------------------------------------------------------------
+# /metrics answers only with "Authorization: Bearer <METRICS_TOKEN>"; unset, it is a 404 (docs/operations.md).
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+# /healthz says "degraded" (still 200) when beat's heartbeat or the oldest uncompacted part is older than these.
+HEALTHZ_BEAT_STALE_SECONDS = env_int("HEALTHZ_BEAT_STALE_SECONDS", 300)
+HEALTHZ_COMPACTION_LAG_SECONDS = env_int("HEALTHZ_COMPACTION_LAG_SECONDS", 900)
 # Last-used time of an API key is written at most this often, so authentication is not a write per call.
 API_KEY_LAST_USED_RESOLUTION = timedelta(seconds=env_int("API_KEY_LAST_USED_RESOLUTION_SECONDS", 60))
 # How long a process may reuse a key's row; a revocation elsewhere takes effect within this time.

@@ -1,10 +1,16 @@
-"""/healthz: whether this process can reach what it depends on."""
+"""/healthz: whether this process can reach what it depends on, and whether background work keeps up.
+
+An unreachable database, cache or broker is a 503 ("degraded"). Beat not running or compaction lagging is
+"degraded" with a 200: restarting this pod would not fix either, so a liveness probe must not see a failure.
+``degraded`` lists the checks that are not ok.
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
@@ -12,7 +18,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from config.celery import app as celery_app
-from governance.models import Heartbeat
+from governance.models import ActivityPart, Heartbeat
 
 
 def _check_database() -> str:
@@ -35,6 +41,25 @@ def _check_broker() -> str:
     return "ok"
 
 
+def _check_beat(beat: Heartbeat | None) -> str:
+    if beat is None:
+        return "degraded: beat has never run"
+    age = (timezone.now() - beat.seen_at).total_seconds()
+    if age > settings.HEALTHZ_BEAT_STALE_SECONDS:
+        return f"degraded: beat last ran {age:.0f} s ago (limit {settings.HEALTHZ_BEAT_STALE_SECONDS} s)"
+    return "ok"
+
+
+def _check_compaction() -> str:
+    oldest = (ActivityPart.objects.filter(quarantined_at__isnull=True).order_by("created_at")
+              .values_list("created_at", flat=True).first())
+    lag = (timezone.now() - oldest).total_seconds() if oldest else 0.0
+    limit = settings.HEALTHZ_COMPACTION_LAG_SECONDS
+    if lag > limit:
+        return f"degraded: oldest uncompacted part is {lag:.0f} s old (limit {limit} s)"
+    return "ok"
+
+
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
     checks: dict[str, str] = {}
@@ -47,8 +72,17 @@ def healthz(request: HttpRequest) -> JsonResponse:
         checks[f"{name}_ms"] = f"{(time.monotonic() - started) * 1000:.1f}"
     beat = Heartbeat.objects.filter(component="beat").first() if checks["database"] == "ok" else None
     healthy = all(checks[name] == "ok" for name in ("database", "cache", "broker"))
+    if checks["database"] == "ok":
+        checks["beat"] = _check_beat(beat)
+        try:
+            checks["compaction"] = _check_compaction()
+        except Exception as exc:  # reported, like every other check
+            checks["compaction"] = f"error: {type(exc).__name__}"
+    degraded = [name for name in ("database", "cache", "broker", "beat", "compaction")
+                if name in checks and checks[name] != "ok"]
     body = {
-        "status": "ok" if healthy else "degraded",
+        "status": "degraded" if degraded else "ok",
+        "degraded": degraded,
         "checks": checks,
         "beat_last_seen": beat.seen_at.isoformat() if beat else None,
         "time": timezone.now().isoformat(),

@@ -30,6 +30,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
+from config.observability import RECONCILE_DURATION
 from governance.audit import audit_record
 from inference import backends
 from inference.backends.base import Backend, ReplicaRef, ReplicaSpec
@@ -485,11 +486,12 @@ def step_deployment_states() -> bool:
 def reconcile_once(*, skip_nodes: Collection[int] = ()) -> bool:
     """One pass of every step, in order, leaving the replicas on ``skip_nodes`` (routed_node_ids) to their
     own nodes' workers. True if anything changed."""
-    did = step_replica_rows()
-    did |= step_drain(skip_nodes=skip_nodes)
-    did |= step_schedule(skip_nodes=skip_nodes)
-    did |= step_observe(skip_nodes=skip_nodes)
-    return step_deployment_states() or did
+    with RECONCILE_DURATION.time():
+        did = step_replica_rows()
+        did |= step_drain(skip_nodes=skip_nodes)
+        did |= step_schedule(skip_nodes=skip_nodes)
+        did |= step_observe(skip_nodes=skip_nodes)
+        return step_deployment_states() or did
 
 
 def reconcile_node_once(node_id: int) -> bool:
@@ -504,6 +506,7 @@ def reconcile_node_once(node_id: int) -> bool:
         logger.error("work for node %s reached the worker of node %s: check its queues (-Q %s)", node.name, here,
                      node_queue(here))
         return False
-    did = step_drain(only_node=node_id)
-    did |= step_start(only_node=node_id)
-    return step_observe(only_node=node_id) or did
+    with RECONCILE_DURATION.time():
+        did = step_drain(only_node=node_id)
+        did |= step_start(only_node=node_id)
+        return step_observe(only_node=node_id) or did

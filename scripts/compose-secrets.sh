@@ -5,6 +5,7 @@
 #   postgres_password    the corral database user's password (read by PostgreSQL on its first start only)
 #   database_url         postgres://corral:<that password>@postgres:5432/corral
 #   email_host_password  empty; put the SMTP password here if EMAIL_HOST is set
+#   metrics_token        the bearer token Prometheus sends to /metrics (docs/operations.md)
 # The directory is 0700 (only you reach it on this host); the files are 0444, because the containers'
 # unprivileged user (uid 10001) reads them through compose's bind mounts.
 set -euo pipefail
@@ -37,3 +38,4 @@ write secret_key "$(random 64)"
 write postgres_password "$(random 40)"
 write database_url "postgres://corral:$(cat "$DIR/postgres_password")@postgres:5432/corral"
 write email_host_password ""
+write metrics_token "$(random 48)"

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.django_db
 def test_healthz_reports_every_dependency_ok() -> None:
+    record_heartbeat.delay()  # beat has run: otherwise /healthz says degraded (tests/test_observability.py)
     response = APIClient().get("/healthz")
     assert response.status_code == 200, response.content
     body = response.json()

@@ -42,6 +42,7 @@ import orjson
 from concurrent.futures import ThreadPoolExecutor
 from django.conf import settings
 
+from config.observability import LIMITER_ERRORS, REQUEST_ID, count_refusal
 from inference.gateway.directory import BackendUnavailable, DeploymentInfo, Directory, KeyInfo
 from inference.gateway.limits import LimiterUnavailable, LocalLimiter, RedisLimiter
 from inference.gateway.routing import LeastOutstanding, Strategy
@@ -391,6 +392,7 @@ class Gateway:
             refusal = await self.limiter.reserve(request_id=request.id, key_id=key.id, org_id=key.organisation_id,
                                                  tokens=reserve, key=key.key_limits, org=key.org_limits)
         except LimiterUnavailable as exc:
+            LIMITER_ERRORS.inc()
             raise _unavailable("rate limiter") from exc  # the limiter frees the slot once Redis answers again
         if refusal is not None:
             raise GatewayError(429, refusal.message, type="tokens" if "tokens" in refusal.limit else "requests",
@@ -481,7 +483,8 @@ class Gateway:
 
     async def _relay_attempts(self, path: str, body: bytes, request: _Request, send: Any, stream: bool) -> None:
         tried: set[int] = set()
-        headers = {"Authorization": "", "Content-Type": "application/json"}
+        headers = {"Authorization": "", "Content-Type": "application/json",
+                   "X-Request-ID": REQUEST_ID.get() or request.id}
         for _attempt in range(self.retries + 1):
             upstream = self.strategy.choose(request.deployment.upstreams, frozenset(tried))
             if upstream is None:
@@ -674,6 +677,7 @@ async def _send_json(send: Any, status: int, body: Any) -> None:
 
 
 async def _send_error(send: Any, error: GatewayError) -> None:
+    count_refusal(error.code or error.type)
     payload = error.body()
     headers = [_JSON, (b"content-length", str(len(payload)).encode()), *_security_headers()]
     if error.retry_after is not None:

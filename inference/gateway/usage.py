@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from django.db import close_old_connections, connections, transaction
 from django.utils import timezone
 
+from config.observability import METERING_FLUSH_BACKLOG, METERING_FLUSH_ERRORS
+
 logger = logging.getLogger("corral.gateway")
 
 
@@ -70,7 +72,13 @@ class UsageMeter:
     def flush(self) -> int:
         """Write what is buffered (runs in a worker thread). Returns the number of usage rows written."""
         with self._flush_lock:  # one flush at a time (the periodic one and the one at shutdown)
-            return self._flush()
+            try:
+                return self._flush()
+            except Exception:
+                METERING_FLUSH_ERRORS.inc()
+                raise
+            finally:
+                METERING_FLUSH_BACKLOG.set(self.pending())
 
     def _flush(self) -> int:
         from governance.models import ApiKey

@@ -27,6 +27,7 @@ class FakeOpenAI:
         self.cancelled = 0
         self.served = 0
         self.paths: list[str] = []
+        self.request_ids: list[str] = []  # X-Request-ID of each completion request (tests/test_observability.py)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -55,6 +56,7 @@ class FakeOpenAI:
             return
         request = json.loads(body)
         self.requests.append(request)
+        self.request_ids.append(dict(scope["headers"]).get(b"x-request-id", b"").decode())
         fake = request.get("fake") or {}
         status = int(fake.get("status", 200))
         if status != 200:

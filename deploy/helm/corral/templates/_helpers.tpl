@@ -56,6 +56,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- $items = append $items (dict "setting" "DATABASE_URL" "name" .Values.secrets.databaseUrl.name "key" .Values.secrets.databaseUrl.key) -}}
 {{- $items = append $items (dict "setting" "REDIS_URL" "name" .Values.secrets.redisUrl.name "key" .Values.secrets.redisUrl.key) -}}
 {{- $items = append $items (dict "setting" "CELERY_BROKER_URL" "name" .Values.secrets.celeryBrokerUrl.name "key" .Values.secrets.celeryBrokerUrl.key) -}}
+{{- if .Values.metrics.tokenSecret.name -}}
+{{- $items = append $items (dict "setting" "METRICS_TOKEN" "name" .Values.metrics.tokenSecret.name "key" .Values.metrics.tokenSecret.key) -}}
+{{- end -}}
 {{- range .Values.secrets.extra -}}
 {{- $items = append $items (dict "setting" .setting "name" .name "key" .key) -}}
 {{- end -}}
@@ -79,6 +82,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   value: {{ .Values.siteUrl | default (printf "https://%s" (trimPrefix "." (first .Values.allowedHosts))) | quote }}
 - name: TRUST_X_FORWARDED_PROTO
   value: {{ .Values.trustXForwardedProto | quote }}
+- name: PROMETHEUS_MULTIPROC_DIR
+  value: /tmp/prometheus
 {{- range (include "corral.secretItems" . | fromJsonArray) }}
 - name: {{ .setting }}_FILE
   value: /run/secrets/corral/{{ .setting | lower | replace "_" "-" }}
