@@ -152,16 +152,14 @@ ROUTE_KEY = "corral.route"  # the scope entry Django's RouteMiddleware fills wit
 
 class _Routes:
     """Route templates of the requests served outside Django (gateway, ingestion fast path); Django's own come
-    from RouteMiddleware. Built on the first request, when every app is loaded."""
+    from RouteMiddleware. The paths come from config/asgi.py, which composes the layers (this module imports
+    none of them). Built on the first request, when settings are loaded."""
 
-    def __init__(self) -> None:
+    def __init__(self, gateway_paths: tuple[str, ...], activity: re.Pattern[str]) -> None:
         from django.conf import settings
 
-        from governance.fastpath import _ACTIVITY
-        from inference.gateway.app import COMPLETION_PATHS
-
-        self.exact = {path: path for path in (*COMPLETION_PATHS, "/v1/models")}
-        self.activity = _ACTIVITY
+        self.exact = {path: path for path in (*gateway_paths, "/v1/models")}
+        self.activity = activity
         self.static = "/" + settings.STATIC_URL.lstrip("/") if settings.STATIC_URL else None
 
     def of(self, scope: dict[str, Any]) -> str:
@@ -184,8 +182,10 @@ class _Routes:
 class ObservedApp:
     """Outer ASGI middleware: a request id for every request and the request counter and latency histogram."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, gateway_paths: tuple[str, ...] = (), activity: re.Pattern[str] | None = None
+                 ) -> None:
         self.app = app
+        self._route_sources = (gateway_paths, activity or re.compile(r"(?!)"))
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._routes: _Routes | None = None
 
@@ -198,7 +198,7 @@ class ObservedApp:
         return children
 
     def _load_routes(self) -> _Routes:
-        self._routes = _Routes()
+        self._routes = _Routes(*self._route_sources)
         return self._routes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -25,7 +25,7 @@ from django.db import IntegrityError, InterfaceError, OperationalError, close_ol
 from config.exceptions import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
 from governance.api.activity_input import ActivityInputRefused, activity_input
 
-_ACTIVITY = re.compile(r"^/api/v1/products/([0-9]{1,18})/activity/?$")
+ACTIVITY_PATH = re.compile(r"^/api/v1/products/([0-9]{1,18})/activity/?$")
 Response = tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]
 
 
@@ -129,7 +129,7 @@ class IngestFastPath:
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ingest")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        match = _ACTIVITY.match(scope.get("path", "")) if scope["type"] == "http" else None
+        match = ACTIVITY_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
         if match is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return

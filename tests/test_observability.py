@@ -23,7 +23,7 @@ from config.asgi import application
 from config.observability import DATABASE_REGISTRY, JsonFormatter, ObservedApp, RequestIdFilter, route_template
 from governance.models import ActivityPart, ActivitySource, ComplianceStatus, Heartbeat
 from inference.gateway.app import Gateway
-from inference.services import replica_key
+from inference.models import replica_key
 from tests.factories import ProductFactory, licence, make_key
 from tests.inference.fake_openai import FakeOpenAI
 from tests.inference.gateway_support import ThreadServer, ready_deployment
