@@ -126,6 +126,43 @@ def process_registry() -> CollectorRegistry:
     return REGISTRY
 
 
+def token_matches(authorization: str, token: str) -> bool:
+    """Whether an Authorization header carries ``Bearer <token>`` (compared in constant time)."""
+    scheme, _, credential = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode(), token.encode())
+
+
+def serve_worker_metrics(port: int, token: str, *, host: str = "0.0.0.0") -> Any:
+    """Serve this process's metrics (every pool process's, in multiprocess mode) on ``port`` from a daemon
+    thread, behind the same bearer token as web's /metrics. A Celery worker has no HTTP server of its own, and
+    on Kubernetes its pods are scraped apart from web's (docs/operations.md). Returns the server."""
+    import threading
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+            pass
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ.get("PATH_INFO") != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"Not found: the worker serves /metrics only.\n"]
+        if not token_matches(environ.get("HTTP_AUTHORIZATION", ""), token):
+            start_response("401 Unauthorized", [("Content-Type", "text/plain"),
+                                                 ("WWW-Authenticate", 'Bearer realm="metrics"')])
+            return [b"A valid metrics token is required.\n"]
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+        return [generate_latest(process_registry())]
+
+    server = make_server(host, port, app, server_class=Server, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, name="worker-metrics", daemon=True).start()
+    return server
+
+
 def metrics_view(request: Any) -> Any:
     """``GET /metrics`` with ``Authorization: Bearer <METRICS_TOKEN>``; 404 when no token is configured."""
     from django.conf import settings
@@ -134,9 +171,7 @@ def metrics_view(request: Any) -> Any:
     token = settings.METRICS_TOKEN
     if not token:
         raise Http404("metrics are off")
-    given = request.headers.get("Authorization", "")
-    scheme, _, credential = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), token.encode()):
+    if not token_matches(request.headers.get("Authorization", ""), token):
         response = HttpResponse("A valid metrics token is required.\n", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response

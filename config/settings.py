@@ -398,6 +398,12 @@ LOGGING = {
 # --- Corral ---------------------------------------------------------------------------------------------
 # /metrics answers only with "Authorization: Bearer <METRICS_TOKEN>"; unset, it is a 404 (docs/operations.md).
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+# A Celery worker serves its own metrics on this port (0: not at all), behind the same token; on Kubernetes the
+# worker pods are scraped there. In compose the processes share one multiprocess directory instead.
+WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0)
+if not 0 <= WORKER_METRICS_PORT <= 65535:
+    raise ImproperlyConfigured(f"WORKER_METRICS_PORT must be a port number (1-65535) or 0 for none, "
+                               f"not {WORKER_METRICS_PORT}.")
 # /healthz says "degraded" (still 200) when beat's heartbeat or the oldest uncompacted part is older than these.
 HEALTHZ_BEAT_STALE_SECONDS = env_int("HEALTHZ_BEAT_STALE_SECONDS", 300)
 HEALTHZ_COMPACTION_LAG_SECONDS = env_int("HEALTHZ_COMPACTION_LAG_SECONDS", 900)

@@ -249,3 +249,30 @@ def test_the_dashboard_uses_only_metrics_that_exist() -> None:
     assert used and used <= known, sorted(used - known)
     assert {"corral_http_requests_total", "corral_gateway_refusals_total", "corral_metering_compaction_lag_seconds",
             "corral_evaluation_age_seconds", "corral_replicas"} <= used
+
+
+def test_a_worker_serves_its_pools_metrics_on_its_own_port_behind_the_token(settings, caplog) -> None:
+    import socket
+
+    from config.celery import serve_metrics
+    from config.observability import RECONCILE_DURATION
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings.WORKER_METRICS_PORT, settings.METRICS_TOKEN = port, ""
+    assert serve_metrics() is None and "METRICS_TOKEN is not" in caplog.text  # never served without a token
+    settings.METRICS_TOKEN = "worker-token"
+    server = serve_metrics()
+    try:
+        RECONCILE_DURATION.observe(0.25)
+        url = f"http://127.0.0.1:{port}/metrics"
+        assert httpx.get(url).status_code == 401
+        assert httpx.get(url, headers={"authorization": "Bearer wrong"}).status_code == 401
+        assert httpx.get(f"http://127.0.0.1:{port}/other", headers={"authorization": "Bearer worker-token"}
+                         ).status_code == 404
+        served = httpx.get(url, headers={"authorization": "Bearer worker-token"})
+        assert served.status_code == 200 and "corral_reconcile_duration_seconds_count" in served.text
+    finally:
+        server.shutdown()
+        server.server_close()
