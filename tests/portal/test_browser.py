@@ -273,7 +273,6 @@ POST_ONLY = {"logout", "group-evaluate", "group-admin-appoint", "group-admin-rem
 # a POST form that creates a new record are listed too, so that a new page with a pre-filled form is not missed.
 # The evidence report is a document of its own (governance/evidence.py, its own stylesheet), reworked in the
 # evidence issue; its width is checked by that work's tests. Every other page is checked here.
-OWN_STYLESHEET = {"group-evidence"}
 DOWNLOADS = {"product-notice", "favicon"}  # files, not pages: fetched, not shown
 EDIT_FORMS = {"product-edit", "policy", "quotas", "deployment"}
 CREATE_FORMS = {"deployment-create"}
@@ -429,7 +428,7 @@ def test_it_shows_every_page_whole_at_both_widths_and_keeps_every_form(live_serv
                 problems.append(f"{url} at {width} px answered {status}")
                 continue
             overflow = page.evaluate("document.scrollingElement.scrollWidth - innerWidth")
-            if overflow > 0 and name not in OWN_STYLESHEET:
+            if overflow > 0:
                 problems.append(f"{url} at {width} px scrolls sideways by {overflow} px")
             problems.extend(f"{url} at {width} px: {clip}" for clip in page.evaluate(CLIPPED_JS))
             if page.evaluate(PREFILLED_JS):
