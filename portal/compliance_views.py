@@ -9,10 +9,10 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods
 
-from governance.models import DeclaredFigure
+from governance.models import DeclarationProposal, DeclaredFigure, Scope
 from governance.services import evaluation as evaluation_services
 from licensing import services as licensing_services
 from licensing.models import MetaGrant
@@ -29,8 +29,43 @@ def declaration_list(request: HttpRequest, pk: int) -> HttpResponse:
     access = access_of(request)
     group = access.group_or_404(pk)
     can_declare = access.is_group_admin(group)
-    form = forms.DeclarationForm(request.POST or None) if can_declare else None
-    if request.method == "POST":
+    action = request.POST.get("action", "declare")
+    # Admins of the group's other organisations propose a figure; a group admin confirms or rejects it.
+    proposers = access.organisations(Scope.ADMIN).filter(group=group).order_by("name")
+    can_propose = not can_declare and proposers.exists()
+    proposal_form = forms.ProposalForm(request.POST if action == "propose" else None, organisations=proposers,
+                                       prefix="proposal") if can_propose else None
+    if request.method == "POST" and action in ("confirm", "reject"):
+        access.require_group_admin(group)
+        chosen = request.POST.get("proposal", "")
+        proposal = get_object_or_404(DeclarationProposal, group=group, pk=int(chosen) if chosen.isdigit() else 0)
+        try:
+            decided = evaluation_services.declaration_proposal_decide(
+                proposal=proposal, confirm=action == "confirm", actor=access.label,
+                note=request.POST.get("note", "")[:2000])
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+        else:
+            messages.success(request, f"Proposal of {decided.mau:,} for {decided.month:%B %Y} {decided.status}.")
+        return redirect("portal:declarations", pk=group.pk)
+    if request.method == "POST" and action == "propose":
+        if proposal_form is None:
+            raise PermissionDenied("Proposing a figure needs the admin role in one of the group's organisations; "
+                                   "group admins declare it directly.")
+        if proposal_form.is_valid():
+            data = proposal_form.cleaned_data
+            try:
+                proposal = evaluation_services.declaration_propose(
+                    group=group, organisation=data["organisation"], month=data["month"], mau=data["mau"],
+                    evidence=data["evidence"], proposed_by=access.label)
+            except ValidationError as exc:
+                forms.add_service_errors(proposal_form, exc)
+            else:
+                messages.success(request, f"Proposed {proposal.mau:,} for {proposal.month:%B %Y}; it counts once a "
+                                          f"group admin confirms it.")
+                return redirect("portal:declarations", pk=group.pk)
+    form = forms.DeclarationForm(request.POST if action == "declare" else None) if can_declare else None
+    if request.method == "POST" and action == "declare":
         access.require_group_admin(group)
         assert form is not None
         if form.is_valid():
@@ -46,9 +81,13 @@ def declaration_list(request: HttpRequest, pk: int) -> HttpResponse:
                                           f"the group is evaluated again.")
                 return redirect("portal:declarations", pk=group.pk)
     declarations = DeclaredFigure.objects.filter(group=group).order_by("-month", "-declared_at", "-id")
+    proposals = DeclarationProposal.objects.filter(group=group).select_related("organisation").order_by(
+        "-proposed_at", "-id")
+    invalid = any(f is not None and f.is_bound and f.errors for f in (form, proposal_form))
     return render(request, "portal/declaration_list.html", {
         "group": group, "declarations": declarations, "form": form, "can_declare": can_declare,
-    }, status=400 if form is not None and form.is_bound and form.errors else 200)
+        "proposals": proposals, "proposal_form": proposal_form,
+    }, status=400 if invalid else 200)
 
 
 @login_required

@@ -320,6 +320,24 @@ class DeclarationForm(forms.Form):
         return data
 
 
+class ProposalForm(forms.Form):
+    """A figure an organisation admin proposes for the group (the API's /declaration-proposals/); it counts once a
+    group admin confirms it."""
+
+    organisation = forms.ModelChoiceField(queryset=Organisation.objects.none(), empty_label=None,
+                                          help_text="The organisation proposing the figure.")
+    month = forms.DateField(input_formats=["%Y-%m"], widget=MonthInput(),
+                            help_text="The calendar month the figure counts (YYYY-MM), not in the future.")
+    mau = forms.IntegerField(min_value=0, max_value=10**12, label="Monthly active users",
+                             help_text="The group's figure for the month, all products and affiliates.")
+    evidence = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=5000,
+                               help_text="Where the figure comes from: the report, the system, its reference.")
+
+    def __init__(self, *args: Any, organisations: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["organisation"].queryset = organisations
+
+
 class GrantForm(forms.Form):
     """A licence Meta granted, or the withdrawal of one, as the API's GrantSerializer takes it."""
 

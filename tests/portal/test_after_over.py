@@ -78,6 +78,48 @@ def test_it_refuses_a_declaration_to_a_member_and_hides_the_group_from_an_outsid
     assert not DeclaredFigure.objects.exists()
 
 
+def test_a_sibling_admin_proposes_and_a_group_admin_confirms_or_rejects(tenancy: Tenancy, login: Any) -> None:
+    from governance.models import DeclarationProposal
+    from licensing.models import Membership
+    from tests.factories import MembershipFactory
+
+    group = tenancy.organisation.group
+    tenancy.users["sibling"] = MembershipFactory(organisation=tenancy.sibling, role=Membership.Role.ADMIN,
+                                                 user__username="sibling").user
+    sibling = login("sibling")
+    page = sibling.get(f"/groups/{group.pk}/declarations/").content.decode()
+    assert 'value="propose"' in page and 'value="declare"' not in page
+    for month, mau in ((_last_month(), "720000000"), (_last_month(), "1")):
+        assert sibling.post(f"/groups/{group.pk}/declarations/", {
+            "action": "propose", "proposal-organisation": tenancy.sibling.pk, "proposal-month": month,
+            "proposal-mau": mau, "proposal-evidence": "Cloud's analytics export"}).status_code == 302
+    high, low = DeclarationProposal.objects.order_by("mau").reverse()
+    assert not DeclaredFigure.objects.exists()  # a proposal counts only once confirmed
+    # the sibling cannot decide, nor propose for an organisation it does not administer
+    assert sibling.post(f"/groups/{group.pk}/declarations/", {"action": "confirm", "proposal": high.pk}
+                        ).status_code == 403
+    refused = sibling.post(f"/groups/{group.pk}/declarations/", {
+        "action": "propose", "proposal-organisation": tenancy.organisation.pk, "proposal-month": _last_month(),
+        "proposal-mau": "5", "proposal-evidence": "x"})
+    assert refused.status_code == 400 and DeclarationProposal.objects.count() == 2
+
+    admin = login("admin")
+    assert 'value="confirm"' in admin.get(f"/groups/{group.pk}/declarations/").content.decode()
+    admin.post(f"/groups/{group.pk}/declarations/", {"action": "confirm", "proposal": high.pk, "note": "checked"})
+    admin.post(f"/groups/{group.pk}/declarations/", {"action": "reject", "proposal": low.pk, "note": "typo"})
+    figure = DeclaredFigure.objects.get(group=group)
+    assert figure.mau == 720_000_000 and "proposed by user:sibling" in figure.declared_by
+    high.refresh_from_db(), low.refresh_from_db()
+    assert (high.status, high.decision_note, low.status) == ("confirmed", "checked", "rejected")
+    again = admin.post(f"/groups/{group.pk}/declarations/", {"action": "confirm", "proposal": low.pk}, follow=True)
+    assert "already rejected" in again.content.decode() and DeclaredFigure.objects.count() == 1
+    outsider = tenancy.outsider_org.group.pk
+    assert admin.post(f"/groups/{outsider}/declarations/", {"action": "confirm", "proposal": high.pk}
+                      ).status_code == 404
+    assert login("outsider").post(f"/groups/{group.pk}/declarations/", {"action": "confirm", "proposal": low.pk}
+                                  ).status_code == 404
+
+
 # --- grants ---------------------------------------------------------------------------------------------------
 
 
