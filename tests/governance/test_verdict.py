@@ -10,6 +10,7 @@ Thresholds are lowered in the catalogue so exactly counted users stand for 700M.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 import pytest
@@ -119,7 +120,9 @@ def test_both_counting_bases_appear_and_the_policy_chooses_which_decides(acme) -
     assert "basis,sum_of_products,Acme Holdings,,2024-12,1100" in rows
     assert "basis,distinct_people,Acme Holdings,,2024-12,800" in rows
     html = client.get(f"/api/v1/groups/{group.pk}/evidence/?month=2024-12&format=html").content.decode()
-    assert "How the month was counted" in html and "sum_of_products (used)" in html
+    assert "Both counting bases" in html  # in words: the summed basis decides, the distinct one is beside it
+    assert re.search(r"added up</td><td[^>]*>used by the statuses</td><td[^>]*>1,100<", html), html
+    assert re.search(r"affiliate</td><td[^>]*>shown beside it</td><td[^>]*>800<", html), html
 
 
 def test_a_registered_service_that_is_not_metered_makes_below_read_partial_coverage(acme) -> None:
