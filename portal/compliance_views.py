@@ -33,8 +33,9 @@ def declaration_list(request: HttpRequest, pk: int) -> HttpResponse:
     # Admins of the group's other organisations propose a figure; a group admin confirms or rejects it.
     proposers = access.organisations(Scope.ADMIN).filter(group=group).order_by("name")
     can_propose = not can_declare and proposers.exists()
-    proposal_form = forms.ProposalForm(request.POST if action == "propose" else None, organisations=proposers,
-                                       prefix="proposal") if can_propose else None
+    posted = request.method == "POST"
+    proposal_form = forms.ProposalForm(request.POST if posted and action == "propose" else None,
+                                       organisations=proposers, prefix="proposal") if can_propose else None
     if request.method == "POST" and action in ("confirm", "reject"):
         access.require_group_admin(group)
         chosen = request.POST.get("proposal", "")
@@ -64,7 +65,7 @@ def declaration_list(request: HttpRequest, pk: int) -> HttpResponse:
                 messages.success(request, f"Proposed {proposal.mau:,} for {proposal.month:%B %Y}; it counts once a "
                                           f"group admin confirms it.")
                 return redirect("portal:declarations", pk=group.pk)
-    form = forms.DeclarationForm(request.POST if action == "declare" else None) if can_declare else None
+    form = forms.DeclarationForm(request.POST if posted and action == "declare" else None) if can_declare else None
     if request.method == "POST" and action == "declare":
         access.require_group_admin(group)
         assert form is not None
