@@ -31,7 +31,7 @@ import django, json, os
 django.setup()
 from django.core.management import call_command
 call_command("migrate", verbosity=0)
-from governance.services import api_key_create
+from access.keys import api_key_create
 from governance.services.webhooks import webhook_endpoint_create
 from licensing.models import LicenceVersion
 from licensing.services import licence_accept, organisation_create, product_create

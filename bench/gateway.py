@@ -50,7 +50,7 @@ def _setup_tenant() -> str:
     import redis
 
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
-    from governance.services import api_key_create
+    from access.keys import api_key_create
     from inference.models import Deployment, GatewayLimit, Replica, ReplicaState
     from licensing.models import BaseModel, LicenceVersion
     from licensing.services import licence_accept, organisation_create, product_create
@@ -70,7 +70,7 @@ def _setup_tenant() -> str:
     GatewayLimit.objects.create(organisation=organisation, requests_per_minute=100_000_000,
                                 tokens_per_minute=2_000_000_000, max_concurrent=10_000)
     _, key = api_key_create(organisation=organisation, name="bench", scopes=["inference"], created_by="bench")
-    from governance.models import ApiKey
+    from access.models import ApiKey
 
     ApiKey.objects.filter(prefix=key.split(".")[0]).update(
         requests_per_minute=100_000_000, tokens_per_minute=2_000_000_000, max_concurrent=10_000,

@@ -51,7 +51,7 @@ def _setup_tenants(products_per_org: int, orgs: int):
 
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
     redis.Redis.from_url(os.environ["CELERY_BROKER_URL"]).flushdb()
-    from governance.services import api_key_create
+    from access.keys import api_key_create
     from licensing.models import LicenceVersion
     from licensing.services import organisation_create, product_create
 
@@ -202,7 +202,8 @@ def stage_costs(key: str, product, bodies: list[bytes], rounds: int = 4) -> dict
 
     from governance import sketches
     from governance.fastpath import _decode_typed, _product, ingest_activity
-    from governance.services import api_key_authenticate, metering
+    from governance.services import metering
+    from access.keys import api_key_authenticate
 
     headers = {b"authorization": f"Bearer {key}".encode()}
     path = f"/api/v1/products/{product.pk}/activity"

@@ -118,6 +118,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_beat",
     "axes",
+    "access",
     "licensing",
     "governance",
     "inference",
@@ -320,10 +321,10 @@ TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1 if env_bool("TRUST_X_FORW
 # --- REST API ------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "governance.authentication.ApiKeyAuthentication",
+        "access.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["governance.permissions.HasTenantScope"],
+    "DEFAULT_PERMISSION_CLASSES": ["access.permissions.HasTenantScope"],
     "DEFAULT_FILTER_BACKENDS": [
         "config.filters.FilterBackend",
         "rest_framework.filters.OrderingFilter",

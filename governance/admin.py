@@ -1,7 +1,8 @@
 from django.contrib import admin
 
-from governance.models import ApiKey, AuditEvent, Heartbeat
-from governance.services import api_key_revoke
+from governance.models import Heartbeat
+from access.models import ApiKey, AuditEvent
+from access.keys import api_key_revoke
 
 
 @admin.register(ApiKey)

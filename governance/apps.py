@@ -6,4 +6,6 @@ class GovernanceConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from governance import schema  # noqa: F401 - registers the OpenAPI description of API keys
+        from governance import receivers, schema  # noqa: F401 - schema registers the OpenAPI description of API keys
+
+        receivers.connect()

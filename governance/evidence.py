@@ -12,13 +12,23 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from governance import evaluation as rules
-from governance.audit import audit_verify, audit_verify_cached
-from governance.models import (Alert, AuditEvent, ComplianceStatus, CoverageAttestation, DeclaredFigure,
-                               EvaluationRule, GroupForecast, GroupPolicy, StatusChange)
+from access.audit import audit_verify, audit_verify_cached
+from governance.models import (
+    Alert,
+    ComplianceStatus,
+    CoverageAttestation,
+    DeclaredFigure,
+    EvaluationRule,
+    GroupForecast,
+    GroupPolicy,
+    StatusChange,
+)
+from access.models import AuditEvent
 from governance.services import evaluation as evaluation_services
 from governance.selectors import mau_month, mau_month_many
 from licensing.selectors import grants_in_force, group_exemptions
-from licensing.models import AffiliateGroup, MetaGrant, Organisation, Product
+from licensing.models import MetaGrant, Product
+from access.models import AffiliateGroup, Organisation
 from licensing.months import month_end, month_start, next_month
 
 

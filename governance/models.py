@@ -1,4 +1,4 @@
-"""Access (API keys) and the audit log."""
+"""Metering, evaluation, alerts, webhooks and health: what governance records about the tenants' products."""
 
 from __future__ import annotations
 
@@ -8,97 +8,9 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from licensing.models import AffiliateGroup, Organisation, Product
+from access.models import AffiliateGroup, Organisation
+from licensing.models import Product
 from licensing.months import month_end
-
-
-class Scope(models.TextChoices):
-    READ = "read", "Read"
-    WRITE = "write", "Write"
-    INGEST = "ingest", "Ingest activity"
-    INFERENCE = "inference", "Call the inference gateway"
-    ADMIN = "admin", "Administer keys"
-
-
-class ApiKey(models.Model):
-    """A tenant's API key. Only a SHA-256 of the secret is stored; the key itself is shown once."""
-
-    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="api_keys")
-    name = models.CharField(max_length=200)
-    prefix = models.CharField(max_length=16, unique=True, help_text="Visible, non-secret start of the key")
-    key_hash = models.CharField(max_length=64)
-    scopes = models.JSONField(default=list)
-    product = models.ForeignKey(
-        Product, on_delete=models.CASCADE, null=True, blank=True, related_name="api_keys",
-        help_text="When set, the key acts only on this product",
-    )
-    expires_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    revoked_by = models.CharField(max_length=200, blank=True)
-    deleted_at = models.DateTimeField(
-        null=True, blank=True,
-        help_text="Deleted through the API: revoked and no longer served by it; the row stays for the audit trail")
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    created_by = models.CharField(max_length=200)
-    created_at = models.DateTimeField(auto_now_add=True)
-    # The inference gateway's limits for this key; empty takes the organisation's (inference.GatewayLimit).
-    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
-    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
-    max_concurrent = models.PositiveIntegerField(null=True, blank=True)
-    default_user = models.CharField(
-        max_length=200, blank=True,
-        help_text="Gateway: the user metered for MAU when a request names none (no `user`, no X-Corral-User)")
-
-    class Meta:
-        ordering = ["-created_at", "-id"]
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.prefix}…)"
-
-    def is_expired(self, now: timezone.datetime | None = None) -> bool:
-        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
-
-    @property
-    def is_active(self) -> bool:
-        return self.revoked_at is None and not self.is_expired()
-
-
-class AuditEvent(models.Model):
-    """One entry of the append-only, hash-chained audit log.
-
-    ``hash`` covers this entry's fields and the previous entry's hash, so removing or editing any entry
-    breaks every later link (see ``governance.audit.audit_verify``).
-    """
-
-    seq = models.PositiveBigIntegerField(unique=True)
-    at = models.DateTimeField()
-    actor = models.CharField(max_length=200)
-    action = models.CharField(max_length=80, db_index=True)
-    organisation = models.ForeignKey(
-        Organisation, on_delete=models.PROTECT, null=True, blank=True, related_name="audit_events"
-    )
-    group = models.ForeignKey(
-        AffiliateGroup, on_delete=models.PROTECT, null=True, blank=True, related_name="audit_events"
-    )
-    object_type = models.CharField(max_length=80, blank=True)
-    object_id = models.CharField(max_length=80, blank=True)
-    data = models.JSONField(default=dict)
-    prev_hash = models.CharField(max_length=64)
-    hash = models.CharField(max_length=64, unique=True)
-
-    class Meta:
-        ordering = ["seq"]
-
-    def __str__(self) -> str:
-        return f"#{self.seq} {self.action} by {self.actor}"
-
-    def save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if not self._state.adding:
-            raise ValueError("Audit events are append-only.")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        raise ValueError("Audit events are append-only.")
 
 
 class Heartbeat(models.Model):

@@ -22,7 +22,8 @@ from django.db.models import QuerySet
 
 from governance import sketches
 from governance.models import ActivityPart, ActivitySource, ProductMeteringPolicy, Rollup
-from licensing.models import AffiliateGroup, Organisation, Product
+from licensing.models import Product
+from access.models import AffiliateGroup, Organisation
 from licensing.months import month_bounds
 
 _DAY_SCOPE = {Product: Rollup.Grain.PRODUCT_DAY, Organisation: Rollup.Grain.ORGANISATION_DAY,

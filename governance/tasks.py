@@ -77,7 +77,7 @@ def evaluate_group(group_id: int) -> None:
     """
     from governance.debounce import run_until_clean
     from governance.services.evaluation import group_evaluate
-    from licensing.models import AffiliateGroup
+    from access.models import AffiliateGroup
 
     group = AffiliateGroup.objects.filter(pk=group_id).first()
     if group is None:
@@ -93,7 +93,7 @@ def evaluate_group(group_id: int) -> None:
 @shared_task(ignore_result=True)
 def evaluate_all_groups() -> int:
     """Beat (hourly by default, editable in the admin): queue an evaluation of every group."""
-    from licensing.models import AffiliateGroup
+    from access.models import AffiliateGroup
 
     ids = list(AffiliateGroup.objects.values_list("pk", flat=True))
     for group_id in ids:

@@ -6,4 +6,6 @@ class InferenceConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from inference import checks  # noqa: F401 - registers the deploy checks
+        from inference import checks, receivers  # noqa: F401 - checks registers the deploy checks
+
+        receivers.connect()

@@ -10,7 +10,8 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from licensing.models import BaseModel, LicenceVersion, Organisation, Product
+from licensing.models import BaseModel, LicenceVersion, Product
+from access.models import Organisation
 
 
 class Backend(models.TextChoices):
@@ -199,7 +200,7 @@ class TokenUsage(models.Model):
     """Gateway use per key, deployment and UTC day, written by the gateway's buffered flush (never per request)."""
 
     organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="token_usage")
-    api_key = models.ForeignKey("governance.ApiKey", on_delete=models.CASCADE, related_name="token_usage")
+    api_key = models.ForeignKey("access.ApiKey", on_delete=models.CASCADE, related_name="token_usage")
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="token_usage")
     day = models.DateField()
     requests = models.PositiveBigIntegerField(default=0)

@@ -31,7 +31,7 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from config.observability import RECONCILE_DURATION
-from governance.audit import audit_record
+from access.audit import audit_record
 from inference import backends
 from inference.backends.base import Backend, ReplicaRef, ReplicaSpec
 from inference.backends.local import process_start_time

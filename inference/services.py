@@ -14,12 +14,13 @@ from django.utils import timezone
 
 from governance import queue as governance_queue
 from inference import queue
-from governance.audit import audit_record
+from access.audit import audit_record
 from governance.models import Alert
 from inference.models import Deployment, GpuQuota
 from licensing.eu_multimodal import LEVEL as EU_MULTIMODAL
 from licensing.eu_multimodal import eu_multimodal_refusal
-from licensing.models import BaseModel, LicenceVersion, Organisation, Product
+from licensing.models import BaseModel, LicenceVersion, Product
+from access.models import Organisation
 from licensing.selectors import organisation_exemption
 
 logger = logging.getLogger(__name__)

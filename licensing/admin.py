@@ -1,20 +1,9 @@
 from django import forms
 from django.contrib import admin, messages
 
-from governance.audit import audit_record
-from licensing.models import (
-    AffiliateGroup,
-    BaseModel,
-    Exemption,
-    GroupAdmin,
-    Invitation,
-    LicenceAcceptance,
-    LicenceVersion,
-    Membership,
-    MetaGrant,
-    Organisation,
-    Product,
-)
+from access.audit import audit_record
+from licensing.models import BaseModel, Exemption, LicenceAcceptance, LicenceVersion, MetaGrant, Product
+from access.models import AffiliateGroup, GroupAdmin, Invitation, Membership, Organisation
 from licensing.services import organisation_domicile_set, product_check
 
 

@@ -24,7 +24,7 @@ _VERSION_FIELDS = (
     "aup_sha256",
 )
 
-# governance.audit.audit_record's signature; passed in so the data migration and the command share this code.
+# access.audit.audit_record's signature; passed in so the data migration and the command share this code.
 AuditWriter = Callable[..., Any]
 
 

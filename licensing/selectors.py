@@ -7,18 +7,19 @@ from dataclasses import dataclass
 
 from django.db.models import Exists, F, Max, OuterRef, Q, QuerySet
 
-from licensing.models import (
-    AffiliateGroup,
-    Exemption,
-    GroupAdmin,
-    LicenceAcceptance,
-    LicenceVersion,
-    Membership,
-    MetaGrant,
-    Organisation,
-    Product,
-)
+from access.models import AffiliateGroup, GroupAdmin, Membership, Organisation
+from access.principals import Principal
+from licensing.models import Exemption, LicenceAcceptance, LicenceVersion, MetaGrant, Product
 from licensing.obligations import Obligations, product_obligations
+
+
+def products_writable(*, principal: Principal, organisation_ids: list[int]) -> QuerySet[Product]:
+    """The products a write may name: those of ``organisation_ids`` (where the caller holds the write scope),
+    and only the bound product for a product-bound key (any other id is "does not exist")."""
+    products = Product.objects.filter(organisation__in=organisation_ids)
+    if principal.bound_product_id:
+        products = products.filter(pk=principal.bound_product_id)
+    return products
 
 
 @dataclass(frozen=True)

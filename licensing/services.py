@@ -22,21 +22,11 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.text import slugify
 
-from governance.audit import audit_record
+from access.audit import audit_record
+from access.models import AffiliateGroup, GroupAdmin, Invitation, Membership, Organisation
+from licensing import signals
 from licensing.eu_multimodal import eu_multimodal_refusal
-from licensing.models import (
-    AffiliateGroup,
-    BaseModel,
-    Exemption,
-    GroupAdmin,
-    Invitation,
-    LicenceAcceptance,
-    LicenceVersion,
-    Membership,
-    MetaGrant,
-    Organisation,
-    Product,
-)
+from licensing.models import BaseModel, Exemption, LicenceAcceptance, LicenceVersion, MetaGrant, Product
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +42,11 @@ def _unique_slug(model: type, name: str) -> str:
 
 def group_get_or_create(*, name: str) -> tuple[AffiliateGroup, bool]:
     """The named group, created with its default alert and enforcement policy when it does not exist."""
-    from governance.services.evaluation import group_policy_get
-
     group = AffiliateGroup.objects.filter(name=name).first()
     if group:
         return group, False
     group = AffiliateGroup.objects.create(name=name, slug=_unique_slug(AffiliateGroup, name))
-    group_policy_get(group=group)
+    signals.group_created.send(sender=AffiliateGroup, group=group)
     return group, True
 
 
@@ -127,11 +115,9 @@ def organisation_domicile_set(*, organisation: Organisation, eu_domiciled: objec
 
 
 def _deployments_drain(organisation: Organisation, actor: str) -> list[Any]:
-    # The pool sits above licensing; its drain is called, not imported at module level, as the evaluation is
-    # (``_evaluation_schedule``), so licensing still loads without it.
-    from inference.services import deployments_drain_eu_multimodal
-
-    return deployments_drain_eu_multimodal(organisation=organisation, actor=actor)
+    # The pool sits above licensing and drains through a receiver (inference/receivers.py).
+    responses = signals.organisation_in_eu.send(sender=Organisation, organisation=organisation, actor=actor)
+    return [deployment for _receiver, drained in responses for deployment in drained]
 
 
 EVIDENCE_NEEDED = ("An exemption needs its evidence: what shows the organisation receives Llama only as part of "
@@ -473,11 +459,9 @@ def grant_record(
 
 
 def _evaluation_schedule(group_id: int) -> None:
-    from governance.services.evaluation import evaluation_schedule  # governance builds on licensing
-
     # Urgent: the gateway must serve (or stop serving) within seconds of a grant, even while activity keeps
-    # an evaluation of the group looping at its 5-second spacing.
-    evaluation_schedule(group_id=group_id, urgent=True)
+    # an evaluation of the group looping at its 5-second spacing. Governance evaluates (governance/receivers.py).
+    signals.group_judgement_changed.send(sender=AffiliateGroup, group_id=group_id, urgent=True)
 
 
 # --- members ------------------------------------------------------------------------------------------------

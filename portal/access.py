@@ -23,9 +23,9 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404
 
-from governance.models import Scope
-from governance.principals import ROLE_SCOPES, Principal, principal_for_user
-from licensing.models import AffiliateGroup, Organisation
+from access.models import Scope
+from access.principals import ROLE_SCOPES, Principal, principal_for_user
+from access.models import AffiliateGroup, Organisation
 
 ALL_SCOPES = frozenset(Scope.values)
 

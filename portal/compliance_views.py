@@ -12,7 +12,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods
 
-from governance.models import DeclarationProposal, DeclaredFigure, Scope
+from governance.models import DeclarationProposal, DeclaredFigure
+from access.models import Scope
 from governance.services import evaluation as evaluation_services
 from licensing import services as licensing_services
 from licensing.models import MetaGrant

@@ -10,10 +10,12 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 
-from governance.models import CountingBasis, GroupPolicy, OnUnknown, Scope
+from governance.models import CountingBasis, GroupPolicy, OnUnknown
+from access.models import Scope
 from inference.models import Deployment
 from inference.services import DTYPES, QUANTIZATIONS
-from licensing.models import BaseModel, LicenceVersion, Membership, Organisation, Product
+from licensing.models import BaseModel, LicenceVersion, Product
+from access.models import Membership, Organisation
 
 
 class DateInput(forms.DateInput):

@@ -13,8 +13,8 @@ from django.forms.utils import ErrorDict
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from governance.audit import audit_record
-from licensing.models import Organisation
+from access.audit import audit_record
+from access.models import Organisation
 
 LOCKED_OUT = ("Too many failed log-ins for this account or from this address: log-ins are paused for "
               "{minutes} minutes after the last failed attempt, even with the right password. Try again later, "

@@ -22,7 +22,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
-from governance.models import Scope
+from access.models import Scope
 from inference.api.serializers import QuotaSerializer
 from inference.models import Deployment, DeploymentState, GpuQuota, Replica, ReplicaState, TokenUsage
 from inference.models import replica_key

@@ -16,7 +16,8 @@ from governance.models import Alert, ComplianceStatus, EvaluationRule, GroupFore
 from governance.selectors import Count as MauCount
 from governance.selectors import daily_series, mau_month, mau_month_many
 from inference.models import GPU, GpuAllocation, Replica, ReplicaState
-from licensing.models import AffiliateGroup, Invitation, LicenceVersion, Organisation, Product
+from licensing.models import LicenceVersion, Product
+from access.models import AffiliateGroup, Invitation, Organisation
 from licensing.months import month_start, previous_month
 from portal.charts import Point
 

@@ -25,10 +25,17 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from governance.api.compliance import PolicySerializer
-from governance.audit import audit_events_visible, audit_verify_cached
-from governance.models import (Alert, ApiKey, AuditEvent, ComplianceStatus, EvaluationRule, GroupForecast, Scope,
-                               WebhookDelivery, WebhookEndpoint)
-from governance.services import api_key_create, api_key_revoke
+from access.audit import audit_events_visible, audit_verify_cached
+from governance.models import (
+    Alert,
+    ComplianceStatus,
+    EvaluationRule,
+    GroupForecast,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+from access.models import ApiKey, AuditEvent, Scope
+from access.keys import api_key_create, api_key_revoke
 from governance.services import evaluation as evaluation_services
 from governance.services import webhooks as webhook_services
 from governance.selectors import mau_month_many
@@ -36,7 +43,8 @@ from inference import services as inference_services
 from inference.models import Deployment, GpuAllocation, Node, Replica
 from licensing import selectors as licensing_selectors
 from licensing import services as licensing_services
-from licensing.models import GroupAdmin, Invitation, LicenceAcceptance, Membership, Organisation, Product
+from licensing.models import LicenceAcceptance, Product
+from access.models import GroupAdmin, Invitation, Membership, Organisation
 from licensing.months import month_start, previous_month
 from licensing.obligations import NOTICE_FILENAME, notice_file_text
 from portal import forms, pool_views

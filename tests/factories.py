@@ -5,8 +5,9 @@ from __future__ import annotations
 import factory
 from django.contrib.auth import get_user_model
 
-from governance.services import api_key_create
-from licensing.models import AffiliateGroup, LicenceVersion, Membership, Organisation, Product
+from access.keys import api_key_create
+from licensing.models import LicenceVersion, Product
+from access.models import AffiliateGroup, Membership, Organisation
 
 
 class GroupFactory(factory.django.DjangoModelFactory):

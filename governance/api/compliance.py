@@ -17,12 +17,11 @@ from rest_framework.response import Response
 
 from config.fields import MonthField
 from governance import evidence
-from governance.api.tenancy import GroupTenancy, TenantViewSet
-from governance.audit import audit_events_visible, audit_verify_cached
+from access.api.tenancy import GroupTenancy, TenantViewSet
+from access.audit import audit_events_visible, audit_verify_cached
 from governance.models import (
     AccessDecision,
     Alert,
-    AuditEvent,
     ComplianceStatus,
     CoverageAttestation,
     DeclarationProposal,
@@ -30,13 +29,13 @@ from governance.models import (
     DeliveryAttempt,
     GroupForecast,
     GroupPolicy,
-    Scope,
     StatusChange,
     WebhookDelivery,
     WebhookEndpoint,
 )
+from access.models import AuditEvent, Scope
 from governance.services import evaluation as evaluation_services
-from licensing.models import AffiliateGroup, Organisation
+from access.models import AffiliateGroup, Organisation
 
 # --- serializers --------------------------------------------------------------------------------------------
 

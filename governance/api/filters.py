@@ -1,6 +1,6 @@
 
 from config.filters import BooleanFilter, FilterSet
-from governance.models import ApiKey
+from access.models import ApiKey
 
 
 class ApiKeyFilter(FilterSet):

@@ -18,8 +18,9 @@ from rest_framework.response import Response
 from config.filters import iso_date
 from governance import selectors, sketches
 from governance.api.activity_input import ActivityInputRefused, activity_input
-from governance.api.tenancy import SAFE_METHODS, GroupTenancy, TenantViewSet
-from governance.models import ProductMeteringPolicy, Scope
+from access.api.tenancy import SAFE_METHODS, GroupTenancy, TenantViewSet
+from governance.models import ProductMeteringPolicy
+from access.models import Scope
 from governance.services import IdempotencyConflict, activity_ingest, sketch_ingest
 from governance.services import evaluation as evaluation_services
 from governance.services.metering import (
@@ -29,7 +30,8 @@ from governance.services.metering import (
     product_metering_policy_update,
     request_fingerprint,
 )
-from licensing.models import AffiliateGroup, Organisation, Product
+from licensing.models import Product
+from access.models import AffiliateGroup, Organisation
 
 MAX_SERIES_DAYS = 400
 

@@ -5,7 +5,9 @@ from typing import Any
 from django.utils import timezone
 from rest_framework import serializers
 
-from governance.models import ApiKey, Scope
+from licensing.selectors import products_writable
+
+from access.models import ApiKey, Scope
 from licensing.api.serializers import TenantCreateMixin, TenantOrganisationField
 from licensing.models import Product
 
@@ -44,7 +46,8 @@ class ApiKeyCreateSerializer(TenantCreateMixin, serializers.Serializer):
         super().__init__(*args, **kwargs)
         view = self.context.get("view")
         if view is not None and not getattr(view, "swagger_fake_view", False):
-            self.fields["product"].queryset = view.writable_products()
+            self.fields["product"].queryset = products_writable(
+                principal=view.principal, organisation_ids=view.writable_organisation_ids())
 
     def validate_expires_at(self, value: Any) -> Any:
         if value is not None and value <= timezone.now():

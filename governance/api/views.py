@@ -10,11 +10,11 @@ from rest_framework.exceptions import APIException, PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from governance import services
+from access import keys
 from governance.api.filters import ApiKeyFilter
 from governance.api.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeySerializer
-from governance.api.tenancy import TenantViewSet
-from governance.models import ApiKey, Scope
+from access.api.tenancy import TenantViewSet
+from access.models import ApiKey, Scope
 
 
 class ApiKeyViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
@@ -44,7 +44,7 @@ class ApiKeyViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMi
         if beyond:
             raise PermissionDenied(f"This credential cannot grant scopes it does not hold: {', '.join(beyond)}.")
         try:
-            api_key, full_key = services.api_key_create(created_by=principal.label, **data)
+            api_key, full_key = keys.api_key_create(created_by=principal.label, **data)
         except ValueError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         api_key.key = full_key  # type: ignore[attr-defined]
@@ -54,7 +54,7 @@ class ApiKeyViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMi
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, pk: str | None = None) -> Response:
         """Revoke the key at once; revoking twice is harmless. A key cannot revoke itself (409)."""
-        api_key = services.api_key_revoke(api_key=self.key_to_revoke(), revoked_by=self.principal.label)
+        api_key = keys.api_key_revoke(api_key=self.key_to_revoke(), revoked_by=self.principal.label)
         return Response(ApiKeySerializer(api_key).data)
 
     @extend_schema(request=None, responses={204: None})
@@ -62,7 +62,7 @@ class ApiKeyViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMi
         """Revoke the key and take it out of the API: its URL then answers 404 and it is no longer listed. The
         record stays, for the audit trail (the portal's key list shows it revoked). A key cannot delete
         itself (409)."""
-        services.api_key_delete(api_key=self.key_to_revoke(), deleted_by=self.principal.label)
+        keys.api_key_delete(api_key=self.key_to_revoke(), deleted_by=self.principal.label)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     def key_to_revoke(self) -> ApiKey:

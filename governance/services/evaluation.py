@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from governance import evaluation as rules
 from governance import queue
-from governance.audit import audit_record
+from access.audit import audit_record
 from governance.models import (
     AccessDecision,
     ActivityPart,
@@ -36,7 +36,8 @@ from governance.models import (
     StatusChange,
 )
 from governance.selectors import daily_series, mau_month, mau_month_many, mau_rolling
-from licensing.models import AffiliateGroup, BaseModel, LicenceVersion, Membership, Organisation, Product
+from licensing.models import BaseModel, LicenceVersion, Product
+from access.models import AffiliateGroup, Membership, Organisation
 from licensing.months import month_end, month_start, previous_month
 from licensing.selectors import acceptance_state, grants_in_force, group_exemptions, organisation_exemption
 

@@ -256,7 +256,7 @@ def _utf8_encodable(value: str) -> bool:
 
 def product_metering_policy_update(*, policy: ProductMeteringPolicy, actor: str,
                                    **changes: object) -> ProductMeteringPolicy:
-    from governance.audit import audit_record
+    from access.audit import audit_record
 
     with transaction.atomic():
         policy, _ = ProductMeteringPolicy.objects.update_or_create(product=policy.product, defaults=changes)

@@ -23,9 +23,10 @@ from django.db.models import Q
 from django.utils import timezone
 
 from governance import queue, sketches
-from governance.audit import audit_record
+from access.audit import audit_record
 from governance.models import ActivityPart, Alert, Rollup
-from licensing.models import AffiliateGroup, Organisation, Product
+from licensing.models import Product
+from access.models import AffiliateGroup, Organisation
 from licensing.months import month_end, month_start
 
 logger = logging.getLogger(__name__)

@@ -24,9 +24,9 @@ from django.db.models import F
 from django.utils import timezone
 
 from governance import queue, webhooks
-from governance.audit import audit_record
+from access.audit import audit_record
 from governance.models import Alert, DeliveryAttempt, GroupPolicy, WebhookDelivery, WebhookEndpoint
-from licensing.models import AffiliateGroup
+from access.models import AffiliateGroup
 
 logger = logging.getLogger(__name__)
 

@@ -4,6 +4,8 @@ from typing import Any
 
 from rest_framework import serializers
 
+from licensing.selectors import products_writable
+
 from config.fields import SlugRelatedField
 
 from inference.models import GPU, Deployment, GatewayLimit, GpuQuota, Node, Replica, TokenUsage
@@ -56,7 +58,8 @@ class DeploymentSerializer(TenantCreateMixin, serializers.ModelSerializer):
         super().__init__(*args, **kwargs)
         view = self.context.get("view")
         if view is not None and not getattr(view, "swagger_fake_view", False):
-            self.fields["product"].queryset = view.writable_products()
+            self.fields["product"].queryset = products_writable(
+                principal=view.principal, organisation_ids=view.writable_organisation_ids())
 
 
 class ScaleSerializer(serializers.Serializer):

@@ -11,8 +11,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.filters import DateFilter, FilterSet, IntegerFilter
-from governance.api.tenancy import TenantViewSet
-from governance.principals import principal_of
+from access.api.tenancy import TenantViewSet
+from access.principals import principal_of
 from inference import services
 from inference.api.serializers import (
     DeploymentSerializer,

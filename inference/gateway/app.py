@@ -29,12 +29,9 @@ import asyncio
 import atexit
 import contextlib
 import functools
-import hashlib
-import hmac
 import itertools
 import logging
 import os
-import time
 from typing import Any
 
 import aiohttp
@@ -42,6 +39,8 @@ import orjson
 from concurrent.futures import ThreadPoolExecutor
 from django.conf import settings
 
+from access.keys import KeyRejected, key_cache, key_prefix, key_verify
+from access.models import Scope
 from config.observability import LIMITER_ERRORS, REQUEST_ID, count_refusal
 from inference.gateway.directory import BackendUnavailable, DeploymentInfo, Directory, KeyInfo
 from inference.gateway.limits import LimiterUnavailable, LocalLimiter, RedisLimiter
@@ -59,7 +58,9 @@ TOKEN_FIELDS = {"chat": ("max_tokens", "max_completion_tokens"), "text": ("max_t
 # The Responses API's stream events that end a response; each carries the response with its usage.
 _FINAL_RESPONSE_EVENTS = (b"response.completed", b"response.incomplete", b"response.failed")
 _JSON = (b"content-type", b"application/json")
-_ZERO_HASH = "0" * 64
+# What a refused key is for an OpenAI client: status and code.
+_KEY_REFUSALS = {"invalid": (401, "invalid_api_key"), "revoked": (401, "invalid_api_key"),
+                 "expired": (401, "invalid_api_key"), "suspended": (403, "organisation_suspended")}
 MAX_SSE_LINE = 8 * 1024 * 1024  # one event of vLLM's stream (prompt logprobs make long ones)
 
 
@@ -242,38 +243,33 @@ class Gateway:
     # --- the steps ------------------------------------------------------------------------------------------
 
     async def authenticate(self, scope: dict[str, Any]) -> tuple[KeyInfo, dict[bytes, bytes]]:
+        """The caller's key, verified by the one verifier (access/keys.py) against the one key cache."""
         headers = dict(scope["headers"])
         auth = headers.get(b"authorization", b"")
         if auth[:7].lower() != b"bearer ":
             raise GatewayError(401, "No API key provided: send it as 'Authorization: Bearer <key>'.",
                                type="invalid_request_error", code="invalid_api_key")
         presented = auth[7:].strip()
-        prefix, dot, _ = presented.partition(b".")
-        key = None
-        if dot and prefix.startswith(b"crl_") and len(prefix) <= 16:
-            try:
-                name = prefix.decode("ascii")
-                key = self.directory.fresh(("key", name)) or await self.directory.key(name)
-            except BackendUnavailable as exc:
-                raise _unavailable("database") from exc
-            except UnicodeDecodeError:
-                key = None
-        # Hash and compare even when no key has this prefix, so timing does not tell which prefixes exist.
-        digest = hashlib.sha256(presented).hexdigest()
-        matched = hmac.compare_digest(digest, key.key_hash if key else _ZERO_HASH)  # also for an unknown prefix
-        if key is None or not matched:
-            raise GatewayError(401, "Incorrect API key provided.", code="invalid_api_key")
-        if key.revoked:
-            raise GatewayError(401, "This API key has been revoked.", code="invalid_api_key")
-        if key.expires_at is not None and key.expires_at.timestamp() <= time.time():
-            raise GatewayError(401, "This API key has expired.", code="invalid_api_key")
-        if not key.inference:
+        prefix = key_prefix(presented)
+        row = None
+        try:
+            if prefix is not None:
+                hit, row = key_cache.cached(prefix)
+                if not hit:
+                    row = await self.directory.key_row(prefix)
+            row = key_verify(presented, row)
+            limits = self.directory.fresh(("limits", row.organisation_id)) or \
+                await self.directory.limits(row.organisation_id)
+        except BackendUnavailable as exc:
+            raise _unavailable("database") from exc
+        except KeyRejected as exc:
+            status, code = _KEY_REFUSALS[exc.reason]
+            raise GatewayError(status, str(exc), type="invalid_request_error" if status == 401 else
+                               "permission_error", code=code) from None
+        if Scope.INFERENCE not in row.scopes:
             raise GatewayError(403, "This API key lacks the 'inference' scope needed to call models.",
                                type="permission_error", code="insufficient_scope")
-        if not key.organisation_active:
-            raise GatewayError(403, "The organisation is suspended.", type="permission_error",
-                               code="organisation_suspended")
-        return key, headers
+        return self.directory.key_info(row, limits), headers
 
     async def _deployment(self, key: KeyInfo, model: str) -> DeploymentInfo:
         try:

@@ -1,9 +1,11 @@
 """What the gateway needs to know on every request, read from the database and cached in this process.
 
-Keys, the deployments a key may name, and licence decisions are looked up with the ORM in a small thread
-pool and kept for GATEWAY_CACHE_SECONDS, so a request normally costs no query at all, and a change (a key
-revoked, a deployment scaled, a group's status turning `over`, a Meta grant, an organisation's move into the
-EU) applies within that time in every gateway process. Concurrent requests for the same missing entry share one lookup. A lookup that fails
+Keys come from the one key cache every surface shares (access/keys.py, API_KEY_CACHE_SECONDS); the gateway
+only loads a missing one through its own threads. The deployments a key may name, its organisation's limits
+and licence decisions are looked up with the ORM in a small thread pool and kept for GATEWAY_CACHE_SECONDS, so
+a request normally costs no query at all, and a change (a deployment scaled, a group's status turning `over`,
+a Meta grant) applies within that time in every gateway process (a key revoked or an organisation's move into
+the EU: within API_KEY_CACHE_SECONDS). Concurrent requests for the same missing entry share one lookup. A lookup that fails
 or takes longer than GATEWAY_BACKEND_TIMEOUT_SECONDS raises ``BackendUnavailable``: the gateway answers 503
 rather than serve from an expired entry (fail closed).
 """
@@ -11,7 +13,6 @@ rather than serve from an expired entry (fail closed).
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,22 +33,32 @@ class BackendUnavailable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class KeyInfo:
+    """A verified key as the gateway uses it: its tenant, and the limits of key and organisation."""
+
     id: int
-    prefix: str
-    key_hash: str
     organisation_id: int
-    organisation_active: bool
-    organisation_eu_domiciled: bool  # the EU clause of the 3.2 / 3.3 / 4 AUPs, refreshed with the key
+    organisation_eu_domiciled: bool  # the EU clause of the 3.2 / 3.3 / 4 AUPs, refreshed with the key's row
     group_id: int
     product_id: int | None
-    inference: bool
-    revoked: bool
-    expires_at: dt.datetime | None
     default_user: str
     key_limits: Limits
     org_limits: Limits
     max_tokens: int
     max_n: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrganisationLimits:
+    """An organisation's gateway limits (inference.GatewayLimit); None takes the setting's default."""
+
+    key_requests_per_minute: int | None = None
+    key_tokens_per_minute: int | None = None
+    key_max_concurrent: int | None = None
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_concurrent: int | None = None
+    max_tokens: int | None = None
+    max_n: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,42 +98,55 @@ def _close_connections() -> None:
         connection.close()  # back to the pool
 
 
-def load_key(prefix: str) -> KeyInfo | None:
-    from governance.models import ApiKey, Scope
-    from inference.models import GatewayLimit
-    from licensing.models import Organisation
+def load_key_row(prefix: str) -> Any:
+    """The key's row through the one key cache (access/keys.py), on a gateway thread."""
+    from access.keys import key_cache
 
     close_old_connections()
     try:
-        key = ApiKey.objects.select_related("organisation").filter(prefix=prefix).first()
-        if key is None:
-            return None
-        org_limit = GatewayLimit.objects.filter(organisation_id=key.organisation_id).first()
-
-        def pick(own: int | None, org_value: int | None, default: int) -> int:
-            return own if own is not None else (org_value if org_value is not None else default)
-
-        ol = org_limit or GatewayLimit()
-        return KeyInfo(
-            id=key.pk, prefix=key.prefix, key_hash=key.key_hash, organisation_id=key.organisation_id,
-            organisation_active=key.organisation.status == Organisation.Status.ACTIVE,
-            organisation_eu_domiciled=key.organisation.eu_domiciled,
-            group_id=key.organisation.group_id, product_id=key.product_id,
-            inference=Scope.INFERENCE in key.scopes, revoked=key.revoked_at is not None, expires_at=key.expires_at,
-            default_user=key.default_user,
-            key_limits=Limits(
-                pick(key.requests_per_minute, ol.key_requests_per_minute, settings.GATEWAY_KEY_REQUESTS_PER_MINUTE),
-                pick(key.tokens_per_minute, ol.key_tokens_per_minute, settings.GATEWAY_KEY_TOKENS_PER_MINUTE),
-                pick(key.max_concurrent, ol.key_max_concurrent, settings.GATEWAY_KEY_MAX_CONCURRENT)),
-            org_limits=Limits(
-                pick(None, ol.requests_per_minute, settings.GATEWAY_ORG_REQUESTS_PER_MINUTE),
-                pick(None, ol.tokens_per_minute, settings.GATEWAY_ORG_TOKENS_PER_MINUTE),
-                pick(None, ol.max_concurrent, settings.GATEWAY_ORG_MAX_CONCURRENT)),
-            max_tokens=pick(None, ol.max_tokens, settings.GATEWAY_MAX_TOKENS),
-            max_n=pick(None, ol.max_n, settings.GATEWAY_MAX_N),
-        )
+        return key_cache.load(prefix)
     finally:
         _close_connections()
+
+
+def load_limits(organisation_id: int) -> OrganisationLimits:
+    from inference.models import GatewayLimit
+
+    close_old_connections()
+    try:
+        row = GatewayLimit.objects.filter(organisation_id=organisation_id).first()
+        if row is None:
+            return OrganisationLimits()
+        return OrganisationLimits(
+            key_requests_per_minute=row.key_requests_per_minute, key_tokens_per_minute=row.key_tokens_per_minute,
+            key_max_concurrent=row.key_max_concurrent, requests_per_minute=row.requests_per_minute,
+            tokens_per_minute=row.tokens_per_minute, max_concurrent=row.max_concurrent,
+            max_tokens=row.max_tokens, max_n=row.max_n)
+    finally:
+        _close_connections()
+
+
+def _pick(own: int | None, organisation_value: int | None, default: int) -> int:
+    return own if own is not None else (organisation_value if organisation_value is not None else default)
+
+
+def key_info(key: Any, limits: OrganisationLimits) -> KeyInfo:
+    """What the gateway uses of a verified key row: a key's own limit, else its organisation's, else the
+    setting's."""
+    return KeyInfo(
+        id=key.pk, organisation_id=key.organisation_id, organisation_eu_domiciled=key.organisation.eu_domiciled,
+        group_id=key.organisation.group_id, product_id=key.product_id, default_user=key.default_user,
+        key_limits=Limits(
+            _pick(key.requests_per_minute, limits.key_requests_per_minute, settings.GATEWAY_KEY_REQUESTS_PER_MINUTE),
+            _pick(key.tokens_per_minute, limits.key_tokens_per_minute, settings.GATEWAY_KEY_TOKENS_PER_MINUTE),
+            _pick(key.max_concurrent, limits.key_max_concurrent, settings.GATEWAY_KEY_MAX_CONCURRENT)),
+        org_limits=Limits(
+            _pick(None, limits.requests_per_minute, settings.GATEWAY_ORG_REQUESTS_PER_MINUTE),
+            _pick(None, limits.tokens_per_minute, settings.GATEWAY_ORG_TOKENS_PER_MINUTE),
+            _pick(None, limits.max_concurrent, settings.GATEWAY_ORG_MAX_CONCURRENT)),
+        max_tokens=_pick(None, limits.max_tokens, settings.GATEWAY_MAX_TOKENS),
+        max_n=_pick(None, limits.max_n, settings.GATEWAY_MAX_N),
+    )
 
 
 def _deployment_info(deployment: Any) -> DeploymentInfo:
@@ -159,7 +183,8 @@ def load_deployments(organisation_id: int) -> dict[str, DeploymentInfo]:
 
 def load_gate(organisation_id: int, licence_version_id: int) -> Gate:
     from governance.services.evaluation import access_check
-    from licensing.models import LicenceVersion, Organisation
+    from licensing.models import LicenceVersion
+    from access.models import Organisation
 
     close_old_connections()
     try:
@@ -183,18 +208,24 @@ class Directory:
         self.key_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-keys")
         self._entries: dict[Any, tuple[Any, float]] = {}
         self._inflight: dict[Any, asyncio.Future[Any]] = {}
+        # A verified key's KeyInfo, rebuilt only when its row (a new one after each key-cache refresh) or its
+        # organisation's limits change: a derived value, never what decides whether the key is valid.
+        self._key_infos: dict[int, tuple[Any, OrganisationLimits, KeyInfo]] = {}
 
-    async def _get(self, cache_key: Any, load: Callable[..., T], *args: Any, executor: Any = None) -> T:
-        entry = self._entries.get(cache_key)
-        if entry is not None and entry[1] > time.monotonic():
-            return entry[0]
+    async def _get(self, cache_key: Any, load: Callable[..., T], *args: Any, executor: Any = None,
+                   store: bool = True) -> T:
+        if store:
+            entry = self._entries.get(cache_key)
+            if entry is not None and entry[1] > time.monotonic():
+                return entry[0]
         future = self._inflight.get(cache_key)
         if future is None:
-            future = asyncio.ensure_future(self._load(cache_key, load, *args, executor=executor))
+            future = asyncio.ensure_future(self._load(cache_key, load, *args, executor=executor, store=store))
             self._inflight[cache_key] = future
         return await asyncio.shield(future)
 
-    async def _load(self, cache_key: Any, load: Callable[..., T], *args: Any, executor: Any = None) -> T:
+    async def _load(self, cache_key: Any, load: Callable[..., T], *args: Any, executor: Any = None,
+                    store: bool = True) -> T:
         try:
             loop = asyncio.get_running_loop()
             value = await asyncio.wait_for(loop.run_in_executor(executor or self.executor, load, *args),
@@ -204,7 +235,7 @@ class Directory:
             raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
         finally:
             self._inflight.pop(cache_key, None)
-        if self.ttl > 0:
+        if store and self.ttl > 0:
             if len(self._entries) > 50_000:  # only expired entries go: a flood of unknown keys evicts no tenant
                 now = time.monotonic()
                 for stale in [k for k, (_, until) in self._entries.items() if until <= now]:
@@ -217,8 +248,23 @@ class Directory:
         entry = self._entries.get(cache_key)
         return entry[0] if entry is not None and entry[1] > time.monotonic() else None
 
-    def key(self, prefix: str) -> Awaitable[KeyInfo | None]:
-        return self._get(("key", prefix), load_key, prefix, executor=self.key_executor)
+    def key_row(self, prefix: str) -> Awaitable[Any]:
+        """Load a key the key cache does not hold (it keeps it; this keeps nothing), one lookup per prefix in
+        flight, on threads of its own: a flood of made-up keys cannot starve the other lookups."""
+        return self._get(("key", prefix), load_key_row, prefix, executor=self.key_executor, store=False)
+
+    def limits(self, organisation_id: int) -> Awaitable[OrganisationLimits]:
+        return self._get(("limits", organisation_id), load_limits, organisation_id)
+
+    def key_info(self, key: Any, limits: OrganisationLimits) -> KeyInfo:
+        memo = self._key_infos.get(key.pk)
+        if memo is not None and memo[0] is key and memo[1] is limits:
+            return memo[2]
+        if len(self._key_infos) > 50_000:
+            self._key_infos.clear()
+        info = key_info(key, limits)
+        self._key_infos[key.pk] = (key, limits, info)
+        return info
 
     def deployments(self, organisation_id: int) -> Awaitable[dict[str, DeploymentInfo]]:
         return self._get(("deployments", organisation_id), load_deployments, organisation_id)
@@ -228,7 +274,12 @@ class Directory:
                          licence_version_id)
 
     def forget(self) -> None:
+        """Forget everything this process knows, keys included."""
+        from access.keys import key_cache
+
         self._entries.clear()
+        self._key_infos.clear()
+        key_cache.clear()
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

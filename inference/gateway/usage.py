@@ -81,7 +81,7 @@ class UsageMeter:
                 METERING_FLUSH_BACKLOG.set(self.pending())
 
     def _flush(self) -> int:
-        from governance.models import ApiKey
+        from access.models import ApiKey
         from inference.models import TokenUsage
 
         with self._lock:

@@ -1,7 +1,8 @@
 import django_filters
 
 from config.filters import BooleanFilter, DateFilter, DateTimeFilter, FilterSet
-from licensing.models import AffiliateGroup, LicenceAcceptance, LicenceVersion, MetaGrant, Organisation, Product
+from licensing.models import LicenceAcceptance, LicenceVersion, MetaGrant, Product
+from access.models import AffiliateGroup, Organisation
 
 
 class LicenceVersionFilter(FilterSet):

@@ -6,19 +6,19 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from licensing.selectors import products_writable
+
 from config.fields import SlugRelatedField
 from licensing.models import (
-    AffiliateGroup,
     BaseModel,
     Exemption,
-    GroupAdmin,
     LicenceAcceptance,
     LicenceVersion,
     MetaGrant,
-    Organisation,
     Product,
     sha256_validator,
 )
+from access.models import AffiliateGroup, GroupAdmin, Organisation
 from licensing.services import EVIDENCE_NEEDED, SUPPLIER_NEEDED
 
 
@@ -178,7 +178,8 @@ class AcceptanceSerializer(TenantCreateMixin, serializers.ModelSerializer):
         super().__init__(*args, **kwargs)
         view = self.context.get("view")
         if view is not None and not getattr(view, "swagger_fake_view", False):
-            self.fields["product"].queryset = view.writable_products()
+            self.fields["product"].queryset = products_writable(
+                principal=view.principal, organisation_ids=view.writable_organisation_ids())
 
 
 class GrantSerializer(serializers.ModelSerializer):

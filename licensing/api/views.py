@@ -13,8 +13,8 @@ from rest_framework.exceptions import NotFound, PermissionDenied, ValidationErro
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from governance.api.tenancy import GroupTenancy, TenantViewSet
-from governance.principals import principal_of
+from access.api.tenancy import GroupTenancy, TenantViewSet
+from access.principals import principal_of
 from licensing import selectors, services
 from licensing.api import filters
 from licensing.api.serializers import (
@@ -33,8 +33,9 @@ from licensing.api.serializers import (
     OrganisationSerializer,
     ProductSerializer,
 )
-from governance.models import Scope
-from licensing.models import AffiliateGroup, GroupAdmin, LicenceAcceptance, LicenceVersion, MetaGrant, Organisation, Product
+from access.models import Scope
+from licensing.models import LicenceAcceptance, LicenceVersion, MetaGrant, Product
+from access.models import AffiliateGroup, GroupAdmin, Organisation
 from licensing.obligations import NOTICE_FILENAME, check_derived_model_name, notice_file_text
 
 
@@ -256,7 +257,7 @@ class GrantViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin, mixins.Re
     permission_classes = [IsStaffForWrites]
 
     def get_permissions(self) -> list[Any]:
-        from governance.permissions import HasTenantScope
+        from access.permissions import HasTenantScope
 
         if self.request.method in permissions.SAFE_METHODS:
             return [HasTenantScope(), IsStaffForWrites()]

@@ -21,8 +21,8 @@ def main() -> None:
     import django
 
     django.setup()
-    from governance.models import ApiKey
-    from governance.services import api_key_create
+    from access.models import ApiKey
+    from access.keys import api_key_create
     from inference.models import Deployment, GatewayLimit, Replica, ReplicaState
     from inference.models import replica_key
     from licensing.models import BaseModel, LicenceVersion

@@ -21,12 +21,12 @@ from governance.models import (
     ActivityPart,
     Alert,
     AlertLevelState,
-    AuditEvent,
     ComplianceStatus,
     GroupForecast,
     GroupPolicy,
     StatusChange,
 )
+from access.models import AuditEvent
 from governance.services import activity_ingest, metering_compact_step
 from governance.services.evaluation import (
     access_check,
@@ -36,7 +36,8 @@ from governance.services.evaluation import (
     group_policy_get,
     group_policy_update,
 )
-from licensing.models import AffiliateGroup, LicenceVersion, Membership, Organisation, Product
+from licensing.models import LicenceVersion, Product
+from access.models import AffiliateGroup, Membership, Organisation
 from licensing.services import grant_record, licence_accept
 from tests.factories import GroupFactory, MembershipFactory, OrganisationFactory, ProductFactory, UserFactory, licence
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from rest_framework.test import APIClient
 
-from governance.models import ApiKey, AuditEvent
+from access.models import ApiKey, AuditEvent
 from tests.factories import ProductFactory
 
 pytestmark = pytest.mark.django_db

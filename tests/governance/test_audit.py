@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from governance.audit import GENESIS_HASH, _entry_hash, _hashed_fields, audit_record, audit_verify
-from governance.models import AuditEvent
+from access.audit import GENESIS_HASH, _entry_hash, _hashed_fields, audit_record, audit_verify
+from access.models import AuditEvent
 from tests.factories import OrganisationFactory
 
 pytestmark = pytest.mark.django_db

@@ -168,11 +168,11 @@ def test_a_database_that_does_not_answer_is_a_503_like_the_rest_of_the_api(monke
     def refused(*args, **kwargs):
         raise OperationalError("couldn't get a connection after 2.00 sec")
 
-    monkeypatch.setattr("governance.services.api_key_authenticate", refused)
+    monkeypatch.setattr("access.keys.api_key_authenticate", refused)
     response = post(f"/api/v1/products/{product.pk}/activity", {"day": DAY.isoformat(), "user_ids": [1]}, key)
     assert response.status_code == 503 and response.headers["retry-after"] == "2"
     assert "not answering" in response.json()["detail"]
-    monkeypatch.setattr("governance.authentication.api_key_authenticate", refused)
+    monkeypatch.setattr("access.authentication.api_key_authenticate", refused)
     from rest_framework.test import APIClient
 
     client = APIClient()

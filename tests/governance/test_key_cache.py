@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from django.utils import timezone
 
-from governance.models import ApiKey
-from governance.services import api_key_authenticate, api_key_revoke
-from governance.services.keys import _key_cache
+from access.models import ApiKey
+from access.keys import api_key_authenticate, api_key_revoke
+from access.keys import key_cache as _key_cache
 from tests.factories import OrganisationFactory, make_key
 
 pytestmark = pytest.mark.django_db
@@ -41,7 +41,7 @@ def test_a_revocation_elsewhere_takes_effect_when_the_entry_expires(cached, monk
     api_key_authenticate(key)
     ApiKey.objects.update(revoked_at=timezone.now())  # as another process would
     api_key_authenticate(key)  # still cached: accepted for at most API_KEY_CACHE_SECONDS
-    import governance.services.keys as keys
+    import access.keys as keys
 
     real = keys.time.monotonic
     monkeypatch.setattr(keys.time, "monotonic", lambda: real() + 6)

@@ -24,15 +24,8 @@ from django.utils import timezone
 from pytest_django.fixtures import SettingsWrapper
 
 from governance import webhooks
-from governance.models import (
-    Alert,
-    AuditEvent,
-    DeliveryAttempt,
-    GroupPolicy,
-    Heartbeat,
-    WebhookDelivery,
-    WebhookEndpoint,
-)
+from governance.models import Alert, DeliveryAttempt, GroupPolicy, Heartbeat, WebhookDelivery, WebhookEndpoint
+from access.models import AuditEvent
 from governance.services import webhooks as webhook_services
 from governance.services.webhooks import (
     webhook_attempt,
@@ -60,7 +53,7 @@ from governance.webhooks import (
     vetted_addresses,
     verify,
 )
-from licensing.models import AffiliateGroup
+from access.models import AffiliateGroup
 from tests.factories import GroupFactory, licence
 
 # --- a real HTTP receiver ---------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ import httpx
 import uvicorn
 
 from inference.models import Deployment, Replica, ReplicaState
-from licensing.models import BaseModel, Organisation
+from licensing.models import BaseModel
+from access.models import Organisation
 from licensing.services import licence_accept
 from tests.factories import ProductFactory, licence
 

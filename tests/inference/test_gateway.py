@@ -14,14 +14,15 @@ import openai
 import pytest
 from django.utils import timezone
 
-from governance.models import ApiKey
+from access.models import ApiKey
 from governance.selectors import dau
-from governance.services import api_key_revoke
+from access.keys import api_key_revoke
 from governance.services.evaluation import declared_figure_record, group_evaluate
 from inference.gateway.app import Gateway
 from inference.models import Deployment, GatewayLimit, Replica, TokenUsage
 from inference.models import replica_key
-from licensing.models import BaseModel, Organisation
+from licensing.models import BaseModel
+from access.models import Organisation
 from licensing.services import grant_record
 from tests.factories import ProductFactory, licence, make_key
 from tests.inference.fake_openai import PROMPT_TOKENS, FakeOpenAI
@@ -517,7 +518,7 @@ def test_database_not_answering_fails_closed_within_2_seconds(gateway, tenant, m
     def hang(*args):
         time.sleep(5)
 
-    monkeypatch.setattr("inference.gateway.directory.load_key", hang)
+    monkeypatch.setattr("access.keys.key_cache.load", hang)
     gateway.app.directory.forget()
     started = time.monotonic()
     response = httpx.post(f"{gateway.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},

@@ -17,7 +17,7 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from governance.models import ApiKey
+from access.models import ApiKey
 from inference.gateway.limits import Limits, LocalLimiter, RedisLimiter
 from inference.models import replica_key
 from tests.factories import make_key

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
-from governance.models import ApiKey
+from access.models import ApiKey
 from inference.gateway.usage import UsageMeter
 from inference.models import GatewayLimit, TokenUsage
 from tests.factories import ProductFactory, licence

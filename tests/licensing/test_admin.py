@@ -7,9 +7,11 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from governance.models import Alert, AuditEvent
+from governance.models import Alert
+from access.models import AuditEvent
 from inference.models import Deployment
-from licensing.models import BaseModel, Organisation, Product
+from licensing.models import BaseModel, Product
+from access.models import Organisation
 from tests.factories import OrganisationFactory, ProductFactory, UserFactory, licence
 
 pytestmark = pytest.mark.django_db
@@ -68,7 +70,7 @@ def test_a_change_of_domicile_here_goes_through_the_service_and_drains(staff: Cl
         base_model=BaseModel.objects.get(repo_id="meta-llama/Llama-4-Scout-17B-16E-Instruct"),
         served_model_name="scout", created_by="test")
 
-    response = staff.post(f"/admin/licensing/organisation/{organisation.pk}/change/", {
+    response = staff.post(f"/admin/access/organisation/{organisation.pk}/change/", {
         "name": "Acme", "slug": organisation.slug, "group": organisation.group_id, "status": "active",
         "eu_domiciled": "on",
         "memberships-TOTAL_FORMS": "0", "memberships-INITIAL_FORMS": "0",

@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from governance.models import ApiKey, AuditEvent
+from access.models import ApiKey, AuditEvent
 from licensing.models import Exemption, LicenceAcceptance, LicenceVersion, MetaGrant, Product
 from tests.factories import GroupFactory, MembershipFactory, OrganisationFactory, ProductFactory, UserFactory, licence
 

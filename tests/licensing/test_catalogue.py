@@ -14,8 +14,8 @@ import pytest
 from django.apps import apps
 from django.core.management import call_command
 
-from governance.audit import audit_record, audit_verify
-from governance.models import AuditEvent
+from access.audit import audit_record, audit_verify
+from access.models import AuditEvent
 from licensing.models import BaseModel, LicenceAcceptance, LicenceVersion
 from licensing.obligations import check_derived_model_name
 from licensing.selectors import product_obligations_get

@@ -7,17 +7,9 @@ import datetime as dt
 import pytest
 from django.core.exceptions import ValidationError
 
-from governance.models import AuditEvent
-from licensing.models import (
-    AffiliateGroup,
-    BaseModel,
-    Exemption,
-    LicenceAcceptance,
-    LicenceVersion,
-    MetaGrant,
-    Organisation,
-    Product,
-)
+from access.models import AuditEvent
+from licensing.models import BaseModel, Exemption, LicenceAcceptance, LicenceVersion, MetaGrant, Product
+from access.models import AffiliateGroup, Organisation
 from licensing.selectors import (
     acceptance_state,
     acceptance_states,

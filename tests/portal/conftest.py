@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from licensing.models import Membership, Organisation
+from access.models import Membership, Organisation
 from tests.factories import GroupFactory, MembershipFactory, OrganisationFactory, ProductFactory, UserFactory
 
 PASSWORD = "correct horse battery staple"

@@ -27,7 +27,8 @@ from django.utils import timezone
 from governance.services import activity_ingest
 from inference import services as inference_services
 from inference.models import GPU, GpuAllocation, GpuQuota, Node, Replica, ReplicaState
-from licensing.models import BaseModel, LicenceVersion, Membership
+from licensing.models import BaseModel, LicenceVersion
+from access.models import Membership
 from licensing.services import licence_accept, organisation_create, product_create
 
 CHROMIUM = os.environ.get("CORRAL_CHROMIUM", "/usr/bin/chromium")
@@ -306,10 +307,11 @@ def every_kind(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch, settings:
 
     from governance.models import Alert, WebhookDelivery
     from governance.services.evaluation import declared_figure_record, group_evaluate
-    from governance.services import api_key_create
+    from access.keys import api_key_create
     from governance.services import webhooks as webhook_services
     from inference.models import Deployment, TokenUsage
-    from licensing.models import Invitation, MetaGrant, Organisation, Product
+    from licensing.models import MetaGrant, Product
+    from access.models import Invitation, Organisation
     from licensing.services import group_admin_appoint, invitation_create
 
     monkeypatch.setattr(webhook_services, "resolver", lambda host, port, *a, **k: [

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 
-from licensing.models import Invitation, Membership
+from access.models import Invitation, Membership
 from licensing.services import organisation_create
 from tests.portal.test_browser import PASSWORD, _log_in, _log_out, browser  # noqa: F401 (the fixture)
 

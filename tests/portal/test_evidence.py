@@ -78,7 +78,7 @@ def test_it_downloads_html_csv_json_and_pdf_with_the_same_figures(seeded: Any, l
 
 
 def test_the_audit_chain_it_cites_is_the_log_s_own_count(seeded: Any, login: Any) -> None:
-    from governance.models import AuditEvent
+    from access.models import AuditEvent
 
     report = json.loads(login("viewer").get(_url(seeded, "json")).content)
     chain = report["audit_chain"]

@@ -29,7 +29,7 @@ def _public_dns(monkeypatch: Any) -> None:
 
 
 # Columns that legitimately change when the other tenant merely authenticates or signs in.
-_VOLATILE = {("governance", "apikey", "last_used_at"), ("auth", "user", "last_login")}
+_VOLATILE = {("access", "apikey", "last_used_at"), ("auth", "user", "last_login")}
 # Sessions, and django-axes' records of sign-ins and failed log-ins (tests/security/test_login.py).
 _SKIPPED_MODELS = {("sessions", "session"), ("axes", "accesslog"), ("axes", "accessattempt"),
                    ("axes", "accessfailurelog"), ("axes", "accessattemptexpiration")}

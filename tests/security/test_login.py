@@ -13,8 +13,8 @@ from django.core.management import call_command
 from django.test import Client
 from rest_framework.test import APIClient
 
-from governance.models import AuditEvent
-from licensing.models import Membership
+from access.models import AuditEvent
+from access.models import Membership
 from tests.security.world import Tenant, build_tenant
 
 pytestmark = pytest.mark.django_db

@@ -13,7 +13,8 @@ from django.apps import apps
 from rest_framework.test import APIClient
 
 from governance import webhooks
-from governance.services import api_key_authenticate, keys
+from access import keys
+from access.keys import api_key_authenticate
 from inference.gateway.app import Gateway
 from inference.models import replica_key
 from tests.security.test_authorization import api_paths

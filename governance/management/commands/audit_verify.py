@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from governance.audit import audit_verify
-from governance.models import AuditEvent
+from access.audit import audit_verify
+from access.models import AuditEvent
 
 
 class Command(BaseCommand):

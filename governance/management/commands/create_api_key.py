@@ -3,8 +3,8 @@ import datetime as dt
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from governance.services import api_key_create
-from licensing.models import Organisation
+from access.keys import api_key_create
+from access.models import Organisation
 
 
 class Command(BaseCommand):

@@ -6,7 +6,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from inference.models import GpuQuota, Node
-from licensing.models import BaseModel, LicenceVersion, Organisation
+from licensing.models import BaseModel, LicenceVersion
+from access.models import Organisation
 
 DEMO_REPO_ID = "corral/tiny-llama-demo"
 

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from governance.audit import audit_record
+from access.audit import audit_record
 from licensing.catalogue import catalogue_load
 from licensing.models import BaseModel, LicenceVersion
 

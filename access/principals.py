@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from governance.models import ApiKey, Scope
-from licensing.models import AffiliateGroup, GroupAdmin, Membership, Organisation
+from access.models import ApiKey, Scope
+from access.models import AffiliateGroup, GroupAdmin, Membership, Organisation
 
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     Membership.Role.VIEWER: frozenset({Scope.READ}),

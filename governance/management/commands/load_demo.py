@@ -8,7 +8,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from governance.services.metering import activity_ingest
-from licensing.models import BaseModel, LicenceVersion, Membership, Organisation, Product
+from licensing.models import BaseModel, LicenceVersion, Product
+from access.models import Membership, Organisation
 from licensing.services import licence_accept, organisation_create, product_create
 
 GROUP = "Acme Holdings"

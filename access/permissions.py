@@ -7,7 +7,7 @@ from typing import Any
 
 from rest_framework import permissions
 
-from governance.principals import Principal, principal_of
+from access.principals import Principal, principal_of
 
 BOUND_KEY_ORGANISATION = "This key is bound to one product and cannot change organisation-wide objects."
 BOUND_KEY_GROUP = "This key is bound to one product and cannot change group-wide objects."

@@ -5,8 +5,8 @@ before anything else happens, so another tenant's object is a 404 for every meth
 revealed). Subclasses narrow further through ``scope_queryset`` and never override ``get_queryset``.
 
 A key bound to one product reaches that product only: a viewset whose rows belong to a product names the path
-to it (``product_field``), and the queryset, the products a write may name (``writable_products``) and the
-objects it may change are cut down to the bound product here. Writes that change the whole organisation
+to it (``product_field``), and the queryset and the objects it may change are cut down to the bound product here (the products a
+write may name: ``licensing.selectors.products_writable``). Writes that change the whole organisation
 (``organisation_level_writes``) or the whole group are refused to bound keys (governance/permissions.py).
 """
 
@@ -18,9 +18,9 @@ from django.db.models import QuerySet
 from rest_framework import viewsets
 from rest_framework.exceptions import NotAuthenticated
 
-from governance.models import Scope
-from governance.principals import Principal, principal_of
-from licensing.models import AffiliateGroup, Organisation, Product
+from access.models import Scope
+from access.principals import Principal, principal_of
+from access.models import AffiliateGroup, Organisation
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
@@ -71,13 +71,6 @@ class TenantViewSet(viewsets.GenericViewSet):
     def writable_organisation_ids(self) -> list[int]:
         return self.principal.organisation_ids(self.write_scope)
 
-    def writable_products(self) -> QuerySet[Product]:
-        """The products a write may name: those of organisations where the caller holds the write scope, and
-        only the bound product for a product-bound key (any other id is "does not exist")."""
-        products = Product.objects.filter(organisation__in=self.writable_organisation_ids())
-        if self.principal.bound_product_id:
-            products = products.filter(pk=self.principal.bound_product_id)
-        return products
 
 
 class GroupTenancy:
