@@ -121,7 +121,7 @@ def _month_statuses(group: AffiliateGroup, month: dt.date) -> list[dict[str, Any
     last_day = month_end(month)
     rows = []
     for version in evaluation_services.group_versions(group=group):
-        test_months = evaluation_services._test_months(group, version)
+        test_months = evaluation_services.licence_test_months(group=group, version=version)
         reading = next((note for m, note in test_months if m == month), None)
         rule = EvaluationRule.LICENCE_ACCURATE if reading is not None else EvaluationRule.LAST_MONTH
         current = ComplianceStatus.objects.filter(group=group, licence_version=version, rule=rule, month=month).first()

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db.models import Exists, F, Max, OuterRef, Q, QuerySet
 
 from licensing.models import (
@@ -300,6 +301,17 @@ def membership_get(*, organisations: QuerySet[Organisation], pk: int) -> Members
     """Membership ``pk`` if it is in one of ``organisations`` (the caller's), with person and organisation."""
     return Membership.objects.filter(pk=pk, organisation__in=organisations).select_related(
         "user", "organisation").first()
+
+
+def user_organisations(*, user: Any) -> QuerySet[Organisation]:
+    """The organisations the person is a member of."""
+    return Organisation.objects.filter(memberships__user=user)
+
+
+def account_by_username_unscoped(*, username: str) -> Any:
+    """The account named ``username`` whoever's it is, or None: for the log-in throttle, which must name the
+    account a lockout is about before anyone is signed in."""
+    return get_user_model().objects.filter(username=username).first()
 
 
 def user_role(*, user: Any, organisation_id: int) -> str:

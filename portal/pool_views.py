@@ -22,10 +22,9 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
 from governance.models import Scope
-from inference.api.serializers import QuotaSerializer
 from inference import selectors as inference_selectors
-from inference.models import Deployment, DeploymentState, Replica, ReplicaState
-from inference.models import replica_key
+from inference.api.serializers import QuotaSerializer
+from inference.models import Deployment, DeploymentState, Replica, ReplicaState, replica_key
 from inference.services import quota_use_many
 from portal import forms
 from portal.access import access_of

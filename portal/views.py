@@ -24,16 +24,16 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from governance import selectors as governance_selectors
 from governance.api.compliance import PolicySerializer
 from governance.audit import audit_events_visible, audit_verify_cached
-from governance import selectors as governance_selectors
 from governance.models import ApiKey, Scope, WebhookEndpoint
+from governance.selectors import mau_month_many
 from governance.services import api_key_create, api_key_revoke
 from governance.services import evaluation as evaluation_services
 from governance.services import webhooks as webhook_services
-from governance.selectors import mau_month_many
-from inference import services as inference_services
 from inference import selectors as inference_selectors
+from inference import services as inference_services
 from inference.models import Deployment
 from licensing import selectors as licensing_selectors
 from licensing import services as licensing_services

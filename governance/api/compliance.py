@@ -121,16 +121,8 @@ class DeclaredFigureSerializer(serializers.ModelSerializer):
         model = DeclaredFigure
         fields = ["id", "month", "mau", "lower", "upper", "evidence", "declared_by", "declared_at"]
         read_only_fields = ["id", "declared_by", "declared_at"]
-
-    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
-        lower, upper, mau = data.get("lower"), data.get("upper"), data.get("mau")
-        if lower is not None and mau is not None and lower > mau:
-            raise serializers.ValidationError({"lower": [f"Must be at most the figure ({mau:,}); got {lower:,}."]})
-        if upper is not None and mau is not None and upper < mau:
-            raise serializers.ValidationError({"upper": [f"Must be at least the figure ({mau:,}); got {upper:,}."]})
-        if lower is not None and upper is not None and lower > upper:
-            raise serializers.ValidationError({"lower": [f"Must be at most upper ({upper:,}); got {lower:,}."]})
-        return data
+        # The bounds against the figure are checked by declared_figure_record alone: its ValidationError becomes
+        # the same 400 naming the field (config/exceptions.py).
 
 
 

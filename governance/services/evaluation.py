@@ -270,7 +270,7 @@ def _month_verdict(known: MonthFigures, *, policy: GroupPolicy, threshold: int, 
     return Verdict(status, known)
 
 
-def _test_months(group: AffiliateGroup, version: LicenceVersion) -> list[tuple[dt.date, str]]:
+def licence_test_months(*, group: AffiliateGroup, version: LicenceVersion) -> list[tuple[dt.date, str]]:
     """The months the licence-accurate test reads for a version, each with the reading that gives it.
 
     The version's own month first. Where the licence text does not fix the date (Code Llama ships under the
@@ -343,7 +343,7 @@ def group_evaluate(*, group: AffiliateGroup, today: dt.date | None = None) -> Gr
             # The licence-accurate test: every month a reading of the licence points at, the worst kept.
             readings = [(_month_verdict(known(month), policy=policy, threshold=threshold, granted=granted,
                                         rule=EvaluationRule.LICENCE_ACCURATE), note)
-                        for month, note in _test_months(group, version)]
+                        for month, note in licence_test_months(group=group, version=version)]
             worst = rules.worst_of([(verdict.status, note) for verdict, note in readings])
             accurate = next(v for v, _ in readings if v.status.figure is worst.figure
                             and v.status.state == worst.state)
