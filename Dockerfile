@@ -20,6 +20,7 @@ RUN pip install --require-hashes --only-binary=:all: -r /tmp/requirements.lock
 WORKDIR /app
 COPY manage.py ./
 COPY config ./config
+COPY access ./access
 COPY licensing ./licensing
 COPY governance ./governance
 COPY inference ./inference
@@ -32,7 +33,7 @@ COPY scripts/healthcheck.py ./scripts/healthcheck.py
 RUN CORRAL_ENV=production ALLOWED_HOSTS=build.invalid CORRAL_VAR_DIR=/tmp/corral-build STATIC_ROOT=/app/staticfiles \
     SECRET_KEY=collectstatic-only-signs-nothing-and-is-not-kept-in-the-image-0123456789 \
     python manage.py collectstatic --noinput \
-    && python -m compileall -q config licensing governance inference portal
+    && python -m compileall -q config access licensing governance inference portal
 
 # --- runtime: the interpreter, the venv and /app; no compiler, no pip cache; runs as an unprivileged user ---
 FROM ${PYTHON_IMAGE} AS runtime

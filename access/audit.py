@@ -11,8 +11,7 @@ from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from access.models import AuditEvent
-from access.models import AffiliateGroup, Organisation
+from access.models import AffiliateGroup, AuditEvent, Organisation
 
 GENESIS_HASH = "0" * 64
 # Any constant works: it names the one PostgreSQL advisory lock that serialises appends to the chain.

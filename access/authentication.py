@@ -7,8 +7,8 @@ from typing import Any
 from django.contrib.auth.models import AnonymousUser
 from rest_framework import authentication, exceptions
 
-from access.models import ApiKey
 from access.keys import KeyRejected, api_key_authenticate
+from access.models import ApiKey
 
 
 class ApiKeyUser(AnonymousUser):

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from access.models import ApiKey, Scope
-from access.models import AffiliateGroup, GroupAdmin, Membership, Organisation
+from access.models import AffiliateGroup, ApiKey, GroupAdmin, Membership, Organisation, Scope
 
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     Membership.Role.VIEWER: frozenset({Scope.READ}),

@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import stop  # noqa: E402
+
 PORT = 8766
 SETUP = """
 import django, json, os

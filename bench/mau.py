@@ -29,8 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import (  # noqa: E402
-    cpu_share, cpu_ticks_by_role, production_env, recreate_database, spawn, stop, wait_until_up)
+from bench.common import cpu_share, cpu_ticks_by_role, production_env, recreate_database, spawn, stop, wait_until_up  # noqa: E402
 
 DATABASE = "corral_bench"
 production_env(database=DATABASE, redis_db=10, broker_db=11)
@@ -200,10 +199,10 @@ def stage_costs(key: str, product, bodies: list[bytes], rounds: int = 4) -> dict
     measures that."""
     from django.db import close_old_connections, connections
 
+    from access.keys import api_key_authenticate
     from governance import sketches
     from governance.fastpath import _decode_typed, _product, ingest_activity
     from governance.services import metering
-    from access.keys import api_key_authenticate
 
     headers = {b"authorization": f"Bearer {key}".encode()}
     path = f"/api/v1/products/{product.pk}/activity"

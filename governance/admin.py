@@ -1,8 +1,8 @@
 from django.contrib import admin
 
-from governance.models import Heartbeat
-from access.models import ApiKey, AuditEvent
 from access.keys import api_key_revoke
+from access.models import ApiKey, AuditEvent
+from governance.models import Heartbeat
 
 
 @admin.register(ApiKey)

@@ -11,8 +11,9 @@ from django.db.models import Q
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from governance import evaluation as rules
 from access.audit import audit_verify, audit_verify_cached
+from access.models import AffiliateGroup, AuditEvent, Organisation
+from governance import evaluation as rules
 from governance.models import (
     Alert,
     ComplianceStatus,
@@ -23,13 +24,11 @@ from governance.models import (
     GroupPolicy,
     StatusChange,
 )
-from access.models import AuditEvent
-from governance.services import evaluation as evaluation_services
 from governance.selectors import mau_month, mau_month_many
-from licensing.selectors import grants_in_force, group_exemptions
+from governance.services import evaluation as evaluation_services
 from licensing.models import MetaGrant, Product
-from access.models import AffiliateGroup, Organisation
 from licensing.months import month_end, month_start, next_month
+from licensing.selectors import grants_in_force, group_exemptions
 
 
 def evidence_report(*, group: AffiliateGroup, month: dt.date) -> dict[str, Any]:
@@ -131,7 +130,7 @@ def _month_statuses(group: AffiliateGroup, month: dt.date) -> list[dict[str, Any
     last_day = month_end(month)
     rows = []
     for version in evaluation_services.group_versions(group=group):
-        test_months = evaluation_services._test_months(group, version)
+        test_months = evaluation_services.licence_test_months(group=group, version=version)
         reading = next((note for m, note in test_months if m == month), None)
         rule = EvaluationRule.LICENCE_ACCURATE if reading is not None else EvaluationRule.LAST_MONTH
         current = ComplianceStatus.objects.filter(group=group, licence_version=version, rule=rule, month=month).first()

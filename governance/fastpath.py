@@ -56,8 +56,8 @@ def _product(product_id: int) -> Any:
 
 def ingest_activity(product_id: int, headers: dict[bytes, bytes], body: bytes, path: str) -> Response:
     """Everything the DRF activity endpoint does, as one synchronous call (run in the pool)."""
-    from access.models import Scope
     from access.keys import KeyRejected, api_key_authenticate
+    from access.models import Scope
     from governance.services.metering import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_RULE
 
     close_old_connections()

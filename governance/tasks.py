@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import logging
-
 import smtplib
 
 from celery import shared_task
@@ -75,9 +74,9 @@ def evaluate_group(group_id: int) -> None:
     Under sustained ingestion it re-evaluates at most every 5 seconds: new alerts go out within seconds,
     and an evaluation is not repeated back to back for every batch.
     """
+    from access.models import AffiliateGroup
     from governance.debounce import run_until_clean
     from governance.services.evaluation import group_evaluate
-    from access.models import AffiliateGroup
 
     group = AffiliateGroup.objects.filter(pk=group_id).first()
     if group is None:

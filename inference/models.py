@@ -10,8 +10,8 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from licensing.models import BaseModel, LicenceVersion, Product
 from access.models import Organisation
+from licensing.models import BaseModel, LicenceVersion, Product
 
 
 class Backend(models.TextChoices):

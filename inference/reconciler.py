@@ -30,14 +30,13 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from config.observability import RECONCILE_DURATION
 from access.audit import audit_record
+from config.observability import RECONCILE_DURATION
 from inference import backends
 from inference.backends.base import Backend, ReplicaRef, ReplicaSpec
 from inference.backends.local import process_start_time
-from inference.models import GPU, Backend as BackendName
-from inference.models import Deployment, DeploymentState, GpuAllocation, Node, Replica, ReplicaState
-from inference.models import replica_key
+from inference.models import GPU, Deployment, DeploymentState, GpuAllocation, Node, Replica, ReplicaState, replica_key
+from inference.models import Backend as BackendName
 
 logger = logging.getLogger(__name__)
 ACTIVE = [ReplicaState.STARTING, ReplicaState.READY, ReplicaState.UNHEALTHY]

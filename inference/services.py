@@ -12,15 +12,15 @@ from django.db import transaction
 from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
-from governance import queue as governance_queue
-from inference import queue
 from access.audit import audit_record
+from access.models import Organisation
+from governance import queue as governance_queue
 from governance.models import Alert
+from inference import queue
 from inference.models import Deployment, GpuQuota
 from licensing.eu_multimodal import LEVEL as EU_MULTIMODAL
 from licensing.eu_multimodal import eu_multimodal_refusal
 from licensing.models import BaseModel, LicenceVersion, Product
-from access.models import Organisation
 from licensing.selectors import organisation_exemption
 
 logger = logging.getLogger(__name__)

@@ -2,8 +2,8 @@ from django import forms
 from django.contrib import admin, messages
 
 from access.audit import audit_record
-from licensing.models import BaseModel, Exemption, LicenceAcceptance, LicenceVersion, MetaGrant, Product
 from access.models import AffiliateGroup, GroupAdmin, Invitation, Membership, Organisation
+from licensing.models import BaseModel, Exemption, LicenceAcceptance, LicenceVersion, MetaGrant, Product
 from licensing.services import organisation_domicile_set, product_check
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db.models import Exists, F, Max, OuterRef, Q, QuerySet
 
-from access.models import AffiliateGroup, GroupAdmin, Membership, Organisation
+from access.models import AffiliateGroup, GroupAdmin, Invitation, Membership, Organisation
 from access.principals import Principal
-from licensing.models import Exemption, LicenceAcceptance, LicenceVersion, MetaGrant, Product
+from licensing.models import BaseModel, Exemption, LicenceAcceptance, LicenceVersion, MetaGrant, Product
 from licensing.obligations import Obligations, product_obligations
 
 
@@ -180,3 +183,148 @@ def group_exemptions(*, group: AffiliateGroup) -> dict[int, Exemption]:
 def exemption_history(*, organisation: Organisation) -> QuerySet[Exemption]:
     """Every exemption the organisation recorded, newest first, withdrawn ones included."""
     return Exemption.objects.filter(organisation=organisation)
+
+
+# --- organisations and affiliate groups: what a caller sees -------------------------------------------------
+#
+# The tenant is the set of organisations a principal belongs to (governance/principals.py). Corral staff see
+# every organisation: those reads say "unscoped" in their name.
+
+
+def organisation_list(*, organisation_ids: Iterable[int]) -> QuerySet[Organisation]:
+    """The organisations with these ids: pass the caller's (``Principal.organisation_ids``)."""
+    return Organisation.objects.filter(pk__in=organisation_ids)
+
+
+def organisation_list_unscoped() -> QuerySet[Organisation]:
+    """Every organisation: for Corral staff only."""
+    return Organisation.objects.all()
+
+
+def organisation_get(*, organisations: QuerySet[Organisation], pk: int) -> Organisation | None:
+    """Organisation ``pk`` with its group if it is one of ``organisations`` (the caller's), else None."""
+    return organisations.filter(pk=pk).select_related("group").first()
+
+
+def organisation_list_in_group(*, organisations: QuerySet[Organisation], group: AffiliateGroup
+                               ) -> QuerySet[Organisation]:
+    """Those of ``organisations`` (the caller's) that belong to the group, by name."""
+    return organisations.filter(group=group).order_by("name")
+
+
+def group_organisation_get(*, group: AffiliateGroup, pk: int) -> Organisation | None:
+    """Organisation ``pk`` if it belongs to the group, else None."""
+    return group.organisations.filter(pk=pk).first()
+
+
+def affiliate_group_list(*, organisation_ids: Iterable[int]) -> QuerySet[AffiliateGroup]:
+    """The affiliate groups of these organisations (the caller's), each once."""
+    return AffiliateGroup.objects.filter(organisations__in=organisation_ids).distinct()
+
+
+def affiliate_group_list_unscoped() -> QuerySet[AffiliateGroup]:
+    """Every affiliate group: for Corral staff only."""
+    return AffiliateGroup.objects.all()
+
+
+def affiliate_group_get(*, groups: QuerySet[AffiliateGroup], pk: int) -> AffiliateGroup | None:
+    """Group ``pk`` if it is one of ``groups`` (those the caller sees), else None."""
+    return groups.filter(pk=pk).first()
+
+
+def group_admin_get(*, group: AffiliateGroup, pk: int) -> GroupAdmin | None:
+    """The group's appointed admin ``pk`` with the person and group, or None (another group's too)."""
+    return GroupAdmin.objects.filter(pk=pk, group=group).select_related("user", "group").first()
+
+
+# --- products, acceptances, grants ----------------------------------------------------------------------------
+
+
+def product_list(*, organisations: QuerySet[Organisation] | Iterable[int], built_on_llama: bool | None = None
+                 ) -> QuerySet[Product]:
+    """Products of these organisations (the caller's), with their organisation, licence version and base
+    model, by organisation and name. ``built_on_llama``: only those with (True) or without (False) a licence."""
+    products = Product.objects.filter(organisation__in=organisations)
+    if built_on_llama is not None:
+        products = products.filter(licence_version__isnull=not built_on_llama)
+    return products.select_related("organisation", "licence_version", "base_model").order_by("organisation__name",
+                                                                                             "name")
+
+
+def product_get(*, organisations: QuerySet[Organisation], pk: int) -> Product | None:
+    """Product ``pk`` if one of ``organisations`` (the caller's) owns it, with what its page shows, else None."""
+    return (Product.objects.filter(pk=pk, organisation__in=organisations)
+            .select_related("organisation__group", "licence_version", "base_model").first())
+
+
+def organisation_products(*, organisation: Organisation) -> QuerySet[Product]:
+    """The organisation's products with their licence version, by name."""
+    return organisation.products.select_related("licence_version").order_by("name")
+
+
+def licence_acceptance_list(*, organisation: Organisation, licence_version: LicenceVersion, limit: int = 20
+                            ) -> list[LicenceAcceptance]:
+    """The organisation's latest acceptances of the version's licence, newest first, at most ``limit``."""
+    return list(LicenceAcceptance.objects.filter(organisation=organisation, licence_version=licence_version)
+                .select_related("product", "accepted_by_user")[:limit])
+
+
+def meta_grant_list(*, group: AffiliateGroup) -> QuerySet[MetaGrant]:
+    """Every grant record of the group (corrections and withdrawals included), newest first."""
+    return MetaGrant.objects.filter(group=group).prefetch_related("licence_versions").select_related("supersedes")
+
+
+# --- the catalogue: shared by every tenant, owned by none -------------------------------------------------------
+
+
+def catalogue_licence_versions() -> QuerySet[LicenceVersion]:
+    """Every Llama licence version of the catalogue, oldest first (the catalogue is public, not a tenant's)."""
+    return LicenceVersion.objects.all()
+
+
+def catalogue_base_models() -> QuerySet[BaseModel]:
+    """Every base model of the catalogue with its licence version (public, not a tenant's)."""
+    return BaseModel.objects.select_related("licence_version")
+
+
+# --- members and invitations ----------------------------------------------------------------------------------
+
+
+def membership_list(*, organisation_ids: Iterable[int]) -> QuerySet[Membership]:
+    """The people of these organisations (the caller's) and their roles, by organisation and username."""
+    return (Membership.objects.filter(organisation__in=organisation_ids)
+            .select_related("user", "organisation").order_by("organisation__name", "user__username"))
+
+
+def membership_get(*, organisations: QuerySet[Organisation], pk: int) -> Membership | None:
+    """Membership ``pk`` if it is in one of ``organisations`` (the caller's), with person and organisation."""
+    return Membership.objects.filter(pk=pk, organisation__in=organisations).select_related(
+        "user", "organisation").first()
+
+
+def user_organisations(*, user: Any) -> QuerySet[Organisation]:
+    """The organisations the person is a member of."""
+    return Organisation.objects.filter(memberships__user=user)
+
+
+def account_by_username_unscoped(*, username: str) -> Any:
+    """The account named ``username`` whoever's it is, or None: for the log-in throttle, which must name the
+    account a lockout is about before anyone is signed in."""
+    return get_user_model().objects.filter(username=username).first()
+
+
+def user_role(*, user: Any, organisation_id: int) -> str:
+    """The person's role in the organisation, or "" when they are not a member."""
+    role = Membership.objects.filter(user=user, organisation_id=organisation_id).values_list(
+        "role", flat=True).first()
+    return role or ""
+
+
+def user_roles(*, user: Any, organisations: QuerySet[Organisation]) -> list[str]:
+    """The person's roles in those of ``organisations`` they belong to."""
+    return list(Membership.objects.filter(user=user, organisation__in=organisations).values_list("role", flat=True))
+
+
+def invitation_get(*, organisations: QuerySet[Organisation], pk: int) -> Invitation | None:
+    """Invitation ``pk`` if it is to one of ``organisations`` (the caller's), with the organisation, else None."""
+    return Invitation.objects.filter(pk=pk, organisation__in=organisations).select_related("organisation").first()

@@ -23,9 +23,9 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404
 
-from access.models import Scope
+from access.models import AffiliateGroup, Organisation, Scope
 from access.principals import ROLE_SCOPES, Principal, principal_for_user
-from access.models import AffiliateGroup, Organisation
+from licensing import selectors as licensing_selectors
 
 ALL_SCOPES = frozenset(Scope.values)
 
@@ -62,8 +62,8 @@ class Access:
     def organisations(self, scope: str | None = None) -> QuerySet[Organisation]:
         """The organisations whose pages this person sees (with ``scope``: where they hold it)."""
         if self.is_staff:
-            return Organisation.objects.all()  # unscoped: staff only
-        return Organisation.objects.filter(pk__in=self.principal.organisation_ids(scope))
+            return licensing_selectors.organisation_list_unscoped()
+        return licensing_selectors.organisation_list(organisation_ids=self.principal.organisation_ids(scope))
 
     def organisation_ids(self, scope: str | None = None) -> list[int]:
         return list(self.organisations(scope).values_list("pk", flat=True))
@@ -76,11 +76,11 @@ class Access:
     # --- affiliate groups -------------------------------------------------------------------------------
     def groups(self) -> QuerySet[AffiliateGroup]:
         if self.is_staff:
-            return AffiliateGroup.objects.all()  # unscoped: staff only
-        return AffiliateGroup.objects.filter(organisations__in=self.principal.organisation_ids()).distinct()
+            return licensing_selectors.affiliate_group_list_unscoped()
+        return licensing_selectors.affiliate_group_list(organisation_ids=self.principal.organisation_ids())
 
     def group_or_404(self, pk: int) -> AffiliateGroup:
-        group = self.groups().filter(pk=pk).first()
+        group = licensing_selectors.affiliate_group_get(groups=self.groups(), pk=pk)
         if group is None:
             raise Http404("No such affiliate group.")
         return group

@@ -5,23 +5,42 @@ a grant by recording it again superseding the old one, or withdrawing it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from django import forms as django_forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from governance.models import DeclarationProposal, DeclaredFigure
 from access.models import Scope
+from governance import selectors as governance_selectors
 from governance.services import evaluation as evaluation_services
+from licensing import selectors as licensing_selectors
 from licensing import services as licensing_services
-from licensing.models import MetaGrant
 from portal import forms
 from portal.access import access_of
 
 STAFF_RECORD_GRANTS = ("Meta grants are recorded by Corral staff (the API's rule: only staff record or withdraw a "
                        "grant). Send Meta's letter to your Corral operator.")
+
+
+def _record(request: HttpRequest, form: django_forms.Form, *, record: Callable[[dict[str, Any]], Any],
+            done: Callable[[Any], str], then: str, **url_args: Any) -> HttpResponse | None:
+    """Call the service with the form's cleaned data, say what it recorded and redirect to ``then``; None when the
+    form or the service (its ValidationError, put on the form) refused, so the page shows the form again."""
+    if not form.is_valid():
+        return None
+    try:
+        recorded = record(form.cleaned_data)
+    except ValidationError as exc:
+        forms.add_service_errors(form, exc)
+        return None
+    messages.success(request, done(recorded))
+    return redirect(then, **url_args)
 
 
 @login_required
@@ -32,7 +51,8 @@ def declaration_list(request: HttpRequest, pk: int) -> HttpResponse:
     can_declare = access.is_group_admin(group)
     action = request.POST.get("action", "declare")
     # Admins of the group's other organisations propose a figure; a group admin confirms or rejects it.
-    proposers = access.organisations(Scope.ADMIN).filter(group=group).order_by("name")
+    proposers = licensing_selectors.organisation_list_in_group(organisations=access.organisations(Scope.ADMIN),
+                                                               group=group)
     can_propose = not can_declare and proposers.exists()
     posted = request.method == "POST"
     proposal_form = forms.ProposalForm(request.POST if posted and action == "propose" else None,
@@ -40,7 +60,9 @@ def declaration_list(request: HttpRequest, pk: int) -> HttpResponse:
     if request.method == "POST" and action in ("confirm", "reject"):
         access.require_group_admin(group)
         chosen = request.POST.get("proposal", "")
-        proposal = get_object_or_404(DeclarationProposal, group=group, pk=int(chosen) if chosen.isdigit() else 0)
+        proposal = governance_selectors.declaration_proposal_get(group=group, pk=int(chosen) if chosen.isdigit() else 0)
+        if proposal is None:
+            raise Http404("No such proposal.")
         try:
             decided = evaluation_services.declaration_proposal_decide(
                 proposal=proposal, confirm=action == "confirm", actor=access.label,
@@ -54,37 +76,30 @@ def declaration_list(request: HttpRequest, pk: int) -> HttpResponse:
         if proposal_form is None:
             raise PermissionDenied("Proposing a figure needs the admin role in one of the group's organisations; "
                                    "group admins declare it directly.")
-        if proposal_form.is_valid():
-            data = proposal_form.cleaned_data
-            try:
-                proposal = evaluation_services.declaration_propose(
-                    group=group, organisation=data["organisation"], month=data["month"], mau=data["mau"],
-                    evidence=data["evidence"], proposed_by=access.label)
-            except ValidationError as exc:
-                forms.add_service_errors(proposal_form, exc)
-            else:
-                messages.success(request, f"Proposed {proposal.mau:,} for {proposal.month:%B %Y}; it counts once a "
-                                          f"group admin confirms it.")
-                return redirect("portal:declarations", pk=group.pk)
+        proposed = _record(
+            request, proposal_form, then="portal:declarations", pk=group.pk,
+            record=lambda data: evaluation_services.declaration_propose(
+                group=group, organisation=data["organisation"], month=data["month"], mau=data["mau"],
+                evidence=data["evidence"], proposed_by=access.label),
+            done=lambda proposal: f"Proposed {proposal.mau:,} for {proposal.month:%B %Y}; it counts once a group "
+                                  f"admin confirms it.")
+        if proposed is not None:
+            return proposed
     form = forms.DeclarationForm(request.POST if posted and action == "declare" else None) if can_declare else None
     if request.method == "POST" and action == "declare":
         access.require_group_admin(group)
         assert form is not None
-        if form.is_valid():
-            data = form.cleaned_data
-            try:
-                figure = evaluation_services.declared_figure_record(
-                    group=group, month=data["month"], mau=data["mau"], evidence=data["evidence"],
-                    declared_by=access.label, lower=data["lower"], upper=data["upper"])
-            except ValidationError as exc:
-                forms.add_service_errors(form, exc)
-            else:
-                messages.success(request, f"Declared {figure.mau:,} monthly active users for {figure.month:%B %Y}; "
-                                          f"the group is evaluated again.")
-                return redirect("portal:declarations", pk=group.pk)
-    declarations = DeclaredFigure.objects.filter(group=group).order_by("-month", "-declared_at", "-id")
-    proposals = DeclarationProposal.objects.filter(group=group).select_related("organisation").order_by(
-        "-proposed_at", "-id")
+        declared = _record(
+            request, form, then="portal:declarations", pk=group.pk,
+            record=lambda data: evaluation_services.declared_figure_record(
+                group=group, month=data["month"], mau=data["mau"], evidence=data["evidence"],
+                declared_by=access.label, lower=data["lower"], upper=data["upper"]),
+            done=lambda figure: f"Declared {figure.mau:,} monthly active users for {figure.month:%B %Y}; the group "
+                                f"is evaluated again.")
+        if declared is not None:
+            return declared
+    declarations = governance_selectors.declared_figure_list(group=group)
+    proposals = governance_selectors.declaration_proposal_list(group=group)
     invalid = any(f is not None and f.is_bound and f.errors for f in (form, proposal_form))
     return render(request, "portal/declaration_list.html", {
         "group": group, "declarations": declarations, "form": form, "can_declare": can_declare,
@@ -97,20 +112,18 @@ def declaration_list(request: HttpRequest, pk: int) -> HttpResponse:
 def grant_list(request: HttpRequest, pk: int) -> HttpResponse:
     access = access_of(request)
     group = access.group_or_404(pk)
-    grants = MetaGrant.objects.filter(group=group).prefetch_related("licence_versions").select_related("supersedes")
+    grants = licensing_selectors.meta_grant_list(group=group)
     form = forms.GrantForm(request.POST or None, grants=grants) if access.is_staff else None
     if request.method == "POST":
         if form is None:
             raise PermissionDenied(STAFF_RECORD_GRANTS)
-        if form.is_valid():
-            try:
-                grant = licensing_services.grant_record(group=group, recorded_by=access.label, **form.cleaned_data)
-            except ValidationError as exc:
-                forms.add_service_errors(form, exc)
-            else:
-                messages.success(request, f"Recorded: {'withdrawal of ' if grant.revoked else ''}grant "
-                                          f"{grant.reference}; the group is evaluated again.")
-                return redirect("portal:grants", pk=group.pk)
+        recorded = _record(
+            request, form, then="portal:grants", pk=group.pk,
+            record=lambda data: licensing_services.grant_record(group=group, recorded_by=access.label, **data),
+            done=lambda grant: f"Recorded: {'withdrawal of ' if grant.revoked else ''}grant {grant.reference}; "
+                               f"the group is evaluated again.")
+        if recorded is not None:
+            return recorded
     return render(request, "portal/grant_list.html", {
         "group": group, "grants": grants, "form": form, "staff_only": STAFF_RECORD_GRANTS,
     }, status=400 if form is not None and form.is_bound and form.errors else 200)

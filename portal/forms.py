@@ -10,12 +10,12 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 
+from access.models import Membership, Organisation, Scope
 from governance.models import CountingBasis, GroupPolicy, OnUnknown
-from access.models import Scope
 from inference.models import Deployment
 from inference.services import DTYPES, QUANTIZATIONS
-from licensing.models import BaseModel, LicenceVersion, Product
-from access.models import Membership, Organisation
+from licensing import selectors as licensing_selectors
+from licensing.models import Product
 
 
 class DateInput(forms.DateInput):
@@ -58,12 +58,12 @@ class ProductForm(OrganisationChoiceMixin, forms.Form):
     organisation = forms.ModelChoiceField(queryset=Organisation.objects.none(), empty_label=None)
     name = forms.CharField(max_length=200)
     licence_version = forms.ModelChoiceField(
-        queryset=LicenceVersion.objects.all(), label="Llama licence version", required=False,
+        queryset=licensing_selectors.catalogue_licence_versions(), label="Llama licence version", required=False,
         empty_label="Not built on Llama",
         help_text="The licence the product is built under. A product or service not built on Llama is metered and "
                   "counted all the same: the 700M limit counts all the products and services of the organisation "
                   "and its affiliates.")
-    base_model = forms.ModelChoiceField(queryset=BaseModel.objects.select_related("licence_version"), required=False,
+    base_model = forms.ModelChoiceField(queryset=licensing_selectors.catalogue_base_models(), required=False,
                                         help_text="Must be released under the licence version chosen (none for a "
                                                   "product not built on Llama).")
     status = forms.ChoiceField(choices=Product.Status.choices, initial=Product.Status.DEVELOPMENT)
@@ -126,8 +126,7 @@ class ApiKeyForm(OrganisationChoiceMixin, forms.Form):
         super().__init__(*args, **kwargs)
         self.limit_organisations(organisations)
         self.fields["scopes"].choices = [(value, label) for value, label in Scope.choices if value in scopes]
-        self.fields["product"].queryset = Product.objects.filter(organisation__in=organisations).select_related(
-            "organisation")
+        self.fields["product"].queryset = licensing_selectors.product_list(organisations=organisations)
 
     def clean_expires_on(self) -> dt.datetime | None:
         day = self.cleaned_data.get("expires_on")
@@ -208,7 +207,7 @@ class DeploymentForm(OrganisationChoiceMixin, forms.Form):
     organisation = forms.ModelChoiceField(queryset=Organisation.objects.none(), empty_label=None)
     product = forms.ModelChoiceField(queryset=Product.objects.none(),
                                      help_text="The product the deployment serves; its licence must be accepted.")
-    base_model = forms.ModelChoiceField(queryset=BaseModel.objects.select_related("licence_version"))
+    base_model = forms.ModelChoiceField(queryset=licensing_selectors.catalogue_base_models())
     served_model_name = forms.CharField(max_length=100, help_text="The model name clients send to /v1/.")
     device = forms.ChoiceField(choices=Deployment.Device.choices, initial=Deployment.Device.GPU)
     replicas = forms.IntegerField(min_value=1, max_value=16, initial=1)
@@ -223,9 +222,8 @@ class DeploymentForm(OrganisationChoiceMixin, forms.Form):
         super().__init__(*args, **kwargs)
         self.limit_organisations(organisations)
         # A deployment serves a Llama model: only products built on Llama can have one.
-        self.fields["product"].queryset = Product.objects.filter(
-            organisation__in=organisations, licence_version__isnull=False).select_related(
-            "organisation", "licence_version")
+        self.fields["product"].queryset = licensing_selectors.product_list(organisations=organisations,
+                                                                           built_on_llama=True)
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
@@ -344,7 +342,7 @@ class GrantForm(forms.Form):
     """A licence Meta granted, or the withdrawal of one, as the API's GrantSerializer takes it."""
 
     licence_versions = forms.ModelMultipleChoiceField(
-        queryset=LicenceVersion.objects.order_by("release_date"), widget=forms.CheckboxSelectMultiple,
+        queryset=licensing_selectors.catalogue_licence_versions(), widget=forms.CheckboxSelectMultiple,
         label="Licence versions covered")
     reference = forms.CharField(max_length=200, help_text="Meta's reference or the agreement's title.")
     scope = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}),

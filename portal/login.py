@@ -7,14 +7,13 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import admin
-from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import AuthenticationForm
 from django.forms.utils import ErrorDict
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from access.audit import audit_record
-from access.models import Organisation
+from licensing import selectors as licensing_selectors
 
 LOCKED_OUT = ("Too many failed log-ins for this account or from this address: log-ins are paused for "
               "{minutes} minutes after the last failed attempt, even with the right password. Try again later, "
@@ -43,8 +42,8 @@ def audit_lockout(sender: Any, request: HttpRequest, username: str | None, ip_ad
     locked out; only the failure that reached the limit counts its failures, and only it is recorded."""
     if getattr(request, "axes_failures_since_start", None) is None:
         return
-    account = get_user_model().objects.filter(username=username).first() if username else None
-    organisations = list(Organisation.objects.filter(memberships__user=account)) if account else []
+    account = licensing_selectors.account_by_username_unscoped(username=username) if username else None
+    organisations = list(licensing_selectors.user_organisations(user=account)) if account else []
     data = {"username": username or "", "ip_address": ip_address or "", "path": request.path,
             "failures": request.axes_failures_since_start,
             "cooloff_minutes": int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)}

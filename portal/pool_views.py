@@ -14,7 +14,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Sum
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
@@ -23,9 +22,9 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
 from access.models import Scope
+from inference import selectors as inference_selectors
 from inference.api.serializers import QuotaSerializer
-from inference.models import Deployment, DeploymentState, GpuQuota, Replica, ReplicaState, TokenUsage
-from inference.models import replica_key
+from inference.models import Deployment, DeploymentState, Replica, ReplicaState, replica_key
 from inference.services import quota_use_many
 from portal import forms
 from portal.access import access_of
@@ -40,10 +39,7 @@ STAFF_SETS_QUOTAS = ("Quotas are set by Corral staff (the API's rule: /api/v1/st
 
 
 def _deployment_or_404(request: HttpRequest, pk: int) -> Deployment:
-    access = access_of(request)
-    deployment = (Deployment.objects.filter(pk=pk, organisation__in=access.organisations())
-                  .select_related("organisation").prefetch_related(
-                      "replica_set__node", "replica_set__gpu_allocations__gpu").first())
+    deployment = inference_selectors.deployment_get(organisations=access_of(request).organisations(), pk=pk)
     if deployment is None:
         raise Http404("No such deployment.")
     return deployment
@@ -109,8 +105,8 @@ def replica_log(request: HttpRequest, pk: int, replica_pk: int) -> HttpResponse:
 def quota_list(request: HttpRequest) -> HttpResponse:
     """GPU and CPU-replica quotas of the caller's organisations and what is in use; staff change them."""
     access = access_of(request)
-    organisations = list(access.organisations().order_by("name"))
-    quotas = {q.organisation_id: q for q in GpuQuota.objects.filter(organisation__in=organisations)}
+    organisations = list(access.organisations())  # by name, the model's ordering
+    quotas = inference_selectors.gpu_quotas(organisations=organisations)
     form = None
     if request.method == "POST":
         if not access.is_staff:
@@ -159,14 +155,10 @@ def usage(request: HttpRequest) -> HttpResponse:
         return HttpResponseBadRequest(f"days must be one of {', '.join(map(str, USAGE_DAYS))}; got {raw[:20]!r}.",
                                       content_type="text/plain; charset=utf-8")  # echoes input: never as HTML
     since = timezone.now().date() - dt.timedelta(days=days - 1)
-    rows = TokenUsage.objects.filter(organisation__in=access.organisation_ids(Scope.READ), day__gte=since)
-    sums = {name: Sum(name) for name in ("requests", "prompt_tokens", "completion_tokens", "failed_requests")}
-    by_key = (rows.values("api_key", "api_key__prefix", "api_key__name", "organisation__name").annotate(**sums)
-              .order_by("-completion_tokens", "api_key"))
-    by_deployment = (rows.values("deployment", "deployment__served_model_name", "organisation__name")
-                     .annotate(**sums).order_by("-completion_tokens", "deployment"))
-    totals = rows.aggregate(**sums)
+    summary = inference_selectors.token_usage_summary(organisation_ids=access.organisation_ids(Scope.READ),
+                                                      since=since)
     return render(request, "portal/usage.html", {
-        "by_key": by_key, "by_deployment": by_deployment, "totals": totals, "days": days, "since": since,
+        "by_key": summary.by_key, "by_deployment": summary.by_deployment, "totals": summary.totals, "days": days,
+        "since": since,
         "choices": USAGE_DAYS,
     })

@@ -11,13 +11,13 @@ from typing import Any
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 
+from access.models import AffiliateGroup, Invitation, Organisation
 from governance import evaluation as rules
 from governance.models import Alert, ComplianceStatus, EvaluationRule, GroupForecast
 from governance.selectors import Count as MauCount
 from governance.selectors import daily_series, mau_month, mau_month_many
 from inference.models import GPU, GpuAllocation, Replica, ReplicaState
 from licensing.models import LicenceVersion, Product
-from access.models import AffiliateGroup, Invitation, Organisation
 from licensing.months import month_start, previous_month
 from portal.charts import Point
 

@@ -15,36 +15,31 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import IntegrityError
-from django.db.models import Prefetch, Q, QuerySet
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from governance.api.compliance import PolicySerializer
+from access import selectors as access_selectors
 from access.audit import audit_events_visible, audit_verify_cached
-from governance.models import (
-    Alert,
-    ComplianceStatus,
-    EvaluationRule,
-    GroupForecast,
-    WebhookDelivery,
-    WebhookEndpoint,
-)
-from access.models import ApiKey, AuditEvent, Scope
 from access.keys import api_key_create, api_key_revoke
+from access.models import ApiKey, Invitation, Membership, Organisation, Scope
+from governance import selectors as governance_selectors
+from governance.api.compliance import PolicySerializer
+from governance.models import WebhookEndpoint
+from governance.selectors import mau_month_many
 from governance.services import evaluation as evaluation_services
 from governance.services import webhooks as webhook_services
-from governance.selectors import mau_month_many
+from inference import selectors as inference_selectors
 from inference import services as inference_services
-from inference.models import Deployment, GpuAllocation, Node, Replica
+from inference.models import Deployment
 from licensing import selectors as licensing_selectors
 from licensing import services as licensing_services
-from licensing.models import LicenceAcceptance, Product
-from access.models import GroupAdmin, Invitation, Membership, Organisation
+from licensing.models import Product
 from licensing.months import month_start, previous_month
 from licensing.obligations import NOTICE_FILENAME, notice_file_text
 from portal import forms, pool_views
@@ -89,8 +84,8 @@ def group_detail(request: HttpRequest, pk: int) -> HttpResponse:
     group = access.group_or_404(pk)
     figures = portal_selectors.group_figures(group=group)
     policy = evaluation_services.group_policy_get(group=group)
-    forecast = GroupForecast.objects.filter(group=group).first()
-    alerts = list(Alert.objects.filter(group=group).select_related("licence_version")[:5])
+    forecast = governance_selectors.group_forecast(group=group)
+    alerts = governance_selectors.alert_list_latest(group=group, limit=5)
     return render(request, "portal/group_detail.html", {
         "group": group, "figures": figures, "policy": policy, "forecast": forecast, "alerts": alerts,
         "visible_org_ids": set(access.organisation_ids()),
@@ -125,7 +120,9 @@ def group_admin_remove(request: HttpRequest, pk: int, admin_pk: int) -> HttpResp
     access = access_of(request)
     group = access.group_or_404(pk)
     access.require_group_admin(group)
-    role = get_object_or_404(GroupAdmin.objects.select_related("user", "group"), pk=admin_pk, group=group)
+    role = licensing_selectors.group_admin_get(group=group, pk=admin_pk)
+    if role is None:
+        raise Http404("No such group admin.")
     licensing_services.group_admin_remove(role=role, actor=access.label)
     messages.success(request, f"{role.user.get_username()} is no longer an admin of {group.name}.")
     return redirect("portal:group", pk=group.pk)
@@ -138,7 +135,8 @@ def group_management(request: HttpRequest, pk: int) -> HttpResponse:
     group = access.group_or_404(pk)
     access.require_group_admin(group)
     organisation_id = request.POST.get("organisation", "")
-    organisation = group.organisations.filter(pk=organisation_id).first() if organisation_id.isdigit() else None
+    organisation = (licensing_selectors.group_organisation_get(group=group, pk=int(organisation_id))
+                    if organisation_id.isdigit() else None)
     if organisation is None:
         messages.error(request, "Choose an organisation of this group.")
         return redirect("portal:group", pk=group.pk)
@@ -167,8 +165,7 @@ def group_evaluate(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _product_or_404(access: Access, pk: int) -> Product:
-    product = (Product.objects.filter(pk=pk, organisation__in=access.organisations())
-               .select_related("organisation__group", "licence_version", "base_model").first())
+    product = licensing_selectors.product_get(organisations=access.organisations(), pk=pk)
     if product is None:
         raise Http404("No such product.")
     return product
@@ -179,8 +176,7 @@ def _product_or_404(access: Access, pk: int) -> Product:
 def product_list(request: HttpRequest) -> HttpResponse:
     access = access_of(request)
     org_ids = access.organisation_ids()
-    products = (Product.objects.filter(organisation__in=org_ids)
-                .select_related("organisation", "licence_version", "base_model").order_by("organisation__name", "name"))
+    products = licensing_selectors.product_list(organisations=org_ids)
     page = _page(request, products)
     states = licensing_selectors.acceptance_states(organisation_ids=list({p.organisation_id for p in page}))
     last_month = previous_month(timezone.now().date())
@@ -235,31 +231,22 @@ def _product_page(request: HttpRequest, access: Access, product: Product, accept
                   status: int = 200) -> HttpResponse:
     version = product.licence_version
     obligations = licensing_selectors.product_obligations_get(product=product)
-    acceptances = (LicenceAcceptance.objects.filter(organisation=product.organisation, licence_version=version)
-                   .select_related("product", "accepted_by_user")[:20] if version else [])
+    acceptances = (licensing_selectors.licence_acceptance_list(organisation=product.organisation,
+                                                               licence_version=version, limit=20) if version else [])
     today = timezone.now().date()
     months = [previous_month(today), month_start(today)]
     mau = {m: mau_month_many(scopes=[product], month=m)[product.pk].estimate for m in months}
     group = product.organisation.group
     return render(request, "portal/product_detail.html", {
-        "statuses": _licence_statuses(group.pk, version), "is_staff": access.is_staff,
+        "statuses": governance_selectors.licence_statuses(group_id=group.pk, licence_version=version),
+        "is_staff": access.is_staff,
         "is_group_admin": access.is_group_admin(group),
         "product": product, "version": version, "obligations": obligations, "acceptances": acceptances,
         "mau_last": mau[months[0]], "mau_this": mau[months[1]], "months": months,
-        "deployments": Deployment.objects.filter(product=product, deleted=False),
+        "deployments": inference_selectors.product_deployments(product=product),
         "can_write": access.can(Scope.WRITE, product.organisation_id), "accept_form": accept_form,
         "not_built_on_llama": licensing_selectors.NOT_BUILT_ON_LLAMA,
     }, status=status)
-
-
-def _licence_statuses(group_id: int, version: Any) -> list[ComplianceStatus]:
-    """The group's statuses for the product's version that say whether it may use it: the licence's own test,
-    then last month's monitoring."""
-    if version is None:
-        return []
-    order = [EvaluationRule.LICENCE_ACCURATE, EvaluationRule.LAST_MONTH]
-    found = ComplianceStatus.objects.filter(group_id=group_id, licence_version=version, rule__in=order)
-    return sorted(found, key=lambda status: order.index(status.rule))
 
 
 @login_required
@@ -326,7 +313,7 @@ def product_notice(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _organisation_or_404(access: Access, pk: int) -> Organisation:
-    organisation = access.organisations().filter(pk=pk).select_related("group").first()
+    organisation = licensing_selectors.organisation_get(organisations=access.organisations(), pk=pk)
     if organisation is None:
         raise Http404("No such organisation.")
     return organisation
@@ -347,7 +334,7 @@ def _organisation_page(request: HttpRequest, access: Access, organisation: Organ
     return render(request, "portal/organisation_detail.html", {
         "organisation": organisation, "can_admin": can_admin, "exemption": exemption,
         "history": licensing_selectors.exemption_history(organisation=organisation)[:20],
-        "products": organisation.products.select_related("licence_version").order_by("name"),
+        "products": licensing_selectors.organisation_products(organisation=organisation),
         "domicile_form": forms.DomicileForm(initial={"eu_domiciled": organisation.eu_domiciled}),
         "exemption_form": exemption_form or (forms.ExemptionForm() if can_admin and exemption is None else None),
     }, status=status)
@@ -415,14 +402,11 @@ def organisation_exemption_withdraw(request: HttpRequest, pk: int) -> HttpRespon
 @require_GET
 def alert_list(request: HttpRequest) -> HttpResponse:
     access = access_of(request)
-    groups = list(access.groups().order_by("name"))
-    alerts = Alert.objects.filter(group__in=groups).select_related("group", "licence_version")
+    groups = list(access.groups())  # by name, the model's ordering
     show = request.GET.get("show", "all")
-    if show == "open":
-        alerts = alerts.filter(kind=Alert.Kind.RAISED, acknowledged_at__isnull=True)
     group_id = request.GET.get("group")
-    if group_id and group_id.isdigit():
-        alerts = alerts.filter(group_id=int(group_id))
+    alerts = governance_selectors.alert_list(groups=groups, open_only=show == "open",
+                                             group_id=int(group_id) if group_id and group_id.isdigit() else None)
     page = _page(request, alerts)
     administered = {g.pk for g in groups if access.is_group_admin(g)}
     writable = administered  # acknowledging an alert is the group admins' call
@@ -436,7 +420,7 @@ def alert_list(request: HttpRequest) -> HttpResponse:
 @require_POST
 def alert_acknowledge(request: HttpRequest, pk: int) -> HttpResponse:
     access = access_of(request)
-    alert = Alert.objects.filter(pk=pk, group__in=access.groups()).select_related("group").first()
+    alert = governance_selectors.alert_get(groups=access.groups(), pk=pk)
     if alert is None:
         raise Http404("No such alert.")
     access.require_group_admin(alert.group)
@@ -491,7 +475,7 @@ def _api_error_text(error: Any, field: str) -> str:
 
 
 def _webhook_or_404(access: Access, pk: int) -> WebhookEndpoint:
-    endpoint = WebhookEndpoint.objects.filter(pk=pk, group__in=access.groups()).select_related("group").first()
+    endpoint = governance_selectors.webhook_endpoint_get(groups=access.groups(), pk=pk)
     if endpoint is None:
         raise Http404("No such webhook endpoint.")
     return endpoint
@@ -516,7 +500,7 @@ def webhook_list(request: HttpRequest, pk: int) -> HttpResponse:
                 forms.add_service_errors(form, exc)
             else:
                 form = forms.WebhookForm()
-    endpoints = WebhookEndpoint.objects.filter(group=group)
+    endpoints = governance_selectors.webhook_endpoint_list(group=group)
     return render(request, "portal/webhook_list.html", {
         "group": group, "endpoints": endpoints, "form": form, "can_edit": can_edit, "created": created,
         "secret": secret,  # shown once, in this response only: never stored, logged or put in a message
@@ -528,7 +512,7 @@ def webhook_list(request: HttpRequest, pk: int) -> HttpResponse:
 def webhook_detail(request: HttpRequest, pk: int) -> HttpResponse:
     access = access_of(request)
     endpoint = _webhook_or_404(access, pk)
-    deliveries = WebhookDelivery.objects.filter(endpoint=endpoint).prefetch_related("attempt_log")
+    deliveries = governance_selectors.webhook_delivery_list(endpoint=endpoint)
     return render(request, "portal/webhook_detail.html", {
         "endpoint": endpoint, "page": _page(request, deliveries, 25),
         "can_edit": access.is_group_admin(endpoint.group_id),
@@ -571,14 +555,8 @@ def webhook_delete(request: HttpRequest, pk: int) -> HttpResponse:
 
 # --- deployments ------------------------------------------------------------------------------------------
 
-_REPLICAS = Prefetch("replica_set", queryset=Replica.objects.select_related("node").prefetch_related(
-    "gpu_allocations__gpu"))
-
-
 def _deployment_or_404(access: Access, pk: int) -> Deployment:
-    deployment = (Deployment.objects.filter(pk=pk, organisation__in=access.organisations())
-                  .select_related("organisation", "product", "base_model", "licence_version")
-                  .prefetch_related(_REPLICAS).first())
+    deployment = inference_selectors.deployment_get(organisations=access.organisations(), pk=pk)
     if deployment is None:
         raise Http404("No such deployment.")
     return deployment
@@ -590,10 +568,7 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
     access = access_of(request)
     org_ids = access.organisation_ids()
     show_stopped = request.GET.get("stopped") == "1"
-    deployments = (Deployment.objects.filter(organisation__in=org_ids)
-                   .select_related("organisation", "product", "base_model").prefetch_related(_REPLICAS))
-    if not show_stopped:
-        deployments = deployments.filter(Q(deleted=False) | ~Q(state="stopped"))
+    deployments = inference_selectors.deployment_list(organisations=org_ids, include_stopped=show_stopped)
     page = _page(request, deployments)
     settled = all(pool_views.settled(deployment) for deployment in page)
     if request.GET.get("format") == "live":  # the table, for the page's script while a deployment changes
@@ -603,10 +578,8 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
     live_query["format"] = "live"
     # GPU placement per node: staff see the whole pool; a tenant the nodes its replicas run on, other
     # tenants' GPUs shown only as "in use".
-    nodes = Node.objects.filter(active=True) if access.is_staff else Node.objects.filter(
-        replicas__deployment__organisation__in=org_ids).distinct()
-    nodes = nodes.prefetch_related(Prefetch("gpus__allocation", queryset=GpuAllocation.objects.select_related(
-        "replica__deployment")))
+    nodes = (inference_selectors.node_placement_unscoped() if access.is_staff
+             else inference_selectors.node_placement(organisations=org_ids))
     return render(request, "portal/deployment_list.html", {
         "page": page, "nodes": nodes, "org_ids": set(org_ids), "show_stopped": show_stopped, "settled": settled,
         "live_url": f"{request.path}?{live_query.urlencode()}",
@@ -708,7 +681,7 @@ def key_list(request: HttpRequest) -> HttpResponse:
     org_ids = access.organisation_ids()
     form = created = secret = None
     if writable.exists():
-        held = frozenset().union(*(access.scopes_in(o) for o in writable.values_list("pk", flat=True)))
+        held = frozenset().union(*(access.scopes_in(o) for o in access.organisation_ids(Scope.WRITE)))
         form = forms.ApiKeyForm(request.POST or None, organisations=writable, scopes=held)
     if request.method == "POST":
         if form is None:
@@ -727,7 +700,7 @@ def key_list(request: HttpRequest) -> HttpResponse:
                     forms.add_service_errors(form, exc)
                 else:
                     form = forms.ApiKeyForm(organisations=writable, scopes=held)
-    keys = ApiKey.objects.filter(organisation__in=org_ids).select_related("organisation", "product")
+    keys = access_selectors.api_key_list(organisation_ids=org_ids)
     page = _page(request, keys)
     revocable = {k.pk for k in page if _may_revoke(access, k)}
     return render(request, "portal/key_list.html", {
@@ -744,7 +717,7 @@ def _may_revoke(access: Access, key: ApiKey) -> bool:
 @require_http_methods(["GET", "POST"])
 def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     access = access_of(request)
-    key = ApiKey.objects.filter(pk=pk, organisation__in=access.organisations()).select_related("organisation").first()
+    key = access_selectors.api_key_get(organisations=access.organisations(), pk=pk)
     if key is None:
         raise Http404("No such key.")
     if not _may_revoke(access, key):
@@ -767,22 +740,11 @@ def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 def audit_list(request: HttpRequest) -> HttpResponse:
     access = access_of(request)
-    groups = access.groups().order_by("name")
-    events = AuditEvent.objects.all() if access.is_staff else audit_events_visible(principal=access.principal)
+    groups = access.groups()  # by name, the model's ordering
+    events = (access_selectors.audit_events_unscoped() if access.is_staff
+              else audit_events_visible(principal=access.principal))
     form = forms.AuditFilterForm(request.GET or None, groups=groups)
-    if form.is_valid():
-        data = form.cleaned_data
-        if data["group"]:
-            events = events.filter(group=data["group"])
-        if data["action"]:
-            events = events.filter(action__startswith=data["action"])
-        if data["actor"]:
-            events = events.filter(actor__icontains=data["actor"])
-        if data["since"]:
-            events = events.filter(at__date__gte=data["since"])
-        if data["until"]:
-            events = events.filter(at__date__lte=data["until"])
-    events = events.select_related("organisation", "group").order_by("-seq")
+    events = access_selectors.audit_event_search(events=events, **(form.cleaned_data if form.is_valid() else {}))
     page = _page(request, events)
     for event in page:
         event.data_json = json.dumps(event.data, indent=1, sort_keys=True, default=str)
@@ -796,24 +758,22 @@ def audit_list(request: HttpRequest) -> HttpResponse:
 # --- members ----------------------------------------------------------------------------------------------
 
 def _is_owner(access: Access, organisation_id: int) -> bool:
-    return access.is_staff or Membership.objects.filter(
-        user=access.user, organisation_id=organisation_id, role=Membership.Role.OWNER).exists()
+    return access.is_staff or licensing_selectors.user_role(
+        user=access.user, organisation_id=organisation_id) == Membership.Role.OWNER
 
 
 def _role_in(access: Access, organisation_id: int) -> str:
     """The caller's role in the organisation; staff act as owners, as in the Django admin."""
     if access.is_staff:
         return Membership.Role.OWNER
-    role = Membership.objects.filter(user=access.user, organisation_id=organisation_id).values_list(
-        "role", flat=True).first()
-    return role or ""
+    return licensing_selectors.user_role(user=access.user, organisation_id=organisation_id)
 
 
 def _grantable_roles(access: Access, manageable: QuerySet) -> list[str]:
     """Roles the caller may invite to some organisation they manage (the service checks each organisation)."""
     if access.is_staff:
         return list(licensing_services.ROLE_ORDER)
-    held = Membership.objects.filter(user=access.user, organisation__in=manageable).values_list("role", flat=True)
+    held = licensing_selectors.user_roles(user=access.user, organisations=manageable)
     return max((licensing_services.roles_up_to(role) for role in held), key=len, default=[])
 
 
@@ -850,13 +810,12 @@ def member_list(request: HttpRequest) -> HttpResponse:
                 link = _invitation_link(token)
                 emailed = licensing_services.invitation_email_send(invitation=invited, link=link)
                 form = forms.InvitationForm(organisations=manageable, roles=roles)
-    members = (Membership.objects.filter(organisation__in=access.organisation_ids())
-               .select_related("user", "organisation").order_by("organisation__name", "user__username"))
+    members = licensing_selectors.membership_list(organisation_ids=access.organisation_ids())
     invitations = portal_selectors.pending_invitations(organisations=manageable) if form is not None else []
     return render(request, "portal/member_list.html", {
         "page": _page(request, members), "form": form, "invited": invited, "link": link, "emailed": emailed,
         "invitations": invitations, "lifetime_days": licensing_services.invitation_lifetime().days,
-        "manage_ids": set(manageable.values_list("pk", flat=True)), "roles": Membership.Role.choices,
+        "manage_ids": set(access.organisation_ids(Scope.ADMIN)), "roles": Membership.Role.choices,
     }, status=_status(form) if form is not None else 200)
 
 
@@ -869,8 +828,7 @@ def _invitation_link(token: str) -> str:
 @require_POST
 def invitation_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     access = access_of(request)
-    invitation = (Invitation.objects.filter(pk=pk, organisation__in=access.organisations())
-                  .select_related("organisation").first())
+    invitation = licensing_selectors.invitation_get(organisations=access.organisations(), pk=pk)
     if invitation is None:
         raise Http404("No such invitation.")
     access.require(Scope.ADMIN, invitation.organisation_id)
@@ -886,8 +844,7 @@ def invitation_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _membership_or_404(access: Access, pk: int) -> Membership:
-    membership = (Membership.objects.filter(pk=pk, organisation__in=access.organisations())
-                  .select_related("user", "organisation").first())
+    membership = licensing_selectors.membership_get(organisations=access.organisations(), pk=pk)
     if membership is None:
         raise Http404("No such member.")
     access.require(Scope.ADMIN, membership.organisation_id)

@@ -6,8 +6,8 @@ import factory
 from django.contrib.auth import get_user_model
 
 from access.keys import api_key_create
-from licensing.models import LicenceVersion, Product
 from access.models import AffiliateGroup, Membership, Organisation
+from licensing.models import LicenceVersion, Product
 
 
 class GroupFactory(factory.django.DjangoModelFactory):

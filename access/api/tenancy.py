@@ -18,9 +18,8 @@ from django.db.models import QuerySet
 from rest_framework import viewsets
 from rest_framework.exceptions import NotAuthenticated
 
-from access.models import Scope
+from access.models import AffiliateGroup, Organisation, Scope
 from access.principals import Principal, principal_of
-from access.models import AffiliateGroup, Organisation
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 

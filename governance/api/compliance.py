@@ -15,10 +15,11 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.fields import MonthField
-from governance import evidence
 from access.api.tenancy import GroupTenancy, TenantViewSet
 from access.audit import audit_events_visible, audit_verify_cached
+from access.models import AffiliateGroup, AuditEvent, Organisation, Scope
+from config.fields import MonthField
+from governance import evidence
 from governance.models import (
     AccessDecision,
     Alert,
@@ -33,9 +34,7 @@ from governance.models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
-from access.models import AuditEvent, Scope
 from governance.services import evaluation as evaluation_services
-from access.models import AffiliateGroup, Organisation
 
 # --- serializers --------------------------------------------------------------------------------------------
 
@@ -120,16 +119,8 @@ class DeclaredFigureSerializer(serializers.ModelSerializer):
         model = DeclaredFigure
         fields = ["id", "month", "mau", "lower", "upper", "evidence", "declared_by", "declared_at"]
         read_only_fields = ["id", "declared_by", "declared_at"]
-
-    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
-        lower, upper, mau = data.get("lower"), data.get("upper"), data.get("mau")
-        if lower is not None and mau is not None and lower > mau:
-            raise serializers.ValidationError({"lower": [f"Must be at most the figure ({mau:,}); got {lower:,}."]})
-        if upper is not None and mau is not None and upper < mau:
-            raise serializers.ValidationError({"upper": [f"Must be at least the figure ({mau:,}); got {upper:,}."]})
-        if lower is not None and upper is not None and lower > upper:
-            raise serializers.ValidationError({"lower": [f"Must be at most upper ({upper:,}); got {lower:,}."]})
-        return data
+        # The bounds against the figure are checked by declared_figure_record alone: its ValidationError becomes
+        # the same 400 naming the field (config/exceptions.py).
 
 
 

@@ -1,6 +1,6 @@
 
-from config.filters import BooleanFilter, FilterSet
 from access.models import ApiKey
+from config.filters import BooleanFilter, FilterSet
 
 
 class ApiKeyFilter(FilterSet):

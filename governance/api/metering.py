@@ -15,12 +15,12 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from access.api.tenancy import SAFE_METHODS, GroupTenancy, TenantViewSet
+from access.models import AffiliateGroup, Organisation, Scope
 from config.filters import iso_date
 from governance import selectors, sketches
 from governance.api.activity_input import ActivityInputRefused, activity_input
-from access.api.tenancy import SAFE_METHODS, GroupTenancy, TenantViewSet
 from governance.models import ProductMeteringPolicy
-from access.models import Scope
 from governance.services import IdempotencyConflict, activity_ingest, sketch_ingest
 from governance.services import evaluation as evaluation_services
 from governance.services.metering import (
@@ -31,7 +31,6 @@ from governance.services.metering import (
     request_fingerprint,
 )
 from licensing.models import Product
-from access.models import AffiliateGroup, Organisation
 
 MAX_SERIES_DAYS = 400
 

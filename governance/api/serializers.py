@@ -5,10 +5,8 @@ from typing import Any
 from django.utils import timezone
 from rest_framework import serializers
 
-from licensing.selectors import products_writable
-
 from access.models import ApiKey, Scope
-from licensing.api.serializers import TenantCreateMixin, TenantOrganisationField
+from licensing.api.serializers import TenantCreateMixin, TenantOrganisationField, products_writable_through
 from licensing.models import Product
 
 
@@ -46,8 +44,7 @@ class ApiKeyCreateSerializer(TenantCreateMixin, serializers.Serializer):
         super().__init__(*args, **kwargs)
         view = self.context.get("view")
         if view is not None and not getattr(view, "swagger_fake_view", False):
-            self.fields["product"].queryset = products_writable(
-                principal=view.principal, organisation_ids=view.writable_organisation_ids())
+            self.fields["product"].queryset = products_writable_through(view)
 
     def validate_expires_at(self, value: Any) -> Any:
         if value is not None and value <= timezone.now():

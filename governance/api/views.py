@@ -11,10 +11,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from access import keys
-from governance.api.filters import ApiKeyFilter
-from governance.api.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeySerializer
 from access.api.tenancy import TenantViewSet
 from access.models import ApiKey, Scope
+from governance.api.filters import ApiKeyFilter
+from governance.api.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeySerializer
 
 
 class ApiKeyViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):

@@ -17,9 +17,10 @@ from django.db import transaction
 from django.db.models import Min, Q
 from django.utils import timezone
 
+from access.audit import audit_record
+from access.models import AffiliateGroup, Membership, Organisation
 from governance import evaluation as rules
 from governance import queue
-from access.audit import audit_record
 from governance.models import (
     AccessDecision,
     ActivityPart,
@@ -37,7 +38,6 @@ from governance.models import (
 )
 from governance.selectors import daily_series, mau_month, mau_month_many, mau_rolling
 from licensing.models import BaseModel, LicenceVersion, Product
-from access.models import AffiliateGroup, Membership, Organisation
 from licensing.months import month_end, month_start, previous_month
 from licensing.selectors import acceptance_state, grants_in_force, group_exemptions, organisation_exemption
 
@@ -271,7 +271,7 @@ def _month_verdict(known: MonthFigures, *, policy: GroupPolicy, threshold: int, 
     return Verdict(status, known)
 
 
-def _test_months(group: AffiliateGroup, version: LicenceVersion) -> list[tuple[dt.date, str]]:
+def licence_test_months(*, group: AffiliateGroup, version: LicenceVersion) -> list[tuple[dt.date, str]]:
     """The months the licence-accurate test reads for a version, each with the reading that gives it.
 
     The version's own month first. Where the licence text does not fix the date (Code Llama ships under the
@@ -344,7 +344,7 @@ def group_evaluate(*, group: AffiliateGroup, today: dt.date | None = None) -> Gr
             # The licence-accurate test: every month a reading of the licence points at, the worst kept.
             readings = [(_month_verdict(known(month), policy=policy, threshold=threshold, granted=granted,
                                         rule=EvaluationRule.LICENCE_ACCURATE), note)
-                        for month, note in _test_months(group, version)]
+                        for month, note in licence_test_months(group=group, version=version)]
             worst = rules.worst_of([(verdict.status, note) for verdict, note in readings])
             accurate = next(v for v, _ in readings if v.status.figure is worst.figure
                             and v.status.state == worst.state)

@@ -22,11 +22,11 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from governance import queue, sketches
 from access.audit import audit_record
+from access.models import AffiliateGroup, Organisation
+from governance import queue, sketches
 from governance.models import ActivityPart, Alert, Rollup
 from licensing.models import Product
-from access.models import AffiliateGroup, Organisation
 from licensing.months import month_end, month_start
 
 logger = logging.getLogger(__name__)

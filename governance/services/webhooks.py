@@ -23,10 +23,10 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from governance import queue, webhooks
 from access.audit import audit_record
-from governance.models import Alert, DeliveryAttempt, GroupPolicy, WebhookDelivery, WebhookEndpoint
 from access.models import AffiliateGroup
+from governance import queue, webhooks
+from governance.models import Alert, DeliveryAttempt, GroupPolicy, WebhookDelivery, WebhookEndpoint
 
 logger = logging.getLogger(__name__)
 

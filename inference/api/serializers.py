@@ -4,12 +4,9 @@ from typing import Any
 
 from rest_framework import serializers
 
-from licensing.selectors import products_writable
-
 from config.fields import SlugRelatedField
-
 from inference.models import GPU, Deployment, GatewayLimit, GpuQuota, Node, Replica, TokenUsage
-from licensing.api.serializers import TenantCreateMixin, TenantOrganisationField
+from licensing.api.serializers import TenantCreateMixin, TenantOrganisationField, products_writable_through
 from licensing.models import BaseModel, Product
 
 
@@ -58,8 +55,7 @@ class DeploymentSerializer(TenantCreateMixin, serializers.ModelSerializer):
         super().__init__(*args, **kwargs)
         view = self.context.get("view")
         if view is not None and not getattr(view, "swagger_fake_view", False):
-            self.fields["product"].queryset = products_writable(
-                principal=view.principal, organisation_ids=view.writable_organisation_ids())
+            self.fields["product"].queryset = products_writable_through(view)
 
 
 class ScaleSerializer(serializers.Serializer):

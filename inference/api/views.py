@@ -3,16 +3,16 @@ from __future__ import annotations
 from typing import Any
 
 import django_filters
-from django.db.models import QuerySet, Sum
+from django.db.models import Sum
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.filters import DateFilter, FilterSet, IntegerFilter
 from access.api.tenancy import TenantViewSet
 from access.principals import principal_of
+from config.filters import DateFilter, FilterSet, IntegerFilter
 from inference import services
 from inference.api.serializers import (
     DeploymentSerializer,
@@ -25,7 +25,6 @@ from inference.api.serializers import (
     UsageTotalsSerializer,
 )
 from inference.models import GPU, Deployment, GatewayLimit, GpuQuota, Node, TokenUsage
-from licensing.models import Product
 
 
 class UsageFilter(FilterSet):
@@ -145,6 +144,3 @@ class StaffDeploymentViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = DeploymentSerializer
     permission_classes = [IsStaffSession]
     filterset_fields = ["state", "organisation", "device"]
-
-    def writable_products(self) -> QuerySet[Product]:
-        return Product.objects.none()  # read-only: staff change deployments in the admin

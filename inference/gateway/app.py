@@ -32,11 +32,11 @@ import functools
 import itertools
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
 import orjson
-from concurrent.futures import ThreadPoolExecutor
 from django.conf import settings
 
 from access.keys import KeyRejected, key_cache, key_prefix, key_verify

@@ -150,8 +150,7 @@ def key_info(key: Any, limits: OrganisationLimits) -> KeyInfo:
 
 
 def _deployment_info(deployment: Any) -> DeploymentInfo:
-    from inference.models import ReplicaState
-    from inference.models import replica_key
+    from inference.models import ReplicaState, replica_key
 
     version = deployment.base_model.licence_version
     upstreams = tuple(
@@ -182,9 +181,9 @@ def load_deployments(organisation_id: int) -> dict[str, DeploymentInfo]:
 
 
 def load_gate(organisation_id: int, licence_version_id: int) -> Gate:
+    from access.models import Organisation
     from governance.services.evaluation import access_check
     from licensing.models import LicenceVersion
-    from access.models import Organisation
 
     close_old_connections()
     try:

@@ -1,8 +1,8 @@
 import django_filters
 
+from access.models import AffiliateGroup, Organisation
 from config.filters import BooleanFilter, DateFilter, DateTimeFilter, FilterSet
 from licensing.models import LicenceAcceptance, LicenceVersion, MetaGrant, Product
-from access.models import AffiliateGroup, Organisation
 
 
 class LicenceVersionFilter(FilterSet):

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from licensing.selectors import products_writable
-
+from access.api.tenancy import TenantViewSet
+from access.models import AffiliateGroup, GroupAdmin, Organisation
 from config.fields import SlugRelatedField
 from licensing.models import (
     BaseModel,
@@ -18,8 +19,16 @@ from licensing.models import (
     Product,
     sha256_validator,
 )
-from access.models import AffiliateGroup, GroupAdmin, Organisation
+from licensing.selectors import products_writable
 from licensing.services import EVIDENCE_NEEDED, SUPPLIER_NEEDED
+
+
+def products_writable_through(view: Any) -> QuerySet[Product]:
+    """The products a write through ``view`` may name: the caller's (``products_writable``); none through a
+    view that is not a tenant's (the staff's read-only ones)."""
+    if not isinstance(view, TenantViewSet):
+        return Product.objects.none()
+    return products_writable(principal=view.principal, organisation_ids=view.writable_organisation_ids())
 
 
 class BaseModelSerializer(serializers.ModelSerializer):
@@ -178,8 +187,7 @@ class AcceptanceSerializer(TenantCreateMixin, serializers.ModelSerializer):
         super().__init__(*args, **kwargs)
         view = self.context.get("view")
         if view is not None and not getattr(view, "swagger_fake_view", False):
-            self.fields["product"].queryset = products_writable(
-                principal=view.principal, organisation_ids=view.writable_organisation_ids())
+            self.fields["product"].queryset = products_writable_through(view)
 
 
 class GrantSerializer(serializers.ModelSerializer):

@@ -6,14 +6,14 @@ from typing import Any
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
-from rest_framework import mixins, permissions, viewsets
+from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
-from rest_framework import status
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from access.api.tenancy import GroupTenancy, TenantViewSet
+from access.models import AffiliateGroup, GroupAdmin, Organisation, Scope
 from access.principals import principal_of
 from licensing import selectors, services
 from licensing.api import filters
@@ -33,9 +33,7 @@ from licensing.api.serializers import (
     OrganisationSerializer,
     ProductSerializer,
 )
-from access.models import Scope
 from licensing.models import LicenceAcceptance, LicenceVersion, MetaGrant, Product
-from access.models import AffiliateGroup, GroupAdmin, Organisation
 from licensing.obligations import NOTICE_FILENAME, check_derived_model_name, notice_file_text
 
 

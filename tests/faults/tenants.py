@@ -21,10 +21,9 @@ def main() -> None:
     import django
 
     django.setup()
-    from access.models import ApiKey
     from access.keys import api_key_create
-    from inference.models import Deployment, GatewayLimit, Replica, ReplicaState
-    from inference.models import replica_key
+    from access.models import ApiKey
+    from inference.models import Deployment, GatewayLimit, Replica, ReplicaState, replica_key
     from licensing.models import BaseModel, LicenceVersion
     from licensing.services import licence_accept, organisation_create, product_create
 

@@ -16,6 +16,7 @@ from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from access.models import AffiliateGroup, AuditEvent, Membership, Organisation
 from governance.models import (
     AccessDecision,
     ActivityPart,
@@ -26,7 +27,6 @@ from governance.models import (
     GroupPolicy,
     StatusChange,
 )
-from access.models import AuditEvent
 from governance.services import activity_ingest, metering_compact_step
 from governance.services.evaluation import (
     access_check,
@@ -37,7 +37,6 @@ from governance.services.evaluation import (
     group_policy_update,
 )
 from licensing.models import LicenceVersion, Product
-from access.models import AffiliateGroup, Membership, Organisation
 from licensing.services import grant_record, licence_accept
 from tests.factories import GroupFactory, MembershipFactory, OrganisationFactory, ProductFactory, UserFactory, licence
 

@@ -10,8 +10,8 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from governance.models import Alert, DeclaredFigure, GroupPolicy, WebhookEndpoint
 from access.models import AuditEvent
+from governance.models import Alert, DeclaredFigure, GroupPolicy, WebhookEndpoint
 from governance.services import activity_ingest
 from licensing.services import licence_accept
 from tests.factories import OrganisationFactory, ProductFactory, licence

@@ -14,14 +14,13 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from governance.models import Alert, DeclaredFigure, GroupPolicy, WebhookEndpoint
-from access.models import ApiKey, AuditEvent
 from access.keys import api_key_create
+from access.models import ApiKey, AuditEvent, GroupAdmin, Membership
+from governance.models import Alert, DeclaredFigure, GroupPolicy, WebhookEndpoint
 from governance.services.evaluation import declared_figure_record, group_evaluate
 from governance.services.webhooks import webhook_endpoint_create
 from inference.models import Deployment
 from licensing.models import BaseModel, LicenceAcceptance
-from access.models import GroupAdmin, Membership
 from licensing.services import organisation_create, product_create
 from tests.factories import MembershipFactory, licence
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from django.utils import timezone
 
-from access.models import ApiKey
 from access.keys import api_key_authenticate, api_key_revoke
 from access.keys import key_cache as _key_cache
+from access.models import ApiKey
 from tests.factories import OrganisationFactory, make_key
 
 pytestmark = pytest.mark.django_db

@@ -14,8 +14,8 @@ from datasketches import cpc_sketch, hll_sketch, tgt_hll_type, update_theta_sket
 from django.core.cache import cache
 from django.utils import timezone
 
-from governance.models import ActivityPart, IdempotencyRecord, Rollup
 from access.models import AuditEvent
+from governance.models import ActivityPart, IdempotencyRecord, Rollup
 from governance.services import metering_compact_step
 from tests.factories import GroupFactory, OrganisationFactory, ProductFactory
 from tests.governance import sketch_forgeries as forgeries

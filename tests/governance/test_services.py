@@ -9,9 +9,8 @@ import pytest
 from django.utils import timezone
 from pytest_django.fixtures import SettingsWrapper
 
-from access.models import ApiKey, AuditEvent
 from access.keys import KeyRejected, api_key_authenticate, api_key_create, api_key_revoke
-from access.models import Organisation
+from access.models import ApiKey, AuditEvent, Organisation
 from tests.factories import OrganisationFactory, ProductFactory
 
 pytestmark = pytest.mark.django_db

@@ -15,13 +15,12 @@ from datasketches import hll_sketch, hll_union, tgt_hll_type
 from django.test import Client
 from django.utils import timezone
 
+from access.models import AuditEvent, Membership
 from governance import sketches
 from governance.models import ActivityPart, ActivitySource, Alert, Rollup
-from access.models import AuditEvent
 from governance.services import activity_ingest, metering_compact_step
 from governance.services.metering import rollups_settle
 from governance.tasks import evaluate_group
-from access.models import Membership
 from tests.factories import MembershipFactory, ProductFactory
 from tests.governance import sketch_forgeries as forgeries
 

@@ -23,9 +23,9 @@ from django.db import connections, transaction
 from django.utils import timezone
 from pytest_django.fixtures import SettingsWrapper
 
+from access.models import AffiliateGroup, AuditEvent
 from governance import webhooks
 from governance.models import Alert, DeliveryAttempt, GroupPolicy, Heartbeat, WebhookDelivery, WebhookEndpoint
-from access.models import AuditEvent
 from governance.services import webhooks as webhook_services
 from governance.services.webhooks import (
     webhook_attempt,
@@ -50,10 +50,9 @@ from governance.webhooks import (
     sign,
     slack_payload,
     standard_webhooks_secret,
-    vetted_addresses,
     verify,
+    vetted_addresses,
 )
-from access.models import AffiliateGroup
 from tests.factories import GroupFactory, licence
 
 # --- a real HTTP receiver ---------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import uvicorn
 
+from access.models import Organisation
 from inference.models import Deployment, Replica, ReplicaState
 from licensing.models import BaseModel
-from access.models import Organisation
 from licensing.services import licence_accept
 from tests.factories import ProductFactory, licence
 

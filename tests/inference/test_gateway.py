@@ -14,15 +14,13 @@ import openai
 import pytest
 from django.utils import timezone
 
-from access.models import ApiKey
-from governance.selectors import dau
 from access.keys import api_key_revoke
+from access.models import ApiKey, Organisation
+from governance.selectors import dau
 from governance.services.evaluation import declared_figure_record, group_evaluate
 from inference.gateway.app import Gateway
-from inference.models import Deployment, GatewayLimit, Replica, TokenUsage
-from inference.models import replica_key
+from inference.models import Deployment, GatewayLimit, Replica, TokenUsage, replica_key
 from licensing.models import BaseModel
-from access.models import Organisation
 from licensing.services import grant_record
 from tests.factories import ProductFactory, licence, make_key
 from tests.inference.fake_openai import PROMPT_TOKENS, FakeOpenAI

@@ -18,8 +18,8 @@ from django.core.exceptions import ValidationError
 from django.db import connections
 from django.utils import timezone
 
-from governance.models import Alert, GroupPolicy
 from access.models import AuditEvent
+from governance.models import Alert, GroupPolicy
 from governance.services.evaluation import group_policy_get
 from inference import reconciler
 from inference.backends.local import process_start_time

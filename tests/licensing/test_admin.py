@@ -7,11 +7,10 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from access.models import AuditEvent, Organisation
 from governance.models import Alert
-from access.models import AuditEvent
 from inference.models import Deployment
 from licensing.models import BaseModel, Product
-from access.models import Organisation
 from tests.factories import OrganisationFactory, ProductFactory, UserFactory, licence
 
 pytestmark = pytest.mark.django_db

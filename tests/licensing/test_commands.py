@@ -10,10 +10,9 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from pytest_django.fixtures import SettingsWrapper
 
-from access.models import ApiKey, AuditEvent
 from access.keys import api_key_authenticate
+from access.models import AffiliateGroup, ApiKey, AuditEvent, Membership, Organisation
 from licensing.models import LicenceAcceptance, Product
-from access.models import AffiliateGroup, Membership, Organisation
 from tests.factories import GroupFactory, OrganisationFactory, ProductFactory
 
 pytestmark = pytest.mark.django_db

@@ -7,9 +7,8 @@ import datetime as dt
 import pytest
 from django.core.exceptions import ValidationError
 
-from access.models import AuditEvent
+from access.models import AffiliateGroup, AuditEvent, Organisation
 from licensing.models import BaseModel, Exemption, LicenceAcceptance, LicenceVersion, MetaGrant, Product
-from access.models import AffiliateGroup, Organisation
 from licensing.selectors import (
     acceptance_state,
     acceptance_states,

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from governance.models import Alert, ComplianceStatus, DeclaredFigure, EvaluationRule
 from access.models import AuditEvent
+from governance.models import Alert, ComplianceStatus, DeclaredFigure, EvaluationRule
 from licensing.models import LicenceVersion, MetaGrant, Product
 from tests.portal.conftest import Tenancy
 
@@ -80,8 +80,8 @@ def test_it_refuses_a_declaration_to_a_member_and_hides_the_group_from_an_outsid
 
 
 def test_a_sibling_admin_proposes_and_a_group_admin_confirms_or_rejects(tenancy: Tenancy, login: Any) -> None:
-    from governance.models import DeclarationProposal
     from access.models import Membership
+    from governance.models import DeclarationProposal
     from tests.factories import MembershipFactory
 
     group = tenancy.organisation.group

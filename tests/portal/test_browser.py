@@ -24,11 +24,11 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
+from access.models import Membership
 from governance.services import activity_ingest
 from inference import services as inference_services
 from inference.models import GPU, GpuAllocation, GpuQuota, Node, Replica, ReplicaState
 from licensing.models import BaseModel, LicenceVersion
-from access.models import Membership
 from licensing.services import licence_accept, organisation_create, product_create
 
 CHROMIUM = os.environ.get("CORRAL_CHROMIUM", "/usr/bin/chromium")
@@ -305,13 +305,13 @@ def every_kind(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch, settings:
     """One object of every kind a portal URL names, so that every page has something to show."""
     import socket
 
-    from governance.models import Alert, WebhookDelivery
-    from governance.services.evaluation import declared_figure_record, group_evaluate
     from access.keys import api_key_create
+    from access.models import Invitation, Organisation
+    from governance.models import Alert, WebhookDelivery
     from governance.services import webhooks as webhook_services
+    from governance.services.evaluation import declared_figure_record, group_evaluate
     from inference.models import Deployment, TokenUsage
     from licensing.models import MetaGrant, Product
-    from access.models import Invitation, Organisation
     from licensing.services import group_admin_appoint, invitation_create
 
     monkeypatch.setattr(webhook_services, "resolver", lambda host, port, *a, **k: [

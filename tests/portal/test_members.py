@@ -20,8 +20,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from access.models import AuditEvent
-from access.models import Invitation, Membership
+from access.models import AuditEvent, Invitation, Membership
 from licensing.services import invitation_create
 from tests.factories import UserFactory
 from tests.portal.conftest import PASSWORD, Tenancy

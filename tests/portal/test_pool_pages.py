@@ -11,12 +11,10 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from access.models import ApiKey
 from access.keys import api_key_create
-from inference.models import Deployment, GpuQuota, Replica, TokenUsage
-from inference.models import replica_key
+from access.models import ApiKey, Membership
+from inference.models import Deployment, GpuQuota, Replica, TokenUsage, replica_key
 from licensing.models import BaseModel, Product
-from access.models import Membership
 from portal import forms
 from tests.portal.conftest import Tenancy
 

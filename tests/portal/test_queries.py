@@ -12,13 +12,13 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from access.keys import api_key_create
+from access.models import Membership
 from governance.models import Alert, DeliveryAttempt, WebhookDelivery, WebhookEndpoint
 from governance.services import activity_ingest
-from access.keys import api_key_create
 from governance.services.evaluation import group_evaluate
 from inference.models import GPU, Deployment, GpuAllocation, Node, Replica
 from licensing.models import BaseModel, LicenceVersion
-from access.models import Membership
 from licensing.services import licence_accept
 from tests.factories import MembershipFactory, OrganisationFactory, ProductFactory
 from tests.portal.conftest import Tenancy

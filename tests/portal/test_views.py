@@ -15,13 +15,12 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from governance.models import Alert, GroupPolicy, WebhookDelivery, WebhookEndpoint
-from access.models import ApiKey, AuditEvent
 from access.keys import api_key_create
+from access.models import ApiKey, AuditEvent, Organisation
+from governance.models import Alert, GroupPolicy, WebhookDelivery, WebhookEndpoint
 from governance.services import webhooks as webhook_services
 from inference.models import Deployment, GpuQuota
 from licensing.models import BaseModel, Exemption, LicenceAcceptance, LicenceVersion, Product
-from access.models import Organisation
 from licensing.services import exemption_record, licence_accept
 from tests.factories import ProductFactory
 from tests.portal.conftest import Tenancy

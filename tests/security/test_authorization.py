@@ -16,10 +16,9 @@ from django.urls import URLPattern
 from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
-from access.models import ApiKey, Scope
+from access.models import ApiKey, Membership, Organisation, Scope
 from inference.models import GatewayLimit, GpuQuota
 from licensing.models import MetaGrant
-from access.models import Membership, Organisation
 from portal.urls import urlpatterns as portal_urlpatterns
 from tests.security.conftest import database_snapshot, snapshot_diff
 from tests.security.world import SCOPE_SETS, WEBHOOK_URL, Tenant, build_tenant

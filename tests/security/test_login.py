@@ -13,8 +13,7 @@ from django.core.management import call_command
 from django.test import Client
 from rest_framework.test import APIClient
 
-from access.models import AuditEvent
-from access.models import Membership
+from access.models import AuditEvent, Membership
 from tests.security.world import Tenant, build_tenant
 
 pytestmark = pytest.mark.django_db

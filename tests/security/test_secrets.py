@@ -12,9 +12,9 @@ import pytest
 from django.apps import apps
 from rest_framework.test import APIClient
 
-from governance import webhooks
 from access import keys
 from access.keys import api_key_authenticate
+from governance import webhooks
 from inference.gateway.app import Gateway
 from inference.models import replica_key
 from tests.security.test_authorization import api_paths

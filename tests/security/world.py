@@ -13,15 +13,14 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from governance.models import Alert, WebhookDelivery
-from access.models import ApiKey, Scope
 from access.keys import api_key_create, api_key_revoke
+from access.models import ApiKey, Membership, Organisation, Scope
+from governance.models import Alert, WebhookDelivery
 from governance.services.evaluation import declaration_propose, declared_figure_record, group_policy_get
 from governance.services.metering import activity_ingest
 from governance.services.webhooks import webhook_endpoint_create, webhook_test_event
 from inference.models import GPU, Deployment, GatewayLimit, GpuQuota, Node, Replica, ReplicaState, TokenUsage
 from licensing.models import BaseModel, LicenceVersion
-from access.models import Membership, Organisation
 from licensing.services import (
     grant_record,
     group_admin_appoint,

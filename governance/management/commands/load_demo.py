@@ -7,9 +7,9 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
 
+from access.models import Membership, Organisation
 from governance.services.metering import activity_ingest
 from licensing.models import BaseModel, LicenceVersion, Product
-from access.models import Membership, Organisation
 from licensing.services import licence_accept, organisation_create, product_create
 
 GROUP = "Acme Holdings"

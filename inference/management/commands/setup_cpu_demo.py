@@ -5,9 +5,9 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from access.models import Organisation
 from inference.models import GpuQuota, Node
 from licensing.models import BaseModel, LicenceVersion
-from access.models import Organisation
 
 DEMO_REPO_ID = "corral/tiny-llama-demo"
 
