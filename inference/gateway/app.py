@@ -5,17 +5,17 @@ every other path under
 /v1 is a 404, so nothing else of vLLM (tokenize, pooling, LoRA loading, sleep, metrics, ...) is reachable.
 Everything outside /v1 goes to ``app`` (Django). On each request, in order:
 
-1. authenticate the Corral key (`inference` scope), from a per-process cache (directory.py);
-2. read the body (at most GATEWAY_MAX_BODY_BYTES) and check it: `model`, caps on `max_tokens` (the Responses
-   API's `max_output_tokens`) and `n`, the end user from `safety_identifier` or `user`;
-3. find the deployment among the key's organisation's (and product's, for a product-bound key): another
-   tenant's model is the same 404 as a missing one;
-4. the licence gates: the EU clause of the 3.2 / 3.3 / 4 AUPs for a multimodal model and an organisation
-   domiciled in the EU, then the group's access decision for the deployment's licence version (403 with the
-   reason);
-5. reserve the rate limits of key and organisation (limits.py; 429 with Retry-After);
+1. ``authenticate``: the Corral key (`inference` scope) by the one verifier and key cache (access/keys.py);
+2. read the body (at most GATEWAY_MAX_BODY_BYTES) and ``parse`` it: `model`, caps on `max_tokens` (the
+   Responses API's `max_output_tokens`) and `n`, the end user from `safety_identifier` or `user`;
+3. ``gate``: find the deployment among the key's organisation's (and product's, for a product-bound key:
+   another tenant's model is the same 404 as a missing one), then the licence gates: the EU clause of the
+   3.2 / 3.3 / 4 AUPs for a multimodal model and an organisation domiciled in the EU, then the group's access
+   decision for the deployment's licence version (403 with the reason);
+4. ``cap``: the token cap filled in where the request sets none, a stream's usage always asked of vLLM;
+5. ``reserve`` the rate limits of key and organisation (limits.py; 429 with Retry-After);
 6. relay to a healthy replica (routing.py), retrying another one once if the connection cannot be made,
-   streaming chunk by chunk; usage is asked of vLLM on streams and passed on only if the client asked;
+   streaming chunk by chunk; usage is passed on to the client only if it asked;
 7. settle the limits with the real usage and meter tokens and the user (usage.py), also when the client
    went away (the upstream request is then cancelled).
 
@@ -33,6 +33,7 @@ import itertools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -99,6 +100,21 @@ def _make_limiter() -> Any:
     client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=timeout, retry_on_timeout=False,
                                      max_connections=256)
     return RedisLimiter(client, lease_seconds=lease, prefix=settings.GATEWAY_REDIS_PREFIX, timeout=timeout)
+
+
+@dataclass(slots=True)
+class _Call:
+    """What a completion request asks for, as read by ``Gateway.parse`` and completed by ``Gateway.cap``."""
+
+    api: str  # "chat", "text" or "responses"
+    data: dict[str, Any]
+    model: str
+    stream: bool
+    completions: int  # n, times the prompts of a batch
+    max_tokens: int  # the answer's cap: the largest the request set, or the one ``cap`` chose
+    user: str | None
+    client_usage: bool = False  # what the client asked of a stream's usage (vLLM is always asked for all)
+    client_continuous: bool = False
 
 
 class _Request:
@@ -301,10 +317,27 @@ class Gateway:
                                param="model", code="model_not_found")
 
     async def completion(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """A completion, chat completion or response, in the steps the module docstring names."""
         key, headers = await self.authenticate(scope)
         body = await self._read_body(headers, receive)
         if not self.meter.healthy:
             raise _unavailable("usage metering")
+        call = self.parse(COMPLETION_PATHS[scope["path"]], body, headers, key)
+        deployment = await self.gate(key, call)
+        upstream_body = self.cap(call, key, deployment, body)
+        request = await self.reserve(call, key, deployment, len(body))
+        self.in_flight += 1
+        try:
+            await self._relay(scope["path"], upstream_body, request, receive, send, stream=call.stream)
+        finally:
+            try:
+                await self._finish(request)
+            finally:
+                self.in_flight -= 1
+
+    def parse(self, api: str, body: bytes, headers: dict[bytes, bytes], key: KeyInfo) -> _Call:
+        """Read the request: its model, whether it streams, and the end user; refuse what the organisation's
+        caps on `n` and on the answer's tokens do not allow (every field that caps the answer is checked)."""
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -319,7 +352,6 @@ class Gateway:
         if not isinstance(stream, bool):
             raise GatewayError(400, "`stream` must be true or false.", param="stream", code="invalid_type")
         n = _int_field(data, "n", 1)
-        api = COMPLETION_PATHS[scope["path"]]
         prompts = 1
         if api == "text" and isinstance(data.get("prompt"), list) and data["prompt"] and \
                 isinstance(data["prompt"][0], (str, list)):
@@ -327,20 +359,25 @@ class Gateway:
         if n * prompts > key.max_n:
             raise GatewayError(422, f"`n` is {n} for {prompts} prompt(s), {n * prompts} completions; this "
                                     f"organisation allows at most {key.max_n}.", param="n", code="n_too_large")
-        # Every field that caps the answer is checked, the larger reserved.
         max_tokens = 0
         for token_field in TOKEN_FIELDS[api]:
             value = _int_field(data, token_field, 0)
             if value > key.max_tokens:
                 raise GatewayError(422, f"`{token_field}` is {value}; this organisation allows at most "
                                         f"{key.max_tokens}.", param=token_field, code="max_tokens_too_large")
-            max_tokens = max(max_tokens, value)
+            max_tokens = max(max_tokens, value)  # the larger is reserved
         user = _end_user(data)
         if not user:
             header_user = headers.get(settings.GATEWAY_USER_HEADER.encode())
             user = header_user.decode("utf-8", "replace") if header_user else (key.default_user or None)
+        return _Call(api=api, data=data, model=model, stream=stream, completions=n * prompts,
+                     max_tokens=max_tokens, user=user)
 
-        deployment = await self._deployment(key, model)
+    async def gate(self, key: KeyInfo, call: _Call) -> DeploymentInfo:
+        """The licence's gates for this key and model: the deployment must be the key's, the EU clause of the
+        3.2 / 3.3 / 4 AUPs must allow it, the group's access decision for its version must allow it, and it
+        must have a ready replica."""
+        deployment = await self._deployment(key, call.model)
         refusal = eu_multimodal_refusal(
             version_name=deployment.version_name, licence_name=deployment.licence_name,
             restricted=deployment.eu_multimodal_restriction, multimodal=deployment.multimodal,
@@ -355,35 +392,44 @@ class Gateway:
         if not gate.allowed:
             raise GatewayError(403, gate.detail, type="permission_error", code=gate.reason)
         if not deployment.upstreams:
-            raise GatewayError(503, f"The model `{model}` has no ready replica right now (deployment state: "
+            raise GatewayError(503, f"The model `{call.model}` has no ready replica right now (deployment state: "
                                     f"{deployment.state}).", type="service_unavailable", code="model_not_ready",
                                retry_after=5)
+        return deployment
 
-        rewrite = False
-        if not max_tokens and api == "text":
-            max_tokens = min(16, key.max_tokens)  # the completions API's default (OpenAI's and vLLM's)
-        elif not max_tokens:
+    def cap(self, call: _Call, key: KeyInfo, deployment: DeploymentInfo, body: bytes) -> bytes:
+        """The body vLLM gets: the token cap filled in where the request sets none and the model would allow
+        more, and a stream's usage always asked for (so it is metered). Sets ``call.max_tokens`` to what the
+        answer may use."""
+        data, api, rewrite = call.data, call.api, False
+        if not call.max_tokens and api == "text":
+            call.max_tokens = min(16, key.max_tokens)  # the completions API's default (OpenAI's and vLLM's)
+        elif not call.max_tokens:
             if deployment.max_model_len > key.max_tokens:
-                max_tokens = key.max_tokens  # the cap holds also for requests that set none
-                data[TOKEN_FIELDS[api][0]] = max_tokens
+                call.max_tokens = key.max_tokens  # the cap holds also for requests that set none
+                data[TOKEN_FIELDS[api][0]] = call.max_tokens
                 rewrite = True
             else:
-                max_tokens = deployment.max_model_len  # vLLM's own bound is within the cap: leave it to vLLM
-        client_usage = client_continuous = False
-        if stream and api != "responses":  # a response's usage is in its final event, always
+                call.max_tokens = deployment.max_model_len  # vLLM's own bound is within the cap: left to vLLM
+        if call.stream and api != "responses":  # a response's usage is in its final event, always
             options = data.get("stream_options") or {}
             if not isinstance(options, dict):
                 raise GatewayError(400, "`stream_options` must be an object.", param="stream_options",
                                    code="invalid_type")
-            client_usage = options.get("include_usage") is True
-            client_continuous = client_usage and options.get("continuous_usage_stats") is True
+            call.client_usage = options.get("include_usage") is True
+            call.client_continuous = call.client_usage and options.get("continuous_usage_stats") is True
             data["stream_options"] = {**options, "include_usage": True, "continuous_usage_stats": True}
             rewrite = True
-        reserve = max_tokens * n * prompts + len(body) // 4  # the prompt's tokens, estimated from its size
-        request = _Request(f"{self._id_prefix}{next(self._ids)}", key, deployment, reserve, user)
-        request.estimated_prompt = len(body) // 4
-        request.client_usage, request.client_continuous = client_usage, client_continuous
-        request.responses = api == "responses"
+        return orjson.dumps(data) if rewrite else body
+
+    async def reserve(self, call: _Call, key: KeyInfo, deployment: DeploymentInfo, body_size: int) -> _Request:
+        """Reserve the answer's tokens (and the prompt's, estimated from its size) and a request slot under the
+        key's and the organisation's limits; 429 with Retry-After when they do not allow it."""
+        reserve = call.max_tokens * call.completions + body_size // 4
+        request = _Request(f"{self._id_prefix}{next(self._ids)}", key, deployment, reserve, call.user)
+        request.estimated_prompt = body_size // 4
+        request.client_usage, request.client_continuous = call.client_usage, call.client_continuous
+        request.responses = call.api == "responses"
         try:
             refusal = await self.limiter.reserve(request_id=request.id, key_id=key.id, org_id=key.organisation_id,
                                                  tokens=reserve, key=key.key_limits, org=key.org_limits)
@@ -393,15 +439,7 @@ class Gateway:
         if refusal is not None:
             raise GatewayError(429, refusal.message, type="tokens" if "tokens" in refusal.limit else "requests",
                                code="rate_limit_exceeded", retry_after=refusal.retry_after)
-        upstream_body = orjson.dumps(data) if rewrite else body
-        self.in_flight += 1
-        try:
-            await self._relay(scope["path"], upstream_body, request, receive, send, stream=stream)
-        finally:
-            try:
-                await self._finish(request)
-            finally:
-                self.in_flight -= 1
+        return request
 
     async def _finish(self, request: _Request) -> None:
         key = request.key
