@@ -411,7 +411,7 @@ HEALTHZ_COMPACTION_LAG_SECONDS = env_int("HEALTHZ_COMPACTION_LAG_SECONDS", 900)
 # Last-used time of an API key is written at most this often, so authentication is not a write per call.
 API_KEY_LAST_USED_RESOLUTION = timedelta(seconds=env_int("API_KEY_LAST_USED_RESOLUTION_SECONDS", 60))
 # How long a process may reuse a key's row; a revocation elsewhere takes effect within this time.
-API_KEY_CACHE_SECONDS = env_int("API_KEY_CACHE_SECONDS", 5)
+API_KEY_CACHE_SECONDS = env_float("API_KEY_CACHE_SECONDS", 2.0)
 # How long a member invitation's one-time link works (docs/portal.md).
 INVITATION_EXPIRY_DAYS = env_int("INVITATION_EXPIRY_DAYS", 7)
 if not 1 <= INVITATION_EXPIRY_DAYS <= 90:

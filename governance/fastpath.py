@@ -33,7 +33,7 @@ def _error(status: int, body: dict[str, Any], *extra: tuple[bytes, bytes]) -> Re
     return status, body, list(extra)
 
 
-# Products by id, as API keys are (governance/services/keys.py): read once per API_KEY_CACHE_SECONDS per
+# Products by id, as API keys are (access/keys.py): read once per API_KEY_CACHE_SECONDS per
 # process instead of once per batch. A product's organisation never changes; a deleted one fails the insert.
 _products: dict[int, tuple[float, Any]] = {}
 

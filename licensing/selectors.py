@@ -187,7 +187,7 @@ def exemption_history(*, organisation: Organisation) -> QuerySet[Exemption]:
 
 # --- organisations and affiliate groups: what a caller sees -------------------------------------------------
 #
-# The tenant is the set of organisations a principal belongs to (governance/principals.py). Corral staff see
+# The tenant is the set of organisations a principal belongs to (access/principals.py). Corral staff see
 # every organisation: those reads say "unscoped" in their name.
 
 

@@ -1,6 +1,6 @@
 """Who sees what in the portal: the REST API's tenancy rules, applied to a signed-in person.
 
-The answer is the API's ``Principal`` (governance/principals.py): a member's scopes per organisation follow
+The answer is the API's ``Principal`` (access/principals.py): a member's scopes per organisation follow
 from their role (viewer: read; member: read, write, ingest; admin and owner: everything). Two visibilities
 follow from it, as in the API:
 

@@ -7,7 +7,7 @@ revealed). Subclasses narrow further through ``scope_queryset`` and never overri
 A key bound to one product reaches that product only: a viewset whose rows belong to a product names the path
 to it (``product_field``), and the queryset and the objects it may change are cut down to the bound product here (the products a
 write may name: ``licensing.selectors.products_writable``). Writes that change the whole organisation
-(``organisation_level_writes``) or the whole group are refused to bound keys (governance/permissions.py).
+(``organisation_level_writes``) or the whole group are refused to bound keys (access/permissions.py).
 """
 
 from __future__ import annotations
