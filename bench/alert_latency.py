@@ -33,7 +33,7 @@ django.setup()
 from django.core.management import call_command
 call_command("migrate", verbosity=0)
 from access.keys import api_key_create
-from governance.services.webhooks import webhook_endpoint_create
+from governance.webhooks.services import webhook_endpoint_create
 from licensing.models import LicenceVersion
 from licensing.services import licence_accept, organisation_create, product_create
 version = LicenceVersion.objects.get(slug="llama-3.1")
@@ -81,7 +81,7 @@ def run(label: str, env: dict[str, str]) -> list[float]:
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
     ]
     sys.path.insert(0, str(ROOT))
-    from governance.webhooks import verify
+    from governance.webhooks.signing import verify
 
     latencies = []
     try:

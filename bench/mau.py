@@ -200,9 +200,9 @@ def stage_costs(key: str, product, bodies: list[bytes], rounds: int = 4) -> dict
     from django.db import close_old_connections, connections
 
     from access.keys import api_key_authenticate
-    from governance import sketches
-    from governance.fastpath import _decode_typed, _product, ingest_activity
-    from governance.services import metering
+    from governance.metering import services as metering
+    from governance.metering import sketches
+    from governance.metering.fastpath import _decode_typed, _product, ingest_activity
 
     headers = {b"authorization": f"Bearer {key}".encode()}
     path = f"/api/v1/products/{product.pk}/activity"
@@ -377,7 +377,7 @@ def main() -> None:
             print(f"  {name:38s} {ms:6.3f}")
         whole = stages.pop("whole request (ingest_activity)")
         print(f"  {'sum of the stages':38s} {sum(stages.values()):6.3f} (whole request {whole:.3f})")
-    from governance.services import metering_compact_step
+    from governance.metering.services import metering_compact_step
 
     while metering_compact_step():  # the stage measurement's parts
         pass

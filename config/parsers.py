@@ -1,5 +1,5 @@
 """How the REST API reads a JSON body: one function for every path that parses one (DRF's parser below, and the
-ingestion fast path in governance/fastpath.py), built on orjson: a 100,000-id activity batch parses several
+ingestion fast path in governance/metering/fastpath.py), built on orjson: a 100,000-id activity batch parses several
 times faster than with the standard library. DRF's parser also checks the body's JSON types against the
 operation's schema (config/schema_types.py)."""
 

@@ -77,7 +77,7 @@ class Rollup(models.Model):
     ids_received = models.PositiveBigIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
     # A rollup whose sketch cannot be read is copied into a flagged row (the bytes are kept) and the live row
-    # is rebuilt from the rollups below it (governance/services/quarantine.py). Every read takes live rows only.
+    # is rebuilt from the rollups below it (governance/metering/quarantine.py). Every read takes live rows only.
     quarantined_at = models.DateTimeField(null=True, blank=True, help_text="Set on the kept copy of an unreadable "
                                           "rollup; the live row (empty here) was rebuilt without it")
     quarantine_reason = models.CharField(max_length=300, blank=True)

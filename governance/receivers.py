@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from access.models import AffiliateGroup
-from governance.services import evaluation
+from governance.compliance import services as evaluation
 from licensing import signals
 
 

@@ -23,7 +23,7 @@ def record_heartbeat(component: str = "beat") -> None:
 def compact_metering(max_seconds: float = 50.0) -> int:
     """Fold pending activity parts into rollups until none arrive meanwhile. Safe to run twice."""
     from governance.debounce import run_until_clean
-    from governance.services import metering_compact_step
+    from governance.metering.services import metering_compact_step
 
     folded = 0
 
@@ -48,7 +48,7 @@ def compact_metering(max_seconds: float = 50.0) -> int:
 @shared_task(ignore_result=True)
 def settle_rollups() -> int:
     """Beat (every 6 hours): store rollups of settled periods compactly (HLL_4), in bounded rounds."""
-    from governance.services.metering import rollups_settle
+    from governance.metering.services import rollups_settle
 
     total = 0
     while (done := rollups_settle(limit=1000)) > 0:
@@ -60,7 +60,7 @@ def settle_rollups() -> int:
 
 @shared_task(ignore_result=True)
 def purge_idempotency_records() -> int:
-    from governance.services import idempotency_purge
+    from governance.metering.services import idempotency_purge
 
     deleted = idempotency_purge()
     logger.info("purged %d expired idempotency records", deleted)
@@ -75,8 +75,8 @@ def evaluate_group(group_id: int) -> None:
     and an evaluation is not repeated back to back for every batch.
     """
     from access.models import AffiliateGroup
+    from governance.compliance.services import group_evaluate
     from governance.debounce import run_until_clean
-    from governance.services.evaluation import group_evaluate
 
     group = AffiliateGroup.objects.filter(pk=group_id).first()
     if group is None:
@@ -104,8 +104,8 @@ def evaluate_all_groups() -> int:
              retry_backoff_max=600, max_retries=8)
 def dispatch_alert(alert_id: int) -> None:
     """Email an alert and queue its webhook deliveries, then try each delivery at once."""
+    from governance.compliance.services import alert_deliver
     from governance.models import Alert
-    from governance.services.evaluation import alert_deliver
 
     alert = Alert.objects.select_related("group", "licence_version").filter(pk=alert_id).first()
     if alert is None:
@@ -118,7 +118,7 @@ def dispatch_alert(alert_id: int) -> None:
 @shared_task(ignore_result=True, acks_late=True)
 def deliver_webhook(delivery_id: int) -> None:
     from governance.models import WebhookDelivery
-    from governance.services.webhooks import webhook_attempt
+    from governance.webhooks.services import webhook_attempt
 
     try:
         webhook_attempt(delivery_id=delivery_id)
@@ -129,7 +129,7 @@ def deliver_webhook(delivery_id: int) -> None:
 @shared_task(ignore_result=True)
 def deliver_due_webhooks() -> int:
     """Beat, every 30 s: retry every delivery whose next attempt is due (the backoff lives in the database)."""
-    from governance.services.webhooks import webhook_deliver_due
+    from governance.webhooks.services import webhook_deliver_due
 
     return webhook_deliver_due()
 
@@ -137,7 +137,7 @@ def deliver_due_webhooks() -> int:
 @shared_task(ignore_result=True)
 def dispatch_undispatched_alerts() -> int:
     """Beat, every minute: dispatch alerts whose first dispatch never completed."""
-    from governance.services.evaluation import alerts_undispatched
+    from governance.compliance.services import alerts_undispatched
 
     ids = alerts_undispatched()
     for alert_id in ids:

@@ -165,7 +165,7 @@ def eu_multimodal_refusal_for(organisation: Organisation, base_model: BaseModel)
 
 
 def _check_licence(organisation: Organisation, product: Product, base_model: BaseModel) -> None:
-    from governance.services.evaluation import access_check
+    from governance.compliance.services import access_check
 
     version = product.licence_version
     if version is None:

@@ -17,8 +17,8 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from access.models import Scope
-from governance import selectors as governance_selectors
-from governance.services import evaluation as evaluation_services
+from governance.compliance import selectors as compliance_selectors
+from governance.compliance import services as evaluation_services
 from licensing import selectors as licensing_selectors
 from licensing import services as licensing_services
 from portal import forms
@@ -60,7 +60,7 @@ def declaration_list(request: HttpRequest, pk: int) -> HttpResponse:
     if request.method == "POST" and action in ("confirm", "reject"):
         access.require_group_admin(group)
         chosen = request.POST.get("proposal", "")
-        proposal = governance_selectors.declaration_proposal_get(group=group, pk=int(chosen) if chosen.isdigit() else 0)
+        proposal = compliance_selectors.declaration_proposal_get(group=group, pk=int(chosen) if chosen.isdigit() else 0)
         if proposal is None:
             raise Http404("No such proposal.")
         try:
@@ -98,8 +98,8 @@ def declaration_list(request: HttpRequest, pk: int) -> HttpResponse:
                                 f"is evaluated again.")
         if declared is not None:
             return declared
-    declarations = governance_selectors.declared_figure_list(group=group)
-    proposals = governance_selectors.declaration_proposal_list(group=group)
+    declarations = compliance_selectors.declared_figure_list(group=group)
+    proposals = compliance_selectors.declaration_proposal_list(group=group)
     invalid = any(f is not None and f.is_bound and f.errors for f in (form, proposal_form))
     return render(request, "portal/declaration_list.html", {
         "group": group, "declarations": declarations, "form": form, "can_declare": can_declare,

@@ -16,8 +16,7 @@ from django.views.decorators.http import require_GET
 from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 
-
-from governance import evidence
+from governance.compliance import evidence
 from licensing.months import previous_month
 from portal.access import access_of
 

@@ -12,10 +12,10 @@ from django.db.models import Count, QuerySet
 from django.utils import timezone
 
 from access.models import AffiliateGroup, Invitation, Organisation
-from governance import evaluation as rules
+from governance.compliance import rules
+from governance.metering.selectors import Count as MauCount
+from governance.metering.selectors import daily_series, mau_month, mau_month_many
 from governance.models import Alert, ComplianceStatus, EvaluationRule, GroupForecast
-from governance.selectors import Count as MauCount
-from governance.selectors import daily_series, mau_month, mau_month_many
 from inference.models import GPU, GpuAllocation, Replica, ReplicaState
 from licensing.models import LicenceVersion, Product
 from licensing.months import month_start, previous_month

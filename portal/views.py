@@ -28,12 +28,13 @@ from access import selectors as access_selectors
 from access.audit import audit_events_visible, audit_verify_cached
 from access.keys import api_key_create, api_key_revoke
 from access.models import ApiKey, Invitation, Membership, Organisation, Scope
-from governance import selectors as governance_selectors
-from governance.api.compliance import PolicySerializer
+from governance.compliance import selectors as compliance_selectors
+from governance.compliance import services as evaluation_services
+from governance.compliance.api import PolicySerializer
+from governance.metering.selectors import mau_month_many
 from governance.models import WebhookEndpoint
-from governance.selectors import mau_month_many
-from governance.services import evaluation as evaluation_services
-from governance.services import webhooks as webhook_services
+from governance.webhooks import selectors as webhook_selectors
+from governance.webhooks import services as webhook_services
 from inference import selectors as inference_selectors
 from inference import services as inference_services
 from inference.models import Deployment
@@ -84,8 +85,8 @@ def group_detail(request: HttpRequest, pk: int) -> HttpResponse:
     group = access.group_or_404(pk)
     figures = portal_selectors.group_figures(group=group)
     policy = evaluation_services.group_policy_get(group=group)
-    forecast = governance_selectors.group_forecast(group=group)
-    alerts = governance_selectors.alert_list_latest(group=group, limit=5)
+    forecast = compliance_selectors.group_forecast(group=group)
+    alerts = compliance_selectors.alert_list_latest(group=group, limit=5)
     return render(request, "portal/group_detail.html", {
         "group": group, "figures": figures, "policy": policy, "forecast": forecast, "alerts": alerts,
         "visible_org_ids": set(access.organisation_ids()),
@@ -238,7 +239,7 @@ def _product_page(request: HttpRequest, access: Access, product: Product, accept
     mau = {m: mau_month_many(scopes=[product], month=m)[product.pk].estimate for m in months}
     group = product.organisation.group
     return render(request, "portal/product_detail.html", {
-        "statuses": governance_selectors.licence_statuses(group_id=group.pk, licence_version=version),
+        "statuses": compliance_selectors.licence_statuses(group_id=group.pk, licence_version=version),
         "is_staff": access.is_staff,
         "is_group_admin": access.is_group_admin(group),
         "product": product, "version": version, "obligations": obligations, "acceptances": acceptances,
@@ -405,7 +406,7 @@ def alert_list(request: HttpRequest) -> HttpResponse:
     groups = list(access.groups())  # by name, the model's ordering
     show = request.GET.get("show", "all")
     group_id = request.GET.get("group")
-    alerts = governance_selectors.alert_list(groups=groups, open_only=show == "open",
+    alerts = compliance_selectors.alert_list(groups=groups, open_only=show == "open",
                                              group_id=int(group_id) if group_id and group_id.isdigit() else None)
     page = _page(request, alerts)
     administered = {g.pk for g in groups if access.is_group_admin(g)}
@@ -420,7 +421,7 @@ def alert_list(request: HttpRequest) -> HttpResponse:
 @require_POST
 def alert_acknowledge(request: HttpRequest, pk: int) -> HttpResponse:
     access = access_of(request)
-    alert = governance_selectors.alert_get(groups=access.groups(), pk=pk)
+    alert = compliance_selectors.alert_get(groups=access.groups(), pk=pk)
     if alert is None:
         raise Http404("No such alert.")
     access.require_group_admin(alert.group)
@@ -475,7 +476,7 @@ def _api_error_text(error: Any, field: str) -> str:
 
 
 def _webhook_or_404(access: Access, pk: int) -> WebhookEndpoint:
-    endpoint = governance_selectors.webhook_endpoint_get(groups=access.groups(), pk=pk)
+    endpoint = webhook_selectors.webhook_endpoint_get(groups=access.groups(), pk=pk)
     if endpoint is None:
         raise Http404("No such webhook endpoint.")
     return endpoint
@@ -500,7 +501,7 @@ def webhook_list(request: HttpRequest, pk: int) -> HttpResponse:
                 forms.add_service_errors(form, exc)
             else:
                 form = forms.WebhookForm()
-    endpoints = governance_selectors.webhook_endpoint_list(group=group)
+    endpoints = webhook_selectors.webhook_endpoint_list(group=group)
     return render(request, "portal/webhook_list.html", {
         "group": group, "endpoints": endpoints, "form": form, "can_edit": can_edit, "created": created,
         "secret": secret,  # shown once, in this response only: never stored, logged or put in a message
@@ -512,7 +513,7 @@ def webhook_list(request: HttpRequest, pk: int) -> HttpResponse:
 def webhook_detail(request: HttpRequest, pk: int) -> HttpResponse:
     access = access_of(request)
     endpoint = _webhook_or_404(access, pk)
-    deliveries = governance_selectors.webhook_delivery_list(endpoint=endpoint)
+    deliveries = webhook_selectors.webhook_delivery_list(endpoint=endpoint)
     return render(request, "portal/webhook_detail.html", {
         "endpoint": endpoint, "page": _page(request, deliveries, 25),
         "can_edit": access.is_group_admin(endpoint.group_id),

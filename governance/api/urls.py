@@ -1,6 +1,8 @@
 from rest_framework.routers import SimpleRouter
 
-from governance.api import compliance, metering, views
+from governance.api import views
+from governance.compliance import api as compliance
+from governance.metering import api as metering
 
 router = SimpleRouter()
 router.trailing_slash = "/?"  # accept URLs with and without the trailing slash

@@ -182,7 +182,7 @@ def load_deployments(organisation_id: int) -> dict[str, DeploymentInfo]:
 
 def load_gate(organisation_id: int, licence_version_id: int) -> Gate:
     from access.models import Organisation
-    from governance.services.evaluation import access_check
+    from governance.compliance.services import access_check
     from licensing.models import LicenceVersion
 
     close_old_connections()

@@ -40,7 +40,7 @@ UsageKey = tuple[int, int, int, dt.date]  # organisation, key, deployment, day
 
 class UsageMeter:
     def __init__(self) -> None:
-        from governance.services.metering import gateway_meter
+        from governance.metering.services import gateway_meter
 
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()

@@ -169,7 +169,7 @@ def test_every_acknowledged_batch_counts_through_worker_kills_and_an_empty_redis
     # (alerts_undispatched): run here at once, for every alert, as it would a minute later.
     time.sleep(1)
     undispatched = stack.sql(f"SELECT count(*) {over} AND dispatched_at IS NULL")[0][0]
-    stack.manage("shell", "-c", "from governance.services.evaluation import alerts_undispatched; "
+    stack.manage("shell", "-c", "from governance.compliance.services import alerts_undispatched; "
                                 "from governance.tasks import dispatch_alert; import datetime as dt; "
                                 "[dispatch_alert.delay(a) for a in alerts_undispatched(older_than=dt.timedelta(0))]")
     _wait(lambda: stack.sql(f"SELECT count(DISTINCT group_id) {over} AND dispatched_at IS NOT NULL") ==

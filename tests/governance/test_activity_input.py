@@ -1,5 +1,5 @@
 """The activity endpoint has two servers, the DRF view (schema, WSGI) and the ASGI fast path production serves,
-and one reader of its input (governance/api/activity_input.py). Each body here goes to both, and both must
+and one reader of its input (governance/metering/activity_input.py). Each body here goes to both, and both must
 answer with the same status and the same JSON."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ SHAPES = [
 
 @pytest.fixture(autouse=True)
 def _no_background(monkeypatch):
-    from governance.services import metering
+    from governance.metering import services as metering
 
     monkeypatch.setattr(metering, "compaction_schedule", lambda: None)  # parts stay parts: counted below
     monkeypatch.setattr(metering, "_evaluation_schedule", lambda group_id: None)
@@ -84,7 +84,7 @@ def test_the_fast_path_and_the_drf_view_answer_every_body_alike(settings, templa
 
 
 def test_both_read_a_day_only_in_the_form_the_error_names() -> None:
-    from governance.api.activity_input import ActivityInputRefused, activity_input
+    from governance.metering.activity_input import ActivityInputRefused, activity_input
 
     day = (dt.date.today() - dt.timedelta(days=1)).isoformat()
     assert activity_input(f'{{"day": "{day}", "user_ids": [1]}}'.encode(), content_type=JSON,

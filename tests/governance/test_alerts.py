@@ -17,6 +17,15 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from access.models import AffiliateGroup, AuditEvent, Membership, Organisation
+from governance.compliance.services import (
+    access_check,
+    alert_acknowledge,
+    declared_figure_record,
+    group_evaluate,
+    group_policy_get,
+    group_policy_update,
+)
+from governance.metering.services import activity_ingest, metering_compact_step
 from governance.models import (
     AccessDecision,
     ActivityPart,
@@ -26,15 +35,6 @@ from governance.models import (
     GroupForecast,
     GroupPolicy,
     StatusChange,
-)
-from governance.services import activity_ingest, metering_compact_step
-from governance.services.evaluation import (
-    access_check,
-    alert_acknowledge,
-    declared_figure_record,
-    group_evaluate,
-    group_policy_get,
-    group_policy_update,
 )
 from licensing.models import LicenceVersion, Product
 from licensing.services import grant_record, licence_accept

@@ -13,10 +13,10 @@ from datasketches import hll_sketch, tgt_hll_type
 from django.db import connection
 from django.utils import timezone
 
-from governance import sketches
+from governance.metering import services as metering
+from governance.metering import sketches
+from governance.metering.services import activity_ingest, metering_compact_step
 from governance.models import ActivityPart, ActivitySource, Rollup
-from governance.services import activity_ingest, metering_compact_step
-from governance.services import metering
 from tests.factories import GroupFactory, OrganisationFactory, ProductFactory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,7 +111,7 @@ def test_a_step_takes_at_most_its_limit_and_the_task_stops_after_a_short_step(se
     # the next one rather than each costing a rewrite of every rollup.
     steps = iter([3, 3, 1, 3])
     calls: list[int] = []
-    monkeypatch.setattr("governance.services.metering_compact_step", lambda: calls.append(1) or next(steps))
+    monkeypatch.setattr("governance.metering.services.metering_compact_step", lambda: calls.append(1) or next(steps))
     assert compact_metering() == 7 and len(calls) == 3
 
 
@@ -217,8 +217,8 @@ def test_a_committed_batch_is_compacted_and_then_its_group_evaluated_once() -> N
     of each group whose figures changed, so the evaluation reads rollups rather than thousands of parts."""
     from unittest import mock
 
+    from governance.compliance import services as evaluation
     from governance.models import ComplianceStatus
-    from governance.services import evaluation
 
     product, other = ProductFactory(), ProductFactory()
     with mock.patch.object(evaluation, "group_evaluate", wraps=evaluation.group_evaluate) as evaluate:

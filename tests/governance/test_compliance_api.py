@@ -11,8 +11,8 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from access.models import AuditEvent
+from governance.metering.services import activity_ingest
 from governance.models import Alert, DeclaredFigure, GroupPolicy, WebhookEndpoint
-from governance.services import activity_ingest
 from licensing.services import licence_accept
 from tests.factories import OrganisationFactory, ProductFactory, licence
 
@@ -233,7 +233,7 @@ def test_a_product_bound_key_cannot_change_group_objects(group_setup, client_for
 
 
 def test_uncertain_then_over_escalates_without_a_false_recovery(group_setup) -> None:
-    from governance.services.evaluation import group_evaluate
+    from governance.compliance.services import group_evaluate
 
     group, product, version = group_setup
     version.mau_threshold = 100_000
@@ -249,7 +249,7 @@ def test_uncertain_then_over_escalates_without_a_false_recovery(group_setup) -> 
 
 
 def test_severity_keeps_the_worse_reading_of_an_ambiguous_month() -> None:
-    from governance import evaluation as rules
+    from governance.compliance import rules
 
     month = dt.date(2023, 6, 1)
     over = rules.classify(rules.Figure(800, 790, 810, month, "declared"), threshold=700, rule="licence_accurate")
@@ -260,8 +260,8 @@ def test_severity_keeps_the_worse_reading_of_an_ambiguous_month() -> None:
 
 
 def test_an_alert_whose_dispatch_failed_is_swept_up_and_sent_once(group_setup, settings, mailoutbox) -> None:
-    from governance.services.evaluation import alert_deliver, alerts_undispatched, group_evaluate, group_policy_get
-    from governance.services.webhooks import webhook_endpoint_create
+    from governance.compliance.services import alert_deliver, alerts_undispatched, group_evaluate, group_policy_get
+    from governance.webhooks.services import webhook_endpoint_create
 
     group, product, _ = group_setup
     settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = True
@@ -303,7 +303,7 @@ def test_the_evidence_report_reads_in_the_same_number_of_queries_for_more_produc
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from governance.evidence import evidence_report
+    from governance.compliance.evidence import evidence_report
     from tests.factories import GroupFactory, OrganisationFactory, ProductFactory
 
     group = GroupFactory(name="Evidence Group")

@@ -11,27 +11,27 @@ import math
 
 import pytest
 
-from governance.evaluation import (
+from governance.compliance.rules import (
     APPROACHING,
     BELOW,
     GRANTED,
     OVER,
     UNCERTAIN,
     UNKNOWN,
+    Coverage,
     Figure,
     Forecast,
     Status,
     active_levels,
-    Coverage,
     classify,
     classify_month,
-    month_figures,
-    sum_of_products,
-    worst_of,
     decide_access,
     forecast_crossing,
     level_rank,
+    month_figures,
     projected_within,
+    sum_of_products,
+    worst_of,
 )
 from licensing.months import previous_month
 

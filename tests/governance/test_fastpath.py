@@ -12,8 +12,8 @@ from django.test import override_settings
 from django.utils import timezone
 
 from config.asgi import application
+from governance.metering.selectors import mau_month
 from governance.models import ActivityPart
-from governance.selectors import mau_month
 from tests.factories import OrganisationFactory, ProductFactory, make_key
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
@@ -22,7 +22,7 @@ DAY = (timezone.now() - dt.timedelta(days=1)).date()
 
 @pytest.fixture(autouse=True)
 def _no_background(monkeypatch):
-    from governance.services import metering
+    from governance.metering import services as metering
 
     monkeypatch.setattr(metering, "compaction_schedule", lambda: None)
     monkeypatch.setattr(metering, "_evaluation_schedule", lambda group_id: None)
@@ -112,7 +112,7 @@ def test_every_other_request_goes_to_django() -> None:
 def test_a_cached_product_still_belongs_to_its_own_organisation(settings) -> None:
     """Products are cached per process like keys; the cache never lets another tenant's key in, and a product
     deleted while cached is a 404, not a 500."""
-    from governance import fastpath
+    from governance.metering import fastpath
 
     settings.API_KEY_CACHE_SECONDS = 60
     fastpath._products.clear()
@@ -137,7 +137,7 @@ def test_a_batch_is_one_autocommitted_insert(monkeypatch) -> None:
     from django.db.backends.base.base import BaseDatabaseWrapper
     from django.test.utils import CaptureQueriesContext
 
-    from governance.fastpath import ingest_activity
+    from governance.metering.fastpath import ingest_activity
 
     product = ProductFactory()
     key = make_key(product.organisation, ["ingest"])

@@ -16,9 +16,9 @@ from rest_framework.test import APIClient
 
 from access.keys import api_key_create
 from access.models import ApiKey, AuditEvent, GroupAdmin, Membership
+from governance.compliance.services import declared_figure_record, group_evaluate
 from governance.models import Alert, DeclaredFigure, GroupPolicy, WebhookEndpoint
-from governance.services.evaluation import declared_figure_record, group_evaluate
-from governance.services.webhooks import webhook_endpoint_create
+from governance.webhooks.services import webhook_endpoint_create
 from inference.models import Deployment
 from licensing.models import BaseModel, LicenceAcceptance
 from licensing.services import organisation_create, product_create

@@ -15,15 +15,15 @@ from django.core.cache import cache
 from django.db import connection, connections
 from django.utils import timezone
 
-from governance.models import ActivityPart, IdempotencyRecord, Rollup
-from governance.selectors import dau, daily_series, mau_month, mau_rolling
-from governance.services import (
+from governance.metering.selectors import daily_series, dau, mau_month, mau_rolling
+from governance.metering.services import (
     GatewayMeter,
     IdempotencyConflict,
     activity_ingest,
     idempotency_purge,
     metering_compact_step,
 )
+from governance.models import ActivityPart, IdempotencyRecord, Rollup
 from tests.factories import GroupFactory, OrganisationFactory, ProductFactory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,7 +137,7 @@ def test_a_flushed_cache_changes_nothing() -> None:
 def test_a_failed_compaction_loses_nothing(monkeypatch) -> None:
     product = ProductFactory()
     ingest(product, range(500))
-    from governance.services import metering
+    from governance.metering import services as metering
 
     def explode(*args, **kwargs):
         raise RuntimeError("worker died")
@@ -181,7 +181,7 @@ def test_idempotency_keys_are_kept_a_day_and_purged_after_the_ttl(settings) -> N
 @pytest.fixture
 def no_background_compaction(monkeypatch):
     """Committed transactions would run the compaction task at once (eager Celery); these tests drive it."""
-    from governance.services import metering
+    from governance.metering import services as metering
 
     monkeypatch.setattr(metering, "compaction_schedule", lambda: None)
     monkeypatch.setattr(metering, "_evaluation_schedule", lambda group_id: None)
@@ -247,7 +247,7 @@ def test_concurrent_retries_with_one_idempotency_key_store_one_part(no_backgroun
 _KILL_MID_COMPACTION = """
 import os, signal, django
 django.setup()
-from governance.services import metering
+from governance.metering import services as metering
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)   # the worker dies inside the compaction transaction
 metering._rollups_apply = die
@@ -435,7 +435,7 @@ def test_with_eager_tasks_the_hot_path_signals_at_once(monkeypatch) -> None:
 def test_a_group_month_over_100_products_and_31_days_answers_in_under_100_ms() -> None:
     import time
 
-    from governance import sketches
+    from governance.metering import sketches
     from governance.models import ActivitySource
     from tests.factories import licence
 
@@ -472,7 +472,7 @@ def test_a_coarse_upload_is_accepted_and_says_it_widens_the_interval() -> None:
 
     from datasketches import hll_sketch, tgt_hll_type
 
-    from governance.services import sketch_ingest
+    from governance.metering.services import sketch_ingest
 
     product = ProductFactory()
     coarse = hll_sketch(12, tgt_hll_type.HLL_8)  # the coarsest accepted (sketches.MIN_UPLOAD_LG_K)

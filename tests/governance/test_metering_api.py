@@ -15,8 +15,8 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from access.models import AuditEvent
+from governance.metering.services import metering_compact_step
 from governance.models import ActivityPart, IdempotencyRecord, Rollup
-from governance.services import metering_compact_step
 from tests.factories import GroupFactory, OrganisationFactory, ProductFactory
 from tests.governance import sketch_forgeries as forgeries
 

@@ -9,8 +9,9 @@ import pytest
 from django.utils import timezone
 
 from access.models import AffiliateGroup
-from governance import selectors
+from governance.compliance import selectors as compliance_selectors
 from governance.models import Alert, ComplianceStatus, DeclarationProposal, EvaluationRule, WebhookEndpoint
+from governance.webhooks import selectors as webhook_selectors
 from tests.factories import GroupFactory, OrganisationFactory, licence
 
 pytestmark = pytest.mark.django_db
@@ -40,12 +41,12 @@ def test_it_lists_alerts_of_the_groups_given_open_or_of_one_group(groups: tuple[
     cleared = _alert(acme, "75%", kind=Alert.Kind.RECOVERED)
     _alert(globex, "90%")
     mine = AffiliateGroup.objects.filter(pk=acme.pk)
-    assert set(selectors.alert_list(groups=mine)) == {fifty, acknowledged, cleared}
-    assert list(selectors.alert_list(groups=mine, open_only=True)) == [fifty]
-    assert list(selectors.alert_list(groups=mine, group_id=globex.pk)) == []
-    assert selectors.alert_get(groups=mine, pk=fifty.pk) == fifty
-    assert selectors.alert_get(groups=mine, pk=Alert.objects.get(group=globex).pk) is None
-    assert selectors.alert_list_latest(group=acme, limit=2) == [cleared, acknowledged]
+    assert set(compliance_selectors.alert_list(groups=mine)) == {fifty, acknowledged, cleared}
+    assert list(compliance_selectors.alert_list(groups=mine, open_only=True)) == [fifty]
+    assert list(compliance_selectors.alert_list(groups=mine, group_id=globex.pk)) == []
+    assert compliance_selectors.alert_get(groups=mine, pk=fifty.pk) == fifty
+    assert compliance_selectors.alert_get(groups=mine, pk=Alert.objects.get(group=globex).pk) is None
+    assert compliance_selectors.alert_list_latest(group=acme, limit=2) == [cleared, acknowledged]
 
 
 def test_it_orders_a_versions_statuses_licence_test_first_and_reads_only_the_group(
@@ -55,20 +56,20 @@ def test_it_orders_a_versions_statuses_licence_test_first_and_reads_only_the_gro
     accurate = _status(acme, EvaluationRule.LICENCE_ACCURATE)
     _status(acme, EvaluationRule.PROJECTED)
     _status(globex, EvaluationRule.LICENCE_ACCURATE)
-    assert selectors.licence_statuses(group_id=acme.pk, licence_version=licence()) == [accurate, last_month]
-    assert selectors.licence_statuses(group_id=acme.pk, licence_version=licence("llama-3.3")) == []
-    assert selectors.licence_statuses(group_id=acme.pk, licence_version=None) == []
+    assert compliance_selectors.licence_statuses(group_id=acme.pk, licence_version=licence()) == [accurate, last_month]
+    assert compliance_selectors.licence_statuses(group_id=acme.pk, licence_version=licence("llama-3.3")) == []
+    assert compliance_selectors.licence_statuses(group_id=acme.pk, licence_version=None) == []
 
 
 def test_it_finds_a_proposal_or_endpoint_only_in_the_callers_groups(groups: tuple[AffiliateGroup, ...]) -> None:
     acme, globex = groups
     theirs = DeclarationProposal.objects.create(group=globex, organisation=OrganisationFactory(group=globex),
                                                 month=JUNE, mau=5, evidence="x", proposed_by="user:al")
-    assert selectors.declaration_proposal_get(group=globex, pk=theirs.pk) == theirs
-    assert selectors.declaration_proposal_get(group=acme, pk=theirs.pk) is None
-    assert list(selectors.declaration_proposal_list(group=acme)) == []
+    assert compliance_selectors.declaration_proposal_get(group=globex, pk=theirs.pk) == theirs
+    assert compliance_selectors.declaration_proposal_get(group=acme, pk=theirs.pk) is None
+    assert list(compliance_selectors.declaration_proposal_list(group=acme)) == []
     hook = WebhookEndpoint.objects.create(group=globex, url="https://example.com/h", secret_salt="s",
                                           secret_prefix="p", created_by="t")
-    assert selectors.webhook_endpoint_get(groups=AffiliateGroup.objects.filter(pk=acme.pk), pk=hook.pk) is None
-    assert selectors.webhook_endpoint_get(groups=AffiliateGroup.objects.all(), pk=hook.pk) == hook
-    assert list(selectors.webhook_endpoint_list(group=acme)) == []
+    assert webhook_selectors.webhook_endpoint_get(groups=AffiliateGroup.objects.filter(pk=acme.pk), pk=hook.pk) is None
+    assert webhook_selectors.webhook_endpoint_get(groups=AffiliateGroup.objects.all(), pk=hook.pk) == hook
+    assert list(webhook_selectors.webhook_endpoint_list(group=acme)) == []

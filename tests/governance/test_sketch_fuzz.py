@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from governance import sketches
-from governance.services import metering_compact_step
+from governance.metering import sketches
+from governance.metering.services import metering_compact_step
 from tests.factories import ProductFactory
 from tests.governance import sketch_forgeries as forgeries
 

@@ -16,10 +16,9 @@ from django.test import Client
 from django.utils import timezone
 
 from access.models import AuditEvent, Membership
-from governance import sketches
+from governance.metering import sketches
+from governance.metering.services import activity_ingest, metering_compact_step, rollups_settle
 from governance.models import ActivityPart, ActivitySource, Alert, Rollup
-from governance.services import activity_ingest, metering_compact_step
-from governance.services.metering import rollups_settle
 from governance.tasks import evaluate_group
 from tests.factories import MembershipFactory, ProductFactory
 from tests.governance import sketch_forgeries as forgeries

@@ -7,8 +7,9 @@ import time
 import pytest
 from datasketches import hll_sketch, tgt_hll_type
 
-from governance import sketch_sandbox, sketches
-from governance.sketch_sandbox import SketchRejected, UploadRules, check_in_sandbox
+from governance.metering import sandbox as sketch_sandbox
+from governance.metering import sketches
+from governance.metering.sandbox import SketchRejected, UploadRules, check_in_sandbox
 from tests.governance import sketch_forgeries as forgeries
 
 WORLD = (sketches.WORLD_POPULATION, "the world's population")

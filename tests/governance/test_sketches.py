@@ -10,7 +10,7 @@ import struct
 import pytest
 from datasketches import cpc_sketch, hll_sketch, tgt_hll_type, update_theta_sketch
 
-from governance import sketches
+from governance.metering import sketches
 from tests.governance import sketch_forgeries as forgeries
 
 

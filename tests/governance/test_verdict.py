@@ -18,9 +18,9 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from access.keys import api_key_create
+from governance.compliance.services import access_check, declared_figure_record, group_evaluate
+from governance.metering.services import activity_ingest
 from governance.models import Alert, ComplianceStatus, CoverageAttestation, DeclaredFigure, GroupPolicy
-from governance.services import activity_ingest
-from governance.services.evaluation import access_check, declared_figure_record, group_evaluate
 from licensing.models import BaseModel, LicenceVersion, Product
 from licensing.services import licence_accept, organisation_create, product_create
 from tests.factories import licence

@@ -24,10 +24,10 @@ from django.utils import timezone
 from pytest_django.fixtures import SettingsWrapper
 
 from access.models import AffiliateGroup, AuditEvent
-from governance import webhooks
 from governance.models import Alert, DeliveryAttempt, GroupPolicy, Heartbeat, WebhookDelivery, WebhookEndpoint
-from governance.services import webhooks as webhook_services
-from governance.services.webhooks import (
+from governance.webhooks import services as webhook_services
+from governance.webhooks import signing as webhooks
+from governance.webhooks.services import (
     webhook_attempt,
     webhook_deliver_due,
     webhook_endpoint_create,
@@ -37,7 +37,7 @@ from governance.services.webhooks import (
     webhook_secret,
     webhook_test_event,
 )
-from governance.webhooks import (
+from governance.webhooks.signing import (
     RETRY_SCHEDULE,
     MalformedSignatureHeader,
     SignatureMismatch,

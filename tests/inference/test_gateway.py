@@ -16,8 +16,8 @@ from django.utils import timezone
 
 from access.keys import api_key_revoke
 from access.models import ApiKey, Organisation
-from governance.selectors import dau
-from governance.services.evaluation import declared_figure_record, group_evaluate
+from governance.compliance.services import declared_figure_record, group_evaluate
+from governance.metering.selectors import dau
 from inference.gateway.app import Gateway
 from inference.models import Deployment, GatewayLimit, Replica, TokenUsage, replica_key
 from licensing.models import BaseModel

@@ -19,8 +19,8 @@ from django.db import connections
 from django.utils import timezone
 
 from access.models import AuditEvent
+from governance.compliance.services import group_policy_get
 from governance.models import Alert, GroupPolicy
-from governance.services.evaluation import group_policy_get
 from inference import reconciler
 from inference.backends.local import process_start_time
 from inference.models import GPU, Deployment, GpuAllocation, GpuQuota, Node, Replica

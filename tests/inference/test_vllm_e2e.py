@@ -22,20 +22,15 @@ import openai
 import pytest
 from django.utils import timezone
 
-from governance.selectors import dau
-from governance.services.evaluation import declared_figure_record, group_evaluate
-from inference.gateway.app import Gateway
-from inference.models import TokenUsage
-from licensing.services import grant_record
-from tests.factories import make_key
-from tests.inference.gateway_support import ThreadServer
-
+from governance.compliance.services import declared_figure_record, group_evaluate
+from governance.metering.selectors import dau
 from inference import reconciler
-from inference.models import Deployment, GpuQuota, Node, Replica
-from inference.models import replica_key
+from inference.gateway.app import Gateway
+from inference.models import Deployment, GpuQuota, Node, Replica, TokenUsage, replica_key
 from licensing.models import BaseModel
-from licensing.services import licence_accept
-from tests.factories import ProductFactory, licence
+from licensing.services import grant_record, licence_accept
+from tests.factories import ProductFactory, licence, make_key
+from tests.inference.gateway_support import ThreadServer
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("VLLM_VENV", ROOT / ".venv-vllm"))

@@ -755,9 +755,9 @@ def test_it_counts_a_product_not_built_on_llama_in_the_groups_700m_test(settings
     date) Acme's Chat on Llama 3.1 has users u1, u2, u3; its affiliate's Search, not built on Llama, has u3, u4,
     u5. The group's users are u1..u5: 5 > 4, so Llama 3.1's licence-accurate test is over. Counting only the
     Llama product would give 3 (below)."""
+    from governance.compliance.services import group_evaluate
+    from governance.metering.services import activity_ingest
     from governance.models import ComplianceStatus
-    from governance.services import activity_ingest
-    from governance.services.evaluation import group_evaluate
 
     settings.METERING_RETENTION_DAYS = 5000
     LicenceVersion.objects.filter(slug="llama-3.1").update(mau_threshold=4)

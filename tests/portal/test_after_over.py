@@ -20,7 +20,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def _no_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
     """A declaration or grant schedules an evaluation after commit: not needed to check what was recorded."""
-    monkeypatch.setattr("governance.services.evaluation.evaluation_schedule", lambda **kwargs: None)
+    monkeypatch.setattr("governance.compliance.services.evaluation_schedule", lambda **kwargs: None)
 
 
 def _over(product: Product, rule: str = EvaluationRule.LICENCE_ACCURATE) -> ComplianceStatus:

@@ -25,7 +25,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from access.models import Membership
-from governance.services import activity_ingest
+from governance.metering.services import activity_ingest
 from inference import services as inference_services
 from inference.models import GPU, GpuAllocation, GpuQuota, Node, Replica, ReplicaState
 from licensing.models import BaseModel, LicenceVersion
@@ -272,7 +272,7 @@ POST_ONLY = {"logout", "group-evaluate", "group-admin-appoint", "group-admin-rem
              "member-role", "invitation-revoke", "invitation-signup"}
 # Pages whose POST form is filled from stored values: saving it unchanged must store the same values. Pages with
 # a POST form that creates a new record are listed too, so that a new page with a pre-filled form is not missed.
-# The evidence report is a document of its own (governance/evidence.py, its own stylesheet), reworked in the
+# The evidence report is a document of its own (governance/compliance/evidence.py, its own stylesheet), reworked in the
 # evidence issue; its width is checked by that work's tests. Every other page is checked here.
 DOWNLOADS = {"product-notice", "favicon"}  # files, not pages: fetched, not shown
 EDIT_FORMS = {"product-edit", "policy", "quotas", "deployment"}
@@ -307,9 +307,9 @@ def every_kind(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch, settings:
 
     from access.keys import api_key_create
     from access.models import Invitation, Organisation
+    from governance.compliance.services import declared_figure_record, group_evaluate
     from governance.models import Alert, WebhookDelivery
-    from governance.services import webhooks as webhook_services
-    from governance.services.evaluation import declared_figure_record, group_evaluate
+    from governance.webhooks import services as webhook_services
     from inference.models import Deployment, TokenUsage
     from licensing.models import MetaGrant, Product
     from licensing.services import group_admin_appoint, invitation_create

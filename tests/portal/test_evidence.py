@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from pypdf import PdfReader
 
-from governance.services.evaluation import declared_figure_record
-from governance.services.metering import activity_ingest
+from governance.compliance.services import declared_figure_record
+from governance.metering.services import activity_ingest
 from tests.factories import ProductFactory, licence
 
 MONTH = dt.date(2024, 11, 1)
@@ -96,7 +96,7 @@ def test_another_group_s_member_gets_404_and_bad_input_is_named(seeded: Any, log
 
 
 def test_it_uses_the_stored_status_of_the_month_once_an_evaluation_recorded_it(seeded: Any, login: Any) -> None:
-    from governance.services.evaluation import group_evaluate
+    from governance.compliance.services import group_evaluate
 
     group_evaluate(group=seeded)
     report = json.loads(login("viewer").get(_url(seeded, "json")).content)

@@ -6,8 +6,8 @@ import datetime as dt
 import re
 from typing import Any
 
-from governance.services.evaluation import declared_figure_record, group_evaluate
-from governance.services.metering import activity_ingest
+from governance.compliance.services import declared_figure_record, group_evaluate
+from governance.metering.services import activity_ingest
 from tests.factories import ProductFactory, licence
 
 

@@ -14,9 +14,9 @@ from django.utils import timezone
 
 from access.keys import api_key_create
 from access.models import Membership
+from governance.compliance.services import group_evaluate
+from governance.metering.services import activity_ingest
 from governance.models import Alert, DeliveryAttempt, WebhookDelivery, WebhookEndpoint
-from governance.services import activity_ingest
-from governance.services.evaluation import group_evaluate
 from inference.models import GPU, Deployment, GpuAllocation, Node, Replica
 from licensing.models import BaseModel, LicenceVersion
 from licensing.services import licence_accept
@@ -92,7 +92,7 @@ def _count(client: Any, url: str) -> int:
 @pytest.mark.parametrize("page", list(PAGES))
 def test_it_reads_each_page_in_a_fixed_number_of_queries(page: str, tenancy: Tenancy, product: Any, login: Any,
                                                          django_assert_max_num_queries: Any) -> None:
-    from governance.services import webhooks as webhook_services
+    from governance.webhooks import services as webhook_services
 
     webhook_services.resolver = lambda host, port, *a, **k: [(2, 1, 6, "", ("93.184.216.34", port))]
     try:

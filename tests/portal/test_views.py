@@ -18,7 +18,7 @@ from django.test import Client
 from access.keys import api_key_create
 from access.models import ApiKey, AuditEvent, Organisation
 from governance.models import Alert, GroupPolicy, WebhookDelivery, WebhookEndpoint
-from governance.services import webhooks as webhook_services
+from governance.webhooks import services as webhook_services
 from inference.models import Deployment, GpuQuota
 from licensing.models import BaseModel, Exemption, LicenceAcceptance, LicenceVersion, Product
 from licensing.services import exemption_record, licence_accept

@@ -6,7 +6,7 @@ import pytest
 from celery.app.task import Task
 from django.apps import apps
 
-from governance.services import webhooks as webhook_services
+from governance.webhooks import services as webhook_services
 
 
 @pytest.fixture(autouse=True)

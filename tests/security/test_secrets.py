@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 
 from access import keys
 from access.keys import api_key_authenticate
-from governance import webhooks
+from governance.webhooks import signing as webhooks
 from inference.gateway.app import Gateway
 from inference.models import replica_key
 from tests.security.test_authorization import api_paths
@@ -78,7 +78,8 @@ def test_it_compares_key_hashes_in_constant_time(monkeypatch: Any, owner_org: An
     with pytest.raises(keys.KeyRejected):
         api_key_authenticate("crl_00000000.unknown")  # no such prefix: compared against a dummy all the same
     assert len(calls) == 3
-    # The gateway authenticates on its own path, and webhook signatures are checked by receivers with verify.
-    for function in (Gateway.authenticate, webhooks.verify):
+    # The gateway verifies keys with the same function; webhook signatures are checked by receivers with verify.
+    assert "key_verify(" in inspect.getsource(Gateway.authenticate)
+    for function in (keys.key_verify, webhooks.verify):
         source = inspect.getsource(function)
-        assert "hmac.compare_digest(" in source and " == key.key_hash" not in source
+        assert "hmac.compare_digest(" in source and " == api_key.key_hash" not in source

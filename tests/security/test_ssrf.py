@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from django.core.exceptions import ValidationError
 
-from governance.services import webhooks as webhook_services
+from governance.webhooks import services as webhook_services
 from inference.services import validate_source
 
 pytestmark = pytest.mark.django_db

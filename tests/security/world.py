@@ -15,10 +15,10 @@ from django.utils import timezone
 
 from access.keys import api_key_create, api_key_revoke
 from access.models import ApiKey, Membership, Organisation, Scope
+from governance.compliance.services import declaration_propose, declared_figure_record, group_policy_get
+from governance.metering.services import activity_ingest
 from governance.models import Alert, WebhookDelivery
-from governance.services.evaluation import declaration_propose, declared_figure_record, group_policy_get
-from governance.services.metering import activity_ingest
-from governance.services.webhooks import webhook_endpoint_create, webhook_test_event
+from governance.webhooks.services import webhook_endpoint_create, webhook_test_event
 from inference.models import GPU, Deployment, GatewayLimit, GpuQuota, Node, Replica, ReplicaState, TokenUsage
 from licensing.models import BaseModel, LicenceVersion
 from licensing.services import (

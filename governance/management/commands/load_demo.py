@@ -8,7 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from access.models import Membership, Organisation
-from governance.services.metering import activity_ingest
+from governance.metering.services import activity_ingest
 from licensing.models import BaseModel, LicenceVersion, Product
 from licensing.services import licence_accept, organisation_create, product_create
 

@@ -8,7 +8,7 @@ already holds. What comes back is the library's own re-serialization of it, with
 recomputed from the registers, which the web process can trust. A crash costs the child, which is replaced,
 and the tenant gets a 400 naming the problem.
 
-The child imports only this module, governance.sketches and datasketches (the spawn start method), never Django.
+The child imports only this module, governance.metering.sketches and datasketches (the spawn start method), never Django.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _check(data: bytes, stored: bytes | None, rules: UploadRules) -> ParsedSketc
     """In the child: every check of the upload; its canonical form, or SketchRejected saying why not."""
     from datasketches import hll_sketch
 
-    from governance import sketches
+    from governance.metering import sketches
 
     try:
         header = sketches.check_image(data)

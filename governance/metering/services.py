@@ -28,10 +28,11 @@ from django.db.models import Q
 from django.db.models.functions import Substr
 from django.utils import timezone
 
-from governance import queue, sketches
+from governance import queue
+from governance.metering import sketches
+from governance.metering.sandbox import SketchRejected, UploadRules, check_in_sandbox
+from governance.metering.selectors import product_day_sketch
 from governance.models import ActivityPart, ActivitySource, IdempotencyRecord, ProductMeteringPolicy, Rollup
-from governance.selectors import product_day_sketch
-from governance.sketch_sandbox import SketchRejected, UploadRules, check_in_sandbox
 from licensing.models import Product
 from licensing.months import month_start
 
@@ -220,7 +221,7 @@ def activity_ingest(
     """Accept a batch of user ids for a product and UTC day; durable when this returns.
 
     ``elements_checked``: the caller's typed decoder already proved every element a non-empty string or an
-    integer within 64 bits (governance/fastpath.py); the list's type and length are still checked here.
+    integer within 64 bits (governance/metering/fastpath.py); the list's type and length are still checked here.
     """
     day_validate(day)
     try:
@@ -287,7 +288,7 @@ def sketch_ingest(
 ) -> Answer:
     """Accept a DataSketches HLL sketch a tenant built of a product's users on a UTC day.
 
-    Every check of the bytes runs in the sandbox (governance/sketch_sandbox.py), with what the product-day
+    Every check of the bytes runs in the sandbox (governance/metering/sandbox.py), with what the product-day
     already holds: the sketch alone and the product-day with it must read finite and plausible.
     """
     day_validate(day)
@@ -362,7 +363,7 @@ def metering_compact_step(*, limit: int | None = None) -> int:
     Safe to run concurrently and twice: parts are claimed with SKIP LOCKED, rollup rows are locked in one
     order, and folding a part twice would not change a distinct count anyway.
 
-    A part that cannot be read is quarantined, not folded (governance/services/quarantine.py); a rollup that
+    A part that cannot be read is quarantined, not folded (governance/metering/quarantine.py); a rollup that
     cannot be read is quarantined and rebuilt before the step is run again.
 
     Cost is what matters here (it shares the machine with ingestion): each part is deserialized and merged
@@ -370,7 +371,7 @@ def metering_compact_step(*, limit: int | None = None) -> int:
     is the union of its products' deltas and the group's the union of its organisations', so a step merges
     about (product-days + organisation-days + group-days) x 2 register arrays, whatever its number of parts.
     """
-    from governance.services.quarantine import sketches_quarantine
+    from governance.metering.quarantine import sketches_quarantine
 
     for attempt in range(_COMPACT_ATTEMPTS):
         try:
@@ -383,7 +384,7 @@ def metering_compact_step(*, limit: int | None = None) -> int:
 
 
 def _compact_step(limit: int) -> int:
-    from governance.services.quarantine import part_quarantine
+    from governance.metering.quarantine import part_quarantine
 
     with transaction.atomic():
         # Ascending lgK within every product-day, as sketches.Union requires; the sketch bytes come later.
@@ -614,7 +615,7 @@ def rollups_settle(*, limit: int = 1000, today: dt.date | None = None) -> int:
             rollup.save(update_fields=["sketch"])
             done += 1
     if unreadable:
-        from governance.services.quarantine import sketches_quarantine
+        from governance.metering.quarantine import sketches_quarantine
 
         sketches_quarantine(parts={}, rollups=unreadable)  # rebuilt, and stored compactly as they are settled
     return done

@@ -25,8 +25,9 @@ from django.utils import timezone
 
 from access.audit import audit_record
 from access.models import AffiliateGroup
-from governance import queue, webhooks
+from governance import queue
 from governance.models import Alert, DeliveryAttempt, GroupPolicy, WebhookDelivery, WebhookEndpoint
+from governance.webhooks import signing as webhooks
 
 logger = logging.getLogger(__name__)
 

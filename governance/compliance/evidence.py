@@ -13,7 +13,9 @@ from django.utils import timezone
 
 from access.audit import audit_verify, audit_verify_cached
 from access.models import AffiliateGroup, AuditEvent, Organisation
-from governance import evaluation as rules
+from governance.compliance import rules
+from governance.compliance import services as evaluation_services
+from governance.metering.selectors import mau_month, mau_month_many
 from governance.models import (
     Alert,
     ComplianceStatus,
@@ -24,8 +26,6 @@ from governance.models import (
     GroupPolicy,
     StatusChange,
 )
-from governance.selectors import mau_month, mau_month_many
-from governance.services import evaluation as evaluation_services
 from licensing.models import MetaGrant, Product
 from licensing.months import month_end, month_start, next_month
 from licensing.selectors import grants_in_force, group_exemptions

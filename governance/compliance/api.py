@@ -19,7 +19,8 @@ from access.api.tenancy import GroupTenancy, TenantViewSet
 from access.audit import audit_events_visible, audit_verify_cached
 from access.models import AffiliateGroup, AuditEvent, Organisation, Scope
 from config.fields import MonthField
-from governance import evidence
+from governance.compliance import evidence
+from governance.compliance import services as evaluation_services
 from governance.models import (
     AccessDecision,
     Alert,
@@ -34,7 +35,6 @@ from governance.models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
-from governance.services import evaluation as evaluation_services
 
 # --- serializers --------------------------------------------------------------------------------------------
 
@@ -235,7 +235,7 @@ class AuditEventSerializer(serializers.ModelSerializer):
 
 
 def _month_param(request: Request) -> dt.date:
-    from governance.api.metering import _parse_month
+    from governance.metering.api import _parse_month
 
     return _parse_month(request.query_params.get("month"))
 
@@ -450,7 +450,7 @@ class WebhookEndpointViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin,
 
     @extend_schema(request=WebhookEndpointCreateSerializer, responses={201: WebhookCreatedSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        from governance.services.webhooks import webhook_endpoint_create
+        from governance.webhooks.services import webhook_endpoint_create
 
         form = WebhookEndpointCreateSerializer(data=request.data, context=self.get_serializer_context())
         form.is_valid(raise_exception=True)
@@ -469,7 +469,7 @@ class WebhookEndpointViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin,
     @extend_schema(request=WebhookEndpointUpdateSerializer, responses=WebhookEndpointSerializer)
     def partial_update(self, request: Request, pk: str | None = None) -> Response:
         """Change the description, the Slack format or the active flag (the URL is fixed)."""
-        from governance.services.webhooks import webhook_endpoint_update
+        from governance.webhooks.services import webhook_endpoint_update
 
         endpoint = self.get_object()
         extra = sorted(set(request.data) - set(WebhookEndpointUpdateSerializer().fields))
@@ -482,7 +482,7 @@ class WebhookEndpointViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin,
 
     @extend_schema(request=None, responses={204: None})
     def destroy(self, request: Request, pk: str | None = None) -> Response:
-        from governance.services.webhooks import webhook_endpoint_delete
+        from governance.webhooks.services import webhook_endpoint_delete
 
         webhook_endpoint_delete(endpoint=self.get_object(), actor=self.principal.label)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -491,7 +491,7 @@ class WebhookEndpointViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin,
     @action(detail=True, methods=["post"])
     def test(self, request: Request, pk: str | None = None) -> Response:
         """Send a test event now; its delivery appears in the endpoint's delivery log."""
-        from governance.services.webhooks import webhook_test_send
+        from governance.webhooks.services import webhook_test_send
 
         delivery = webhook_test_send(endpoint=self.get_object(), actor=self.principal.label)
         delivery.refresh_from_db()  # with eager tasks (tests, a worker-less setup) it was tried already
@@ -501,7 +501,7 @@ class WebhookEndpointViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin,
     @action(detail=True, methods=["post"], url_path="rotate-secret")
     def rotate_secret(self, request: Request, pk: str | None = None) -> Response:
         """Replace the signing secret; the new one is shown once."""
-        from governance.services.webhooks import webhook_endpoint_rotate_secret
+        from governance.webhooks.services import webhook_endpoint_rotate_secret
 
         endpoint = self.get_object()
         secret = webhook_endpoint_rotate_secret(endpoint=endpoint, actor=self.principal.label)

@@ -23,7 +23,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, InterfaceError, OperationalError, close_old_connections, connections
 
 from config.exceptions import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
-from governance.api.activity_input import ActivityInputRefused, activity_input
+from governance.metering.activity_input import ActivityInputRefused, activity_input
 
 ACTIVITY_PATH = re.compile(r"^/api/v1/products/([0-9]{1,18})/activity/?$")
 Response = tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]
@@ -58,7 +58,7 @@ def ingest_activity(product_id: int, headers: dict[bytes, bytes], body: bytes, p
     """Everything the DRF activity endpoint does, as one synchronous call (run in the pool)."""
     from access.keys import KeyRejected, api_key_authenticate
     from access.models import Scope
-    from governance.services.metering import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_RULE
+    from governance.metering.services import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_RULE
 
     close_old_connections()
     try:
@@ -98,8 +98,7 @@ def ingest_activity(product_id: int, headers: dict[bytes, bytes], body: bytes, p
 
 def _ingest(product: Any, product_id: int, day: dt.date, user_ids: object, idempotency_key: str | None, path: str,
             body: bytes, elements_checked: bool) -> Response:
-    from governance.services import IdempotencyConflict, activity_ingest
-    from governance.services.metering import request_fingerprint
+    from governance.metering.services import IdempotencyConflict, activity_ingest, request_fingerprint
 
     try:
         answer = activity_ingest(product=product, day=day, user_ids=user_ids, idempotency_key=idempotency_key,

@@ -1,5 +1,5 @@
 """Evaluate an affiliate group: statuses per licence version and rule, the access decision, the forecast and
-the alerts that follow. The rules themselves are pure functions in governance/evaluation.py; this module only
+the alerts that follow. The rules themselves are pure functions in governance/compliance/rules.py; this module only
 feeds them figures from the database and stores what they return.
 """
 
@@ -19,8 +19,9 @@ from django.utils import timezone
 
 from access.audit import audit_record
 from access.models import AffiliateGroup, Membership, Organisation
-from governance import evaluation as rules
 from governance import queue
+from governance.compliance import rules
+from governance.metering.selectors import daily_series, mau_month, mau_month_many, mau_rolling
 from governance.models import (
     AccessDecision,
     ActivityPart,
@@ -36,7 +37,6 @@ from governance.models import (
     Rollup,
     StatusChange,
 )
-from governance.selectors import daily_series, mau_month, mau_month_many, mau_rolling
 from licensing.models import BaseModel, LicenceVersion, Product
 from licensing.months import month_end, month_start, previous_month
 from licensing.selectors import acceptance_state, grants_in_force, group_exemptions, organisation_exemption
@@ -616,7 +616,7 @@ def alert_deliver(*, alert: Alert) -> int:
     """
     from django.core.mail import send_mail
 
-    from governance.services.webhooks import webhook_event_for_alert
+    from governance.webhooks.services import webhook_event_for_alert
 
     policy = group_policy_get(group=alert.group)
     deliveries = webhook_event_for_alert(alert=alert) if policy.webhooks_enabled else []

@@ -18,18 +18,20 @@ from rest_framework.response import Response
 from access.api.tenancy import SAFE_METHODS, GroupTenancy, TenantViewSet
 from access.models import AffiliateGroup, Organisation, Scope
 from config.filters import iso_date
-from governance import selectors, sketches
-from governance.api.activity_input import ActivityInputRefused, activity_input
-from governance.models import ProductMeteringPolicy
-from governance.services import IdempotencyConflict, activity_ingest, sketch_ingest
-from governance.services import evaluation as evaluation_services
-from governance.services.metering import (
+from governance.compliance import services as evaluation_services
+from governance.metering import selectors, sketches
+from governance.metering.activity_input import ActivityInputRefused, activity_input
+from governance.metering.services import (
     IDEMPOTENCY_KEY,
     IDEMPOTENCY_KEY_RULE,
     Answer,
+    IdempotencyConflict,
+    activity_ingest,
     product_metering_policy_update,
     request_fingerprint,
+    sketch_ingest,
 )
+from governance.models import ProductMeteringPolicy
 from licensing.models import Product
 
 MAX_SERIES_DAYS = 400
@@ -275,7 +277,7 @@ class ProductMeteringViewSet(MauActions, TenantViewSet):
     @action(detail=True, methods=["post"])
     def activity(self, request: Request, pk: str | None = None) -> Response:
         """Record a batch of user ids (hashed on arrival, never stored) for a UTC day."""
-        # Read as the fast path reads it (governance/api/activity_input.py): ActivityInput is the schema only.
+        # Read as the fast path reads it (governance/metering/activity_input.py): ActivityInput is the schema only.
         body = _read_body(request)
         product = self.get_object()
         key = _idempotency_key(request)

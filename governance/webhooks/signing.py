@@ -1,6 +1,6 @@
 """Webhook rules as plain functions: secrets, signatures, URL safety, payloads and the retry schedule.
 
-No ORM and no settings in here: the services in governance/services/webhooks.py feed these functions, and
+No ORM and no settings in here: the services in governance/webhooks/services.py feed these functions, and
 docs/webhooks.md gives tenants a copy of `verify`.
 """
 

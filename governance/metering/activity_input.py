@@ -1,6 +1,6 @@
 """The activity endpoint's input, read by one function for both servers that answer it: the DRF view
-(governance/api/metering.py: the schema, WSGI servers) and the ASGI fast path that production serves
-(governance/fastpath.py). Editing the rules here changes both; tests/governance/test_activity_input.py sends
+(governance/metering/api.py: the schema, WSGI servers) and the ASGI fast path that production serves
+(governance/metering/fastpath.py). Editing the rules here changes both; tests/governance/test_activity_input.py sends
 the same bodies to both and compares the answers.
 
 The common case, a well-formed batch, is decoded and checked in one pass in C (msgspec: each id a non-empty
@@ -22,7 +22,7 @@ from rest_framework.exceptions import ParseError
 
 from config.parsers import json_object_from
 from config.schema_types import body_type_errors
-from governance.sketches import INT64_MAX, INT64_MIN
+from governance.metering.sketches import INT64_MAX, INT64_MIN
 
 DAY_FORMAT = "Date has wrong format. Use one of these formats instead: YYYY-MM-DD."
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")

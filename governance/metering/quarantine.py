@@ -24,7 +24,8 @@ from django.utils import timezone
 
 from access.audit import audit_record
 from access.models import AffiliateGroup, Organisation
-from governance import queue, sketches
+from governance import queue
+from governance.metering import sketches
 from governance.models import ActivityPart, Alert, Rollup
 from licensing.models import Product
 from licensing.months import month_end, month_start

@@ -5,7 +5,7 @@ Every figure is the union of the scope's rollups for the period and of the parts
 batch counts from the moment it was acknowledged, whatever the workers are doing.
 
 A stored sketch that cannot be read never takes a figure down: the read that meets it quarantines it
-(governance/services/quarantine.py), reads the rows again, and the figure names what it leaves out
+(governance/metering/quarantine.py), reads the rows again, and the figure names what it leaves out
 (``Count.excluded``). So a read may write, once per unreadable sketch.
 """
 
@@ -22,22 +22,14 @@ from django.conf import settings
 from django.db.models import QuerySet
 
 from access.models import AffiliateGroup, Organisation
-from governance import sketches
+from governance.metering import sketches
 from governance.models import (
     ActivityPart,
     ActivitySource,
-    Alert,
-    ComplianceStatus,
-    DeclarationProposal,
-    DeclaredFigure,
-    EvaluationRule,
-    GroupForecast,
     ProductMeteringPolicy,
     Rollup,
-    WebhookDelivery,
-    WebhookEndpoint,
 )
-from licensing.models import LicenceVersion, Product
+from licensing.models import Product
 from licensing.months import month_bounds
 
 _DAY_SCOPE = {Product: Rollup.Grain.PRODUCT_DAY, Organisation: Rollup.Grain.ORGANISATION_DAY,
@@ -90,7 +82,7 @@ def _merge(items: list[_Stored], *, quarantine: bool) -> tuple[hll_sketch, sketc
     merged, estimate, unreadable = sketches.sound_union({(i.kind, i.pk): i.data for i in items},
                                                         settings.METERING_LG_K)
     if unreadable and quarantine:
-        from governance.services.quarantine import sketches_quarantine
+        from governance.metering.quarantine import sketches_quarantine
 
         sketches_quarantine(parts={pk: why for (kind, pk), why in unreadable.items() if kind == "part"},
                             rollups={pk: why for (kind, pk), why in unreadable.items() if kind == "rollup"})
@@ -327,74 +319,3 @@ def _excluded_by_scope(kind: type, ids: list[int], start: dt.date, end: dt.date)
     for entry in _excluded(list(scope_of), start, end):
         by_scope[scope_of[entry["product"]]].append(entry)
     return by_scope
-
-
-# --- compliance records: statuses, forecasts, alerts, declarations, webhooks ------------------------------------
-#
-# Each takes the group it reads for, or the groups the caller sees (a queryset from the tenancy rules).
-
-
-def licence_statuses(*, group_id: int, licence_version: LicenceVersion | None) -> list[ComplianceStatus]:
-    """The group's statuses for a version that say whether it may use it, in this order: the licence's own
-    test, then last month's monitoring (a rule not yet evaluated is missing). None for no version."""
-    if licence_version is None:
-        return []
-    order = [EvaluationRule.LICENCE_ACCURATE, EvaluationRule.LAST_MONTH]
-    found = ComplianceStatus.objects.filter(group_id=group_id, licence_version=licence_version, rule__in=order)
-    return sorted(found, key=lambda status: order.index(status.rule))
-
-
-def group_forecast(*, group: AffiliateGroup) -> GroupForecast | None:
-    return GroupForecast.objects.filter(group=group).first()
-
-
-def alert_list(*, groups: QuerySet[AffiliateGroup] | list[AffiliateGroup], open_only: bool = False,
-               group_id: int | None = None) -> QuerySet[Alert]:
-    """Alerts of these groups (those the caller sees), newest first; ``open_only``: raised and not acknowledged;
-    ``group_id``: of that one of them only."""
-    alerts = Alert.objects.filter(group__in=groups).select_related("group", "licence_version")
-    if open_only:
-        alerts = alerts.filter(kind=Alert.Kind.RAISED, acknowledged_at__isnull=True)
-    if group_id is not None:
-        alerts = alerts.filter(group_id=group_id)
-    return alerts
-
-
-def alert_list_latest(*, group: AffiliateGroup, limit: int = 5) -> list[Alert]:
-    """The group's newest alerts, at most ``limit``."""
-    return list(Alert.objects.filter(group=group).select_related("licence_version")[:limit])
-
-
-def alert_get(*, groups: QuerySet[AffiliateGroup], pk: int) -> Alert | None:
-    """Alert ``pk`` with its group if it is of one of ``groups`` (those the caller sees), else None."""
-    return Alert.objects.filter(pk=pk, group__in=groups).select_related("group").first()
-
-
-def declared_figure_list(*, group: AffiliateGroup) -> QuerySet[DeclaredFigure]:
-    """Every figure declared for the group, latest month first, then latest declaration first."""
-    return DeclaredFigure.objects.filter(group=group).order_by("-month", "-declared_at", "-id")
-
-
-def declaration_proposal_list(*, group: AffiliateGroup) -> QuerySet[DeclarationProposal]:
-    """Every figure proposed for the group with the proposing organisation, newest first."""
-    return DeclarationProposal.objects.filter(group=group).select_related("organisation").order_by(
-        "-proposed_at", "-id")
-
-
-def declaration_proposal_get(*, group: AffiliateGroup, pk: int) -> DeclarationProposal | None:
-    """Proposal ``pk`` if it was made for the group, else None."""
-    return DeclarationProposal.objects.filter(group=group, pk=pk).first()
-
-
-def webhook_endpoint_list(*, group: AffiliateGroup) -> QuerySet[WebhookEndpoint]:
-    return WebhookEndpoint.objects.filter(group=group)
-
-
-def webhook_endpoint_get(*, groups: QuerySet[AffiliateGroup], pk: int) -> WebhookEndpoint | None:
-    """Endpoint ``pk`` with its group if it is of one of ``groups`` (those the caller sees), else None."""
-    return WebhookEndpoint.objects.filter(pk=pk, group__in=groups).select_related("group").first()
-
-
-def webhook_delivery_list(*, endpoint: WebhookEndpoint) -> QuerySet[WebhookDelivery]:
-    """The endpoint's deliveries with their attempts, newest first."""
-    return WebhookDelivery.objects.filter(endpoint=endpoint).prefetch_related("attempt_log")

@@ -66,7 +66,7 @@ def validate_user_ids(raw: object, *, max_items: int, elements_checked: bool = F
     """The ids of a batch, each a non-empty string or an integer that fits in 64 bits, or InvalidIds.
 
     A string's length is bounded only by the request size limit: the hash makes every id the same size.
-    ``elements_checked``: a typed decoder already checked each element (governance/fastpath.py).
+    ``elements_checked``: a typed decoder already checked each element (governance/metering/fastpath.py).
     """
     if not isinstance(raw, list):
         raise InvalidIds(f"must be a list of strings or integers, got {type(raw).__name__}")
