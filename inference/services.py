@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TypedDict
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import cache, caches
+from django.core.cache.backends.locmem import LocMemCache
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import QuerySet, Sum
@@ -374,11 +375,20 @@ def replica_log_cached(*, replica: Replica) -> tuple[ReplicaLogTail | None, dt.d
     return entry, dt.datetime.fromisoformat(pending) if pending else None
 
 
+def _cache_shared() -> bool:
+    """Whether a worker's answer reaches this process: not through the per-process cache of a single host
+    without Redis (settings.CACHES), where this process is on the replica's host and reads the log itself."""
+    return not isinstance(caches["default"], LocMemCache)
+
+
 def replica_log_request(*, replica: Replica) -> bool:
     """Queue a read of the replica's log on the worker that can read it, unless one is already awaited.
-    True when a read is awaited now (this one or an earlier one), False when it could not be queued."""
+    True when a read is awaited now (this one or an earlier one) or done, False when it could not be queued."""
     pending = _log_pending_key(replica.pk)
     if not cache.add(pending, timezone.now().isoformat(), timeout=LOG_PENDING_SECONDS):
+        return True
+    if not _cache_shared():
+        replica_log_read(replica=replica)
         return True
     if queue.replica_log_read_soon(replica.pk, replica.deployment.organisation_id,
                                    queue=replica_log_queue(replica)):

@@ -600,12 +600,13 @@ def test_without_node_queues_one_worker_does_everything_and_sends_nothing(tenant
 
 
 @pytest.fixture
-def log_cache():
+def log_cache(settings, tmp_path):
+    """A cache the workers and the web processes share (Redis in production, files here), new for each test."""
     from django.core.cache import cache
 
-    cache.clear()  # answers are kept by replica id, which a later test's database may reuse
-    yield cache
-    cache.clear()
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                                   "LOCATION": str(tmp_path / "cache")}}
+    return cache
 
 
 def _placed_replica(tenant, pool_settings, **fields) -> Replica:

@@ -93,12 +93,13 @@ def test_it_answers_the_deployment_lists_live_table(tenancy: Tenancy, login: Any
 
 
 @pytest.fixture
-def log_cache() -> Any:
+def log_cache(settings: Any, tmp_path: Any) -> Any:
+    """A cache the workers and the web processes share (Redis in production, files here), new for each test."""
     from django.core.cache import cache
 
-    cache.clear()  # answers are kept by replica id, which a later test's database may reuse
-    yield cache
-    cache.clear()
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                                   "LOCATION": str(tmp_path / "cache")}}
+    return cache
 
 
 @pytest.fixture
@@ -185,6 +186,26 @@ def test_it_shows_and_reads_no_log_of_another_tenants_replica(tenancy: Tenancy, 
         licence_version=logged_replica.deployment.licence_version, base_model=logged_replica.deployment.base_model,
         model_source="meta-llama/x", served_model_name="their-chat", replicas=1, created_by="setup"), ordinal=0)
     assert login("viewer").get(f"/deployments/{logged_replica.deployment_id}/replicas/{other.pk}/log/").status_code == 404
+    assert asked == []
+
+
+def test_it_reads_the_log_in_the_web_process_on_a_single_host_without_a_shared_cache(
+        tenancy: Tenancy, login: Any, logged_replica: Replica, settings: Any, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Any) -> None:
+    from inference import queue
+
+    # no REDIS_URL: each process has its own cache, so a worker's answer would never reach the page
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                                   "LOCATION": f"replica-log-{tmp_path.name}"}}
+    asked: list[int] = []
+    monkeypatch.setattr(queue, "replica_log_read_soon", lambda replica_id, *a, **k: asked.append(replica_id) or True)
+    client = login("viewer")
+    assert "line 499" in client.get(_log_url(logged_replica)).content.decode()
+    with open(tmp_path / "replica.log", "a") as log:
+        log.write("INFO a newer line\n")
+    assert client.post(_log_url(logged_replica), {}).status_code == 302
+    body = client.get(_log_url(logged_replica)).content.decode()
+    assert "INFO a newer line" in body and 'data-settled="true"' in body
     assert asked == []
 
 
