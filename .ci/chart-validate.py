@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 KUBERNETES_VERSIONS = ("1.30.0", "1.33.0")
 # inference/backends/kubernetes.py: patch_namespaced_secret/service/deployment (server-side apply, which
 # needs create for an object's first apply), delete_collection_namespaced_* by the replica's labels,
-# read_namespaced_deployment, list_namespaced_deployment and list_namespaced_pod.
+# read_namespaced_deployment, list_namespaced_deployment, list_namespaced_pod and read_namespaced_pod_log.
 PROVISIONER_RULES = {("", "secrets"): {"create", "patch", "deletecollection"},
                      ("", "services"): {"create", "patch", "deletecollection"},
                      ("", "pods"): {"list", "deletecollection"},
+                     ("", "pods/log"): {"get"},
                      ("apps", "deployments"): {"get", "list", "create", "patch", "deletecollection"}}
 SECRET_SETTINGS = {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}
 

@@ -74,9 +74,10 @@ def _on_nodes(replicas: QuerySet[Replica], only_node: int | None, skip_nodes: Co
     return replicas
 
 
-def _ref(replica: Replica) -> ReplicaRef:
+def replica_ref(replica: Replica) -> ReplicaRef:
+    """What a backend needs to find the replica again (its ids, process or pod, log file)."""
     return ReplicaRef(replica_id=replica.pk, deployment_id=replica.deployment_id, endpoint=replica.endpoint,
-                      pid=replica.pid, pod_name=replica.pod_name,
+                      pid=replica.pid, pod_name=replica.pod_name, log_path=replica.log_path,
                       extra={"start_time": replica.metrics.get("_start_time", "")} if replica.pid else {})
 
 
@@ -299,7 +300,7 @@ def _kill_remains(replica: Replica, detail: str) -> Literal["gone", "began waiti
     its processes or pod are still going: "began waiting" the first time (the replica leaves the routing set
     and records until when it is waited for), then "waiting"."""
     backend = backend_for(replica.node)
-    ref = _ref(replica)
+    ref = replica_ref(replica)
     now = timezone.now()
     try:
         backend.kill(ref)
@@ -369,7 +370,7 @@ def step_observe(*, only_node: int | None = None, skip_nodes: Collection[int] = 
                 queue = node_queue(replica.node.name) if replica.node else "its node's queue"
                 did |= _crashed(replica, f"not started {timeout} s after placement (is a worker consuming {queue}?)")
             continue
-        observation = backend_for(replica.node).observe(_ref(replica)) if replica.node else None
+        observation = backend_for(replica.node).observe(replica_ref(replica)) if replica.node else None
         if observation is None or not observation.running:
             did |= _crashed(replica, observation.detail if observation else "no node")
             continue
@@ -424,7 +425,7 @@ def _drain_one(replica: Replica) -> bool:
     now = timezone.now()
     if replica.node is not None and (replica.pid or replica.pod_name):
         backend = backend_for(replica.node)
-        ref = _ref(replica)
+        ref = replica_ref(replica)
         grace = settings.INFERENCE_STOP_GRACE_SECONDS
         if replica.stopping_until is None:
             backend.stop(ref, grace_seconds=grace)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 from pathlib import Path
+from typing import TypedDict
 
 from django.conf import settings
+from django.core.cache import cache, caches
+from django.core.cache.backends.locmem import LocMemCache
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import QuerySet, Sum
@@ -17,7 +21,8 @@ from access.models import Organisation
 from governance import queue as governance_queue
 from governance.models import Alert
 from inference import queue
-from inference.models import Deployment, GpuQuota
+from inference.models import Backend as BackendName
+from inference.models import Deployment, GpuQuota, Replica, replica_key
 from licensing.eu_multimodal import LEVEL as EU_MULTIMODAL
 from licensing.eu_multimodal import eu_multimodal_refusal
 from licensing.models import BaseModel, LicenceVersion, Product
@@ -326,3 +331,102 @@ def _eu_multimodal_alert(organisation: Organisation, version: LicenceVersion, de
 def reconcile_soon() -> None:
     queue.reconcile_soon()
 
+
+# --- a replica's last log lines, read by the worker that can reach them -------------------------------------
+#
+# The web process cannot read them itself: a local replica's log file is on the GPU host that runs it, and a
+# Kubernetes pod's log needs the API token that only the workers hold. The page asks (``replica_log_request``),
+# the worker that can read it answers into the shared cache (``replica_log_read``), the page shows the answer.
+
+LOG_LINES = 200
+LOG_CACHE_SECONDS = 300  # how long an answer is shown before the page asks again
+LOG_PENDING_SECONDS = 60  # how long a request is awaited before the page says no worker answered
+
+
+class ReplicaLogTail(TypedDict):
+    lines: list[str]
+    read_at: str  # ISO 8601, UTC
+    error: str  # why no lines were read, or ""
+
+
+def _log_key(replica_id: int) -> str:
+    return f"inference:replica-log:{replica_id}"
+
+
+def _log_pending_key(replica_id: int) -> str:
+    return f"inference:replica-log:{replica_id}:pending"
+
+
+def replica_log_queue(replica: Replica) -> str | None:
+    """The queue of the worker that can read the replica's log: its node's own queue for a local replica when
+    node queues are on (the file is on that host), the default queue otherwise (any worker reaches the API)."""
+    from inference.reconciler import node_queue
+
+    node = replica.node
+    if settings.INFERENCE_NODE_QUEUES and node is not None and node.backend == BackendName.LOCAL:
+        return node_queue(node.name)
+    return None
+
+
+def replica_log_cached(*, replica: Replica) -> tuple[ReplicaLogTail | None, dt.datetime | None]:
+    """The last answer for ``replica`` (None once it expired) and when a newer read was asked for (None when
+    none is awaited). ``replica`` is one the caller may see: the cache is keyed by replica only."""
+    entry = cache.get(_log_key(replica.pk))
+    pending = cache.get(_log_pending_key(replica.pk))
+    return entry, dt.datetime.fromisoformat(pending) if pending else None
+
+
+def _cache_shared() -> bool:
+    """Whether a worker's answer reaches this process: not through the per-process cache of a single host
+    without Redis (settings.CACHES), where this process is on the replica's host and reads the log itself."""
+    return not isinstance(caches["default"], LocMemCache)
+
+
+def replica_log_request(*, replica: Replica) -> bool:
+    """Queue a read of the replica's log on the worker that can read it, unless one is already awaited.
+    True when a read is awaited now (this one or an earlier one) or done, False when it could not be queued."""
+    pending = _log_pending_key(replica.pk)
+    if not cache.add(pending, timezone.now().isoformat(), timeout=LOG_PENDING_SECONDS):
+        return True
+    if not _cache_shared():
+        replica_log_read(replica=replica)
+        return True
+    if queue.replica_log_read_soon(replica.pk, replica.deployment.organisation_id,
+                                   queue=replica_log_queue(replica)):
+        return True
+    cache.delete(pending)
+    return False
+
+
+def replica_log_read(*, replica: Replica, lines: int = LOG_LINES) -> ReplicaLogTail:
+    """On the worker that can reach it: read the replica's last ``lines`` through its node's backend, take
+    vLLM's key out of them and keep the answer in the cache for LOG_CACHE_SECONDS. A failure is an answer too:
+    its ``error`` says why, so the page never waits for a read that will not come."""
+    from inference.backends import backend_for
+    from inference.backends.base import LogUnavailable
+    from inference.reconciler import replica_ref
+
+    node, here = replica.node, settings.INFERENCE_NODE_NAME
+    found: list[str] = []
+    error = ""
+    if node is None:
+        error = "The replica is not placed on a node yet, so it has no log."
+    elif replica_log_queue(replica) and here and here != node.name:
+        error = (f"The read reached the worker of node {here}, not node {node.name}'s: "
+                 f"check which worker consumes queue {replica_log_queue(replica)}.")
+    else:
+        try:
+            found = backend_for(node.backend).log_tail(replica_ref(replica), lines=lines)
+        except LogUnavailable as refusal:
+            error = str(refusal)
+        except Exception as failure:  # the API server unreachable, a bad kubeconfig: say so, details in our log
+            logger.exception("reading the log of replica %s failed", replica.pk)
+            error = f"The log could not be read ({type(failure).__name__}); the worker's log has the details."
+    if replica.key_salt:  # vLLM's key never leaves Corral, not even in a log line
+        secret = replica_key(replica.pk, replica.key_salt)
+        found = [line.replace(secret, "[vLLM key]") for line in found]
+        error = error.replace(secret, "[vLLM key]")
+    entry = ReplicaLogTail(lines=found, read_at=timezone.now().isoformat(), error=error)
+    cache.set(_log_key(replica.pk), entry, timeout=LOG_CACHE_SECONDS)
+    cache.delete(_log_pending_key(replica.pk))
+    return entry

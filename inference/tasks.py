@@ -57,3 +57,18 @@ def reconcile_node(node_id: int, max_seconds: float = 8.0) -> int:
         return _repeat(lambda: reconcile_node_once(node_id), max_seconds)
     finally:
         cache.delete(lock)
+
+
+@shared_task(ignore_result=True)
+def read_replica_log(replica_id: int, organisation_id: int) -> None:
+    """On the worker that can read it (its node's queue for a local replica with node queues on): the
+    replica's last log lines into the cache, for the portal's page. A replica gone since is nothing to read."""
+    from inference.models import Replica
+    from inference.services import replica_log_read
+
+    replica = (Replica.objects.filter(pk=replica_id, deployment__organisation_id=organisation_id)
+               .select_related("node", "deployment").first())
+    if replica is None:
+        logger.info("replica %s of organisation %s is gone: its log is not read", replica_id, organisation_id)
+        return
+    replica_log_read(replica=replica)

@@ -7,10 +7,8 @@ once the deployment settles). Without JavaScript the page is the same, reloaded 
 from __future__ import annotations
 
 import datetime as dt
-import os
-from pathlib import Path
+from typing import Any
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -24,13 +22,11 @@ from django.views.decorators.http import require_GET, require_http_methods
 from access.models import Scope
 from inference import selectors as inference_selectors
 from inference.api.serializers import QuotaSerializer
-from inference.models import Deployment, DeploymentState, Replica, ReplicaState, replica_key
-from inference.services import quota_use_many
+from inference.models import Deployment, DeploymentState, Replica, ReplicaState
+from inference.services import LOG_LINES, quota_use_many, replica_log_cached, replica_log_queue, replica_log_request
 from portal import forms
 from portal.access import access_of
 
-LOG_LINES = 200
-LOG_TAIL_BYTES = 64 * 1024
 USAGE_DAYS = (1, 7, 30, 90)
 _SETTLED_DEPLOYMENT = {DeploymentState.READY, DeploymentState.STOPPED, DeploymentState.FAILED}
 _SETTLED_REPLICA = {ReplicaState.READY, ReplicaState.STOPPED, ReplicaState.FAILED}
@@ -61,43 +57,46 @@ def deployment_status(request: HttpRequest, pk: int) -> JsonResponse:
     return JsonResponse({"state": deployment.state, "settled": settled(deployment), "html": html})
 
 
-def log_tail(path: str, *, lines: int = LOG_LINES) -> list[str] | None:
-    """The last lines of a replica's log file, or None when there is none to read here. Only files inside
-    INFERENCE_LOG_DIR are read, whatever the row says."""
-    if not path:
-        return None
-    log_dir = Path(settings.INFERENCE_LOG_DIR).resolve()
-    target = Path(path).resolve()
-    if not target.is_relative_to(log_dir) or not target.is_file():
-        return None
-    with open(target, "rb") as log:
-        log.seek(0, os.SEEK_END)
-        size = log.tell()
-        log.seek(max(0, size - LOG_TAIL_BYTES))
-        text = log.read().decode("utf-8", errors="replace")
-    tail = text.splitlines()
-    if size > LOG_TAIL_BYTES:
-        tail = tail[1:]  # the first line read is likely cut
-    return tail[-lines:]
+def _replica_log_context(replica: Replica) -> dict[str, Any]:
+    """The cached answer of the replica's worker, how old it is, and whether a newer read is awaited."""
+    entry, asked_at = replica_log_cached(replica=replica)
+    now = timezone.now()
+    read_at = dt.datetime.fromisoformat(entry["read_at"]) if entry else None
+    return {
+        "replica": replica, "entry": entry, "read_at": read_at, "pending": asked_at is not None,
+        "age_seconds": max(0, int((now - read_at).total_seconds())) if read_at else None,
+        "asked_seconds": max(0, int((now - asked_at).total_seconds())) if asked_at else None,
+        "queue": replica_log_queue(replica) or "the default queue", "limit": LOG_LINES,
+    }
 
 
 @never_cache
 @login_required
-@require_GET
+@require_http_methods(["GET", "POST"])
 def replica_log(request: HttpRequest, pk: int, replica_pk: int) -> HttpResponse:
-    """A replica's last log lines. The local backend writes vLLM's output to a file under INFERENCE_LOG_DIR; a
-    Kubernetes replica's log is the pod's (``kubectl logs``), which the portal does not read."""
+    """A replica's last log lines, as the worker that can read them last read them (inference/services.py:
+    the local backend's file is on the replica's host, a Kubernetes pod's log behind the workers' API token).
+    Opening the page asks for a read when there is no recent one; POST asks for a new one. While a read is
+    awaited, the page's script polls ``?format=live`` and swaps the answer in."""
     deployment = _deployment_or_404(request, pk)
     replica = Replica.objects.filter(pk=replica_pk, deployment=deployment).select_related("node").first()
     if replica is None:
         raise Http404("No such replica.")
-    lines = log_tail(replica.log_path)
-    if lines is not None and replica.key_salt:
-        secret = replica_key(replica.pk, replica.key_salt)  # vLLM's key never leaves Corral, not even in a log
-        lines = [line.replace(secret, "[vLLM key]") for line in lines]
-    return render(request, "portal/replica_log.html", {
-        "deployment": deployment, "replica": replica, "lines": lines, "limit": LOG_LINES,
-    })
+    replica.deployment = deployment
+    if request.method == "POST":
+        if replica_log_request(replica=replica):
+            messages.success(request, "A new read of the log was asked for.")
+        else:
+            messages.error(request, "No worker could be asked to read the log (the task queue is unreachable); "
+                                    "try again shortly.")
+        return redirect("portal:replica-log", pk=deployment.pk, replica_pk=replica.pk)
+    if request.GET.get("format") == "live":
+        context = _replica_log_context(replica)
+        html = render_to_string("portal/_replica_log_live.html", context, request=request)
+        return JsonResponse({"settled": not context["pending"], "html": html})
+    if replica_log_cached(replica=replica) == (None, None):
+        replica_log_request(replica=replica)  # nothing recent to show: the first read needs no click
+    return render(request, "portal/replica_log.html", {"deployment": deployment, **_replica_log_context(replica)})
 
 
 @login_required

@@ -1,6 +1,7 @@
 """The one interface every provisioner backend implements. The reconciler knows nothing else about them.
 
-A backend starts a replica from a ReplicaSpec, says whether it is still running, and stops it. Health and
+A backend starts a replica from a ReplicaSpec, says whether it is still running, stops it, and reads the last
+lines of its output (for the portal, on the worker that can reach them: inference/tasks.py). Health and
 load are read over HTTP from the replica's endpoint by the reconciler itself, the same for every backend.
 No call waits for a replica to go: ``stop`` asks it to finish within a grace period and returns, the
 reconciler asks ``stopped`` on its later passes and calls ``kill`` once the grace period is over, so a
@@ -12,6 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Protocol
+
+# The most a log read returns, whatever the line count: a page of a replica's log, not its history.
+LOG_TAIL_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,11 @@ class ReplicaRef:
     pid: int | None = None
     pod_name: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    log_path: str = ""  # the local backend's log file of the replica's output
+
+
+class LogUnavailable(RuntimeError):
+    """A replica's log cannot be read; the message says why, in words a platform lead can act on."""
 
 
 @dataclass(frozen=True)
@@ -101,3 +110,7 @@ class Backend(Protocol):
 
     def stopped(self, ref: ReplicaRef) -> bool:
         """True when nothing of the replica runs any more (its GPUs and port are free)."""
+
+    def log_tail(self, ref: ReplicaRef, *, lines: int) -> list[str]:
+        """The replica's last ``lines`` lines of output, oldest first, at most LOG_TAIL_BYTES of them, with
+        undecodable bytes replaced. Raises LogUnavailable saying why when there is none to read."""

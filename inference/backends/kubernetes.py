@@ -8,6 +8,7 @@
 - The Secret and the Service are owned by the replica's Deployment (``ownerReferences``), so deleting the
   Deployment by any means lets Kubernetes collect the rest; every object and pod also carries the replica's
   labels, and stop deletes by label selector, so nothing is left behind even of objects an older Corral made.
+- The log is the newest pod's (``kubectl logs``: the ``pods/log`` subresource), read by a worker for the portal.
 - Observe reads the Deployment and its pod back. Stop only asks for the deletion and returns: the reconciler
   asks ``stopped`` on later passes and, once the grace period is over, ``kill``s what is left. No call here
   sleeps, so no Celery worker waits on a terminating pod.
@@ -40,7 +41,15 @@ from kubernetes.client import ApiClient, AppsV1Api, Configuration, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 from kubernetes.utils.quantity import parse_quantity
 
-from inference.backends.base import Observation, ReplicaHandle, ReplicaRef, ReplicaSpec, serving_flags
+from inference.backends.base import (
+    LOG_TAIL_BYTES,
+    LogUnavailable,
+    Observation,
+    ReplicaHandle,
+    ReplicaRef,
+    ReplicaSpec,
+    serving_flags,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +69,9 @@ DEFAULT_STARTUP_TIMEOUT_SECONDS = 600
 FIELD_MANAGER = "corral"
 APPLY_PATCH = "application/apply-patch+yaml"
 PORT = 8000
+CONTAINER = "vllm"
+# A log read is for a person waiting on a page: it gives up long before a Celery task would.
+LOG_READ_TIMEOUT_SECONDS = 10
 API_KEY_ITEM = "api-key"
 HOME = "/home/vllm"
 HF_HOME = f"{HOME}/.cache/huggingface"
@@ -261,7 +273,7 @@ def render_manifests(
         mounts.append({"name": "models", "mountPath": models_path, "readOnly": True})
 
     container = {
-        "name": "vllm",
+        "name": CONTAINER,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["vllm", "serve"],
@@ -530,3 +542,34 @@ class KubernetesBackend:
             except ApiException as error:
                 raise _refusal("listing", kind, selector, error, with_message=True) from None
         return True
+
+    def log_tail(self, ref: ReplicaRef, *, lines: int) -> list[str]:
+        """The last lines of the vLLM container of the replica's newest pod (found by the replica's labels).
+        The API server starts ``lines`` from the end and stops after LOG_TAIL_BYTES, so very long lines show
+        fewer. Its refusal (no such container yet, no ``pods/log`` permission) becomes a LogUnavailable quoting
+        its reason."""
+        core = CoreV1Api(self._client())
+        selector = ",".join(f"{key}={value}" for key, value in
+                            selector_labels(ref.deployment_id, ref.replica_id).items())
+        name = object_name(ref.deployment_id, ref.replica_id)
+        try:
+            pods = core.list_namespaced_pod(self.namespace, label_selector=selector,
+                                            _request_timeout=LOG_READ_TIMEOUT_SECONDS).items
+        except ApiException as error:
+            raise LogUnavailable(str(_refusal("listing", "pods of", name, error, with_message=True))) from None
+        pod = max(pods, key=lambda pod: str(pod.metadata.creation_timestamp or ""), default=None)
+        if pod is None:
+            raise LogUnavailable(f"No pod of {self.namespace}/{name} exists now.")
+        try:
+            # Read raw: the client would otherwise try to parse a log that looks like JSON as JSON.
+            answer = core.read_namespaced_pod_log(
+                pod.metadata.name, self.namespace, container=CONTAINER, tail_lines=max(lines, 0),
+                limit_bytes=LOG_TAIL_BYTES, _preload_content=False, _request_timeout=LOG_READ_TIMEOUT_SECONDS)
+        except ApiException as error:
+            raise LogUnavailable(str(_refusal("reading the log of", "pod", pod.metadata.name, error,
+                                              with_message=True))) from None
+        data = answer.data or b""
+        tail = data.decode("utf-8", errors="replace").splitlines()
+        if len(data) >= LOG_TAIL_BYTES and not data.endswith(b"\n") and len(tail) > 1:
+            tail = tail[:-1]  # the server stops at limit_bytes, mid-line: the last line read is cut
+        return tail[-lines:] if lines > 0 else []

@@ -17,12 +17,21 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
 from django.conf import settings
 
-from inference.backends.base import Observation, ReplicaHandle, ReplicaRef, ReplicaSpec, serving_flags
+from inference.backends.base import (
+    LOG_TAIL_BYTES,
+    LogUnavailable,
+    Observation,
+    ReplicaHandle,
+    ReplicaRef,
+    ReplicaSpec,
+    serving_flags,
+)
 
 
 def _start_time(pid: int) -> str | None:
@@ -129,6 +138,33 @@ class LocalBackend:
             return True
         _reap(ref.pid)
         return not _group_alive(ref.pid)
+
+    def log_tail(self, ref: ReplicaRef, *, lines: int) -> list[str]:
+        """The end of the replica's log file on this host. Only a file inside INFERENCE_LOG_DIR is read,
+        whatever the row says, and only its last LOG_TAIL_BYTES."""
+        return file_tail(ref.log_path, lines=lines)
+
+
+def file_tail(path: str, *, lines: int) -> list[str]:
+    if not path:
+        raise LogUnavailable("No log file is recorded: the replica has not started a process yet.")
+    log_dir = Path(settings.INFERENCE_LOG_DIR).resolve()
+    target = Path(path).resolve()
+    if not target.is_relative_to(log_dir):
+        raise LogUnavailable("The recorded log file is outside INFERENCE_LOG_DIR, so it is not read.")
+    try:
+        with open(target, "rb") as log:
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(0, size - LOG_TAIL_BYTES))
+            text = log.read().decode("utf-8", errors="replace")
+    except (FileNotFoundError, IsADirectoryError):
+        raise LogUnavailable(f"No log file {target.name} on host {socket.gethostname()}.") from None
+    except OSError as error:
+        raise LogUnavailable(f"The log file {target.name} cannot be read: {error.strerror}.") from None
+    tail = text.splitlines()
+    if size > LOG_TAIL_BYTES:
+        tail = tail[1:]  # the first line read is likely cut
+    return tail[-lines:] if lines > 0 else []
 
 
 def _group_alive(pgid: int) -> bool:

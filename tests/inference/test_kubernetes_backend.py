@@ -24,7 +24,7 @@ import pytest
 import yaml
 from kubernetes.client import ApiClient, Configuration
 
-from inference.backends.base import ReplicaRef, ReplicaSpec
+from inference.backends.base import LogUnavailable, ReplicaRef, ReplicaSpec
 from inference.backends.kubernetes import (
     DEFAULT_IMAGE,
     EMPTY_DIR,
@@ -342,7 +342,7 @@ def test_it_mounts_the_models_volume_read_only_and_reads_the_hf_token_from_its_s
 # --- A fake API server ----------------------------------------------------------------------------------
 
 _ROUTE = re.compile(r"^/(?:api/v1|apis/apps/v1)/namespaces/(?P<ns>[^/]+)/(?P<plural>secrets|services|deployments|pods)"
-                    r"(?:/(?P<name>[^/]+))?$")
+                    r"(?:/(?P<name>[^/]+)(?P<log>/log)?)?$")
 
 
 @dataclass
@@ -367,9 +367,10 @@ class FakeApiServer:
     failures: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)  # (method, plural) -> answer
     deleted: dict[str, dict[str, Any]] = field(default_factory=dict)
     terminating_lists: int = 0  # lists of pods that still show a deleted pod, terminating, as in its grace period
+    logs: dict[str, bytes] = field(default_factory=dict)  # pod name -> its vllm container's output
     url: str = ""
 
-    def handle(self, method: str, raw_path: str, headers: Any, raw_body: bytes) -> tuple[int, dict[str, Any]]:
+    def handle(self, method: str, raw_path: str, headers: Any, raw_body: bytes) -> tuple[int, dict[str, Any] | bytes]:
         parts = urlsplit(raw_path)
         body = yaml.safe_load(raw_body) if raw_body else None
         self.requests.append(Recorded(method, parts.path, parse_qs(parts.query), headers.get("Content-Type", ""),
@@ -381,6 +382,11 @@ class FakeApiServer:
         if (method, plural) in self.failures:
             code, message = self.failures[(method, plural)]
             return code, _status(code, "Invalid" if code == 422 else "InternalError", message)
+        if route["log"]:
+            if (method, "pods/log") in self.failures:
+                code, message = self.failures[(method, "pods/log")]
+                return code, _status(code, "Forbidden" if code == 403 else "BadRequest", message)
+            return self._log(name, parse_qs(parts.query))
         if method == "PATCH":
             return self._apply(parts.path, parse_qs(parts.query), headers.get("Content-Type", ""), body)
         selector = _selector(parse_qs(parts.query))
@@ -430,6 +436,22 @@ class FakeApiServer:
         self.objects[path] = stored
         return (201 if created else 200), self._with_status(stored)
 
+    def _log(self, name: str, query: dict[str, list[str]]) -> tuple[int, dict[str, Any] | bytes]:
+        """What kube-apiserver answers for pods/<name>/log: the last tailLines lines, then at most limitBytes of
+        them (so the cut is at the end), as plain text."""
+        pod = next((pod for pod in self.pods if pod["metadata"]["name"] == name), None)
+        if pod is None:
+            return 404, _status(404, "NotFound", f'pods "{name}" not found')
+        container = query.get("container", [""])[0]
+        if container not in [c["name"] for c in pod["spec"]["containers"]]:
+            return 400, _status(400, "BadRequest", f"container {container} is not valid for pod {name}")
+        text = self.logs.get(name, b"")
+        if "tailLines" in query:
+            text = b"".join(text.splitlines(keepends=True)[-int(query["tailLines"][0]):])
+        if "limitBytes" in query:
+            text = text[:int(query["limitBytes"][0])]
+        return 200, text
+
     def _with_status(self, stored: dict[str, Any]) -> dict[str, Any]:
         answer = copy.deepcopy(stored)
         if answer["kind"] == "Deployment":
@@ -460,9 +482,9 @@ def fake_api() -> Iterator[FakeApiServer]:
         def _answer(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             code, payload = fake.handle(self.command, self.path, self.headers, self.rfile.read(length))
-            data = json.dumps(payload).encode()
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             self.send_response(code)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", "text/plain" if isinstance(payload, bytes) else "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -715,6 +737,59 @@ def test_it_reports_a_refused_delete(backend: KubernetesBackend, fake_api: FakeA
     fake_api.failures[("DELETE", "deployments")] = (403, "deployments.apps is forbidden: cannot delete")
     with pytest.raises(KubernetesError, match="forbidden"):
         backend.stop(REF, grace_seconds=5)
+
+
+# --- log ----------------------------------------------------------------------------------------------
+
+
+def _named_pod(name: str, created: str) -> dict[str, Any]:
+    pod = _pod()
+    pod["metadata"].update({"name": name, "creationTimestamp": created})
+    return pod
+
+
+def test_it_reads_the_last_lines_of_the_newest_pods_vllm_container(backend: KubernetesBackend,
+                                                                    fake_api: FakeApiServer) -> None:
+    fake_api.pods = [_named_pod("corral-d12-r34-old", "2026-11-28T09:00:01Z"),
+                     _named_pod("corral-d12-r34-new", "2026-11-28T10:00:01Z")]
+    fake_api.logs = {"corral-d12-r34-old": b"the old pod\n",
+                     "corral-d12-r34-new": b"INFO starting\n" + b"line\n" * 10
+                     + b'{"looks": "like json"}\n' + b"caf\xe9 not utf-8\nINFO Uvicorn running\n"}
+    fake_api.requests.clear()
+    assert backend.log_tail(REF, lines=3) == ['{"looks": "like json"}', "caf\ufffd not utf-8", "INFO Uvicorn running"]
+    listing, read = fake_api.requests
+    assert listing.query["labelSelector"] == ["corral.io/deployment=12,corral.io/replica=34"]
+    assert read.method == "GET" and read.path == "/api/v1/namespaces/corral-inference/pods/corral-d12-r34-new/log"
+    assert read.query == {"container": ["vllm"], "tailLines": ["3"], "limitBytes": ["65536"]}
+
+
+def test_it_drops_the_line_the_byte_limit_cuts(backend: KubernetesBackend, fake_api: FakeApiServer) -> None:
+    fake_api.pods = [_named_pod("corral-d12-r34-x", "2026-11-28T10:00:01Z")]
+    long_lines = [f"{i:04d} " + "x" * 995 for i in range(100)]  # 1000 bytes a line with its newline
+    fake_api.logs = {"corral-d12-r34-x": "".join(f"{line}\n" for line in long_lines).encode()}
+    tail = backend.log_tail(REF, lines=80)
+    # 80 lines are 80,000 bytes: the server stops after 65,536, in line 66 of them, which is left out
+    assert tail == long_lines[20:85]
+
+
+def test_it_says_why_a_pods_log_cannot_be_read(backend: KubernetesBackend, fake_api: FakeApiServer) -> None:
+    with pytest.raises(LogUnavailable, match=r"^No pod of corral-inference/corral-d12-r34 exists now\.$"):
+        backend.log_tail(REF, lines=10)
+    fake_api.pods = [_named_pod("corral-d12-r34-x", "2026-11-28T10:00:01Z")]
+    forbidden = ('pods "corral-d12-r34-x" is forbidden: User "system:serviceaccount:corral:corral-worker" cannot get '
+                 'resource "pods/log" in API group "" in the namespace "corral-inference"')
+    fake_api.failures[("GET", "pods/log")] = (403, forbidden)
+    with pytest.raises(LogUnavailable) as refused:
+        backend.log_tail(REF, lines=10)
+    assert str(refused.value).startswith("reading the log of pod corral-d12-r34-x failed: HTTP 403 Forbidden: ")
+    assert 'cannot get resource "pods/log"' in str(refused.value)
+    fake_api.failures[("GET", "pods/log")] = (
+        400, 'container "vllm" in pod "corral-d12-r34-x" is waiting to start: ContainerCreating')
+    with pytest.raises(LogUnavailable, match="HTTP 400 Bad Request: container .* is waiting to start"):
+        backend.log_tail(REF, lines=10)
+    fake_api.failures[("GET", "pods")] = (500, "etcdserver: request timed out")
+    with pytest.raises(LogUnavailable, match="listing pods of corral-d12-r34 failed: HTTP 500 .*timed out"):
+        backend.log_tail(REF, lines=10)
 
 
 # --- configuration ------------------------------------------------------------------------------------

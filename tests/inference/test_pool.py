@@ -595,3 +595,126 @@ def test_without_node_queues_one_worker_does_everything_and_sends_nothing(tenant
     request(tenant)
     tasks.reconcile_pool()
     assert started == ["gpu-1"] and sent == []
+
+
+# --- a replica's last log lines, read by the worker that can reach them -----------------------------------
+
+
+@pytest.fixture
+def log_cache(settings, tmp_path):
+    """A cache the workers and the web processes share (Redis in production, files here), new for each test."""
+    from django.core.cache import cache
+
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                                   "LOCATION": str(tmp_path / "cache")}}
+    return cache
+
+
+def _placed_replica(tenant, pool_settings, **fields) -> Replica:
+    deployment = request(tenant)
+    reconciler.step_replica_rows()
+    replica = Replica.objects.get(deployment=deployment)
+    Replica.objects.filter(pk=replica.pk).update(node=Node.objects.get(name="gpu-1"), state="ready", **fields)
+    return Replica.objects.select_related("node", "deployment").get(pk=replica.pk)
+
+
+@pytest.mark.django_db
+def test_a_local_replicas_last_log_lines_are_read_into_the_cache_without_its_key(
+        tenant, pool_settings, log_cache, monkeypatch) -> None:
+    from inference import tasks
+    from inference.backends.local import LocalBackend
+    from inference.models import replica_key
+    from inference.services import replica_log_cached
+
+    monkeypatch.setattr("inference.services.reconcile_soon", lambda: None)
+    log_dir = Path(pool_settings.INFERENCE_LOG_DIR)
+    log_dir.mkdir(parents=True)
+    replica = _placed_replica(tenant, pool_settings, key_salt="s4lt", log_path=str(log_dir / "replica.log"))
+    secret = replica_key(replica.pk, "s4lt")
+    # 68 KB: more than the 64 KB read, so only the end of the file is read and its cut first line dropped
+    head = "".join(f"early line {i:05d} " + "." * 50 + "\n" for i in range(1000))
+    (log_dir / "replica.log").write_bytes(head.encode() + f"INFO key {secret} loaded\n".encode()
+                                          + b"caf\xe9\nINFO Uvicorn running\n")
+    tasks.read_replica_log(replica.pk, tenant[0].pk + 1000)  # another organisation's id: nothing is read
+    assert replica_log_cached(replica=replica) == (None, None)
+
+    before = timezone.now()
+    tasks.read_replica_log.delay(replica.pk, tenant[0].pk)
+    entry, pending = replica_log_cached(replica=replica)
+    assert pending is None and entry["error"] == ""
+    assert entry["lines"][-3:] == ["INFO key [vLLM key] loaded", "caf\ufffd", "INFO Uvicorn running"]
+    assert len(entry["lines"]) == 200 and entry["lines"][0].startswith("early line 00803 ")
+    assert not any(secret in line for line in entry["lines"])
+    assert before <= dt.datetime.fromisoformat(entry["read_at"]) <= timezone.now()
+    everything = LocalBackend().log_tail(reconciler.replica_ref(replica), lines=5000)
+    assert everything[0].startswith("early line ") and len(everything[0]) == 67  # complete, though cut in the file
+    assert "early line 00000 " not in everything[0] and len(everything) < 1003  # only the last 64 KB are read
+
+
+@pytest.mark.django_db
+def test_a_log_file_outside_the_log_directory_is_not_read(tenant, pool_settings, log_cache, monkeypatch,
+                                                          tmp_path) -> None:
+    from inference.backends.base import LogUnavailable, ReplicaRef
+    from inference.backends.local import LocalBackend
+    from inference.services import replica_log_read
+
+    monkeypatch.setattr("inference.services.reconcile_soon", lambda: None)
+    Path(pool_settings.INFERENCE_LOG_DIR).mkdir(parents=True)
+    (tmp_path / "secret.txt").write_text("SECRET_KEY=do-not-show\n")
+    outside = f"{pool_settings.INFERENCE_LOG_DIR}/../secret.txt"
+    ref = ReplicaRef(replica_id=1, deployment_id=1, endpoint="", log_path=outside)
+    with pytest.raises(LogUnavailable, match="outside INFERENCE_LOG_DIR"):
+        LocalBackend().log_tail(ref, lines=10)
+    replica = _placed_replica(tenant, pool_settings, log_path=outside)
+    entry = replica_log_read(replica=replica)
+    assert entry["lines"] == [] and "outside INFERENCE_LOG_DIR" in entry["error"]
+    Replica.objects.filter(pk=replica.pk).update(log_path=f"{pool_settings.INFERENCE_LOG_DIR}/gone.log")
+    replica.refresh_from_db()
+    assert replica_log_read(replica=replica)["error"].startswith("No log file gone.log on host ")
+
+
+@pytest.mark.django_db
+def test_a_local_replicas_log_is_read_by_the_worker_on_its_nodes_queue(two_nodes, pool_settings, log_cache,
+                                                                       monkeypatch) -> None:
+    from inference import tasks
+    from inference.services import replica_log_cached, replica_log_request
+
+    _, second, deployment = two_nodes
+    monkeypatch.setattr(tasks.reconcile_node, "apply_async", lambda *, args, queue: None)
+    monkeypatch.setattr(reconciler, "_start", lambda *a: None)
+    tasks.reconcile_pool()
+    on_second = Replica.objects.select_related("node", "deployment").get(deployment=deployment, node=second)
+    log_dir = Path(pool_settings.INFERENCE_LOG_DIR)
+    log_dir.mkdir(parents=True)
+    (log_dir / "r.log").write_text("INFO on gpu-2\n")
+    Replica.objects.filter(pk=on_second.pk).update(log_path=str(log_dir / "r.log"))
+    on_second.refresh_from_db()
+    sent: list[tuple[list[int], str | None]] = []
+    monkeypatch.setattr(tasks.read_replica_log, "apply_async", lambda *, args, queue: sent.append((args, queue)))
+
+    assert replica_log_request(replica=on_second) is True
+    assert sent == [([on_second.pk, deployment.organisation_id], "node.gpu-2")]
+    entry, pending = replica_log_cached(replica=on_second)
+    assert entry is None and pending is not None
+    assert replica_log_request(replica=on_second) is True  # one read awaited at a time
+    assert len(sent) == 1
+
+    pool_settings.INFERENCE_NODE_NAME = "gpu-1"  # the read reached the wrong host: it says so, reads nothing
+    tasks.read_replica_log(on_second.pk, deployment.organisation_id)
+    entry, pending = replica_log_cached(replica=on_second)
+    assert entry["lines"] == [] and "reached the worker of node gpu-1, not node gpu-2's" in entry["error"]
+    assert pending is None
+    pool_settings.INFERENCE_NODE_NAME = "gpu-2"
+    tasks.read_replica_log(on_second.pk, deployment.organisation_id)
+    assert replica_log_cached(replica=on_second)[0]["lines"] == ["INFO on gpu-2"]
+
+    pool_settings.INFERENCE_NODE_QUEUES = False  # one worker does everything: the default queue
+    log_cache.clear()
+    replica_log_request(replica=on_second)
+    assert sent[-1] == ([on_second.pk, deployment.organisation_id], None)
+    pool_settings.INFERENCE_NODE_QUEUES = True  # a kubernetes node's log is an API call any worker makes
+    Node.objects.filter(pk=second.pk).update(backend="kubernetes")
+    on_second.node.refresh_from_db()
+    log_cache.clear()
+    replica_log_request(replica=on_second)
+    assert sent[-1] == ([on_second.pk, deployment.organisation_id], None)

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from access.keys import api_key_create
 from access.models import ApiKey, Membership
-from inference.models import Deployment, GpuQuota, Replica, TokenUsage, replica_key
+from inference.models import Deployment, GpuQuota, Node, Replica, TokenUsage, replica_key
 from licensing.models import BaseModel, Product
 from portal import forms
 from tests.portal.conftest import Tenancy
@@ -91,30 +91,135 @@ def test_it_answers_the_deployment_lists_live_table(tenancy: Tenancy, login: Any
 # --- logs -----------------------------------------------------------------------------------------------------
 
 
-def test_it_shows_a_replicas_last_log_lines_without_its_key(tenancy: Tenancy, login: Any, deployment: Deployment,
-                                                             settings: Any, tmp_path: Any) -> None:
+@pytest.fixture
+def log_cache(settings: Any, tmp_path: Any) -> Any:
+    """A cache the workers and the web processes share (Redis in production, files here), new for each test."""
+    from django.core.cache import cache
+
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                                   "LOCATION": str(tmp_path / "cache")}}
+    return cache
+
+
+@pytest.fixture
+def logged_replica(deployment: Deployment, settings: Any, tmp_path: Any, log_cache: Any) -> Replica:
     settings.INFERENCE_LOG_DIR = tmp_path
-    replica = Replica.objects.create(deployment=deployment, ordinal=0, state="starting", key_salt="abc")
-    log = tmp_path / "replica.log"
+    node = Node.objects.create(name="gpu-1", address="127.0.0.1")
+    replica = Replica.objects.create(deployment=deployment, ordinal=0, state="starting", key_salt="abc", node=node,
+                                     log_path=str(tmp_path / "replica.log"))
     secret = replica_key(replica.pk, "abc")
-    log.write_text("".join(f"line {i}\n" for i in range(500)) + f"INFO api_key={secret}\n")
-    Replica.objects.filter(pk=replica.pk).update(log_path=str(log))
-    body = login("viewer").get(f"/deployments/{deployment.pk}/replicas/{replica.pk}/log/").content.decode()
+    (tmp_path / "replica.log").write_text("".join(f"line {i}\n" for i in range(500)) + f"INFO api_key={secret}\n")
+    return replica
+
+
+def _log_url(replica: Replica) -> str:
+    return f"/deployments/{replica.deployment_id}/replicas/{replica.pk}/log/"
+
+
+def test_it_shows_a_replicas_last_log_lines_with_the_time_they_were_read(
+        tenancy: Tenancy, login: Any, logged_replica: Replica) -> None:
+    from inference.services import replica_log_cached
+
+    # opening the page asks the replica's worker for a read (run at once here: Celery is eager in tests)
+    body = login("viewer").get(_log_url(logged_replica)).content.decode()
     assert '">line 301\nline 302\n' in body and "line 300\n" not in body  # the last 200 lines, oldest first
+    secret = replica_key(logged_replica.pk, "abc")
     assert secret not in body and "api_key=[vLLM key]" in body
-    assert login("outsider").get(f"/deployments/{deployment.pk}/replicas/{replica.pk}/log/").status_code == 404
+    read_at = dt.datetime.fromisoformat(replica_log_cached(replica=logged_replica)[0]["read_at"])
+    assert re.search(rf"Read at {read_at:%H:%M:%S} UTC \([01] s ago\)", body)
+    assert 'data-settled="true"' in body and "Reading the log" not in body
+
+
+def test_it_reads_the_log_again_when_asked_and_the_page_picks_the_answer_up(
+        tenancy: Tenancy, login: Any, logged_replica: Replica, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Any) -> None:
+    from inference import queue, tasks
+
+    client = login("viewer")
+    client.get(_log_url(logged_replica))
+    with open(tmp_path / "replica.log", "a") as log:
+        log.write("INFO a newer line\n")
+    assert "a newer line" not in client.get(_log_url(logged_replica)).content.decode()  # the cached answer
+
+    asked: list[tuple[int, int, str | None]] = []
+    monkeypatch.setattr(queue, "replica_log_read_soon",
+                        lambda replica_id, organisation_id, *, queue: asked.append((replica_id, organisation_id,
+                                                                                    queue)) or True)
+    assert client.post(_log_url(logged_replica), {}).status_code == 302
+    assert asked == [(logged_replica.pk, tenancy.organisation.pk, None)]
+    assert client.post(_log_url(logged_replica), {}).status_code == 302
+    assert len(asked) == 1  # a read is already awaited
+    body = client.get(_log_url(logged_replica)).content.decode()
+    assert "Reading the log: asked 0 s ago" in body and 'data-settled="false"' in body
+    assert "line 499" in body  # the last answer stays on the page meanwhile
+    live = client.get(_log_url(logged_replica) + "?format=live").json()
+    assert live["settled"] is False and "a newer line" not in live["html"]
+
+    tasks.read_replica_log(logged_replica.pk, tenancy.organisation.pk)  # the worker answers
+    live = client.get(_log_url(logged_replica) + "?format=live").json()
+    assert live["settled"] is True and "INFO a newer line" in live["html"] and "Reading the log" not in live["html"]
+
+
+def test_it_refuses_a_log_refresh_without_its_csrf_token(tenancy: Tenancy, logged_replica: Replica) -> None:
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(tenancy.users["viewer"])
+    assert client.post(_log_url(logged_replica), {}).status_code == 403
+
+
+def test_it_shows_and_reads_no_log_of_another_tenants_replica(tenancy: Tenancy, login: Any, logged_replica: Replica,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from inference import queue
+
+    asked: list[int] = []
+    monkeypatch.setattr(queue, "replica_log_read_soon", lambda replica_id, *a, **k: asked.append(replica_id) or True)
+    outsider = login("outsider")
+    assert outsider.get(_log_url(logged_replica)).status_code == 404
+    assert outsider.get(_log_url(logged_replica) + "?format=live").status_code == 404
+    assert outsider.post(_log_url(logged_replica), {}).status_code == 404
+    assert asked == []
+    # a replica of another of the viewer's deployments is not reached through this one's URL either
+    other = Replica.objects.create(deployment=Deployment.objects.create(
+        organisation=tenancy.outsider_org, product=logged_replica.deployment.product,
+        licence_version=logged_replica.deployment.licence_version, base_model=logged_replica.deployment.base_model,
+        model_source="meta-llama/x", served_model_name="their-chat", replicas=1, created_by="setup"), ordinal=0)
+    assert login("viewer").get(f"/deployments/{logged_replica.deployment_id}/replicas/{other.pk}/log/").status_code == 404
+    assert asked == []
+
+
+def test_it_reads_the_log_in_the_web_process_on_a_single_host_without_a_shared_cache(
+        tenancy: Tenancy, login: Any, logged_replica: Replica, settings: Any, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Any) -> None:
+    from inference import queue
+
+    # no REDIS_URL: each process has its own cache, so a worker's answer would never reach the page
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                                   "LOCATION": f"replica-log-{tmp_path.name}"}}
+    asked: list[int] = []
+    monkeypatch.setattr(queue, "replica_log_read_soon", lambda replica_id, *a, **k: asked.append(replica_id) or True)
+    client = login("viewer")
+    assert "line 499" in client.get(_log_url(logged_replica)).content.decode()
+    with open(tmp_path / "replica.log", "a") as log:
+        log.write("INFO a newer line\n")
+    assert client.post(_log_url(logged_replica), {}).status_code == 302
+    body = client.get(_log_url(logged_replica)).content.decode()
+    assert "INFO a newer line" in body and 'data-settled="true"' in body
+    assert asked == []
 
 
 def test_it_reads_no_file_outside_the_log_directory(tenancy: Tenancy, login: Any, deployment: Deployment,
-                                                    settings: Any, tmp_path: Any) -> None:
+                                                    settings: Any, tmp_path: Any, log_cache: Any) -> None:
     settings.INFERENCE_LOG_DIR = tmp_path / "replicas"
     (tmp_path / "replicas").mkdir()
     elsewhere = tmp_path / "secret.txt"
     elsewhere.write_text("do not show\n")
+    node = Node.objects.create(name="gpu-1", address="127.0.0.1")
     replica = Replica.objects.create(deployment=deployment, ordinal=0, log_path=str(tmp_path / "replicas/../secret.txt"),
-                                     pod_name="")
-    body = login("viewer").get(f"/deployments/{deployment.pk}/replicas/{replica.pk}/log/").content.decode()
-    assert "do not show" not in body and "No log to show here" in body
+                                     node=node)
+    body = login("viewer").get(_log_url(replica)).content.decode()
+    assert "do not show" not in body
+    assert "No log lines: The recorded log file is outside INFERENCE_LOG_DIR, so it is not read." in body
 
 
 # --- usage ----------------------------------------------------------------------------------------------------
