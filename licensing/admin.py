@@ -77,7 +77,7 @@ class ExemptionInline(admin.TabularInline):
 
     model = Exemption
     extra = 0
-    fields = readonly_fields = ["supplier", "evidence", "recorded_by", "recorded_at", "withdrawn_at", "withdrawn_by"]
+    fields = readonly_fields = ("supplier", "evidence", "recorded_by", "recorded_at", "withdrawn_at", "withdrawn_by")
     can_delete = False
 
     def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
@@ -158,7 +158,8 @@ class ProductAdminForm(forms.ModelForm):
         fields = "__all__"
 
     def clean(self):  # type: ignore[no-untyped-def]
-        data = super().clean()
+        super().clean()  # ModelForm's returns cleaned_data, which the stubs type as optional
+        data = self.cleaned_data
         organisation = data.get("organisation") or getattr(self.instance, "organisation", None)
         if organisation is not None and not self.errors:
             # The services' rules (the base model of the version, the EU clause) hold here too.
