@@ -1,17 +1,17 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.utils import timezone
 from rest_framework import serializers
 
 from governance.models import ApiKey, Scope
 from licensing.api.serializers import TenantCreateMixin, TenantOrganisationField
-from licensing.models import Product
+from licensing.models import Organisation, Product
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
-    organisation = serializers.PrimaryKeyRelatedField(read_only=True)
+    organisation: serializers.PrimaryKeyRelatedField[Organisation] = serializers.PrimaryKeyRelatedField(read_only=True)
     is_active = serializers.BooleanField(read_only=True)
 
     class Meta:
@@ -44,7 +44,8 @@ class ApiKeyCreateSerializer(TenantCreateMixin, serializers.Serializer):
         super().__init__(*args, **kwargs)
         view = self.context.get("view")
         if view is not None and not getattr(view, "swagger_fake_view", False):
-            self.fields["product"].queryset = view.writable_products()
+            product_field = cast("serializers.PrimaryKeyRelatedField[Product]", self.fields["product"])
+            product_field.queryset = view.writable_products()
 
     def validate_expires_at(self, value: Any) -> Any:
         if value is not None and value <= timezone.now():
