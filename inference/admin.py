@@ -32,7 +32,7 @@ class GpuQuotaAdmin(admin.ModelAdmin):
 class ReplicaInline(admin.TabularInline):
     model = Replica
     extra = 0
-    fields = ["ordinal", "state", "node", "port", "pid", "restarts", "last_health_ok", "state_reason"]
+    fields = ("ordinal", "state", "node", "port", "pid", "restarts", "last_health_ok", "state_reason")
     readonly_fields = fields
     can_delete = False
 
