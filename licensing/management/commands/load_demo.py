@@ -13,7 +13,7 @@ from licensing.services import licence_accept, organisation_create, product_crea
 
 GROUP = "Acme Holdings"
 # (name, licence version (None: not built on Llama), base model, launch date, status)
-DEMO = {
+DEMO: dict[str, list[tuple[str, str | None, str | None, dt.date | None, Product.Status]]] = {
     "Acme Social": [
         ("Acme Chat", "llama-3.1", "meta-llama/Llama-3.1-8B-Instruct", dt.date(2024, 9, 2), Product.Status.LIVE),
         ("Acme Translate", "llama-2", "meta-llama/Llama-2-7b-chat-hf", dt.date(2023, 10, 16), Product.Status.LIVE),
