@@ -41,7 +41,7 @@ def reconcile_pool(max_seconds: float = 8.0) -> int:
     finally:
         cache.delete(_LOCK)
     for node_id, queue in node_work(routed):
-        reconcile_node.apply_async(args=[node_id], queue=queue)
+        reconcile_node.apply_async(args=(node_id,), queue=queue)
     return passes
 
 

@@ -249,7 +249,7 @@ def _licence_statuses(group_id: int, version: Any) -> list[ComplianceStatus]:
     then last month's monitoring."""
     if version is None:
         return []
-    order = [EvaluationRule.LICENCE_ACCURATE, EvaluationRule.LAST_MONTH]
+    order: list[str] = [EvaluationRule.LICENCE_ACCURATE, EvaluationRule.LAST_MONTH]
     found = ComplianceStatus.objects.filter(group_id=group_id, licence_version=version, rule__in=order)
     return sorted(found, key=lambda status: order.index(status.rule))
 
@@ -438,7 +438,7 @@ def alert_acknowledge(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, " ".join(exc.messages))
     else:
         messages.success(request, "Alert acknowledged.")
-    return redirect(request.POST.get("next") if _safe_next(request) else reverse("portal:alerts"))
+    return redirect(request.POST.get("next", "") if _safe_next(request) else reverse("portal:alerts"))
 
 
 def _safe_next(request: HttpRequest) -> bool:
@@ -893,7 +893,8 @@ def member_role(request: HttpRequest, pk: int) -> HttpResponse:
     membership = _membership_or_404(access, pk)
     form = forms.MemberRoleForm(request.POST)
     if not form.is_valid():
-        messages.error(request, f"Role: {'; '.join(form.errors['role'])}")
+        # An ErrorList iterates as its messages (str); the stubs type its items as ValidationError | str.
+        messages.error(request, f"Role: {'; '.join(str(message) for message in form.errors['role'])}")
         return redirect("portal:members")
     try:
         licensing_services.membership_change_role(membership=membership, role=form.cleaned_data["role"],
