@@ -1,5 +1,6 @@
 import datetime as dt
 import secrets
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -33,7 +34,7 @@ DEMO_DAYS, DEMO_USERS_A_DAY = 3, 120  # overlapping days: 200 distinct users in 
 class Command(BaseCommand):
     help = "Create the demo affiliate group, its organisations and products, and an admin login (idempotent)."
 
-    def handle(self, *args, **options):  # type: ignore[no-untyped-def]
+    def handle(self, *args: Any, **options: Any) -> None:
         with transaction.atomic():
             for org_name, products in DEMO.items():
                 organisation = Organisation.objects.filter(name=org_name).first() or organisation_create(
