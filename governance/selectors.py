@@ -307,7 +307,8 @@ def mau_month_many(*, scopes: Sequence[Metered], month: dt.date) -> dict[int, Co
     return _reading(read)
 
 
-def _excluded_by_scope(kind: type[Metered], ids: list[int], start: dt.date, end: dt.date) -> dict[int, list[dict[str, Any]]]:
+def _excluded_by_scope(kind: type[Metered], ids: list[int], start: dt.date, end: dt.date
+                       ) -> dict[int, list[dict[str, Any]]]:
     owner = {Product: "pk", Organisation: "organisation_id", AffiliateGroup: "organisation__group_id"}[kind]
     scope_of = dict(Product.objects.filter(**{f"{owner}__in": ids}).values_list("pk", owner))
     by_scope: dict[int, list[dict[str, Any]]] = {pk: [] for pk in ids}

@@ -68,7 +68,8 @@ class AffiliateGroupAdmin(admin.ModelAdmin):
     inlines = [OrganisationInline, GroupAdminInline]
 
     def save_formset(self, request: HttpRequest, form: forms.ModelForm[AffiliateGroup],
-                     formset: BaseInlineFormSet[Any, AffiliateGroup, Any], change: bool) -> None:
+                     formset: BaseInlineFormSet[models.Model, AffiliateGroup, forms.ModelForm[models.Model]],
+                     change: bool) -> None:
         for instance in formset.save(commit=False):
             if isinstance(instance, GroupAdmin) and not instance.appointed_by:
                 instance.appointed_by = f"user:{request.user.get_username()}"
@@ -226,7 +227,8 @@ class MetaGrantAdmin(AppendOnlyAdmin):
         super().save_model(request, obj, form, change)
 
     def save_related(self, request: HttpRequest, form: forms.ModelForm[MetaGrant],
-                     formsets: list[BaseInlineFormSet[Any, MetaGrant, Any]], change: bool) -> None:
+                     formsets: list[BaseInlineFormSet[models.Model, MetaGrant, forms.ModelForm[models.Model]]],
+                     change: bool) -> None:
         super().save_related(request, form, formsets, change)
         grant = form.instance
         audit_record(

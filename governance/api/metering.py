@@ -174,7 +174,8 @@ def _estimate_dict(estimate: Any) -> dict[str, Any]:
 class MauActions:
     """MAU, rolling, DAU and daily-series reads, shared by the product, organisation and group endpoints."""
 
-    filter_backends: Sequence[type[BaseFilterBackend | BaseFilterProtocol[Any]]] = []  # detail actions only: no list to filter or order
+    # Detail actions only: no list to filter or order. (The type is GenericAPIView's, as the viewsets mix both.)
+    filter_backends: Sequence[type[BaseFilterBackend | BaseFilterProtocol[Any]]] = []
 
     get_object: Any
 
