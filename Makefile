@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install migrate demo check lint clean bench-mau bench-alerts bench-gateway bench-load engine fuzz
+.PHONY: run test install migrate demo check typecheck lint clean bench-mau bench-alerts bench-gateway bench-load engine fuzz
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Corral needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -45,6 +45,10 @@ browser:
 
 test: install engine browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# mypy over the application code (configured in pyproject.toml: django-stubs, DRF stubs, strict pure rules).
+typecheck: install
+	$(BIN)/mypy
 
 check: install
 	$(BIN)/python manage.py makemigrations --check --dry-run

@@ -71,10 +71,9 @@ def principal_for_key(api_key: ApiKey) -> Principal:
 
 
 def principal_for_user(user: Any) -> Principal:
-    memberships = Membership.objects.filter(
+    memberships = list(Membership.objects.filter(
         user=user, organisation__status=Organisation.Status.ACTIVE
-    ).select_related("organisation__group")
-    memberships = list(memberships)
+    ).select_related("organisation__group"))
     groups = {m.organisation.group_id: m.organisation.group for m in memberships}
     managers = _managing_organisation_ids(set(groups), groups)
     admin_groups = {m.organisation.group_id for m in memberships

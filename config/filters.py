@@ -41,7 +41,8 @@ class StrictBooleanField(forms.NullBooleanField):
 
     widget = forms.TextInput  # the raw value: NullBooleanField's own widget reads anything else as "unknown"
 
-    def to_python(self, value: Any) -> bool | None:
+    # django-stubs type NullBooleanField.to_python as BooleanField's (bool); Django's returns None for "unknown".
+    def to_python(self, value: Any) -> bool | None:  # type: ignore[override]
         if value in (None, ""):
             return None
         lowered = str(value).lower()
@@ -94,13 +95,14 @@ class Rfc3339DateTimeField(forms.DateTimeField):
 
 
 class DateTimeFilter(filters.IsoDateTimeFilter):
-    field_class = Rfc3339DateTimeField
+    # types-django-filter narrow field_class to the default's type; django-filter takes any form field class.
+    field_class = Rfc3339DateTimeField  # type: ignore[assignment]
 
 
 class IntegerFilter(filters.NumberFilter):
     """An id or a count: django-filter's NumberFilter takes any decimal (``?product=1.5``)."""
 
-    field_class = forms.IntegerField
+    field_class = forms.IntegerField  # type: ignore[assignment]  # as DateTimeFilter's: any form field class
 
 
 class FilterSet(django_filters.FilterSet):
@@ -116,8 +118,9 @@ class FilterSet(django_filters.FilterSet):
         parameter that is given needs a value of its type: ``?released_before=`` is no date. An empty text
         filter (``?name=``) is still no filter: the empty string is a string."""
         valid = super().is_valid()
+        data = self.data or {}  # a FilterSet's data is never None (it stores `data or {}`), the stubs allow it
         for name, declared in self.filters.items():
-            if self.data.get(name) == "" and not isinstance(declared.field, forms.CharField):
+            if data.get(name) == "" and not isinstance(declared.field, forms.CharField):
                 self.form.add_error(name, "A value is required when the parameter is given.")
                 valid = False
         return valid

@@ -64,7 +64,7 @@ class LookupMiddleware:
                      view_kwargs: dict[str, Any]) -> HttpResponse | None:
         view = getattr(view_func, "cls", None)  # DRF's views carry their class
         queryset = getattr(view, "queryset", None)
-        if queryset is None or not view_kwargs:
+        if view is None or queryset is None or not view_kwargs:
             return None
         lookup_field = view.lookup_field
         value = view_kwargs.get(view.lookup_url_kwarg or lookup_field)

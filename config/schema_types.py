@@ -105,7 +105,7 @@ def _compile_with_types(schema: dict[str, Any], components: dict[str, Any]) -> t
         every = "allOf" in schema
         types = None
         if not every and all(branch_types is not None for _, branch_types in compiled):
-            types = frozenset().union(*(branch_types for _, branch_types in compiled)) | (
+            types = frozenset().union(*(branch_types for _, branch_types in compiled if branch_types is not None)) | (
                 {type(None)} if nullable else set())
 
         def combined(value: Any) -> tuple[str, str, str] | None:
@@ -114,12 +114,12 @@ def _compile_with_types(schema: dict[str, Any], components: dict[str, Any]) -> t
             problems = [branch(value) for branch in branches]
             if every:
                 return next((p for p in problems if p is not None), None)
-            if None in problems:
+            found = [p for p in problems if p is not None]
+            if len(found) < len(problems):  # a branch accepted it
                 return None
             # A value of none of the types: name them all; one of the right type but wrong inside: say where.
-            deeper = next((p for p in problems if p is not None and p[0]), None)
-            return deeper or ("", " or ".join(dict.fromkeys(p[1] for p in problems if p is not None)),
-                              problems[0][2])
+            deeper = next((p for p in found if p[0]), None)
+            return deeper or ("", " or ".join(dict.fromkeys(p[1] for p in found)), found[0][2])
 
         return combined, types
     kind = schema.get("type")

@@ -204,6 +204,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache: Redis when REDIS_URL is set, process memory otherwise ----------------------------------------
 REDIS_URL = _read("REDIS_URL") or ""
+CACHES: dict[str, dict[str, Any]]
 if REDIS_URL:
     CACHES = {
         "default": {

@@ -33,7 +33,7 @@ CLAIM_SECONDS = 300  # a crashed worker's claim expires, so the work is picked u
 def _cache_is_shared() -> bool:
     """Debouncing needs one cache for the web process and the workers (Redis). The embedded default's
     in-process cache is one per process, so there every change queues its task (they are idempotent)."""
-    backend = settings.CACHES["default"]["BACKEND"]
+    backend = str(settings.CACHES["default"]["BACKEND"])
     return not backend.endswith(("LocMemCache", "DummyCache"))
 
 

@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.http import HttpRequest
 
 from inference.models import GPU, Deployment, GatewayLimit, GpuAllocation, GpuQuota, Node, Replica, TokenUsage
 
@@ -32,7 +33,7 @@ class GpuQuotaAdmin(admin.ModelAdmin):
 class ReplicaInline(admin.TabularInline):
     model = Replica
     extra = 0
-    fields = ["ordinal", "state", "node", "port", "pid", "restarts", "last_health_ok", "state_reason"]
+    fields = ("ordinal", "state", "node", "port", "pid", "restarts", "last_health_ok", "state_reason")
     readonly_fields = fields
     can_delete = False
 
@@ -75,8 +76,8 @@ class TokenUsageAdmin(admin.ModelAdmin):
     list_filter = ["day", "organisation"]
     list_select_related = ["organisation", "api_key", "deployment"]
 
-    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def has_change_permission(self, request: HttpRequest, obj: TokenUsage | None = None) -> bool:
         return False

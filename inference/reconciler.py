@@ -209,8 +209,11 @@ def step_start(*, only_node: int | None = None, skip_nodes: Collection[int] = ()
                                      node__isnull=False)
               .select_related("deployment", "deployment__organisation", "node"))
     for replica in _on_nodes(placed, only_node, skip_nodes):
+        node, port = replica.node, replica.port
+        if node is None or port is None:  # not reached: placement sets both in one update
+            continue
         gpus = list(GPU.objects.filter(allocation__replica=replica).order_by("index"))
-        _start(replica, replica.node, gpus, replica.port)
+        _start(replica, node, gpus, port)
         did = True
     return did
 
@@ -267,7 +270,7 @@ def _crashed(replica: Replica, detail: str) -> bool:
     """
     replica.refresh_from_db()
     if replica.node is not None and (replica.pid or replica.pod_name):
-        remains = _kill_remains(replica, detail)
+        remains = _kill_remains(replica, replica.node, detail)
         if remains != "gone":
             return remains == "began waiting"
     restarts = replica.restarts + 1
@@ -295,11 +298,11 @@ def _crashed(replica: Replica, detail: str) -> bool:
     return True
 
 
-def _kill_remains(replica: Replica, detail: str) -> Literal["gone", "began waiting", "waiting"]:
+def _kill_remains(replica: Replica, node: Node, detail: str) -> Literal["gone", "began waiting", "waiting"]:
     """Kill what is left of a crashed replica: "gone" once nothing is (or the backend's slack is over). While
     its processes or pod are still going: "began waiting" the first time (the replica leaves the routing set
     and records until when it is waited for), then "waiting"."""
-    backend = backend_for(replica.node)
+    backend = backend_for(node)
     ref = replica_ref(replica)
     now = timezone.now()
     try:

@@ -169,7 +169,8 @@ def eu_multimodal_refusal_for(organisation: Organisation, base_model: BaseModel)
                                  eu_domiciled=organisation.eu_domiciled)
 
 
-def _check_licence(organisation: Organisation, product: Product, base_model: BaseModel) -> None:
+def _check_licence(organisation: Organisation, product: Product, base_model: BaseModel) -> LicenceVersion:
+    """The product's licence version, once the deployment may run under it; ValidationError otherwise."""
     from governance.compliance.services import access_check
 
     version = product.licence_version
@@ -193,6 +194,7 @@ def _check_licence(organisation: Organisation, product: Product, base_model: Bas
     decision = access_check(organisation=organisation, licence_version=version)
     if not decision.allowed:
         raise ValidationError({"licence": f"{decision.detail} ({decision.reason})"})
+    return version
 
 
 def deployment_request(
@@ -231,13 +233,13 @@ def deployment_request(
         lora[name] = validate_source("lora_adapters", source)
     args = validate_extra_args(extra_args or [])
     source = validate_source("model_source", model_source or base_model.repo_id)
-    _check_licence(organisation, product, base_model)
+    licence_version = _check_licence(organisation, product, base_model)
     _check_quota(organisation, device, replicas, tensor_parallel_size)
     if Deployment.objects.filter(organisation=organisation, served_model_name=served_model_name, deleted=False).exists():
         raise ValidationError({"served_model_name": f"{served_model_name!r} is already deployed by this organisation."})
     with transaction.atomic():
         deployment = Deployment.objects.create(
-            organisation=organisation, product=product, licence_version=product.licence_version,
+            organisation=organisation, product=product, licence_version=licence_version,
             base_model=base_model, model_source=source, served_model_name=served_model_name, device=device,
             dtype=dtype, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization, quantization=quantization, lora_adapters=lora,
@@ -245,7 +247,7 @@ def deployment_request(
         )
         audit_record(action="deployment.requested", actor=created_by, organisation=organisation, obj=deployment,
                      data={"served_model_name": served_model_name, "base_model": base_model.repo_id,
-                           "licence_version": product.licence_version.slug, "replicas": replicas, "device": device})
+                           "licence_version": licence_version.slug, "replicas": replicas, "device": device})
         transaction.on_commit(reconcile_soon)
     return deployment
 

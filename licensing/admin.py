@@ -1,5 +1,13 @@
+from __future__ import annotations
+
+from typing import Any
+
 from django import forms
 from django.contrib import admin, messages
+from django.db import models
+from django.db.models import QuerySet
+from django.forms.models import BaseInlineFormSet
+from django.http import HttpRequest
 
 from access.audit import audit_record
 from access.models import AffiliateGroup, GroupAdmin, Invitation, Membership, Organisation
@@ -48,7 +56,9 @@ class AffiliateGroupAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ["name"]}
     inlines = [OrganisationInline, GroupAdminInline]
 
-    def save_formset(self, request, form, formset, change):  # type: ignore[no-untyped-def]
+    def save_formset(self, request: HttpRequest, form: forms.ModelForm[AffiliateGroup],
+                     formset: BaseInlineFormSet[models.Model, AffiliateGroup, forms.ModelForm[models.Model]],
+                     change: bool) -> None:
         for instance in formset.save(commit=False):
             if isinstance(instance, GroupAdmin) and not instance.appointed_by:
                 instance.appointed_by = f"user:{request.user.get_username()}"
@@ -66,10 +76,10 @@ class ExemptionInline(admin.TabularInline):
 
     model = Exemption
     extra = 0
-    fields = readonly_fields = ["supplier", "evidence", "recorded_by", "recorded_at", "withdrawn_at", "withdrawn_by"]
+    fields = readonly_fields = ("supplier", "evidence", "recorded_by", "recorded_at", "withdrawn_at", "withdrawn_by")
     can_delete = False
 
-    def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest, obj: Organisation | None = None) -> bool:
         return False
 
 
@@ -81,7 +91,8 @@ class OrganisationAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline, ExemptionInline]
 
-    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+    def save_model(self, request: HttpRequest, obj: Organisation, form: forms.ModelForm[Organisation],
+                   change: bool) -> None:
         # A change of domicile goes through its service: audited, and a move into the EU drains the multimodal
         # deployments the AUP withholds from the organisation.
         if not (change and "eu_domiciled" in form.changed_data):
@@ -118,13 +129,13 @@ class InvitationAdmin(admin.ModelAdmin):
     readonly_fields = ["organisation", "email", "role", "selector", "created_by", "created_at", "expires_at",
                        "accepted_at", "accepted_by", "revoked_at", "revoked_by"]
 
-    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def has_change_permission(self, request: HttpRequest, obj: Invitation | None = None) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def has_delete_permission(self, request: HttpRequest, obj: Invitation | None = None) -> bool:
         return False
 
 
@@ -132,10 +143,10 @@ class BuiltOnLlamaFilter(admin.SimpleListFilter):
     title = "built on Llama"
     parameter_name = "built_on_llama"
 
-    def lookups(self, request, model_admin):  # type: ignore[no-untyped-def]
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Product]) -> list[tuple[str, str]]:
         return [("yes", "Built on Llama"), ("no", "Not built on Llama")]
 
-    def queryset(self, request, queryset):  # type: ignore[no-untyped-def]
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Product]) -> QuerySet[Product]:
         if self.value() in ("yes", "no"):
             return queryset.filter(licence_version__isnull=self.value() == "no")
         return queryset
@@ -146,8 +157,9 @@ class ProductAdminForm(forms.ModelForm):
         model = Product
         fields = "__all__"
 
-    def clean(self):  # type: ignore[no-untyped-def]
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()  # ModelForm's returns cleaned_data, which the stubs type as optional
+        data = self.cleaned_data
         organisation = data.get("organisation") or getattr(self.instance, "organisation", None)
         if organisation is not None and not self.errors:
             # The services' rules (the base model of the version, the EU clause) hold here too.
@@ -172,10 +184,10 @@ class ProductAdmin(admin.ModelAdmin):
 class AppendOnlyAdmin(admin.ModelAdmin):
     """Append-only records: added here, never changed or deleted."""
 
-    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def has_change_permission(self, request: HttpRequest, obj: models.Model | None = None) -> bool:
         return obj is None
 
-    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def has_delete_permission(self, request: HttpRequest, obj: models.Model | None = None) -> bool:
         return False
 
 
@@ -183,7 +195,7 @@ class AppendOnlyAdmin(admin.ModelAdmin):
 class LicenceAcceptanceAdmin(AppendOnlyAdmin):
     """Acceptances are recorded by the person accepting (API or portal), never on their behalf here."""
 
-    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     list_display = ["organisation", "licence_version", "product", "accepted_by", "accepted_at", "aup_version"]
@@ -198,11 +210,14 @@ class MetaGrantAdmin(AppendOnlyAdmin):
     search_fields = ["reference", "group__name", "scope"]
     exclude = ["recorded_by"]
 
-    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+    def save_model(self, request: HttpRequest, obj: MetaGrant, form: forms.ModelForm[MetaGrant],
+                   change: bool) -> None:
         obj.recorded_by = f"user:{request.user.get_username()}"
         super().save_model(request, obj, form, change)
 
-    def save_related(self, request, form, formsets, change):  # type: ignore[no-untyped-def]
+    def save_related(self, request: HttpRequest, form: forms.ModelForm[MetaGrant],
+                     formsets: list[BaseInlineFormSet[models.Model, MetaGrant, forms.ModelForm[models.Model]]],
+                     change: bool) -> None:
         super().save_related(request, form, formsets, change)
         grant = form.instance
         audit_record(

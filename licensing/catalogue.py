@@ -37,7 +37,8 @@ class CatalogueChange:
 
 
 def catalogue_entries() -> list[dict[str, Any]]:
-    return json.loads(CATALOGUE_FILE.read_text(encoding="utf-8"))["versions"]
+    entries: list[dict[str, Any]] = json.loads(CATALOGUE_FILE.read_text(encoding="utf-8"))["versions"]
+    return entries
 
 
 def catalogue_load(

@@ -14,10 +14,11 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser, User
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.text import slugify
@@ -31,7 +32,7 @@ from licensing.models import BaseModel, Exemption, LicenceAcceptance, LicenceVer
 logger = logging.getLogger(__name__)
 
 
-def _unique_slug(model: type, name: str) -> str:
+def _unique_slug(model: type[AffiliateGroup] | type[Organisation], name: str) -> str:
     base = slugify(name)[:180] or "org"
     slug, n = base, 1
     while model.objects.filter(slug=slug).exists():
@@ -50,11 +51,18 @@ def group_get_or_create(*, name: str) -> tuple[AffiliateGroup, bool]:
     return group, True
 
 
+def _max_length(model: type[models.Model], field: str) -> int:
+    """The length limit of a text column (every CharField has one)."""
+    column = model._meta.get_field(field)
+    assert isinstance(column, models.Field) and column.max_length is not None, f"{model.__name__}.{field}"
+    return column.max_length
+
+
 def organisation_create(*, name: str, group_name: str, actor: str, eu_domiciled: bool = False) -> Organisation:
     """Create an organisation in the named affiliate group, creating the group when it does not exist."""
     name, group_name = name.strip(), group_name.strip()
-    name_limit = Organisation._meta.get_field("name").max_length
-    group_limit = AffiliateGroup._meta.get_field("name").max_length
+    name_limit = _max_length(Organisation, "name")
+    group_limit = _max_length(AffiliateGroup, "name")
     if not name:
         raise ValidationError({"name": "An organisation needs a name."})
     if len(name) > name_limit:
@@ -135,7 +143,7 @@ def exemption_record(*, organisation: Organisation, supplier: str, evidence: str
     it received is one, and its other obligations (the AUP, the Notice) still hold; only Section 2 does not.
     """
     supplier, evidence = (supplier or "").strip(), (evidence or "").strip()
-    limit = Exemption._meta.get_field("supplier").max_length
+    limit = _max_length(Exemption, "supplier")
     errors: dict[str, str] = {}
     if not evidence:
         errors["evidence"] = EVIDENCE_NEEDED
@@ -335,7 +343,7 @@ def licence_accept(
     accepted_by: str,
     aup_sha256: str | None = None,
     product: Product | None = None,
-    user: object | None = None,
+    user: User | AnonymousUser | None = None,
     note: str = "",
 ) -> LicenceAcceptance:
     """Record that ``accepted_by`` accepted this version's licence and AUP, each identified by its text's SHA-256.
@@ -378,7 +386,7 @@ def licence_accept(
             organisation=organisation,
             licence_version=licence_version,
             product=product,
-            accepted_by_user=user if getattr(user, "pk", None) else None,
+            accepted_by_user=user if isinstance(user, User) and user.pk else None,
             accepted_by=accepted_by,
             licence_sha256=licence_sha256.lower(),
             aup_version=aup_version,
@@ -507,10 +515,10 @@ def membership_remove(*, membership: Membership, actor: str, actor_is_owner: boo
 # to an organisation without their consent, and inviting never looks up or reveals whether an account exists.
 
 # Roles from the least to the most: a person grants a role only up to their own.
-ROLE_ORDER = [Membership.Role.VIEWER, Membership.Role.MEMBER, Membership.Role.ADMIN, Membership.Role.OWNER]
+ROLE_ORDER: list[str] = [Membership.Role.VIEWER, Membership.Role.MEMBER, Membership.Role.ADMIN, Membership.Role.OWNER]
 _SELECTOR_LENGTH = 16
 _NO_HASH = "0" * 64
-_UNUSABLE = {
+_UNUSABLE: dict[str, str] = {
     Invitation.State.ACCEPTED: "This invitation has already been used.",
     Invitation.State.REVOKED: "This invitation was withdrawn.",
     Invitation.State.EXPIRED: "This invitation has expired.",
@@ -659,7 +667,9 @@ def invitation_accept_new_account(*, invitation: Invitation, username: str, pass
         errors["username"] = ["Choose a username."]
     else:
         try:
-            User._meta.get_field(User.USERNAME_FIELD).run_validators(username)
+            username_field = User._meta.get_field(User.USERNAME_FIELD)
+            assert isinstance(username_field, models.Field)  # a column, not a relation
+            username_field.run_validators(username)
         except ValidationError as exc:
             errors["username"] = exc.messages
     if "username" not in errors and User.objects.filter(**{f"{User.USERNAME_FIELD}__iexact": username}).exists():

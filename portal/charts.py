@@ -26,6 +26,12 @@ class Point:
     upper: int | None
 
 
+def _known(figure: int | None) -> int:
+    """A figure of a point inside a run with data (``_segments``), where it is never None."""
+    assert figure is not None
+    return figure
+
+
 def _segments(points: list[Point]) -> list[list[Point]]:
     """Runs of consecutive points with data: a line or band is drawn per run, so a gap stays a gap."""
     runs: list[list[Point]] = [[]]
@@ -100,7 +106,7 @@ def _nice_ceiling(value: float) -> float:
     """The smallest 1, 2 or 5 times a power of ten at or above ``value``."""
     if value <= 0:
         return 1
-    power = 10 ** (len(str(int(value))) - 1)
+    power: int = 10 ** (len(str(int(value))) - 1)
     for step in (1, 2, 2.5, 5, 10):
         if step * power != int(step * power):
             continue
@@ -155,13 +161,14 @@ class _Frame:
             return [part for run in _segments(points) for part in self.band(run, css)]
         if not points:
             return []
-        upper = [f"{self.x(p.day):.1f},{self.y(p.upper):.1f}" for p in points]
-        lower = [f"{self.x(p.day):.1f},{self.y(p.lower):.1f}" for p in reversed(points)]
+        upper = [f"{self.x(p.day):.1f},{self.y(_known(p.upper)):.1f}" for p in points]
+        lower = [f"{self.x(p.day):.1f},{self.y(_known(p.lower)):.1f}" for p in reversed(points)]
         if len(points) == 1:  # one month: a short vertical bar is the interval
             p = points[0]
             x = self.x(p.day)
-            return [f'<rect class="{css}" x="{x - 4:.1f}" y="{self.y(p.upper):.1f}" width="8" '
-                    f'height="{max(self.y(p.lower) - self.y(p.upper), 1):.1f}"/>']
+            top, bottom = self.y(_known(p.upper)), self.y(_known(p.lower))
+            return [f'<rect class="{css}" x="{x - 4:.1f}" y="{top:.1f}" width="8" '
+                    f'height="{max(bottom - top, 1):.1f}"/>']
         return [f'<polygon class="{css}" points="{" ".join(upper + lower)}"/>']
 
     def line(self, points: list[Point], css: str, label: str, *, dots: bool) -> list[str]:
@@ -169,12 +176,12 @@ class _Frame:
             return [part for run in _segments(points) for part in self.line(run, css, label, dots=dots)]
         if not points:
             return []
-        path = " ".join(f"{self.x(p.day):.1f},{self.y(p.estimate):.1f}" for p in points)
+        path = " ".join(f"{self.x(p.day):.1f},{self.y(_known(p.estimate)):.1f}" for p in points)
         parts = [f'<polyline class="{css}" points="{path}"/>'] if len(points) > 1 else []
         if dots:
             for p in points:
                 parts.append(
-                    f'<circle class="{css}-dot" cx="{self.x(p.day):.1f}" cy="{self.y(p.estimate):.1f}" r="3.5">'
+                    f'<circle class="{css}-dot" cx="{self.x(p.day):.1f}" cy="{self.y(_known(p.estimate)):.1f}" r="3.5">'
                     f'<title>{escape(label)} {p.day:%b %Y}: {p.estimate:,} (95%: {p.lower:,} to {p.upper:,})</title>'
                     f'</circle>')
         return parts
@@ -214,8 +221,8 @@ def monthly_mau_chart(*, months: list[Point], threshold: int, levels: list[float
         return _empty("Monthly active users", "No users metered or declared in these months yet.", "mau-chart")
     start, end = months[0].day, months[-1].day
     draw_forecast = crossing is not None and (crossing - end).days <= horizon_days
-    if draw_forecast:
-        end = max(end, latest or crossing, crossing)  # type: ignore[type-var]
+    if draw_forecast and crossing is not None:
+        end = max(end, latest or crossing, crossing)
     top = max([threshold] + [p.upper or 0 for p in data])
     frame = _Frame(start, end + dt.timedelta(days=15), top * 1.08)
     every = max(1, len(_month_ticks(start, end)) // 8)
@@ -223,16 +230,16 @@ def monthly_mau_chart(*, months: list[Point], threshold: int, levels: list[float
     for level in sorted(levels):
         parts += frame.hline(level * threshold, "level", f"{level:.0%}", label_left=True)
     parts += frame.hline(threshold, "threshold", f"{compact(threshold)} limit")
-    if draw_forecast:
+    if draw_forecast and crossing is not None:
         last = data[-1]
         if earliest and latest:
             x1, x2 = frame.x(earliest), frame.x(latest)
             y = frame.y(threshold)
             parts.append(f'<rect class="forecast-span" x="{x1:.1f}" y="{y - 6:.1f}" width="{max(x2 - x1, 2):.1f}" '
                          f'height="12"><title>Forecast crossing between {earliest} and {latest}</title></rect>')
-        parts.append(f'<line class="forecast" x1="{frame.x(last.day):.1f}" y1="{frame.y(last.estimate):.1f}" '
-                     f'x2="{frame.x(crossing):.1f}" y2="{frame.y(threshold):.1f}"/>')  # type: ignore[arg-type]
-        crossing_x = frame.x(crossing)  # type: ignore[arg-type]
+        parts.append(f'<line class="forecast" x1="{frame.x(last.day):.1f}" y1="{frame.y(_known(last.estimate)):.1f}" '
+                     f'x2="{frame.x(crossing):.1f}" y2="{frame.y(threshold):.1f}"/>')
+        crossing_x = frame.x(crossing)
         anchor = "end" if crossing_x > LEFT + 120 else "start"
         frame.labels.insert(0, Label(crossing_x, frame.y(threshold) + 18, f"crossing {crossing}", "forecast-label",
                                      anchor, 12.0))

@@ -103,7 +103,8 @@ def evidence_pdf(report: dict[str, Any]) -> bytearray:
         # Columns as wide as their longest cell (a long explanation capped), so numbers stay on one line.
         widths = tuple(min(max(len(str(cell)) for cell in column), 60) + 4
                        for column in zip(section["columns"], *rows))
-        with pdf.table(text_align="LEFT", line_height=4.5, col_widths=widths) as table:
+        # types-fpdf2 type line_height as int; fpdf2 takes any number of user units (mm here).
+        with pdf.table(text_align="LEFT", line_height=4.5, col_widths=widths) as table:  # type: ignore[arg-type]
             table.row([_latin(c) for c in section["columns"]])
             for row in rows:
                 table.row([_latin(str(cell)) for cell in row])

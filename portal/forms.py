@@ -4,18 +4,18 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 
-from access.models import Membership, Organisation, Scope
+from access.models import AffiliateGroup, Membership, Organisation, Scope
 from governance.models import CountingBasis, GroupPolicy, OnUnknown
 from inference.models import Deployment
 from inference.services import DTYPES, QUANTIZATIONS
 from licensing import selectors as licensing_selectors
-from licensing.models import Product
+from licensing.models import MetaGrant, Product
 
 
 class DateInput(forms.DateInput):
@@ -137,7 +137,8 @@ class ApiKeyForm(OrganisationChoiceMixin, forms.Form):
         return dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC)
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()  # forms.Form's returns cleaned_data, which the stubs type as optional
+        data = self.cleaned_data
         product, organisation = data.get("product"), data.get("organisation")
         if product is not None and organisation is not None and product.organisation_id != organisation.pk:
             self.add_error("product", "This product belongs to another organisation.")
@@ -226,7 +227,8 @@ class DeploymentForm(OrganisationChoiceMixin, forms.Form):
                                                                            built_on_llama=True)
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()  # forms.Form's returns cleaned_data, which the stubs type as optional
+        data = self.cleaned_data
         product, organisation = data.get("product"), data.get("organisation")
         if product is not None and organisation is not None and product.organisation_id != organisation.pk:
             self.add_error("product", "This product belongs to another organisation.")
@@ -238,18 +240,20 @@ class ScaleForm(forms.Form):
 
 
 class AuditFilterForm(forms.Form):
-    group = forms.ModelChoiceField(queryset=None, required=False, empty_label="All groups")  # type: ignore[arg-type]
+    group: forms.ModelChoiceField[AffiliateGroup] = forms.ModelChoiceField(queryset=None, required=False,
+                                                                           empty_label="All groups")
     action = forms.CharField(required=False, max_length=80)
     actor = forms.CharField(required=False, max_length=200)
     since = forms.DateField(required=False, widget=DateInput(), label="From")
     until = forms.DateField(required=False, widget=DateInput(), label="To")
 
-    def __init__(self, *args: Any, groups: QuerySet, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, groups: QuerySet[AffiliateGroup], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["group"].queryset = groups
+        cast("forms.ModelChoiceField[AffiliateGroup]", self.fields["group"]).queryset = groups
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()  # forms.Form's returns cleaned_data, which the stubs type as optional
+        data = self.cleaned_data
         if data.get("since") and data.get("until") and data["until"] < data["since"]:
             self.add_error("until", "Must not be before the start.")
         return data
@@ -280,7 +284,8 @@ class InvitationSignupForm(forms.Form):
                                      widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()  # forms.Form's returns cleaned_data, which the stubs type as optional
+        data = self.cleaned_data
         if data.get("password") and data.get("password_again") and data["password"] != data["password_again"]:
             self.add_error("password_again", "The two passwords differ.")
         return data
@@ -313,7 +318,8 @@ class DeclarationForm(forms.Form):
                                help_text="Where the figure comes from: the report, the system, its reference.")
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()  # forms.Form's returns cleaned_data, which the stubs type as optional
+        data = self.cleaned_data
         lower, upper = data.get("lower"), data.get("upper")
         if lower is not None and upper is not None and lower > upper:
             self.add_error("lower", f"Must be at most the upper bound ({upper:,}); got {lower:,}.")
@@ -333,9 +339,9 @@ class ProposalForm(forms.Form):
     evidence = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=5000,
                                help_text="Where the figure comes from: the report, the system, its reference.")
 
-    def __init__(self, *args: Any, organisations: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, organisations: QuerySet[Organisation], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["organisation"].queryset = organisations
+        cast("forms.ModelChoiceField[Organisation]", self.fields["organisation"]).queryset = organisations
 
 
 class GrantForm(forms.Form):
@@ -350,14 +356,14 @@ class GrantForm(forms.Form):
     granted_on = forms.DateField(widget=DateInput())
     valid_from = forms.DateField(widget=DateInput())
     valid_until = forms.DateField(required=False, widget=DateInput(), help_text="Empty: no end date.")
-    supersedes = forms.ModelChoiceField(queryset=None, required=False,  # type: ignore[arg-type]
-                                        empty_label="None: a new grant",
-                                        help_text="To correct a grant, record it again superseding the old one.")
+    supersedes: forms.ModelChoiceField[MetaGrant] = forms.ModelChoiceField(
+        queryset=None, required=False, empty_label="None: a new grant",
+        help_text="To correct a grant, record it again superseding the old one.")
     revoked = forms.BooleanField(required=False, label="This record withdraws the grant it supersedes")
 
-    def __init__(self, *args: Any, grants: QuerySet, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, grants: QuerySet[MetaGrant], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["supersedes"].queryset = grants
+        cast("forms.ModelChoiceField[MetaGrant]", self.fields["supersedes"]).queryset = grants
 
 
 class QuotaForm(forms.Form):

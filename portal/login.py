@@ -26,7 +26,10 @@ def locked_out(request: HttpRequest, original_response: HttpResponse | None = No
     429 Too Many Requests. No field says whether the password was right."""
     form = AuthenticationForm(request, data=request.POST)
     message = LOCKED_OUT.format(minutes=int(settings.AXES_COOLOFF_TIME.total_seconds() // 60))
-    form._errors = ErrorDict({"__all__": form.error_class([message], error_class="nonfield")})
+    # Set, not add_error(): that would validate the form, authenticating once more. django-stubs leave out the
+    # private BaseForm._errors.
+    form._errors = ErrorDict(  # type: ignore[attr-defined]
+        {"__all__": form.error_class([message], error_class="nonfield")})
     if request.path.startswith("/admin/"):
         context = {**admin.site.each_context(request), "form": form, "title": "Log in",
                    "app_path": request.get_full_path(), "username": request.user.get_username()}
@@ -40,12 +43,13 @@ def audit_lockout(sender: Any, request: HttpRequest, username: str | None, ip_ad
     """One audit entry when a lockout starts, in the audit log of each organisation the account belongs to
     (or none, for an unknown name or a staff account). Axes sends its signal again for every attempt while
     locked out; only the failure that reached the limit counts its failures, and only it is recorded."""
-    if getattr(request, "axes_failures_since_start", None) is None:
+    failures = getattr(request, "axes_failures_since_start", None)  # set by axes on the request
+    if failures is None:
         return
     account = licensing_selectors.account_by_username_unscoped(username=username) if username else None
     organisations = list(licensing_selectors.user_organisations(user=account)) if account else []
     data = {"username": username or "", "ip_address": ip_address or "", "path": request.path,
-            "failures": request.axes_failures_since_start,
+            "failures": failures,
             "cooloff_minutes": int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)}
     for organisation in organisations or [None]:
         audit_record(action="login.locked_out", actor=f"login:{ip_address or 'unknown'}", organisation=organisation,

@@ -431,7 +431,7 @@ def alert_acknowledge(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, " ".join(exc.messages))
     else:
         messages.success(request, "Alert acknowledged.")
-    return redirect(request.POST.get("next") if _safe_next(request) else reverse("portal:alerts"))
+    return redirect(request.POST.get("next", "") if _safe_next(request) else reverse("portal:alerts"))
 
 
 def _safe_next(request: HttpRequest) -> bool:
@@ -859,7 +859,8 @@ def member_role(request: HttpRequest, pk: int) -> HttpResponse:
     membership = _membership_or_404(access, pk)
     form = forms.MemberRoleForm(request.POST)
     if not form.is_valid():
-        messages.error(request, f"Role: {'; '.join(form.errors['role'])}")
+        # An ErrorList iterates as its messages (str); the stubs type its items as ValidationError | str.
+        messages.error(request, f"Role: {'; '.join(str(message) for message in form.errors['role'])}")
         return redirect("portal:members")
     try:
         licensing_services.membership_change_role(membership=membership, role=form.cleaned_data["role"],

@@ -1,17 +1,17 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.utils import timezone
 from rest_framework import serializers
 
-from access.models import ApiKey, Scope
+from access.models import ApiKey, Organisation, Scope
 from licensing.api.serializers import TenantCreateMixin, TenantOrganisationField, products_writable_through
 from licensing.models import Product
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
-    organisation = serializers.PrimaryKeyRelatedField(read_only=True)
+    organisation: serializers.PrimaryKeyRelatedField[Organisation] = serializers.PrimaryKeyRelatedField(read_only=True)
     is_active = serializers.BooleanField(read_only=True)
 
     class Meta:
@@ -44,7 +44,8 @@ class ApiKeyCreateSerializer(TenantCreateMixin, serializers.Serializer):
         super().__init__(*args, **kwargs)
         view = self.context.get("view")
         if view is not None and not getattr(view, "swagger_fake_view", False):
-            self.fields["product"].queryset = products_writable_through(view)
+            product_field = cast("serializers.PrimaryKeyRelatedField[Product]", self.fields["product"])
+            product_field.queryset = products_writable_through(view)
 
     def validate_expires_at(self, value: Any) -> Any:
         if value is not None and value <= timezone.now():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
 from django.db.models import QuerySet
 from django.http import HttpResponse
@@ -35,14 +35,18 @@ from governance.models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
+from licensing.models import LicenceVersion
 
 # --- serializers --------------------------------------------------------------------------------------------
 
 
 class ComplianceStatusSerializer(serializers.ModelSerializer):
-    licence_version = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    label = serializers.SerializerMethodField(help_text='The state as a person reads it: "below (partial coverage)" '
-                                                        "when the metered figure does not cover the whole group")
+    licence_version: serializers.SlugRelatedField[LicenceVersion] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True)
+    # The stubs see Field.label (a Serializer is a Field); DRF's metaclass moves declared fields off the class.
+    label = serializers.SerializerMethodField(  # type: ignore[assignment]
+        help_text='The state as a person reads it: "below (partial coverage)" '
+                  "when the metered figure does not cover the whole group")
     bases = serializers.SerializerMethodField(help_text="The metered figure on both counting bases, side by side")
     figures = serializers.SerializerMethodField(help_text="Every figure of the month and the state each alone gives")
 
@@ -65,7 +69,8 @@ class ComplianceStatusSerializer(serializers.ModelSerializer):
 
 
 class StatusChangeSerializer(serializers.ModelSerializer):
-    licence_version = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    licence_version: serializers.SlugRelatedField[LicenceVersion] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True)
 
     class Meta:
         model = StatusChange
@@ -74,7 +79,8 @@ class StatusChangeSerializer(serializers.ModelSerializer):
 
 
 class AccessDecisionSerializer(serializers.ModelSerializer):
-    licence_version = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    licence_version: serializers.SlugRelatedField[LicenceVersion] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True)
 
     class Meta:
         model = AccessDecision
@@ -139,7 +145,8 @@ class DeclarationProposalSerializer(serializers.ModelSerializer):
     month = MonthField()
     mau = serializers.IntegerField(min_value=0, max_value=10**12)
     group = serializers.PrimaryKeyRelatedField(queryset=AffiliateGroup.objects.none(), required=False)
-    declared_figure = serializers.PrimaryKeyRelatedField(read_only=True)
+    declared_figure: serializers.PrimaryKeyRelatedField[DeclaredFigure] = serializers.PrimaryKeyRelatedField(
+        read_only=True)
 
     class Meta:
         model = DeclarationProposal
@@ -152,8 +159,8 @@ class DeclarationProposalSerializer(serializers.ModelSerializer):
         super().__init__(*args, **kwargs)
         view = self.context.get("view")
         if view is not None and not getattr(view, "swagger_fake_view", False):
-            self.fields["group"].queryset = AffiliateGroup.objects.filter(
-                organisations__in=view.writable_organisation_ids()).distinct()
+            cast("serializers.PrimaryKeyRelatedField[AffiliateGroup]", self.fields["group"]).queryset = (
+                AffiliateGroup.objects.filter(organisations__in=view.writable_organisation_ids()).distinct())
 
 
 
@@ -162,7 +169,8 @@ class DecisionSerializer(serializers.Serializer):
 
 
 class AlertSerializer(serializers.ModelSerializer):
-    licence_version = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    licence_version: serializers.SlugRelatedField[LicenceVersion] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True)
 
     class Meta:
         model = Alert
@@ -199,7 +207,8 @@ class WebhookEndpointCreateSerializer(serializers.Serializer):
         super().__init__(*args, **kwargs)
         view = self.context.get("view")
         if view is not None and not getattr(view, "swagger_fake_view", False):
-            self.fields["group"].queryset = view.administered_groups()
+            cast("serializers.PrimaryKeyRelatedField[AffiliateGroup]", self.fields["group"]).queryset = (
+                view.administered_groups())
 
 
 class WebhookCreatedSerializer(WebhookEndpointSerializer):
@@ -389,6 +398,8 @@ class DeclarationProposalViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMi
                 raise ValidationError({"group": ["Required: this credential is an admin in more than one group."]})
             group = groups.get()
         organisation = Organisation.objects.filter(group=group, pk__in=writable).order_by("pk").first()
+        if organisation is None:  # the group's choices are those of writable organisations: not reached
+            raise ValidationError({"group": ["This credential writes in no organisation of that group."]})
         proposal = evaluation_services.declaration_propose(
             group=group, organisation=organisation, month=form.validated_data["month"],
             mau=form.validated_data["mau"], evidence=form.validated_data["evidence"], proposed_by=self.principal.label)
@@ -506,7 +517,7 @@ class WebhookEndpointViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin,
         endpoint = self.get_object()
         secret = webhook_endpoint_rotate_secret(endpoint=endpoint, actor=self.principal.label)
         endpoint.refresh_from_db()
-        endpoint.secret = secret  # type: ignore[attr-defined]
+        endpoint.secret = secret
         return Response(WebhookCreatedSerializer(endpoint).data)
 
     @extend_schema(responses=WebhookDeliverySerializer(many=True))

@@ -137,7 +137,7 @@ def _month_statuses(group: AffiliateGroup, month: dt.date) -> list[dict[str, Any
         stored = current or (StatusChange.objects.filter(group=group, licence_version=version, rule=rule, month=month)
                              .order_by("-changed_at", "-id").first())
         if stored is not None:
-            when = current.evaluated_at if current is not None else stored.changed_at
+            when = stored.evaluated_at if isinstance(stored, ComplianceStatus) else stored.changed_at
             row = {"state": stored.state, "estimate": stored.estimate, "lower": stored.lower, "upper": stored.upper,
                    "explanation": stored.explanation, "source": "stored", "evaluated_at": when.isoformat()}
         else:
@@ -280,10 +280,10 @@ def evidence_sections(report: dict[str, Any]) -> list[dict[str, Any]]:
                      "columns": ["Scope", "Name", "Estimate", "95% interval"], "rows": rows})
     counting = report["counting"]
     rows = []
-    for basis, figure in counting["bases"].items():
+    for basis, shown in counting["bases"].items():
         used = "used by the statuses" if basis == counting["counting_basis"] else "shown beside it"
-        rows.append([rules.BASIS_WORDS[basis], used, people_number(figure["estimate"]) if figure else "–",
-                     people_interval(figure["lower"], figure["upper"]) if figure else "no metered activity yet"])
+        rows.append([rules.BASIS_WORDS[basis], used, people_number(shown["estimate"]) if shown else "–",
+                     people_interval(shown["lower"], shown["upper"]) if shown else "no metered activity yet"])
     sections.append({"key": "bases", "title": "Both counting bases", "numeric": [2, 3],
                      "columns": ["Basis", "Use", "Estimate", "95% interval"], "rows": rows})
     sections.append({"key": "declarations", "title": "Declared figures", "numeric": [0, 1],

@@ -6,6 +6,7 @@ feeds them figures from the database and stores what they return.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -313,7 +314,9 @@ def group_evaluate(*, group: AffiliateGroup, today: dt.date | None = None) -> Gr
     now = timezone.now()
     today = today or now.date()
     group_policy_get(group=group)
-    statuses, decisions, alerts = [], [], []
+    statuses: list[ComplianceStatus] = []
+    decisions: list[AccessDecision] = []
+    alerts: list[Alert] = []
     with transaction.atomic():
         # Figures are read under the group's lock, so an older concurrent evaluation cannot overwrite a newer one.
         policy = GroupPolicy.objects.select_for_update().get(group=group)
@@ -379,7 +382,7 @@ def group_evaluate(*, group: AffiliateGroup, today: dt.date | None = None) -> Gr
                 if alert:
                     alerts.append(alert)
         for alert in alerts:
-            transaction.on_commit(lambda alert_id=alert.pk: queue.alert_dispatch_soon(alert_id))
+            transaction.on_commit(functools.partial(queue.alert_dispatch_soon, alert.pk))
     cache.delete(_decision_cache_key(group.pk))
     return GroupEvaluation(group, statuses, decisions, GroupForecast.objects.filter(group=group).first(), alerts)
 
@@ -458,10 +461,11 @@ def _status_store(group: AffiliateGroup, version: LicenceVersion, rule: str, ver
                  "sum_of_products": _figure_json(verdict.known.summed)}
     else:
         bases = {basis: _figure_json(figure)}
+    month_of_figure = figure.month if figure else month
+    estimate, lower, upper = (figure.estimate, figure.lower, figure.upper) if figure else (None, None, None)
     values = {
-        "state": status.state, "level": status.level, "month": figure.month if figure else month,
-        "source": figure.source if figure else "none", "estimate": figure.estimate if figure else None,
-        "lower": figure.lower if figure else None, "upper": figure.upper if figure else None,
+        "state": status.state, "level": status.level, "month": month_of_figure,
+        "source": figure.source if figure else "none", "estimate": estimate, "lower": lower, "upper": upper,
         "threshold": status.threshold, "explanation": status.explanation, "evaluated_at": now,
         "basis": figure.basis if figure else basis, "coverage": _coverage_json(status.coverage),
         "considered": {"figures": considered, "bases": bases},
@@ -484,7 +488,7 @@ def _status_store(group: AffiliateGroup, version: LicenceVersion, rule: str, ver
     if previous_state != status.state:
         StatusChange.objects.create(
             group=group, licence_version=version, rule=rule, previous_state=previous_state, state=status.state,
-            month=values["month"], estimate=values["estimate"], lower=values["lower"], upper=values["upper"],
+            month=month_of_figure, estimate=estimate, lower=lower, upper=upper,
             explanation=status.explanation, changed_at=changed_at,
         )
         audit_record(action="status.changed", actor="evaluation", group=group, obj=current, data={
@@ -521,8 +525,8 @@ def _decision_store(group: AffiliateGroup, version: LicenceVersion, policy: Grou
 
 
 def _alerts_raise(group: AffiliateGroup, version: LicenceVersion, policy: GroupPolicy,
-                  figure: rules.Figure | None, statuses: dict[str, rules.Status], forecast: rules.Forecast,
-                  today: dt.date, month: dt.date) -> list[Alert]:
+                  figure: rules.Figure | None, statuses: dict[EvaluationRule, rules.Status],
+                  forecast: rules.Forecast, today: dt.date, month: dt.date) -> list[Alert]:
     """Announce levels newly crossed (the highest of them), and recoveries, once per level and month."""
     states = {s.level: s for s in AlertLevelState.objects.filter(group=group, licence_version=version)}
     previously = {name for name, s in states.items() if s.active}
@@ -574,7 +578,7 @@ def _alert_once(group: AffiliateGroup, version: LicenceVersion, level: str, kind
     return alert
 
 
-def _figures(figure: rules.Figure | None, statuses: dict[str, rules.Status], forecast: rules.Forecast,
+def _figures(figure: rules.Figure | None, statuses: dict[EvaluationRule, rules.Status], forecast: rules.Forecast,
              threshold: int) -> dict:
     return {
         "threshold": threshold,
@@ -590,7 +594,7 @@ def _figures(figure: rules.Figure | None, statuses: dict[str, rules.Status], for
 
 
 def _message(group: AffiliateGroup, version: LicenceVersion, level: str, figure: rules.Figure | None,
-             forecast: rules.Forecast, statuses: dict[str, rules.Status], *, raised: bool) -> str:
+             forecast: rules.Forecast, statuses: dict[EvaluationRule, rules.Status], *, raised: bool) -> str:
     subject = f"{group.name}, {version.name}"
     if level == "forecast":
         what = (f"projected to pass {version.mau_threshold:,} monthly active users on "

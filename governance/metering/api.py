@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
@@ -12,6 +13,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
+from rest_framework.filters import BaseFilterBackend
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -33,6 +35,9 @@ from governance.metering.services import (
 )
 from governance.models import ProductMeteringPolicy
 from licensing.models import Product
+
+if TYPE_CHECKING:
+    from rest_framework.generics import BaseFilterProtocol  # in the stubs only
 
 MAX_SERIES_DAYS = 400
 
@@ -172,7 +177,8 @@ def _estimate_dict(estimate: Any) -> dict[str, Any]:
 class MauActions:
     """MAU, rolling, DAU and daily-series reads, shared by the product, organisation and group endpoints."""
 
-    filter_backends: list[Any] = []  # detail actions only: no list to filter or order
+    # Detail actions only: no list to filter or order. (The type is GenericAPIView's, as the viewsets mix both.)
+    filter_backends: Sequence[type[BaseFilterBackend | BaseFilterProtocol[Any]]] = []
 
     get_object: Any
 
@@ -309,7 +315,7 @@ class ProductMeteringViewSet(MauActions, TenantViewSet):
     @staticmethod
     def _respond(request: Request, body: bytes, ingest: Any) -> Response:
         try:
-            answer = ingest(fingerprint=request_fingerprint(request.method, request.path, body))
+            answer = ingest(fingerprint=request_fingerprint(request.method or "", request.path, body))
         except IdempotencyConflict as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return _answer(answer)

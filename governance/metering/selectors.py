@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,11 +113,13 @@ def _excluded(product_ids: Any, start: dt.date, end: dt.date) -> list[dict[str, 
         [{"kind": "part", "id": pk, "product": product, "day": day.isoformat(), "reason": reason,
           "quarantined_at": at.isoformat()}
          for pk, product, day, reason, at in parts.values_list("pk", "product_id", "day", "quarantine_reason",
-                                                               "quarantined_at")]
+                                                               "quarantined_at")
+         if at is not None]  # never None (the filter above); the check narrows the type
         + [{"kind": "rollup", "id": pk, "product": product, "day": day.isoformat(), "reason": reason,
             "quarantined_at": at.isoformat()}
            for pk, product, day, reason, at in rollups.values_list("pk", "scope_id", "period", "quarantine_reason",
-                                                                   "quarantined_at")],
+                                                                   "quarantined_at")
+           if at is not None],
         key=lambda e: (e["day"], e["product"], e["kind"], e["id"]))
 
 
@@ -166,7 +168,7 @@ class Count:
         }
 
 
-def _tally(rollups: list[Rollup], parts: list[dict[str, Any]]) -> dict[str, int]:
+def _tally(rollups: list[Rollup], parts: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     totals = {"id_batches": 0, "sketch_uploads": 0, "gateway_flushes": 0, "ids_received": 0,
               "pending_parts": len(parts)}
     for rollup in rollups:
@@ -274,7 +276,7 @@ def daily_series(*, scope: Metered, start: dt.date, end: dt.date, window: int = 
     return _reading(read)
 
 
-def mau_month_many(*, scopes: list[Metered], month: dt.date) -> dict[int, Count]:
+def mau_month_many(*, scopes: Sequence[Metered], month: dt.date) -> dict[int, Count]:
     """``mau_month`` of several scopes of one type (products, organisations or groups), by primary key, in a
     fixed number of queries whatever their number: what a page listing every product's or group's figure reads."""
     if not scopes:
@@ -312,7 +314,8 @@ def mau_month_many(*, scopes: list[Metered], month: dt.date) -> dict[int, Count]
     return _reading(read)
 
 
-def _excluded_by_scope(kind: type, ids: list[int], start: dt.date, end: dt.date) -> dict[int, list[dict[str, Any]]]:
+def _excluded_by_scope(kind: type[Metered], ids: list[int], start: dt.date, end: dt.date
+                       ) -> dict[int, list[dict[str, Any]]]:
     owner = {Product: "pk", Organisation: "organisation_id", AffiliateGroup: "organisation__group_id"}[kind]
     scope_of = dict(Product.objects.filter(**{f"{owner}__in": ids}).values_list("pk", owner))
     by_scope: dict[int, list[dict[str, Any]]] = {pk: [] for pk in ids}

@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -186,7 +186,9 @@ def _binary_cursor(*, binary_results: bool = False) -> Iterator[Any]:
     raw = psycopg.Cursor(connection.connection)
     if binary_results:
         raw.format = psycopg.pq.Format.BINARY
-    with (connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)) as cursor:
+    # django-stubs type make_cursor's argument as the CursorWrapper it returns; Django wraps the driver's cursor.
+    with (connection.make_debug_cursor(raw) if connection.queries_logged  # type: ignore[arg-type]
+          else connection.make_cursor(raw)) as cursor:  # type: ignore[arg-type]
         yield cursor
 
 
@@ -334,7 +336,7 @@ def compaction_schedule() -> None:
 RollupKey = tuple[str, int, dt.date]
 
 
-_TALLY_FIELDS = {
+_TALLY_FIELDS: dict[str, str] = {
     ActivitySource.ID_BATCH: "id_batches",
     ActivitySource.SKETCH: "sketch_uploads",
     ActivitySource.GATEWAY: "gateway_flushes",
@@ -429,7 +431,11 @@ def _compact_step(limit: int) -> int:
         ActivityPart.objects.filter(pk__in=[p[0] for p in folded]).delete()
         groups = sorted({group_id for _organisation_id, group_id in owners.values()})
         # Alerts follow the figures: each group whose rollups changed is evaluated (debounced) once committed.
-        transaction.on_commit(lambda: [_evaluation_schedule(group_id) for group_id in groups], robust=True)
+        def schedule_evaluations() -> None:
+            for group_id in groups:
+                _evaluation_schedule(group_id)
+
+        transaction.on_commit(schedule_evaluations, robust=True)
     return len(folded)
 
 
@@ -566,7 +572,7 @@ def _update_rows(model: type[models.Model], field_names: list[str], rows: list[l
 
     if not rows:
         return
-    fields = [model._meta.get_field(name) for name in field_names]
+    fields = [cast(models.Field, model._meta.get_field(name)) for name in field_names]  # columns, not relations
     sql = _update_sql.get((model, tuple(field_names), connection.vendor))
     if sql is None:
         query = UpdateQuery(model)

@@ -75,22 +75,22 @@ def validate_user_ids(raw: object, *, max_items: int, elements_checked: bool = F
     if len(raw) > max_items:
         raise InvalidIds(f"at most {max_items} ids per request, got {len(raw)}")
     if elements_checked:
-        return raw  # type: ignore[return-value]
+        return raw
     # Fast paths in C: a 10,000-id batch is checked in a fraction of the time a loop takes. For strings,
     # join() refuses any element that is not one (80 us against 290 us for collecting the types).
     if type(raw[0]) is str:
         try:
-            "".join(raw)  # type: ignore[arg-type]
+            "".join(raw)
         except TypeError:
             pass
         else:
             if "" not in raw:
-                return raw  # type: ignore[return-value]
+                return raw
     elif set(map(type, raw)) == {int}:
-        if min(raw) >= INT64_MIN and max(raw) <= INT64_MAX:  # type: ignore[type-var]
-            return raw  # type: ignore[return-value]
+        if min(raw) >= INT64_MIN and max(raw) <= INT64_MAX:
+            return raw
     _first_bad_id(raw)
-    return raw  # type: ignore[return-value]
+    return raw
 
 
 def _first_bad_id(raw: list[object]) -> None:
@@ -341,7 +341,7 @@ class Union:
 
     def add(self, item: hll_sketch | bytes) -> None:
         stored = isinstance(item, (bytes, bytearray, memoryview))
-        sketch = load(bytes(item)) if stored else item
+        sketch = load(bytes(item)) if isinstance(item, (bytes, bytearray, memoryview)) else item
         lg_k = sketch.lg_config_k
         if lg_k < self._last_lg_k:
             raise ValueError(f"sketches must come in ascending lgK: {lg_k} after {self._last_lg_k}")

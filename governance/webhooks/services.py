@@ -13,7 +13,7 @@ import secrets
 import socket
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -35,7 +35,7 @@ USER_AGENT = "Corral-Webhooks/1"
 # The one name lookup used both to vet a URL and to connect to it; tests replace it with a fake.
 resolver: webhooks.Resolver = socket.getaddrinfo
 
-_URL_MAX_LENGTH = WebhookEndpoint._meta.get_field("url").max_length
+_URL_MAX_LENGTH = cast(int, WebhookEndpoint._meta.get_field("url").max_length)  # a URLField always has one
 _ERROR_MAX_LENGTH = DeliveryAttempt._meta.get_field("error").max_length
 _PREFIX_LENGTH = WebhookEndpoint._meta.get_field("secret_prefix").max_length
 
@@ -242,9 +242,9 @@ def _claim(delivery_id: int, now: dt.datetime) -> WebhookDelivery | None:
     call runs with no transaction open, and a worker that dies mid-call leaves a delivery that is retried
     when the lease runs out.
     """
-    lock = {"skip_locked": True} if connection.features.has_select_for_update_skip_locked else {}
+    skip_locked = bool(connection.features.has_select_for_update_skip_locked)
     with transaction.atomic():
-        delivery = WebhookDelivery.objects.select_for_update(**lock).filter(pk=delivery_id).first()
+        delivery = WebhookDelivery.objects.select_for_update(skip_locked=skip_locked).filter(pk=delivery_id).first()
         if (
             delivery is None
             or delivery.status != WebhookDelivery.Status.PENDING

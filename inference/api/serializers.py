@@ -1,19 +1,20 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from rest_framework import serializers
 
 from config.fields import SlugRelatedField
 from inference.models import GPU, Deployment, GatewayLimit, GpuQuota, Node, Replica, TokenUsage
 from licensing.api.serializers import TenantCreateMixin, TenantOrganisationField, products_writable_through
-from licensing.models import BaseModel, Product
+from licensing.models import BaseModel, LicenceVersion, Product
 
 
 class ReplicaSerializer(serializers.ModelSerializer):
     """A replica as a tenant sees it: no endpoint address, no process details, never a key."""
 
-    node = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)  # not placed yet
+    node: serializers.SlugRelatedField[Node] = serializers.SlugRelatedField(
+        slug_field="name", read_only=True, allow_null=True)  # not placed yet
     gpus = serializers.SerializerMethodField()
 
     class Meta:
@@ -34,7 +35,8 @@ class DeploymentSerializer(TenantCreateMixin, serializers.ModelSerializer):
     organisation = TenantOrganisationField(required=False)
     product = serializers.PrimaryKeyRelatedField(queryset=Product.objects.none())
     base_model = SlugRelatedField(slug_field="repo_id", queryset=BaseModel.objects.all())
-    licence_version = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    licence_version: serializers.SlugRelatedField[LicenceVersion] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True)
     replica_set = ReplicaSerializer(many=True, read_only=True)
     lora_adapters = serializers.DictField(child=serializers.CharField(max_length=500), required=False)
     extra_args = serializers.ListField(child=serializers.CharField(max_length=200), required=False, max_length=40)
@@ -55,7 +57,8 @@ class DeploymentSerializer(TenantCreateMixin, serializers.ModelSerializer):
         super().__init__(*args, **kwargs)
         view = self.context.get("view")
         if view is not None and not getattr(view, "swagger_fake_view", False):
-            self.fields["product"].queryset = products_writable_through(view)
+            product_field = cast("serializers.PrimaryKeyRelatedField[Product]", self.fields["product"])
+            product_field.queryset = products_writable_through(view)
 
 
 class ScaleSerializer(serializers.Serializer):

@@ -9,6 +9,7 @@ from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 
 from access.api.tenancy import TenantViewSet
 from access.principals import principal_of
@@ -87,7 +88,7 @@ class DeploymentViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveMod
         return Response(DeploymentSerializer(deployment, context=self.get_serializer_context()).data,
                         status=status.HTTP_202_ACCEPTED)
 
-    def perform_create(self, serializer: DeploymentSerializer) -> None:
+    def perform_create(self, serializer: BaseSerializer[Deployment]) -> None:
         serializer.instance = services.deployment_request(created_by=self.principal.label, **serializer.validated_data)
 
     @extend_schema(request=ScaleSerializer, responses=DeploymentSerializer)

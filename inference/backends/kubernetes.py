@@ -432,11 +432,13 @@ class KubernetesBackend:
 
     @property
     def namespace(self) -> str:
-        return self._namespace or getattr(settings, "KUBERNETES_NAMESPACE", DEFAULT_NAMESPACE)
+        configured: str = getattr(settings, "KUBERNETES_NAMESPACE", DEFAULT_NAMESPACE)
+        return self._namespace or configured
 
     @property
     def image(self) -> str:
-        return self._image or getattr(settings, "KUBERNETES_VLLM_IMAGE", DEFAULT_IMAGE)
+        configured: str = getattr(settings, "KUBERNETES_VLLM_IMAGE", DEFAULT_IMAGE)
+        return self._image or configured
 
     def _client(self) -> ApiClient:
         if self._api_client is None:
@@ -471,7 +473,9 @@ class KubernetesBackend:
                 # The answer is read as plain JSON: only the Deployment's uid is needed from it.
                 answer = appliers[kind](name, self.namespace, manifest, field_manager=FIELD_MANAGER, force=True,
                                         _content_type=APPLY_PATCH, _preload_content=False)
-                return json.loads(answer.data or b"{}")
+                # The client's annotations give the parsed model; with _preload_content=False the call returns
+                # the urllib3 response.
+                return json.loads(answer.data or b"{}")  # type: ignore[attr-defined]
             except ApiException as error:
                 raise _refusal("applying", kind, name, error, with_message=kind != "Secret") from None
 
@@ -515,7 +519,8 @@ class KubernetesBackend:
             try:
                 # The answer lists what was deleted, Secrets with their data: it is drained, never parsed.
                 deleters[kind](self.namespace, label_selector=selector, grace_period_seconds=grace_seconds,
-                               propagation_policy="Background", _preload_content=False).drain_conn()
+                               propagation_policy="Background",
+                               _preload_content=False).drain_conn()  # type: ignore[attr-defined]  # as in apply()
             except ApiException as error:
                 if error.status != 404:
                     raise _refusal("deleting", f"{kind}s", selector, error, with_message=kind != "Secret") from None

@@ -117,7 +117,7 @@ class LocalBackend:
         return not expected or _start_time(ref.pid) in (expected, None)
 
     def _signal(self, ref: ReplicaRef, signum: int) -> None:
-        if not self._ours(ref):
+        if ref.pid is None or not self._ours(ref):
             return  # nothing recorded, or the pid belongs to something else now: nothing of ours to stop
         try:
             os.killpg(ref.pid, signum)
@@ -134,7 +134,7 @@ class LocalBackend:
         self._signal(ref, signal.SIGKILL)
 
     def stopped(self, ref: ReplicaRef) -> bool:
-        if not self._ours(ref):
+        if ref.pid is None or not self._ours(ref):
             return True
         _reap(ref.pid)
         return not _group_alive(ref.pid)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
@@ -64,7 +64,8 @@ class LicenceVersionSerializer(serializers.ModelSerializer):
 
 
 class GroupSerializer(serializers.ModelSerializer):
-    organisations = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
+    organisations: serializers.SlugRelatedField[Organisation] = serializers.SlugRelatedField(
+        many=True, read_only=True, slug_field="name")
     managing_organisation = serializers.SerializerMethodField(
         help_text="Its admins are the group's admins (with the people they appointed)")
     you_are_group_admin = serializers.SerializerMethodField(
@@ -98,7 +99,7 @@ class GroupManagementSerializer(serializers.Serializer):
 
 
 class OrganisationSerializer(serializers.ModelSerializer):
-    group = serializers.PrimaryKeyRelatedField(read_only=True)
+    group: serializers.PrimaryKeyRelatedField[AffiliateGroup] = serializers.PrimaryKeyRelatedField(read_only=True)
     group_name = serializers.CharField(source="group.name", read_only=True)
 
     class Meta:
@@ -120,6 +121,8 @@ class TenantOrganisationField(serializers.PrimaryKeyRelatedField):
 
 class TenantCreateMixin:
     """Organisation defaults to the caller's only writable one, is required otherwise, and never changes."""
+
+    context: dict[str, Any]  # the serializer's it is mixed into
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)  # type: ignore[misc]
@@ -187,7 +190,8 @@ class AcceptanceSerializer(TenantCreateMixin, serializers.ModelSerializer):
         super().__init__(*args, **kwargs)
         view = self.context.get("view")
         if view is not None and not getattr(view, "swagger_fake_view", False):
-            self.fields["product"].queryset = products_writable_through(view)
+            product_field = cast("serializers.PrimaryKeyRelatedField[Product]", self.fields["product"])
+            product_field.queryset = products_writable_through(view)
 
 
 class GrantSerializer(serializers.ModelSerializer):

@@ -11,6 +11,7 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 
 from access.api.tenancy import GroupTenancy, TenantViewSet
 from access.models import AffiliateGroup, GroupAdmin, Organisation, Scope
@@ -77,7 +78,7 @@ class GroupViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin, mixins.Re
 
     @extend_schema(request=None, responses={204: None})
     @action(detail=True, methods=["delete"], url_path=r"admins/(?P<admin_id>[0-9]{1,18})")
-    def admin_remove(self, request: Request, pk: str | None = None, admin_id: str | None = None) -> Response:
+    def admin_remove(self, request: Request, pk: str | None = None, *, admin_id: str) -> Response:
         """Remove an appointed group admin."""
         group = self.get_object()
         role = GroupAdmin.objects.filter(group=group, pk=admin_id).select_related("user", "group").first()
@@ -161,12 +162,13 @@ class ProductViewSet(TenantViewSet, viewsets.ModelViewSet):
     ordering_fields = ["name", "launch_date", "created_at"]
     product_field = "pk"
 
-    def perform_create(self, serializer: ProductSerializer) -> None:
+    def perform_create(self, serializer: BaseSerializer[Product]) -> None:
         if self.principal.bound_product_id:
             raise PermissionDenied("This key is bound to one product and cannot create products.")
         serializer.instance = services.product_create(actor=self.principal.label, **serializer.validated_data)
 
-    def perform_update(self, serializer: ProductSerializer) -> None:
+    def perform_update(self, serializer: BaseSerializer[Product]) -> None:
+        assert serializer.instance is not None  # an update's serializer holds the product
         serializer.instance = services.product_update(
             product=serializer.instance, actor=self.principal.label, **serializer.validated_data
         )
@@ -223,7 +225,7 @@ class AcceptanceViewSet(TenantViewSet, mixins.ListModelMixin, mixins.RetrieveMod
     ordering_fields = ["accepted_at"]
     product_field = "product"
 
-    def perform_create(self, serializer: AcceptanceSerializer) -> None:
+    def perform_create(self, serializer: BaseSerializer[LicenceAcceptance]) -> None:
         if self.principal.bound_product_id and serializer.validated_data.get("product") is None:
             raise ValidationError({"product": ["This key is bound to one product: an acceptance it records must "
                                                "name that product (an organisation-wide one needs another key)."]})
@@ -261,6 +263,6 @@ class GrantViewSet(GroupTenancy, TenantViewSet, mixins.ListModelMixin, mixins.Re
             return [HasTenantScope(), IsStaffForWrites()]
         return [IsStaffForWrites()]
 
-    def perform_create(self, serializer: GrantSerializer) -> None:
+    def perform_create(self, serializer: BaseSerializer[MetaGrant]) -> None:
         data = dict(serializer.validated_data)
         serializer.instance = services.grant_record(recorded_by=self.principal.label, **data)

@@ -1,5 +1,6 @@
 import datetime as dt
 import secrets
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -14,7 +15,7 @@ from licensing.services import licence_accept, organisation_create, product_crea
 
 GROUP = "Acme Holdings"
 # (name, licence version (None: not built on Llama), base model, launch date, status)
-DEMO = {
+DEMO: dict[str, list[tuple[str, str | None, str | None, dt.date | None, Product.Status]]] = {
     "Acme Social": [
         ("Acme Chat", "llama-3.1", "meta-llama/Llama-3.1-8B-Instruct", dt.date(2024, 9, 2), Product.Status.LIVE),
         ("Acme Translate", "llama-2", "meta-llama/Llama-2-7b-chat-hf", dt.date(2023, 10, 16), Product.Status.LIVE),
@@ -34,7 +35,7 @@ DEMO_DAYS, DEMO_USERS_A_DAY = 3, 120  # overlapping days: 200 distinct users in 
 class Command(BaseCommand):
     help = "Create the demo affiliate group, its organisations and products, and an admin login (idempotent)."
 
-    def handle(self, *args, **options):  # type: ignore[no-untyped-def]
+    def handle(self, *args: Any, **options: Any) -> None:
         with transaction.atomic():
             for org_name, products in DEMO.items():
                 organisation = Organisation.objects.filter(name=org_name).first() or organisation_create(

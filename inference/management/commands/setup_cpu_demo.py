@@ -1,5 +1,6 @@
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.management import call_command
@@ -16,7 +17,7 @@ class Command(BaseCommand):
     help = ("Let this machine serve deployments without a GPU: build the tiny demo model, register this host as "
             "a CPU node and give the demo organisations a CPU quota. Needs `make engine` first.")
 
-    def handle(self, *args, **options):  # type: ignore[no-untyped-def]
+    def handle(self, *args: Any, **options: Any) -> None:
         python = settings.BASE_DIR / ".venv-vllm" / "bin" / "python"
         if not python.exists():
             raise CommandError("The CPU engine is not installed: run `make engine` first.")

@@ -1,5 +1,7 @@
+from typing import Any
+
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from licensing.services import organisation_create
 
@@ -7,12 +9,12 @@ from licensing.services import organisation_create
 class Command(BaseCommand):
     help = "Create an organisation (a tenant) in an affiliate group, creating the group if needed."
 
-    def add_arguments(self, parser):  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name")
         parser.add_argument("--group", required=True, help="Affiliate group name; created when it does not exist")
         parser.add_argument("--eu", action="store_true", help="Principal place of business in the EU")
 
-    def handle(self, *args, **options):  # type: ignore[no-untyped-def]
+    def handle(self, *args: Any, **options: Any) -> None:
         try:
             organisation = organisation_create(
                 name=options["name"], group_name=options["group"], actor="cli", eu_domiciled=options["eu"]

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
@@ -12,7 +14,7 @@ class Command(BaseCommand):
         "that differ from it, each change audited. Rows the catalogue does not ship are left alone."
     )
 
-    def handle(self, *args, **options):  # type: ignore[no-untyped-def]
+    def handle(self, *args: Any, **options: Any) -> None:
         with transaction.atomic():
             changes = catalogue_load(LicenceVersion, BaseModel, audit=audit_record)
         for change in changes:
