@@ -19,6 +19,7 @@ from config.fields import MonthField
 from governance import evidence
 from access.api.tenancy import GroupTenancy, TenantViewSet
 from access.audit import audit_events_visible, audit_verify_cached
+from access.principals import actors_for_viewer
 from governance.models import (
     AccessDecision,
     Alert,
@@ -358,7 +359,7 @@ class GroupComplianceViewSet(GroupTenancy, TenantViewSet):
         """The evidence report for a month: JSON (default), CSV, or a printable HTML page."""
         group = self.get_object()
         month = _month_param(request)
-        report = evidence.evidence_report(group=group, month=month)
+        report = actors_for_viewer(evidence.evidence_report(group=group, month=month), self.principal)
         kind = request.query_params.get("format", "json")
         if kind == "csv":
             response = HttpResponse(evidence.evidence_csv(report), content_type="text/csv; charset=utf-8")
