@@ -49,15 +49,16 @@ class Coverage:
 
     Section 2 counts every product or service "made available by or for Licensee, or Licensee's affiliates",
     Llama-based or not. A metered figure is complete only when every product registered for the month was
-    metered in it and an officer attested that the registered list is complete; a declared figure is the
-    declarant's whole-group count.
+    metered in it and an officer attested that the registered list is complete. A declared figure is the
+    declarant's whole-group count, so it covers the group only where it is what decides the status
+    (``declared``, set by ``coverage_deciding``): a declaration that decides nothing leaves the gap named.
     """
 
     month: dt.date
     metered: tuple[str, ...] = ()
     unmetered: tuple[str, ...] = ()
     attested: bool = False
-    declared: bool = False
+    declared: bool = False  # a declared figure decides the month's status
 
     @property
     def complete(self) -> bool:
@@ -210,13 +211,30 @@ def classify_month(
                       coverage=coverage)
     classified = [(figure, classify(figure, threshold=threshold, levels=levels, rule=rule)) for figure in figures]
     informative = [(f, s) for f, s in classified if not (f.source == PARTIAL and s.state == UNKNOWN)]
-    _, worst = max(informative or classified, key=lambda pair: severity(pair[1]))
+    # On a tie the metered figure is kept: a declaration that only matches it decides nothing (coverage_deciding).
+    _, worst = max(informative or classified, key=lambda pair: (severity(pair[1]), pair[0].source != DECLARED))
+    coverage = coverage_deciding(coverage, kept=worst.figure)
     considered = tuple((f, s.state) for f, s in classified)
     others = [f"{_figure_words(f)}: {state}" for f, state in considered if f is not worst.figure]
     explanation = worst.explanation
     if others:
         explanation += " Every figure for the month counts and the worst is kept; the others: " + "; ".join(others) + "."
     return _with(worst, explanation=explanation, considered=considered, coverage=coverage)
+
+
+def coverage_deciding(coverage: Coverage | None, *, kept: Figure | None) -> Coverage | None:
+    """The coverage of the figure that decides a month's status.
+
+    Section 2 counts "the monthly active users of the products or services made available by or for Licensee,
+    or Licensee's affiliates": a metered figure covers only the products metered. A declared figure is the
+    declarant's count of the whole group, so it makes the coverage complete when it is the figure kept (strictly
+    the worst of the month: on a tie the metered figure is kept and its gap stays named). Otherwise the metered
+    figure decides, and its coverage (metered, unmetered, attested) is the status's: a smaller declaration
+    never turns a metered "below (partial coverage)" into a clean "below".
+    """
+    if coverage is None:
+        return None
+    return replace(coverage, declared=kept is not None and kept.source == DECLARED)
 
 
 def _figure_words(figure: Figure) -> str:

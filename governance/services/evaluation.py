@@ -252,8 +252,7 @@ def month_figures(*, group: AffiliateGroup, month: dt.date, started: dt.date | N
         metered=tuple(names[pk] for pk in names if pk in metered_ids),
         unmetered=tuple(names[pk] for pk in expected if pk not in metered_ids),
         attested=attested_ids is not None and set(expected) <= attested_ids,
-        declared=bool(declared),
-    )
+    )  # the metered figure's; a declaration completes it only where it decides the status (classify_month)
     chosen = summed if basis == rules.SUM_OF_PRODUCTS else distinct
     figures = rules.month_figures(metered=chosen, declared=declared, metering_started=started)
     return MonthFigures(month, distinct, summed, declared, coverage, figures, basis)

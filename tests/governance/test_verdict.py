@@ -140,6 +140,16 @@ def test_a_registered_service_that_is_not_metered_makes_below_read_partial_cover
     assert "Search (Acme Cloud)" in last["coverage"]["gap"]
     decision = access_check(organisation=acme["social"], licence_version=acme["version"], fresh=True)
     assert decision.allowed  # partial coverage never blocks
+    # A smaller declared figure decides nothing: the metered figure's gap stays named (it read a clean "below").
+    declared = client.post(f"/api/v1/groups/{group.pk}/declarations/",
+                           {"month": "2024-12", "mau": 50, "evidence": "board pack"}, format="json")
+    assert declared.status_code == 201, declared.content
+    group_evaluate(group=group, today=TODAY)
+    last = next(s for s in client.get(f"/api/v1/groups/{group.pk}/compliance/").json()["statuses"]
+                if s["rule"] == "last_month")
+    assert (last["label"], last["coverage"]["complete"], last["coverage"]["declared"]) == (
+        "below (partial coverage)", False, False)
+    assert "Search (Acme Cloud)" in last["coverage"]["gap"]
     # Metered and attested: a clean below.
     activity_ingest(product=acme["search"], day=DECEMBER_2024.replace(day=7), user_ids=users(50, 120))
     attested = client.post(f"/api/v1/groups/{group.pk}/attestations/",
