@@ -41,6 +41,12 @@ class Figure:
     source: str  # "metered", "metered (partial month)" or "declared"
     basis: str = DISTINCT_PEOPLE
     detail: str = ""  # who declared it and on what evidence, for a declared figure
+    excluded: int = 0  # stored sketches quarantined (unreadable) that a metered figure leaves out
+
+
+def excluded_words(count: int) -> str:
+    """What a figure that leaves out quarantined sketches says beside it."""
+    return f"excludes {count:,} stored sketch{'' if count == 1 else 'es'} that could not be read"
 
 
 @dataclass(frozen=True)
@@ -178,8 +184,7 @@ def month_figures(*, metered: Figure | None, declared: list[Figure], metering_st
         if metering_started is not None and metering_started <= metered.month:
             figures.append(metered)
         elif metered.estimate > 0:
-            figures.append(Figure(metered.estimate, metered.lower, metered.upper, metered.month, PARTIAL,
-                                  metered.basis))
+            figures.append(replace(metered, source=PARTIAL))
     return figures + list(declared)
 
 
@@ -217,6 +222,9 @@ def classify_month(
     considered = tuple((f, s.state) for f, s in classified)
     others = [f"{_figure_words(f)}: {state}" for f, state in considered if f is not worst.figure]
     explanation = worst.explanation
+    if worst.figure is not None and worst.figure.excluded:
+        explanation += (f" This figure {excluded_words(worst.figure.excluded)} (quarantined; each is named in the "
+                        "evidence report).")
     if others:
         explanation += " Every figure for the month counts and the worst is kept; the others: " + "; ".join(others) + "."
     return _with(worst, explanation=explanation, considered=considered, coverage=coverage)
@@ -242,6 +250,8 @@ def _figure_words(figure: Figure) -> str:
         words = f"{figure.source} {figure.estimate:,}"
     else:
         words = f"{figure.source} {figure.estimate:,} ({figure.lower:,} to {figure.upper:,})"
+    if figure.excluded:
+        words += f", which {excluded_words(figure.excluded)}"
     return f"{words}, {figure.detail}" if figure.detail else words
 
 
@@ -263,7 +273,7 @@ def sum_of_products(figures: list[Figure], *, month: dt.date) -> Figure:
     """Each product's own figure added up: the most conservative reading of "monthly active users of the products
     or services", where one person using two products counts twice. The interval adds the bounds."""
     return Figure(sum(f.estimate for f in figures), sum(f.lower for f in figures), sum(f.upper for f in figures),
-                  month, "metered", SUM_OF_PRODUCTS)
+                  month, "metered", SUM_OF_PRODUCTS, excluded=sum(f.excluded for f in figures))
 
 
 @dataclass(frozen=True)

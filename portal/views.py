@@ -239,13 +239,16 @@ def _product_page(request: HttpRequest, access: Access, product: Product, accept
                    .select_related("product", "accepted_by_user")[:20] if version else [])
     today = timezone.now().date()
     months = [previous_month(today), month_start(today)]
-    mau = {m: mau_month_many(scopes=[product], month=m)[product.pk].estimate for m in months}
+    counts = {m: mau_month_many(scopes=[product], month=m)[product.pk] for m in months}
+    mau = {m: count.estimate for m, count in counts.items()}
     group = product.organisation.group
     return render(request, "portal/product_detail.html", {
         "statuses": _licence_statuses(group.pk, version), "is_staff": access.is_staff,
         "is_group_admin": access.is_group_admin(group),
         "product": product, "version": version, "obligations": obligations, "acceptances": acceptances,
         "mau_last": mau[months[0]], "mau_this": mau[months[1]], "months": months,
+        # Quarantined sketches (unreadable) each figure leaves out, said beside it.
+        "excluded_last": len(counts[months[0]].excluded), "excluded_this": len(counts[months[1]].excluded),
         "deployments": Deployment.objects.filter(product=product, deleted=False),
         "can_write": access.can(Scope.WRITE, product.organisation_id), "accept_form": accept_form,
         "not_built_on_llama": licensing_selectors.NOT_BUILT_ON_LLAMA,

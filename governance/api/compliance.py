@@ -41,17 +41,27 @@ from access.models import AffiliateGroup, Organisation
 # --- serializers --------------------------------------------------------------------------------------------
 
 
+class ExcludedStatusOutput(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=["part", "rollup"], help_text="A stored part or a product-day rollup")
+    product = serializers.IntegerField()
+    product_name = serializers.CharField()
+    day = serializers.DateField()
+    reason = serializers.CharField()
+
+
 class ComplianceStatusSerializer(serializers.ModelSerializer):
     licence_version = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     label = serializers.SerializerMethodField(help_text='The state as a person reads it: "below (partial coverage)" '
                                                         "when the metered figure does not cover the whole group")
     bases = serializers.SerializerMethodField(help_text="The metered figure on both counting bases, side by side")
     figures = serializers.SerializerMethodField(help_text="Every figure of the month and the state each alone gives")
+    excluded = serializers.SerializerMethodField(help_text="Stored sketches of the month that could not be read "
+                                                           "(quarantined): the metered figures leave them out")
 
     class Meta:
         model = ComplianceStatus
         fields = ["licence_version", "rule", "state", "label", "level", "month", "source", "basis", "estimate",
-                  "lower", "upper", "threshold", "bases", "figures", "coverage", "explanation", "since",
+                  "lower", "upper", "threshold", "bases", "figures", "excluded", "coverage", "explanation", "since",
                   "evaluated_at"]
 
     def get_label(self, obj: ComplianceStatus) -> str:
@@ -64,6 +74,10 @@ class ComplianceStatusSerializer(serializers.ModelSerializer):
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_figures(self, obj: ComplianceStatus) -> list[dict[str, Any]]:
         return obj.figures
+
+    @extend_schema_field(ExcludedStatusOutput(many=True))
+    def get_excluded(self, obj: ComplianceStatus) -> list[dict[str, Any]]:
+        return obj.excluded
 
 
 class StatusChangeSerializer(serializers.ModelSerializer):

@@ -99,3 +99,12 @@ def seen_by(text: Any, request: Any) -> Any:
     if view is None:
         view = request._actor_view = ActorView(access_of(request).principal)
     return view.text(text)
+
+
+@register.filter
+def excluded_words(count: int) -> str:
+    """ "excludes 2 stored sketches that could not be read": said beside a figure that leaves quarantined
+    sketches out."""
+    from governance.evaluation import excluded_words as words
+
+    return words(int(count))
