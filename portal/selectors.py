@@ -238,10 +238,13 @@ def group_figures(*, group: AffiliateGroup, today: dt.date | None = None, months
     for _ in range(months - 1):
         month_list.insert(0, previous_month(month_list[0]))
     monthly = [_month_point(m, mau_month(scope=group, month=m)) for m in month_list]
-    excluded: dict[dt.date, int] = {}
+    excluded: dict[dt.date, int] = defaultdict(int)
+    excluded_by_product: dict[int, int] = defaultdict(int)  # in last month and this month, the breakdown's
     for entry in excluded_sketches(scope=group, start=month_list[0], end=month_end(this_month)):
         month = month_start(dt.date.fromisoformat(entry["day"]))
-        excluded[month] = excluded.get(month, 0) + 1
+        excluded[month] += 1
+        if month >= month_start(previous_month(today)):
+            excluded_by_product[entry["product"]] += 1
     series = daily_series(scope=group, start=today - dt.timedelta(days=days - 1), end=today, window=30)
     first = next((i for i, p in enumerate(series) if p.rolling.estimate or p.dau.estimate), len(series))
     versions = versions_by_group([group]).get(group.pk, [])
@@ -261,7 +264,7 @@ def group_figures(*, group: AffiliateGroup, today: dt.date | None = None, months
             "this_month": org_figures[this_month][organisation.pk].estimate,
             "products": [{"product": p, "last_month": product_figures[last_month][p.pk].estimate,
                           "this_month": product_figures[this_month][p.pk].estimate,
-                          "excluded": sum(len(product_figures[m][p.pk].excluded) for m in (last_month, this_month))}
+                          "excluded": excluded_by_product[p.pk]}
                          for p in products if p.organisation_id == organisation.pk],
         })
     return GroupFigures(
@@ -276,7 +279,7 @@ def group_figures(*, group: AffiliateGroup, today: dt.date | None = None, months
         organisations=breakdown,
         last_month=last_month,
         this_month=this_month,
-        excluded=excluded,
+        excluded=dict(excluded),
     )
 
 
