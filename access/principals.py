@@ -194,3 +194,14 @@ def actor_for_viewer(actor: str, principal: Principal | None) -> str:
 def actors_for_viewer(value: Any, principal: Principal | None) -> Any:
     """Every actor label inside an API answer or a report, as ``principal`` may see it."""
     return ActorView(principal).data(value)
+
+
+def key_actors_hidden_from(principal: Principal) -> list[str]:
+    """The actor labels (``api-key:<prefix>``) of the keys in the caller's groups that ``ActorView`` hides from
+    them: other organisations' keys, in groups they do not administer. A search by actor skips them."""
+    if principal.is_staff:
+        return []
+    hidden = (ApiKey.objects.filter(organisation__group__in=principal.group_ids())
+              .exclude(organisation__in=principal.organisation_ids())
+              .exclude(organisation__group__in=principal.admin_group_ids))
+    return [f"api-key:{prefix}" for prefix in hidden.values_list("prefix", flat=True)]

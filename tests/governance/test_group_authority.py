@@ -266,6 +266,12 @@ def test_it_never_shows_a_sibling_another_organisations_key_prefix(group_of_two)
     assert "an API key of Acme Social" in seen_by_sibling[f"/groups/{group.pk}/declarations/"]
     assert "an API key of Acme Social" in seen_by_sibling["/audit/"]
     assert any(p in seen_by_sibling["/api/v1/audit/?page_size=200"] for p in sibling_prefixes)  # its own keys
+    # Nor can the sibling spell a prefix out through the portal's search by actor.
+    for prefix in manager_prefixes:
+        searched = sibling_browser.get(f"/audit/?actor=api-key:{prefix[:6]}").content.decode()
+        assert "No entries match." in searched, prefix
+    assert "No entries match." not in manager_browser.get(f"/audit/?actor=api-key:{manager_prefixes[0][:6]}"
+                                                          ).content.decode()
     # The group's admins (the managing organisation's) see every prefix, in the API and in the portal.
     seen_by_admin = {**bodies(manager_key, api_paths), **bodies(manager_browser, portal_paths)}
     for path in ("/api/v1/audit/?page_size=200", f"/api/v1/groups/{group.pk}/compliance/",
