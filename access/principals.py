@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from django.db.models import Q
 
 from access.models import AffiliateGroup, ApiKey, GroupAdmin, Membership, Organisation, Scope
 
@@ -103,3 +106,100 @@ def principal_of(request: Any) -> Principal | None:
         principal = principal_for_user(request.user)
     request._corral_principal = principal
     return principal
+
+
+# --- Actors as a viewer may see them ---------------------------------------------------------------------------
+#: An API key's label in an actor or a sentence: ``api-key:crl_1a2b3c4d`` (or the bare prefix).
+_KEY_IN_TEXT = re.compile(r"(?:api-key:)?\b(crl_[0-9a-f]{8})")
+
+
+class ActorView:
+    """Actor labels as one caller may read them. A sibling organisation of an affiliate group sees the group's
+    totals and statuses, not each other's keys: another organisation's key prefix is shown as "an API key of
+    <that organisation>" unless the caller belongs to that organisation or is a group admin of its group (or
+    is staff). Only the display changes: the audit chain keeps what was recorded, so its hashes still verify.
+
+    The key owners are looked up once per prefix, so one view serves a whole page or answer."""
+
+    def __init__(self, principal: Principal | None) -> None:
+        self.principal = principal
+        self._owners: dict[str, tuple[int, int, str] | None] = {}
+        self._loaded_groups = False
+
+    def _look_up(self, prefixes: set[str]) -> None:
+        missing = prefixes - set(self._owners)
+        if not missing:
+            return
+        self._owners.update(dict.fromkeys(missing))
+        wanted = Q(prefix__in=missing)
+        if not self._loaded_groups and self.principal is not None:
+            # The first look-up reads every key of the caller's groups too: a page naming many keys costs one query.
+            wanted |= Q(organisation__group__in=self.principal.group_ids())
+            self._loaded_groups = True
+        for prefix, org, group, name in ApiKey.objects.filter(wanted).values_list(
+                "prefix", "organisation_id", "organisation__group_id", "organisation__name"):
+            self._owners[prefix] = (org, group, name)
+
+    def _shown(self, match: re.Match[str]) -> str:
+        owner = self._owners.get(match.group(1))
+        principal = self.principal
+        if owner is None:
+            return "an API key"  # a key that no longer exists cannot be shown to be the caller's
+        org, group, name = owner
+        if principal is not None and (principal.is_staff or org in principal.scopes_by_org
+                                      or principal.is_group_admin(group)):
+            return match.group(0)
+        return f"an API key of {name}"
+
+    def text(self, text: str) -> str:
+        if "crl_" not in text:
+            return text
+        self._look_up(set(_KEY_IN_TEXT.findall(text)))
+        return _KEY_IN_TEXT.sub(self._shown, text)
+
+    def data(self, value: Any) -> Any:
+        """Every string inside ``value`` (dicts and lists are changed in place, keeping their types)."""
+        self._look_up(set(_prefixes_in(value)))
+        return self._replace(value)
+
+    def _replace(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return _KEY_IN_TEXT.sub(self._shown, value) if "crl_" in value else value
+        if isinstance(value, dict):
+            for key, item in value.items():
+                value[key] = self._replace(item)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                value[index] = self._replace(item)
+        return value
+
+
+def _prefixes_in(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return _KEY_IN_TEXT.findall(value) if "crl_" in value else []
+    if isinstance(value, dict):
+        return [p for item in value.values() for p in _prefixes_in(item)]
+    if isinstance(value, (list, tuple)):
+        return [p for item in value for p in _prefixes_in(item)]
+    return []
+
+
+def actor_for_viewer(actor: str, principal: Principal | None) -> str:
+    """One actor label (or a sentence naming actors) as ``principal`` may see it."""
+    return ActorView(principal).text(actor)
+
+
+def actors_for_viewer(value: Any, principal: Principal | None) -> Any:
+    """Every actor label inside an API answer or a report, as ``principal`` may see it."""
+    return ActorView(principal).data(value)
+
+
+def key_actors_hidden_from(principal: Principal) -> list[str]:
+    """The actor labels (``api-key:<prefix>``) of the keys in the caller's groups that ``ActorView`` hides from
+    them: other organisations' keys, in groups they do not administer. A search by actor skips them."""
+    if principal.is_staff:
+        return []
+    hidden = (ApiKey.objects.filter(organisation__group__in=principal.group_ids())
+              .exclude(organisation__in=principal.organisation_ids())
+              .exclude(organisation__group__in=principal.admin_group_ids))
+    return [f"api-key:{prefix}" for prefix in hidden.values_list("prefix", flat=True)]

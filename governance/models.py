@@ -308,6 +308,11 @@ class ComplianceStatus(models.Model):
         return self.considered.get("bases", {}) if isinstance(self.considered, dict) else {}
 
     @property
+    def excluded(self) -> list:
+        """Stored sketches of the month that could not be read (quarantined): the metered figures leave them out."""
+        return self.considered.get("excluded", []) if isinstance(self.considered, dict) else []
+
+    @property
     def figures(self) -> list:
         """Every figure of the month with the state it alone gives."""
         return self.considered.get("figures", []) if isinstance(self.considered, dict) else []

@@ -16,6 +16,7 @@ from django.views.decorators.http import require_GET
 from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 
+from access.principals import actors_for_viewer
 from governance.compliance import evidence
 from licensing.months import previous_month
 from portal.access import access_of
@@ -47,7 +48,7 @@ def group_evidence(request: HttpRequest, pk: int) -> HttpResponse:
         month = _month(request.GET.get("month"))
     except ValueError as exc:
         return HttpResponseBadRequest(str(exc))
-    report = evidence.evidence_report(group=group, month=month)
+    report = actors_for_viewer(evidence.evidence_report(group=group, month=month), access_of(request).principal)
     filename = f"evidence-group{group.pk}-{report['month']}"
     if kind == "html":
         url = reverse("portal:group-evidence", args=[group.pk])

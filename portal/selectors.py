@@ -14,11 +14,11 @@ from django.utils import timezone
 from access.models import AffiliateGroup, Invitation, Organisation
 from governance.compliance import rules
 from governance.metering.selectors import Count as MauCount
-from governance.metering.selectors import daily_series, mau_month, mau_month_many
+from governance.metering.selectors import daily_series, excluded_sketches, mau_month, mau_month_many
 from governance.models import Alert, ComplianceStatus, EvaluationRule, GroupForecast
 from inference.models import GPU, GpuAllocation, Replica, ReplicaState
 from licensing.models import LicenceVersion, Product
-from licensing.months import month_start, previous_month
+from licensing.months import month_end, month_start, previous_month
 from portal.charts import Point
 
 DEFAULT_THRESHOLD = 700_000_000
@@ -177,6 +177,7 @@ class TestedMonth:
     bases: dict[str, Any]
     figures: list[dict[str, Any]]
     coverage: dict[str, Any]
+    excluded: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def declared(self) -> list[dict[str, Any]]:
@@ -197,7 +198,7 @@ def tested_months(statuses: list[ComplianceStatus]) -> list[TestedMonth]:
             label = "monitoring: the last complete month"
         if known is None:
             by_month[status.month] = TestedMonth(status.month, [label], status.bases, status.figures,
-                                                 status.coverage or {})
+                                                 status.coverage or {}, status.excluded)
         elif label not in known.rules:
             known.rules.append(label)
     return sorted(by_month.values(), key=lambda m: m.month, reverse=True)
@@ -214,6 +215,17 @@ class GroupFigures:
     organisations: list[dict[str, Any]]
     last_month: dt.date
     this_month: dt.date
+    #: Stored sketches that could not be read (quarantined) in the months shown, by month: the figures leave them out.
+    excluded: dict[dt.date, int] = field(default_factory=dict)
+
+    @property
+    def excluded_total(self) -> int:
+        return sum(self.excluded.values())
+
+    @property
+    def month_rows(self) -> list[tuple[Point, int]]:
+        """Each month's point with the number of quarantined sketches its figure leaves out."""
+        return [(point, self.excluded.get(point.day, 0)) for point in self.months]
 
 
 def group_figures(*, group: AffiliateGroup, today: dt.date | None = None, months: int = 12,
@@ -226,6 +238,13 @@ def group_figures(*, group: AffiliateGroup, today: dt.date | None = None, months
     for _ in range(months - 1):
         month_list.insert(0, previous_month(month_list[0]))
     monthly = [_month_point(m, mau_month(scope=group, month=m)) for m in month_list]
+    excluded: dict[dt.date, int] = defaultdict(int)
+    excluded_by_product: dict[int, int] = defaultdict(int)  # in last month and this month, the breakdown's
+    for entry in excluded_sketches(scope=group, start=month_list[0], end=month_end(this_month)):
+        month = month_start(dt.date.fromisoformat(entry["day"]))
+        excluded[month] += 1
+        if month >= month_start(previous_month(today)):
+            excluded_by_product[entry["product"]] += 1
     series = daily_series(scope=group, start=today - dt.timedelta(days=days - 1), end=today, window=30)
     first = next((i for i, p in enumerate(series) if p.rolling.estimate or p.dau.estimate), len(series))
     versions = versions_by_group([group]).get(group.pk, [])
@@ -244,7 +263,8 @@ def group_figures(*, group: AffiliateGroup, today: dt.date | None = None, months
             "last_month": org_figures[last_month][organisation.pk].estimate,
             "this_month": org_figures[this_month][organisation.pk].estimate,
             "products": [{"product": p, "last_month": product_figures[last_month][p.pk].estimate,
-                          "this_month": product_figures[this_month][p.pk].estimate}
+                          "this_month": product_figures[this_month][p.pk].estimate,
+                          "excluded": excluded_by_product[p.pk]}
                          for p in products if p.organisation_id == organisation.pk],
         })
     return GroupFigures(
@@ -259,6 +279,7 @@ def group_figures(*, group: AffiliateGroup, today: dt.date | None = None, months
         organisations=breakdown,
         last_month=last_month,
         this_month=this_month,
+        excluded=dict(excluded),
     )
 
 

@@ -28,6 +28,7 @@ from access import selectors as access_selectors
 from access.audit import audit_events_visible, audit_verify_cached
 from access.keys import api_key_create, api_key_revoke
 from access.models import ApiKey, Invitation, Membership, Organisation, Scope
+from access.principals import key_actors_hidden_from
 from governance.compliance import selectors as compliance_selectors
 from governance.compliance import services as evaluation_services
 from governance.compliance.api import PolicySerializer
@@ -236,7 +237,8 @@ def _product_page(request: HttpRequest, access: Access, product: Product, accept
                                                                licence_version=version, limit=20) if version else [])
     today = timezone.now().date()
     months = [previous_month(today), month_start(today)]
-    mau = {m: mau_month_many(scopes=[product], month=m)[product.pk].estimate for m in months}
+    counts = {m: mau_month_many(scopes=[product], month=m)[product.pk] for m in months}
+    mau = {m: count.estimate for m, count in counts.items()}
     group = product.organisation.group
     return render(request, "portal/product_detail.html", {
         "statuses": compliance_selectors.licence_statuses(group_id=group.pk, licence_version=version),
@@ -244,6 +246,8 @@ def _product_page(request: HttpRequest, access: Access, product: Product, accept
         "is_group_admin": access.is_group_admin(group),
         "product": product, "version": version, "obligations": obligations, "acceptances": acceptances,
         "mau_last": mau[months[0]], "mau_this": mau[months[1]], "months": months,
+        # Quarantined sketches (unreadable) each figure leaves out, said beside it.
+        "excluded_last": len(counts[months[0]].excluded), "excluded_this": len(counts[months[1]].excluded),
         "deployments": inference_selectors.product_deployments(product=product),
         "can_write": access.can(Scope.WRITE, product.organisation_id), "accept_form": accept_form,
         "not_built_on_llama": licensing_selectors.NOT_BUILT_ON_LLAMA,
@@ -745,7 +749,9 @@ def audit_list(request: HttpRequest) -> HttpResponse:
     events = (access_selectors.audit_events_unscoped() if access.is_staff
               else audit_events_visible(principal=access.principal))
     form = forms.AuditFilterForm(request.GET or None, groups=groups)
-    events = access_selectors.audit_event_search(events=events, **(form.cleaned_data if form.is_valid() else {}))
+    events = access_selectors.audit_event_search(
+        events=events, hidden_actors=key_actors_hidden_from(access.principal),
+        **(form.cleaned_data if form.is_valid() else {}))
     page = _page(request, events)
     for event in page:
         event.data_json = json.dumps(event.data, indent=1, sort_keys=True, default=str)

@@ -19,7 +19,7 @@ from rest_framework import viewsets
 from rest_framework.exceptions import NotAuthenticated
 
 from access.models import AffiliateGroup, Organisation, Scope
-from access.principals import Principal, principal_of
+from access.principals import Principal, actors_for_viewer, principal_of
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
@@ -54,6 +54,13 @@ class TenantViewSet(viewsets.GenericViewSet):
         if principal.bound_product_id and self.product_field:
             queryset = queryset.filter(**{self.product_field: principal.bound_product_id})
         return self.scope_queryset(queryset)
+
+    def finalize_response(self, request: Any, response: Any, *args: Any, **kwargs: Any) -> Any:
+        # Group-level answers (audit entries, declarations, statuses, alerts, webhooks) name their actors: a
+        # sibling organisation sees another organisation's key as "an API key of <it>", never its prefix.
+        if getattr(response, "data", None) is not None:
+            response.data = actors_for_viewer(response.data, principal_of(request))
+        return super().finalize_response(request, response, *args, **kwargs)
 
     def scope_queryset(self, queryset: QuerySet) -> QuerySet:
         """Hook: narrow the tenant's rows further (e.g. to a key's bound product)."""

@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from access.api.tenancy import GroupTenancy, TenantViewSet
 from access.audit import audit_events_visible, audit_verify_cached
 from access.models import AffiliateGroup, AuditEvent, Organisation, Scope
+from access.principals import actors_for_viewer
 from config.fields import MonthField
 from governance.compliance import evidence
 from governance.compliance import services as evaluation_services
@@ -40,6 +41,14 @@ from licensing.models import LicenceVersion
 # --- serializers --------------------------------------------------------------------------------------------
 
 
+class ExcludedStatusOutput(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=["part", "rollup"], help_text="A stored part or a product-day rollup")
+    product = serializers.IntegerField()
+    product_name = serializers.CharField()
+    day = serializers.DateField()
+    reason = serializers.CharField()
+
+
 class ComplianceStatusSerializer(serializers.ModelSerializer):
     licence_version: serializers.SlugRelatedField[LicenceVersion] = serializers.SlugRelatedField(
         slug_field="slug", read_only=True)
@@ -49,11 +58,13 @@ class ComplianceStatusSerializer(serializers.ModelSerializer):
                   "when the metered figure does not cover the whole group")
     bases = serializers.SerializerMethodField(help_text="The metered figure on both counting bases, side by side")
     figures = serializers.SerializerMethodField(help_text="Every figure of the month and the state each alone gives")
+    excluded = serializers.SerializerMethodField(help_text="Stored sketches of the month that could not be read "
+                                                           "(quarantined): the metered figures leave them out")
 
     class Meta:
         model = ComplianceStatus
         fields = ["licence_version", "rule", "state", "label", "level", "month", "source", "basis", "estimate",
-                  "lower", "upper", "threshold", "bases", "figures", "coverage", "explanation", "since",
+                  "lower", "upper", "threshold", "bases", "figures", "excluded", "coverage", "explanation", "since",
                   "evaluated_at"]
 
     def get_label(self, obj: ComplianceStatus) -> str:
@@ -66,6 +77,10 @@ class ComplianceStatusSerializer(serializers.ModelSerializer):
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_figures(self, obj: ComplianceStatus) -> list[dict[str, Any]]:
         return obj.figures
+
+    @extend_schema_field(ExcludedStatusOutput(many=True))
+    def get_excluded(self, obj: ComplianceStatus) -> list[dict[str, Any]]:
+        return obj.excluded
 
 
 class StatusChangeSerializer(serializers.ModelSerializer):
@@ -358,7 +373,7 @@ class GroupComplianceViewSet(GroupTenancy, TenantViewSet):
         """The evidence report for a month: JSON (default), CSV, or a printable HTML page."""
         group = self.get_object()
         month = _month_param(request)
-        report = evidence.evidence_report(group=group, month=month)
+        report = actors_for_viewer(evidence.evidence_report(group=group, month=month), self.principal)
         kind = request.query_params.get("format", "json")
         if kind == "csv":
             response = HttpResponse(evidence.evidence_csv(report), content_type="text/csv; charset=utf-8")

@@ -41,6 +41,12 @@ class Figure:
     source: str  # "metered", "metered (partial month)" or "declared"
     basis: str = DISTINCT_PEOPLE
     detail: str = ""  # who declared it and on what evidence, for a declared figure
+    excluded: int = 0  # stored sketches quarantined (unreadable) that a metered figure leaves out
+
+
+def excluded_words(count: int) -> str:
+    """What a figure that leaves out quarantined sketches says beside it."""
+    return f"excludes {count:,} stored sketch{'' if count == 1 else 'es'} that could not be read"
 
 
 @dataclass(frozen=True)
@@ -49,15 +55,16 @@ class Coverage:
 
     Section 2 counts every product or service "made available by or for Licensee, or Licensee's affiliates",
     Llama-based or not. A metered figure is complete only when every product registered for the month was
-    metered in it and an officer attested that the registered list is complete; a declared figure is the
-    declarant's whole-group count.
+    metered in it and an officer attested that the registered list is complete. A declared figure is the
+    declarant's whole-group count, so it covers the group only where it is what decides the status
+    (``declared``, set by ``coverage_deciding``): a declaration that decides nothing leaves the gap named.
     """
 
     month: dt.date
     metered: tuple[str, ...] = ()
     unmetered: tuple[str, ...] = ()
     attested: bool = False
-    declared: bool = False
+    declared: bool = False  # a declared figure decides the month's status
 
     @property
     def complete(self) -> bool:
@@ -177,8 +184,7 @@ def month_figures(*, metered: Figure | None, declared: list[Figure], metering_st
         if metering_started is not None and metering_started <= metered.month:
             figures.append(metered)
         elif metered.estimate > 0:
-            figures.append(Figure(metered.estimate, metered.lower, metered.upper, metered.month, PARTIAL,
-                                  metered.basis))
+            figures.append(replace(metered, source=PARTIAL))
     return figures + list(declared)
 
 
@@ -210,13 +216,33 @@ def classify_month(
                       coverage=coverage)
     classified = [(figure, classify(figure, threshold=threshold, levels=levels, rule=rule)) for figure in figures]
     informative = [(f, s) for f, s in classified if not (f.source == PARTIAL and s.state == UNKNOWN)]
-    _, worst = max(informative or classified, key=lambda pair: severity(pair[1]))
+    # On a tie the metered figure is kept: a declaration that only matches it decides nothing (coverage_deciding).
+    _, worst = max(informative or classified, key=lambda pair: (severity(pair[1]), pair[0].source != DECLARED))
+    coverage = coverage_deciding(coverage, kept=worst.figure)
     considered = tuple((f, s.state) for f, s in classified)
     others = [f"{_figure_words(f)}: {state}" for f, state in considered if f is not worst.figure]
     explanation = worst.explanation
+    if worst.figure is not None and worst.figure.excluded:
+        explanation += (f" This figure {excluded_words(worst.figure.excluded)} (quarantined; each is named in the "
+                        "evidence report).")
     if others:
         explanation += " Every figure for the month counts and the worst is kept; the others: " + "; ".join(others) + "."
     return _with(worst, explanation=explanation, considered=considered, coverage=coverage)
+
+
+def coverage_deciding(coverage: Coverage | None, *, kept: Figure | None) -> Coverage | None:
+    """The coverage of the figure that decides a month's status.
+
+    Section 2 counts "the monthly active users of the products or services made available by or for Licensee,
+    or Licensee's affiliates": a metered figure covers only the products metered. A declared figure is the
+    declarant's count of the whole group, so it makes the coverage complete when it is the figure kept (strictly
+    the worst of the month: on a tie the metered figure is kept and its gap stays named). Otherwise the metered
+    figure decides, and its coverage (metered, unmetered, attested) is the status's: a smaller declaration
+    never turns a metered "below (partial coverage)" into a clean "below".
+    """
+    if coverage is None:
+        return None
+    return replace(coverage, declared=kept is not None and kept.source == DECLARED)
 
 
 def _figure_words(figure: Figure) -> str:
@@ -224,6 +250,8 @@ def _figure_words(figure: Figure) -> str:
         words = f"{figure.source} {figure.estimate:,}"
     else:
         words = f"{figure.source} {figure.estimate:,} ({figure.lower:,} to {figure.upper:,})"
+    if figure.excluded:
+        words += f", which {excluded_words(figure.excluded)}"
     return f"{words}, {figure.detail}" if figure.detail else words
 
 
@@ -245,7 +273,7 @@ def sum_of_products(figures: list[Figure], *, month: dt.date) -> Figure:
     """Each product's own figure added up: the most conservative reading of "monthly active users of the products
     or services", where one person using two products counts twice. The interval adds the bounds."""
     return Figure(sum(f.estimate for f in figures), sum(f.lower for f in figures), sum(f.upper for f in figures),
-                  month, "metered", SUM_OF_PRODUCTS)
+                  month, "metered", SUM_OF_PRODUCTS, excluded=sum(f.excluded for f in figures))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import datetime as dt
 import functools
 import logging
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 from django.conf import settings
@@ -215,6 +216,8 @@ class MonthFigures:
     coverage: rules.Coverage
     figures: list[rules.Figure]
     basis: str
+    #: Stored sketches of the month that cannot be read (quarantined): every metered figure above leaves them out.
+    excluded: list[dict[str, Any]] = dataclass_field(default_factory=list)
 
 
 def _registered_products(group: AffiliateGroup, month: dt.date) -> list[Product]:
@@ -238,26 +241,32 @@ def month_figures(*, group: AffiliateGroup, month: dt.date, started: dt.date | N
     products = list(Product.objects.filter(organisation__group=group).select_related("organisation")
                     .order_by("organisation__name", "name"))
     per_product: dict[int, Any] = {}
+    excluded: list[dict[str, Any]] = []
+    names = {p.pk: f"{p.name} ({p.organisation.name})" for p in products}
     if started is not None and started <= month_end(month):
-        count = mau_month(scope=group, month=month).estimate
-        distinct = rules.Figure(count.estimate, count.lower, count.upper, month, "metered", rules.DISTINCT_PEOPLE)
-        per_product = {pk: c.estimate for pk, c in mau_month_many(scopes=products, month=month).items()}
+        group_count = mau_month(scope=group, month=month)
+        count = group_count.estimate
+        excluded = [{"kind": e["kind"], "product": e["product"], "product_name": names.get(e["product"], ""),
+                     "day": e["day"], "reason": e["reason"]} for e in group_count.excluded]
+        distinct = rules.Figure(count.estimate, count.lower, count.upper, month, "metered", rules.DISTINCT_PEOPLE,
+                                excluded=len(excluded))
+        counts = mau_month_many(scopes=products, month=month)
+        per_product = {pk: c.estimate for pk, c in counts.items()}
         summed = rules.sum_of_products(
-            [rules.Figure(e.estimate, e.lower, e.upper, month, "metered") for e in per_product.values()], month=month)
+            [rules.Figure(c.estimate.estimate, c.estimate.lower, c.estimate.upper, month, "metered",
+                          excluded=len(c.excluded)) for c in counts.values()], month=month)
     metered_ids = {pk for pk, estimate in per_product.items() if estimate.estimate > 0}
     expected = {p.pk: p for p in _registered_products(group, month)}
     attested_ids = _attested_product_ids(group, month)
-    names = {p.pk: f"{p.name} ({p.organisation.name})" for p in products}
     coverage = rules.Coverage(
         month=month,
         metered=tuple(names[pk] for pk in names if pk in metered_ids),
         unmetered=tuple(names[pk] for pk in expected if pk not in metered_ids),
         attested=attested_ids is not None and set(expected) <= attested_ids,
-        declared=bool(declared),
-    )
+    )  # the metered figure's; a declaration completes it only where it decides the status (classify_month)
     chosen = summed if basis == rules.SUM_OF_PRODUCTS else distinct
     figures = rules.month_figures(metered=chosen, declared=declared, metering_started=started)
-    return MonthFigures(month, distinct, summed, declared, coverage, figures, basis)
+    return MonthFigures(month, distinct, summed, declared, coverage, figures, basis, excluded)
 
 
 @dataclass(frozen=True)
@@ -433,7 +442,8 @@ def _figure_json(figure: rules.Figure | None) -> dict[str, Any] | None:
     if figure is None:
         return None
     return {"estimate": figure.estimate, "lower": figure.lower, "upper": figure.upper, "source": figure.source,
-            "basis": figure.basis, "month": figure.month.isoformat(), "detail": figure.detail}
+            "basis": figure.basis, "month": figure.month.isoformat(), "detail": figure.detail,
+            "excluded": figure.excluded}
 
 
 def _coverage_json(coverage: rules.Coverage | None) -> dict[str, Any]:
@@ -468,7 +478,8 @@ def _status_store(group: AffiliateGroup, version: LicenceVersion, rule: str, ver
         "source": figure.source if figure else "none", "estimate": estimate, "lower": lower, "upper": upper,
         "threshold": status.threshold, "explanation": status.explanation, "evaluated_at": now,
         "basis": figure.basis if figure else basis, "coverage": _coverage_json(status.coverage),
-        "considered": {"figures": considered, "bases": bases},
+        "considered": {"figures": considered, "bases": bases,
+                       "excluded": verdict.known.excluded if verdict.known is not None else []},
     }
     current = ComplianceStatus.objects.filter(group=group, licence_version=version, rule=rule).first()
     previous_state = current.state if current else ""

@@ -8,7 +8,9 @@ from typing import Any
 from django import template
 from django.utils.safestring import mark_safe
 
+from access.principals import ActorView
 from portal import charts
+from portal.access import access_of
 
 register = template.Library()
 
@@ -85,3 +87,24 @@ def status_badge(status: Any) -> dict[str, Any]:
 def ready_count(replicas: Any) -> int:
     """How many of a deployment's (prefetched) replicas are ready."""
     return sum(1 for replica in replicas if replica.state == "ready")
+
+
+@register.filter
+def seen_by(text: Any, request: Any) -> Any:
+    """An actor label, or a sentence naming actors, as the signed-in person may see it: another organisation's
+    API key reads "an API key of <it>" unless they are a group admin (access/principals.py ``ActorView``)."""
+    if not text or not isinstance(text, str):
+        return text
+    view = getattr(request, "_actor_view", None)
+    if view is None:
+        view = request._actor_view = ActorView(access_of(request).principal)
+    return view.text(text)
+
+
+@register.filter
+def excluded_words(count: int) -> str:
+    """ "excludes 2 stored sketches that could not be read": said beside a figure that leaves quarantined
+    sketches out."""
+    from governance.compliance.rules import excluded_words as words
+
+    return words(int(count))

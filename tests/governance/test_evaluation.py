@@ -510,3 +510,30 @@ def test_it_keeps_over_within_the_hysteresis_then_falls_back_to_uncertain() -> N
 def test_it_orders_levels_for_escalation() -> None:
     names = ["over", "50%", "uncertain", "90%", "forecast", "75%"]
     assert sorted(names, key=level_rank) == ["50%", "75%", "90%", "forecast", "uncertain", "over"]
+
+
+def test_a_declaration_completes_the_coverage_only_where_it_decides_the_status() -> None:
+    """Section 2 counts "the monthly active users of the products or services made available by or for
+    Licensee, or Licensee's affiliates". By hand: Chat metered at 100, Search registered but not metered, and
+    a declared 50. Each figure alone is "below" (100 and 50 are under 50% of 700M): the tie keeps the metered
+    figure, which counts Chat only, so the status stays "below (partial coverage)" with Search named. A
+    declared 800M is greater than 700M ("over" beats the metered "below"): the declaration decides, and as the
+    declarant's count of the whole group it makes the coverage complete."""
+    gap = Coverage(JUNE_2024, metered=("Chat",), unmetered=("Search",), attested=False)
+    smaller = classify_month([metered(100, 100, 100), declared(50)], threshold=THRESHOLD, rule="licence_accurate",
+                             coverage=gap)
+    assert (smaller.state, smaller.label, smaller.figure.source) == (BELOW, "below (partial coverage)", "metered")
+    assert not smaller.coverage.complete and not smaller.coverage.declared
+    assert "not metered in June 2024: Search" in smaller.coverage.gap()
+    assert [state for _, state in smaller.considered] == [BELOW, BELOW]  # the declaration is still shown
+    larger = classify_month([metered(100, 100, 100), declared(800_000_000)], threshold=THRESHOLD,
+                            rule="licence_accurate", coverage=gap)
+    assert (larger.state, larger.label, larger.figure.source) == (OVER, OVER, "declared")
+    assert larger.coverage.declared and larger.coverage.complete and larger.coverage.gap() == ""
+    # A declaration alone decides; an attested, fully metered figure needs none.
+    alone = classify_month([declared(50)], threshold=THRESHOLD, rule="licence_accurate", coverage=gap)
+    assert (alone.label, alone.coverage.complete) == (BELOW, True)
+    attested = Coverage(JUNE_2024, metered=("Chat", "Search"), attested=True)
+    clean = classify_month([metered(100, 100, 100), declared(50)], threshold=THRESHOLD, rule="licence_accurate",
+                           coverage=attested)
+    assert (clean.label, clean.coverage.complete, clean.coverage.declared) == (BELOW, True, False)

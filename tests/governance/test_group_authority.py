@@ -8,12 +8,14 @@ nothing changed.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from access.audit import audit_verify
 from access.keys import api_key_create
 from access.models import ApiKey, AuditEvent, GroupAdmin, Membership
 from governance.compliance.services import declared_figure_record, group_evaluate
@@ -213,6 +215,69 @@ def test_it_shows_each_organisation_its_own_audit_entries_and_the_group_admins_a
     browser.force_login(sibling_member)
     page = browser.get("/audit/").content.decode()
     assert "Acme Cloud Chat" in page and "Acme Social Chat" not in page
+
+
+def test_it_never_shows_a_sibling_another_organisations_key_prefix(group_of_two) -> None:
+    """The audit found Acme Social's key prefixes in answers to Acme Cloud: in the actor of group-level audit
+    entries (policy.updated, webhook_endpoint.created), in ``declared_by``, in the proposal's decision, and in
+    the compliance explanation ("declared by api-key:crl_..."), in the API and in the portal. Each is shown to
+    the sibling as "an API key of Acme Social"; a group admin still sees the prefix."""
+    manager, sibling, _ = group_of_two
+    group = manager.group
+    manager_key, sibling_key = key_client(manager, ALL), key_client(sibling, ALL)
+    assert manager_key.patch(f"/api/v1/groups/{group.pk}/policy/", {"grace_days": 20},
+                             format="json").status_code == 200
+    assert manager_key.post("/api/v1/webhooks/", {"url": WEBHOOK_URL}, format="json").status_code == 201
+    assert manager_key.post(f"/api/v1/groups/{group.pk}/declarations/",
+                            {"month": "2024-06", "mau": 800_000_000, "evidence": "board pack"},
+                            format="json").status_code == 201
+    proposal = sibling_key.post("/api/v1/declaration-proposals/",
+                                {"month": "2024-07", "mau": 5, "evidence": "report"}, format="json").json()
+    assert manager_key.post(f"/api/v1/declaration-proposals/{proposal['id']}/reject/", {"note": "no"},
+                            format="json").status_code == 200
+    assert manager_key.post(f"/api/v1/groups/{group.pk}/evaluate/").status_code == 200
+    manager_prefixes = list(ApiKey.objects.filter(organisation=manager).values_list("prefix", flat=True))
+    sibling_prefixes = list(ApiKey.objects.filter(organisation=sibling).values_list("prefix", flat=True))
+    assert AuditEvent.objects.filter(actor__in=[f"api-key:{p}" for p in manager_prefixes],
+                                     organisation__isnull=True).exists()  # recorded as it was: the chain holds
+    api_paths = ["/api/v1/audit/?page_size=200", f"/api/v1/groups/{group.pk}/compliance/",
+                 f"/api/v1/groups/{group.pk}/declarations/", "/api/v1/declaration-proposals/", "/api/v1/webhooks/",
+                 f"/api/v1/groups/{group.pk}/evidence/?month=2024-06",
+                 f"/api/v1/groups/{group.pk}/evidence/?month=2024-06&format=html"]
+    sibling_member = MembershipFactory(organisation=sibling, role=Membership.Role.ADMIN).user
+    manager_member = MembershipFactory(organisation=manager, role=Membership.Role.ADMIN).user
+    portal_paths = ["/audit/", f"/groups/{group.pk}/", f"/groups/{group.pk}/declarations/", "/",
+                    f"/groups/{group.pk}/webhooks/", f"/groups/{group.pk}/evidence/?month=2024-06"]
+
+    def bodies(client: Any, paths: list[str]) -> dict[str, str]:
+        answers = {path: client.get(path) for path in paths}
+        assert {path: a.status_code for path, a in answers.items()} == dict.fromkeys(paths, 200)
+        return {path: a.content.decode() for path, a in answers.items()}
+
+    sibling_browser, manager_browser = Client(), Client()
+    sibling_browser.force_login(sibling_member)
+    manager_browser.force_login(manager_member)
+    seen_by_sibling = {**bodies(sibling_key, api_paths), **bodies(sibling_browser, portal_paths)}
+    for path, body in seen_by_sibling.items():
+        assert not [p for p in manager_prefixes if p in body], path
+    assert "an API key of Acme Social" in seen_by_sibling["/api/v1/audit/?page_size=200"]
+    assert "declared by an API key of Acme Social" in seen_by_sibling[f"/api/v1/groups/{group.pk}/compliance/"]
+    assert "an API key of Acme Social" in seen_by_sibling[f"/groups/{group.pk}/declarations/"]
+    assert "an API key of Acme Social" in seen_by_sibling["/audit/"]
+    assert any(p in seen_by_sibling["/api/v1/audit/?page_size=200"] for p in sibling_prefixes)  # its own keys
+    # Nor can the sibling spell a prefix out through the portal's search by actor.
+    for prefix in manager_prefixes:
+        searched = sibling_browser.get(f"/audit/?actor=api-key:{prefix[:6]}").content.decode()
+        assert "No entries match." in searched, prefix
+    assert "No entries match." not in manager_browser.get(f"/audit/?actor=api-key:{manager_prefixes[0][:6]}"
+                                                          ).content.decode()
+    # The group's admins (the managing organisation's) see every prefix, in the API and in the portal.
+    seen_by_admin = {**bodies(manager_key, api_paths), **bodies(manager_browser, portal_paths)}
+    for path in ("/api/v1/audit/?page_size=200", f"/api/v1/groups/{group.pk}/compliance/",
+                 f"/api/v1/groups/{group.pk}/declarations/", "/audit/", f"/groups/{group.pk}/declarations/"):
+        assert any(p in seen_by_admin[path] for p in manager_prefixes), path
+        assert "an API key of" not in seen_by_admin[path], path
+    assert audit_verify().ok
 
 
 def test_it_keeps_a_product_bound_key_to_its_product(group_of_two) -> None:

@@ -159,6 +159,35 @@ def test_the_evaluation_the_evidence_report_and_the_portal_answer_too(
         assert portal.get(page).status_code == 200, page
 
 
+def test_every_figure_says_it_excludes_the_quarantined_sketches(acme: Any, beta: Any, reader: Any,
+                                                                 owner_org: Any) -> None:
+    """The audit found the compliance statuses and the portal's product and group figures silent about the
+    two sketches they leave out: each now says so beside the figure."""
+    _ingest_and_compact(acme, D1, range(1000))
+    _legacy_rollups(beta, D2, forgeries.world_beater())
+    _legacy_part(beta, D3, forgeries.overflowing_list())
+    group_id = owner_org.group_id
+    assert reader.post(f"/api/v1/groups/{group_id}/evaluate/").status_code == 200
+
+    statuses = reader.get(f"/api/v1/groups/{group_id}/compliance/").json()["statuses"]
+    last = next(s for s in statuses if s["rule"] == "last_month" and s["month"] == D1.replace(day=1).isoformat())
+    assert last["estimate"] == 1000
+    assert [(e["product_name"], e["kind"], e["day"]) for e in last["excluded"]] == [
+        ("Beta Search (Owner Org)", "rollup", D2.isoformat()), ("Beta Search (Owner Org)", "part", D3.isoformat())]
+    assert "excludes 2 stored sketches that could not be read" in last["explanation"]
+    assert [(f["source"][:7], f["excluded"]) for f in last["figures"]] == [("metered", 2)]
+    assert {b: f["excluded"] for b, f in last["bases"].items()} == {"distinct_people": 2, "sum_of_products": 2}
+
+    portal = Client()
+    portal.force_login(MembershipFactory(organisation=owner_org, role=Membership.Role.ADMIN).user)
+    beta_page = portal.get(f"/products/{beta.pk}/").content.decode()
+    assert "excludes 2 stored sketches that could not be read" in beta_page
+    assert "could not be read" not in portal.get(f"/products/{acme.pk}/").content.decode()  # nothing left out
+    group_page = portal.get(f"/groups/{group_id}/").content.decode()
+    assert "This chart excludes 2 stored sketches that could not be read" in group_page
+    assert group_page.count("excludes 2 stored sketches that could not be read") >= 3  # chart, table, tested month
+
+
 def test_quarantined_sketches_are_kept_flagged_audited_and_announced(acme: Any, beta: Any, reader: Any,
                                                                       owner_org: Any) -> None:
     _ingest_and_compact(acme, D1, range(1000))

@@ -15,15 +15,17 @@ from typing import Any
 
 import pytest
 from django.core.cache import cache
+from django.test import Client
 from rest_framework.test import APIClient
 
 from access.keys import api_key_create
+from access.models import Membership
 from governance.compliance.services import access_check, declared_figure_record, group_evaluate
 from governance.metering.services import activity_ingest
 from governance.models import Alert, ComplianceStatus, CoverageAttestation, DeclaredFigure, GroupPolicy
 from licensing.models import BaseModel, LicenceVersion, Product
 from licensing.services import licence_accept, organisation_create, product_create
-from tests.factories import licence
+from tests.factories import MembershipFactory, licence
 
 pytestmark = pytest.mark.django_db
 TODAY = dt.date(2025, 1, 20)
@@ -123,6 +125,15 @@ def test_both_counting_bases_appear_and_the_policy_chooses_which_decides(acme) -
     html = client.get(f"/api/v1/groups/{group.pk}/evidence/?month=2024-12&format=html").content.decode()
     assert "Both counting bases" in html  # in words: the summed basis decides, the distinct one is beside it
     assert re.search(r"added up</td><td[^>]*>used by the statuses</td><td[^>]*>1,100<", html), html
+    # And the portal's group page, to a member of either organisation: both numbers in the December row.
+    browser = Client()
+    browser.force_login(MembershipFactory(organisation=acme["cloud"], role=Membership.Role.VIEWER).user)
+    page = browser.get(f"/groups/{group.pk}/").content.decode()
+    counted = page[page.index('id="counted-h"'):page.index('id="breakdown-h"')]
+    assert '<th class="num" scope="col">Distinct people</th><th class="num" scope="col">Sum of products</th>' in counted
+    december = counted[counted.index("December 2024"):].split("</tr>")[0]
+    assert re.findall(r'<td class="num">([\d,]+) ', december) == ["800", "1,100"], december
+    assert "added up (most conservative)</strong>" in counted  # the basis the statuses use, named
     assert re.search(r"affiliate</td><td[^>]*>shown beside it</td><td[^>]*>800<", html), html
 
 
@@ -140,6 +151,16 @@ def test_a_registered_service_that_is_not_metered_makes_below_read_partial_cover
     assert "Search (Acme Cloud)" in last["coverage"]["gap"]
     decision = access_check(organisation=acme["social"], licence_version=acme["version"], fresh=True)
     assert decision.allowed  # partial coverage never blocks
+    # A smaller declared figure decides nothing: the metered figure's gap stays named (it read a clean "below").
+    declared = client.post(f"/api/v1/groups/{group.pk}/declarations/",
+                           {"month": "2024-12", "mau": 50, "evidence": "board pack"}, format="json")
+    assert declared.status_code == 201, declared.content
+    group_evaluate(group=group, today=TODAY)
+    last = next(s for s in client.get(f"/api/v1/groups/{group.pk}/compliance/").json()["statuses"]
+                if s["rule"] == "last_month")
+    assert (last["label"], last["coverage"]["complete"], last["coverage"]["declared"]) == (
+        "below (partial coverage)", False, False)
+    assert "Search (Acme Cloud)" in last["coverage"]["gap"]
     # Metered and attested: a clean below.
     activity_ingest(product=acme["search"], day=DECEMBER_2024.replace(day=7), user_ids=users(50, 120))
     attested = client.post(f"/api/v1/groups/{group.pk}/attestations/",
