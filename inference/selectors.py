@@ -14,7 +14,7 @@ from access.models import Organisation
 from inference.models import Deployment, GpuAllocation, GpuQuota, Node, Replica, TokenUsage
 from licensing.models import Product
 
-Organisations = QuerySet[Organisation] | Iterable[int]
+Organisations = QuerySet[Organisation] | Iterable[Organisation] | Iterable[int]
 
 
 def _replicas() -> Prefetch:
@@ -73,8 +73,8 @@ USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "failed_reques
 class UsageSummary:
     """Gateway use summed per key and per deployment (most completion tokens first) and in total."""
 
-    by_key: QuerySet[TokenUsage]  # rows of dicts: api_key, api_key__prefix, api_key__name, organisation__name, sums
-    by_deployment: QuerySet[TokenUsage]  # deployment, deployment__served_model_name, organisation__name, sums
+    by_key: QuerySet[TokenUsage, dict[str, Any]]  # rows of dicts: api_key, api_key__prefix, api_key__name, organisation__name, sums
+    by_deployment: QuerySet[TokenUsage, dict[str, Any]]  # deployment, deployment__served_model_name, organisation__name, sums
     totals: dict[str, Any]
 
 

@@ -125,7 +125,7 @@ def organisation_domicile_set(*, organisation: Organisation, eu_domiciled: objec
 def _deployments_drain(organisation: Organisation, actor: str) -> list[Any]:
     # The pool sits above licensing and drains through a receiver (inference/receivers.py).
     responses = signals.organisation_in_eu.send(sender=Organisation, organisation=organisation, actor=actor)
-    return [deployment for _receiver, drained in responses for deployment in drained]
+    return [deployment for _receiver, drained in responses for deployment in (drained or [])]
 
 
 EVIDENCE_NEEDED = ("An exemption needs its evidence: what shows the organisation receives Llama only as part of "

@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from access.audit import audit_record
+from access.models import Organisation
 from licensing import selectors as licensing_selectors
 
 LOCKED_OUT = ("Too many failed log-ins for this account or from this address: log-ins are paused for "
@@ -47,7 +48,8 @@ def audit_lockout(sender: Any, request: HttpRequest, username: str | None, ip_ad
     if failures is None:
         return
     account = licensing_selectors.account_by_username_unscoped(username=username) if username else None
-    organisations = list(licensing_selectors.user_organisations(user=account)) if account else []
+    organisations: list[Organisation | None] = (
+        list(licensing_selectors.user_organisations(user=account)) if account else [])
     data = {"username": username or "", "ip_address": ip_address or "", "path": request.path,
             "failures": failures,
             "cooloff_minutes": int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)}

@@ -22,7 +22,7 @@ def licence_statuses(*, group_id: int, licence_version: LicenceVersion | None) -
     test, then last month's monitoring (a rule not yet evaluated is missing). None for no version."""
     if licence_version is None:
         return []
-    order = [EvaluationRule.LICENCE_ACCURATE, EvaluationRule.LAST_MONTH]
+    order: list[str] = [EvaluationRule.LICENCE_ACCURATE, EvaluationRule.LAST_MONTH]
     found = ComplianceStatus.objects.filter(group_id=group_id, licence_version=licence_version, rule__in=order)
     return sorted(found, key=lambda status: order.index(status.rule))
 

@@ -562,18 +562,21 @@ class KubernetesBackend:
                                             _request_timeout=LOG_READ_TIMEOUT_SECONDS).items
         except ApiException as error:
             raise LogUnavailable(str(_refusal("listing", "pods of", name, error, with_message=True))) from None
-        pod = max(pods, key=lambda pod: str(pod.metadata.creation_timestamp or ""), default=None)
+        named = [pod for pod in pods if pod.metadata is not None and pod.metadata.name]
+        pod = max(named, key=lambda pod: str(pod.metadata.creation_timestamp or ""), default=None)  # type: ignore[union-attr]  # filtered above
         if pod is None:
             raise LogUnavailable(f"No pod of {self.namespace}/{name} exists now.")
+        pod_name = str(pod.metadata.name)  # type: ignore[union-attr]  # filtered above
         try:
             # Read raw: the client would otherwise try to parse a log that looks like JSON as JSON.
             answer = core.read_namespaced_pod_log(
-                pod.metadata.name, self.namespace, container=CONTAINER, tail_lines=max(lines, 0),
+                pod_name, self.namespace, container=CONTAINER, tail_lines=max(lines, 0),
                 limit_bytes=LOG_TAIL_BYTES, _preload_content=False, _request_timeout=LOG_READ_TIMEOUT_SECONDS)
         except ApiException as error:
-            raise LogUnavailable(str(_refusal("reading the log of", "pod", pod.metadata.name, error,
+            raise LogUnavailable(str(_refusal("reading the log of", "pod", pod_name, error,
                                               with_message=True))) from None
-        data = answer.data or b""
+        # With _preload_content=False the client returns the urllib3 response, not the str its annotation says.
+        data = answer.data or b""  # type: ignore[attr-defined]
         tail = data.decode("utf-8", errors="replace").splitlines()
         if len(data) >= LOG_TAIL_BYTES and not data.endswith(b"\n") and len(tail) > 1:
             tail = tail[:-1]  # the server stops at limit_bytes, mid-line: the last line read is cut
