@@ -17,7 +17,6 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-
 DATABASE_UNAVAILABLE = "The database is not answering right now; nothing was changed. Retry shortly."
 RETRY_AFTER_SECONDS = "2"
 

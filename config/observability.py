@@ -17,7 +17,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -64,6 +64,17 @@ def count_refusal(reason: str | None) -> None:
     child.inc()
 
 
+#: Readers of the database's state for the scrape, each yielding its gauges; the apps register theirs in their
+#: AppConfig.ready (governance/metrics.py, inference/metrics.py), so this module imports no app.
+StateReader = Callable[[], Iterator[GaugeMetricFamily]]
+_state_readers: list[StateReader] = []
+
+
+def register_state_metrics(reader: StateReader) -> None:
+    if reader not in _state_readers:
+        _state_readers.append(reader)
+
+
 class DatabaseCollector:
     """Database state, read when Prometheus scrapes."""
 
@@ -71,53 +82,10 @@ class DatabaseCollector:
         from django.db import DatabaseError
 
         try:
-            yield from self._collect()
+            for reader in list(_state_readers):
+                yield from reader()
         except DatabaseError as exc:  # a scrape still serves the process metrics
             logger.warning("metrics: database state unavailable (%s)", type(exc).__name__)
-
-    def _collect(self) -> Iterator[GaugeMetricFamily]:
-        from django.db.models import Count, Max, Min
-        from django.utils import timezone
-
-        from governance.models import ActivityPart, ComplianceStatus, Heartbeat, WebhookDelivery
-        from inference.models import Replica, ReplicaState
-
-        now = timezone.now()
-        parts = ActivityPart.objects.filter(quarantined_at__isnull=True).aggregate(oldest=Min("created_at"),
-                                                                                   count=Count("id"))
-        lag = GaugeMetricFamily("corral_metering_compaction_lag_seconds",
-                                "Age of the oldest activity part not yet compacted (0 when none waits)")
-        lag.add_metric([], (now - parts["oldest"]).total_seconds() if parts["oldest"] else 0.0)
-        yield lag
-        pending = GaugeMetricFamily("corral_metering_parts_pending", "Activity parts waiting for compaction")
-        pending.add_metric([], parts["count"])
-        yield pending
-
-        ages = GaugeMetricFamily("corral_evaluation_age_seconds", "Time since each affiliate group was last "
-                                 "evaluated", labels=["group"])
-        for row in ComplianceStatus.objects.values("group_id").annotate(last=Max("evaluated_at")).order_by():
-            ages.add_metric([str(row["group_id"])], (now - row["last"]).total_seconds())
-        yield ages
-
-        beat = Heartbeat.objects.filter(component="beat").first()
-        heartbeat = GaugeMetricFamily("corral_beat_heartbeat_age_seconds", "Time since Celery beat last ran its "
-                                      "heartbeat task (absent before the first)")
-        if beat is not None:
-            heartbeat.add_metric([], (now - beat.seen_at).total_seconds())
-        yield heartbeat
-
-        deliveries = GaugeMetricFamily("corral_webhook_deliveries", "Webhook deliveries by status; `failed` "
-                                       "means retries exhausted", labels=["status"])
-        counts = dict(WebhookDelivery.objects.values_list("status").annotate(n=Count("id")).order_by())
-        for status in WebhookDelivery.Status.values:
-            deliveries.add_metric([status], counts.get(status, 0))
-        yield deliveries
-
-        replicas = GaugeMetricFamily("corral_replicas", "Inference replicas by state", labels=["state"])
-        counts = dict(Replica.objects.values_list("state").annotate(n=Count("id")).order_by())
-        for state in ReplicaState.values:
-            replicas.add_metric([state], counts.get(state, 0))
-        yield replicas
 
 
 DATABASE_REGISTRY = CollectorRegistry(auto_describe=False)

@@ -6,6 +6,8 @@ class GovernanceConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from governance import receivers, schema  # noqa: F401 - schema registers the OpenAPI description of API keys
+        from config.observability import register_state_metrics
+        from governance import metrics, receivers, schema  # noqa: F401 - schema registers the OpenAPI description of API keys
 
         receivers.connect()
+        register_state_metrics(metrics.state_metrics)

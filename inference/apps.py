@@ -6,6 +6,8 @@ class InferenceConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from inference import checks, receivers  # noqa: F401 - checks registers the deploy checks
+        from config.observability import register_state_metrics
+        from inference import checks, metrics, receivers  # noqa: F401 - checks registers the deploy checks
 
         receivers.connect()
+        register_state_metrics(metrics.state_metrics)

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/import_graph.py            # arrows between top-level packages, then import circles
     .venv/bin/python scripts/import_graph.py --modules  # every module-to-module arrow
 
-Migrations and tests are left out. A circle is a set of modules each reachable from the others (a strongly
+Migrations and tests are left out. Exits 1 when an import runs up the layers (LAYERS) or a circle exists. A circle is a set of modules each reachable from the others (a strongly
 connected component of more than one module). docs/architecture.md shows the layers this should match.
 """
 
@@ -17,6 +17,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("config", "access", "licensing", "governance", "inference", "portal")
+# The layers, bottom first: a module may import its own layer and those below it. config's entry points compose
+# the apps (URLs, the ASGI and WSGI applications) and sit above them all; the rest of config is the ground.
+LAYERS = ("config", "access", "licensing", "governance", "inference", "portal", "entry points")
+ENTRY_POINTS = {"config.asgi", "config.wsgi", "config.urls", "config.api_urls"}
 
 
 def module_name(path: Path) -> str:
@@ -113,14 +117,24 @@ def circles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def layer_of(module: str) -> str:
+    return "entry points" if module in ENTRY_POINTS else module.split(".")[0]
+
+
 def package_arrows(edges: dict[str, set[str]]) -> dict[tuple[str, str], list[tuple[str, str]]]:
     arrows: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
     for source, targets in edges.items():
         for target in targets:
-            a, b = source.split(".")[0], target.split(".")[0]
+            a, b = layer_of(source), layer_of(target)
             if a != b:
                 arrows[(a, b)].append((source, target))
     return arrows
+
+
+def upward_arrows(edges: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Imports from a layer into one above it (LAYERS), which the layering forbids."""
+    return sorted(pair for (a, b), pairs in package_arrows(edges).items()
+                  if LAYERS.index(b) > LAYERS.index(a) for pair in pairs)
 
 
 def main() -> int:
@@ -138,11 +152,15 @@ def main() -> int:
         print(f"  {a} -> {b}: {len(pairs)}")
         for source, target in sorted(pairs)[:4]:
             print(f"      {source} -> {target}")
+    upward = upward_arrows(edges)
+    print(f"Arrows running up the layers ({' < '.join(LAYERS)}): {len(upward)}")
+    for source, target in upward:
+        print(f"  {source} -> {target}")
     found = circles(edges)
     print(f"Import circles: {len(found)}")
     for component in found:
         print("  " + ", ".join(component))
-    return 0
+    return 1 if upward or found else 0
 
 
 if __name__ == "__main__":
