@@ -202,7 +202,8 @@ def stage_costs(key: str, product, bodies: list[bytes], rounds: int = 4) -> dict
     from access.keys import api_key_authenticate
     from governance.metering import services as metering
     from governance.metering import sketches
-    from governance.metering.fastpath import _decode_typed, _product, ingest_activity
+    from governance.metering.activity_input import activity_input
+    from governance.metering.fastpath import _product, ingest_activity
 
     headers = {b"authorization": f"Bearer {key}".encode()}
     path = f"/api/v1/products/{product.pk}/activity"
@@ -221,7 +222,7 @@ def stage_costs(key: str, product, bodies: list[bytes], rounds: int = 4) -> dict
             api_key_authenticate(key)
             _product(product.pk)
             t2 = clock()
-            batch = _decode_typed(body)
+            batch = activity_input(body, content_type="application/json", path=path)
             t3 = clock()
             sketch = sketches.sketch_from_ids(batch.user_ids, 18)
             t4 = clock()
