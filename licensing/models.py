@@ -11,7 +11,7 @@ from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
 from access.models import AffiliateGroup, Organisation
-from licensing.terms import LicenceTerms, test_month_for
+from licensing.terms import DEFAULT_MAU_THRESHOLD, LicenceTerms, test_month_for
 
 sha256_validator = RegexValidator(r"^[0-9a-f]{64}$", "Must be a SHA-256 as 64 lower-case hexadecimal digits.")
 
@@ -59,7 +59,7 @@ class LicenceVersion(models.Model):
         default=False, help_text="The licence text does not fix which release date its 700M test uses"
     )
     date_note = models.TextField(blank=True)
-    mau_threshold = models.BigIntegerField(default=700_000_000, validators=[MinValueValidator(1)])
+    mau_threshold = models.BigIntegerField(default=DEFAULT_MAU_THRESHOLD, validators=[MinValueValidator(1)])
     notice_line = models.TextField(help_text="The line a redistributor keeps in a \"Notice\" text file")
     attribution_display = models.CharField(
         max_length=80, blank=True, help_text='e.g. "Built with Llama"; blank when none is required'

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from licensing.months import previous_month
+
+#: Section 2: "greater than 700 million monthly active users". Every Llama licence with the clause says 700M.
+DEFAULT_MAU_THRESHOLD = 700_000_000
+
+
+def group_threshold(thresholds: Iterable[int]) -> int:
+    """The one limit a whole group's figure is shown and forecast against, when its versions' limits could
+    differ: the lowest (the first a growing group would cross), the default when it uses no version."""
+    return min(thresholds, default=DEFAULT_MAU_THRESHOLD)
 
 
 def test_month_for(release_date: dt.date) -> dt.date:

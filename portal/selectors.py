@@ -19,9 +19,9 @@ from governance.models import Alert, ComplianceStatus, EvaluationRule, GroupFore
 from inference.models import GPU, GpuAllocation, Replica, ReplicaState
 from licensing.models import LicenceVersion, Product
 from licensing.months import month_end, month_start, previous_month
+from licensing.terms import group_threshold
 from portal.charts import Point
 
-DEFAULT_THRESHOLD = 700_000_000
 # How bad a state is (the evaluation's own order: over > uncertain > unknown > approaching > below > granted).
 _SEVERITY = {rules.BELOW: 0, rules.APPROACHING: 1, rules.UNKNOWN: 2, rules.UNCERTAIN: 3, rules.OVER: 4,
              rules.GRANTED: -1, rules.EXEMPT: -2}
@@ -105,7 +105,7 @@ def overview_rows(*, groups: QuerySet[AffiliateGroup], today: dt.date | None = N
     rows = []
     for group in group_list:
         group_versions = versions.get(group.pk, [])
-        threshold = min((v.mau_threshold for v in group_versions), default=DEFAULT_THRESHOLD)
+        threshold = group_threshold(v.mau_threshold for v in group_versions)
         rows.append(GroupRow(group=group, mau=mau.get(group.pk), threshold=threshold,
                              versions=_version_rows(group_versions, statuses[group.pk]),
                              forecast=forecasts.get(group.pk), open_alerts=open_alerts.get(group.pk, 0),
@@ -249,7 +249,7 @@ def group_figures(*, group: AffiliateGroup, today: dt.date | None = None, months
     first = next((i for i, p in enumerate(series) if p.rolling.estimate or p.dau.estimate), len(series))
     versions = versions_by_group([group]).get(group.pk, [])
     statuses = list(ComplianceStatus.objects.filter(group=group).select_related("licence_version"))
-    threshold = min((v.mau_threshold for v in versions), default=DEFAULT_THRESHOLD)
+    threshold = group_threshold(v.mau_threshold for v in versions)
     last_month = previous_month(today)
     organisations = list(group.organisations.order_by("name"))
     products = list(Product.objects.filter(organisation__group=group).select_related("licence_version")

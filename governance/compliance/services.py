@@ -42,6 +42,7 @@ from governance.models import (
 from licensing.models import BaseModel, LicenceVersion, Product
 from licensing.months import month_end, month_start, previous_month
 from licensing.selectors import acceptance_state, grants_in_force, group_exemptions, organisation_exemption
+from licensing.terms import group_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -416,7 +417,7 @@ def _forecast(group: AffiliateGroup, today: dt.date, started: dt.date | None) ->
     start = max(started, today - dt.timedelta(days=89))
     points = daily_series(scope=group, start=start, end=today, window=30)
     series = [(p.day, p.rolling.estimate) for p in points]
-    threshold = max((v.mau_threshold for v in group_versions(group=group)), default=700_000_000)
+    threshold = group_threshold(v.mau_threshold for v in group_versions(group=group))
     return rules.forecast_crossing(series, threshold=threshold, today=today)
 
 

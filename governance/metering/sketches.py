@@ -19,6 +19,8 @@ from typing import TypeVar
 
 from datasketches import hll_sketch, hll_union, tgt_hll_type
 
+from licensing.terms import DEFAULT_MAU_THRESHOLD
+
 HLL_FAMILY_ID = 7
 MIN_LG_K, MAX_LG_K = 4, 21
 # The coarsest sketch a tenant may upload (docs/metering.md, "Precision of uploads"): a union takes its coarsest
@@ -426,7 +428,7 @@ def impossible_register(sketch: hll_sketch) -> int | None:
     return max(registers)
 
 
-THRESHOLD = 700_000_000  # the licences' monthly active users limit, for the figures in messages
+THRESHOLD = DEFAULT_MAU_THRESHOLD  # the licences' monthly active users limit, for the figures in messages
 
 
 def interval_at(lg_k: int, count: int = THRESHOLD) -> tuple[int, int]:

@@ -86,3 +86,11 @@ def test_it_flags_the_code_llama_test_month_as_ambiguous_rather_than_guessing() 
 @pytest.mark.parametrize("slug", ["llama-2", "code-llama", "llama-3", "llama-3.1", "llama-3.2", "llama-3.3", "llama-4"])
 def test_it_sets_the_700m_threshold_for_every_catalogue_version(slug: str) -> None:
     assert terms_from_catalogue(slug).mau_threshold == 700_000_000
+
+
+def test_a_group_is_shown_and_forecast_against_the_lowest_limit_of_its_versions() -> None:
+    from licensing.terms import DEFAULT_MAU_THRESHOLD, group_threshold
+
+    assert group_threshold([700_000_000, 500_000_000]) == 500_000_000  # the first a growing group would cross
+    assert group_threshold(iter([700_000_000])) == 700_000_000
+    assert group_threshold([]) == DEFAULT_MAU_THRESHOLD == 700_000_000  # Section 2's "700 million"
