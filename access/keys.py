@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -143,6 +144,8 @@ class KeyCache:
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[ApiKey | None, float]] = {}
+        # Request threads, the fast path's and the gateway's key threads all store here: eviction iterates.
+        self._store_lock = threading.Lock()
 
     def cached(self, prefix: str) -> tuple[bool, ApiKey | None]:
         """(True, row or None) when a fresh entry exists, else (False, None): no query, safe on an event loop."""
@@ -157,6 +160,11 @@ class KeyCache:
                    .filter(prefix=prefix).first())
         ttl = settings.API_KEY_CACHE_SECONDS
         if ttl > 0:
+            self._store(prefix, api_key, ttl)
+        return api_key
+
+    def _store(self, prefix: str, api_key: ApiKey | None, ttl: float) -> None:
+        with self._store_lock:
             now = time.monotonic()
             if len(self._entries) >= self.max_entries:
                 for stale in [p for p, (_, until) in self._entries.items() if until <= now]:
@@ -164,7 +172,6 @@ class KeyCache:
                 if len(self._entries) >= self.max_entries:
                     self._entries.clear()
             self._entries[prefix] = (api_key, now + ttl)
-        return api_key
 
     def get(self, prefix: str) -> ApiKey | None:
         hit, api_key = self.cached(prefix)

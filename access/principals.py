@@ -140,16 +140,28 @@ class ActorView:
                 "prefix", "organisation_id", "organisation__group_id", "organisation__name"):
             self._owners[prefix] = (org, group, name)
 
-    def _shown(self, match: re.Match[str]) -> str:
-        owner = self._owners.get(match.group(1))
+    def _visible(self, prefix: str) -> bool:
+        owner = self._owners.get(prefix)
         principal = self.principal
         if owner is None:
-            return "an API key"  # a key that no longer exists cannot be shown to be the caller's
-        org, group, name = owner
-        if principal is not None and (principal.is_staff or org in principal.scopes_by_org
-                                      or principal.is_group_admin(group)):
+            return False  # a key that no longer exists cannot be shown to be the caller's
+        org, group, _name = owner
+        return principal is not None and (principal.is_staff or org in principal.scopes_by_org
+                                          or principal.is_group_admin(group))
+
+    def _shown(self, match: re.Match[str]) -> str:
+        if self._visible(match.group(1)):
             return match.group(0)
-        return f"an API key of {name}"
+        owner = self._owners.get(match.group(1))
+        return f"an API key of {owner[2]}" if owner else "an API key"
+
+    def hides(self, value: Any) -> bool:
+        """Whether ``value`` names a key this caller may not see. An audit entry that does keeps its hashes
+        from them too: with every other hashed field shown, its hash would let anyone try the 2^32 prefixes
+        offline until one matches."""
+        prefixes = set(_prefixes_in(value))
+        self._look_up(prefixes)
+        return any(not self._visible(prefix) for prefix in prefixes)
 
     def text(self, text: str) -> str:
         if "crl_" not in text:

@@ -28,7 +28,7 @@ from access import selectors as access_selectors
 from access.audit import audit_events_visible, audit_verify_cached
 from access.keys import api_key_create, api_key_revoke
 from access.models import ApiKey, Invitation, Membership, Organisation, Scope
-from access.principals import key_actors_hidden_from
+from access.principals import ActorView, key_actors_hidden_from
 from governance.compliance import selectors as compliance_selectors
 from governance.compliance import services as evaluation_services
 from governance.compliance.api import PolicySerializer
@@ -753,8 +753,10 @@ def audit_list(request: HttpRequest) -> HttpResponse:
         events=events, hidden_actors=key_actors_hidden_from(access.principal),
         **(form.cleaned_data if form.is_valid() else {}))
     page = _page(request, events)
+    actors = ActorView(access.principal)
     for event in page:
         event.data_json = json.dumps(event.data, indent=1, sort_keys=True, default=str)
+        event.hash_hidden = actors.hides([event.actor, event.data])  # see ActorView.hides
     query = request.GET.copy()
     query.pop("page", None)
     return render(request, "portal/audit_list.html", {

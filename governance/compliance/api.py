@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from access.api.tenancy import GroupTenancy, TenantViewSet
 from access.audit import audit_events_visible, audit_verify_cached
 from access.models import AffiliateGroup, AuditEvent, Organisation, Scope
-from access.principals import actors_for_viewer
+from access.principals import ActorView, actors_for_viewer, principal_of
 from config.fields import MonthField
 from governance.compliance import evidence
 from governance.compliance import services as evaluation_services
@@ -249,6 +249,11 @@ class WebhookDeliverySerializer(serializers.ModelSerializer):
 
 
 class AuditEventSerializer(serializers.ModelSerializer):
+    prev_hash = serializers.CharField(allow_null=True, help_text=(
+        "Null where the entry names another organisation's key you may not see (its hash would reveal it)"))
+    hash = serializers.CharField(allow_null=True, help_text=(
+        "Null where the entry names another organisation's key you may not see; GET /audit/verify checks the chain"))
+
     class Meta:
         model = AuditEvent
         fields = ["seq", "at", "actor", "action", "organisation", "group", "object_type", "object_id", "data",
@@ -554,6 +559,17 @@ class AuditEventViewSet(TenantViewSet, mixins.ListModelMixin):
     def scope_queryset(self, queryset: QuerySet) -> QuerySet:
         visible = audit_events_visible(principal=self.principal).values("pk")
         return queryset.filter(pk__in=visible).distinct().order_by("-seq")
+
+    def finalize_response(self, request: Any, response: Any, *args: Any, **kwargs: Any) -> Any:
+        # Before the base class shows hidden keys as "an API key of ...": an entry naming one loses its hashes.
+        data = getattr(response, "data", None)
+        entries = data.get("results") if isinstance(data, dict) else data
+        if isinstance(entries, list):
+            view = ActorView(principal_of(request))
+            for entry in entries:
+                if isinstance(entry, dict) and view.hides([entry.get("actor"), entry.get("data")]):
+                    entry["hash"] = entry["prev_hash"] = None
+        return super().finalize_response(request, response, *args, **kwargs)
 
     @extend_schema(responses=OpenApiTypes.OBJECT)
     @action(detail=False, methods=["get"])

@@ -8,6 +8,7 @@ nothing changed.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
@@ -277,6 +278,17 @@ def test_it_never_shows_a_sibling_another_organisations_key_prefix(group_of_two)
                  f"/api/v1/groups/{group.pk}/declarations/", "/audit/", f"/groups/{group.pk}/declarations/"):
         assert any(p in seen_by_admin[path] for p in manager_prefixes), path
         assert "an API key of" not in seen_by_admin[path], path
+    # An entry whose key is hidden keeps its hashes from the sibling: with every other hashed field shown, the
+    # hash would let it try the 2^32 prefixes offline until one matched. Its own entries keep theirs.
+    def entries(client: Any) -> dict[int, dict[str, Any]]:
+        return {e["seq"]: e for e in client.get("/api/v1/audit/?page_size=200").json()["results"]}
+
+    mine, theirs = entries(sibling_key), entries(manager_key)
+    masked = [e for e in mine.values() if "an API key of Acme Social" in e["actor"]]
+    assert masked and all(e["hash"] is None and e["prev_hash"] is None for e in masked)
+    assert all(theirs[e["seq"]]["hash"] for e in masked)  # the group admin sees them
+    assert all(e["hash"] for e in mine.values() if "an API key of" not in json.dumps(e))
+    assert not any(theirs[e["seq"]]["hash"][:19] in seen_by_sibling["/audit/"] for e in masked)
     assert audit_verify().ok
 
 

@@ -54,3 +54,34 @@ def test_a_wrong_secret_is_refused_even_when_the_prefix_is_cached(cached) -> Non
     api_key_authenticate(key)
     with pytest.raises(Exception, match="Invalid API key"):
         api_key_authenticate(key.split(".")[0] + ".wrong")
+
+
+def test_threads_filling_the_cache_at_once_never_break_a_lookup() -> None:
+    """The REST API's threads, the fast path's and the gateway's key threads all store here: the eviction of a
+    full cache must not meet another thread's insert ("dictionary changed size during iteration"). Threads are
+    made to switch every microsecond so that the two meet within a few evictions."""
+    import sys
+    import threading
+
+    cache = _key_cache.__class__()
+    cache.max_entries = 5000
+    errors: list[BaseException] = []
+
+    def fill(worker: str) -> None:
+        try:
+            for n in range(60_000):
+                cache._store(f"crl_{worker}{n:07d}", None, 1000)  # nothing expires: a full cache is cleared
+        except BaseException as exc:  # noqa: BLE001 - the test reports whatever a store raised
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=fill, args=(worker,)) for worker in "ab"]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
